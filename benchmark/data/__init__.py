@@ -1,0 +1,1 @@
+"""data stage/layer of mf2m."""

@@ -1,0 +1,1 @@
+"""embed stage/layer of mf2m."""

