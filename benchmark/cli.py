@@ -14,10 +14,11 @@ import sys
 
 # Stage modules in the order they appear in ``mf2m --help``.
 STAGE_CLIS = (
-    "benchmark.models.cli",       # models, lfw, train-mask-detector
-    "benchmark.data.cli",         # prepare, pool
+    "benchmark.models.cli",       # models
+    "benchmark.models.mask_cli",  # train-mask-detector
+    "benchmark.data.cli",         # prepare, lfw
     "attacks.cli",                # attack
-    "benchmark.embed.cli",        # embed
+    "benchmark.embed.cli",        # embed, pool
     "benchmark.features_cli",     # features (import / validate)
     "benchmark.search.cli",       # search
     "benchmark.report.cli",       # report, run, demo
