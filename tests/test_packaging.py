@@ -1,0 +1,58 @@
+"""Packaging and command-line surface: environment.yml mirrors pyproject, every command has --help."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+# pip names whose conda/GPU counterpart has another name in environment.yml
+CONDA_NAMES = {"torch": "pytorch", "faiss-cpu": "faiss-gpu", "onnxruntime": "onnxruntime-gpu"}
+
+
+def _name(req: str) -> str:
+    return re.split(r"[<>=!~ \[]", req.strip(), maxsplit=1)[0].lower()
+
+
+def test_environment_yml_has_pyproject_dependencies():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    names = set()
+    for dep in env["dependencies"]:
+        if isinstance(dep, dict):
+            names |= {_name(d) for d in dep["pip"]}
+        else:
+            names.add(_name(dep))
+    missing = [d for d in project["dependencies"] if CONDA_NAMES.get(_name(d), _name(d)) not in names]
+    assert not missing, f"environment.yml lacks {missing}"
+
+
+def _commands() -> list[str]:
+    from benchmark.cli import build_parser
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    return sorted(sub.choices)
+
+
+def test_core_commands_exist():
+    assert {"search"} <= set(_commands())
+
+
+@pytest.mark.parametrize("command", [None] + _commands())
+def test_every_command_has_help(command):
+    argv = [sys.executable, "-m", "benchmark.cli"] + ([command] if command else []) + ["--help"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert "usage: mf2m" in out.stdout
+    # every option documented: no option line without help text
+    for line in out.stdout.splitlines():
+        if re.match(r"^\s+--[\w-]+( [A-Z_\[\]., ]+)?$", line):
+            idx = out.stdout.splitlines().index(line)
+            nxt = out.stdout.splitlines()[idx + 1] if idx + 1 < len(out.stdout.splitlines()) else ""
+            assert nxt.startswith(" " * 8), f"option without help in `mf2m {command}`: {line.strip()}"
