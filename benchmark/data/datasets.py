@@ -1,0 +1,376 @@
+"""Dataset specs → ordered lists of items ``(key, label, path, needs_alignment)``.
+
+A *spec* is one string, ``KIND:PATH`` with optional ``?option=value&…`` options:
+
+=============================  =====================================================================
+``folder:ROOT``                face folder ``ROOT/<identity>/<image>``; label = identity (sorted index)
+``csv:FILE``                   CSV with ``identity,path[,key[,aligned]]`` rows (a header row naming
+                               the columns is optional; relative paths are relative to the CSV's
+                               folder; key defaults to the path as written; aligned 1/0 per row
+                               overrides the option; empty identity → label -1)
+``megaface-probes:ROOT``       insightface MegaFace testpack probes: ``ROOT/facescrub_images/<Name>/…``
+                               (listed by ``ROOT/facescrub_lst`` when present), aligned 112×112
+``megaface-distractors:ROOT``  testpack distractors ``ROOT/megaface_images/<a>/<b>/<photo>.jpg``
+                               (listed by ``ROOT/megaface_lst`` when present), label -1, aligned
+``megaface-originals:ROOT``    MegaFace original photos with ``<photo>.json`` boxes; label -1; aligned
+                               by the preparation stage
+``facescrub-originals:ROOT``   FaceScrub original photos ``ROOT/<Name>/<photo>`` (+ optional JSON boxes)
+``lfw:ROOT``                   LFW ``ROOT/images/<Name>/<Name>_NNNN.jpg`` (photos: aligned on the fly)
+``prepared:DIR``               crops cached by ``mf2m prepare`` (already aligned)
+=============================  =====================================================================
+
+A bare path is read as ``folder:`` for a directory and ``csv:`` for a ``.csv`` file.
+
+Options: ``aligned=1`` (folder/csv: the images already are ArcFace-aligned 112×112 crops; default 0,
+i.e. photos that need detection + alignment), ``noises=drop`` (megaface kinds: leave out the keys of
+``facescrub_noises.txt`` / ``megaface_noises.txt``; default ``keep``, since ``mf2m search --noise-list``
+excludes them later), ``list=FILE`` (megaface kinds: another list file, e.g. ``facescrub_lst_all``),
+``limit=N`` (first N items after sorting; for quick trials).
+
+Keys are relative paths with ``/`` separators (the MegaFace list convention: ``Name/Name_id.png`` for
+probes, ``a/b/photo.jpg`` for distractors), so noise lists and feature sets line up. Items come sorted by
+key, so every run (and every rank of a multi-GPU run) sees the same order.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+KINDS = ("folder", "csv", "megaface-probes", "megaface-distractors", "megaface-originals",
+         "facescrub-originals", "lfw", "prepared")
+_OPTIONS = {"aligned", "noises", "list", "limit"}
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image of a dataset."""
+
+    key: str                      # unique relative name, "/"-separated
+    label: int                    # identity index, -1 when unknown
+    path: str                     # file to decode
+    needs_alignment: bool         # True: a photo that must be detected + aligned first
+    identity: str = ""            # identity name ("" when unknown)
+    box: tuple[float, float, float, float] | None = None   # face box (x0, y0, x1, y1) when given
+    five: tuple[tuple[float, float], ...] | None = None    # 5 landmarks when given
+
+
+@dataclass
+class Dataset:
+    """The items of a spec, with their identity names (``identities[label]``) and listing notes."""
+
+    spec: str
+    kind: str
+    root: str
+    items: list[Item]
+    identities: list[str]
+    noise_keys: set[str] = field(default_factory=set)   # keys named by a noise list (kept or dropped)
+    dropped_noises: int = 0
+    notes: dict[str, Any] = field(default_factory=dict)
+    failures: list[dict[str, str]] = field(default_factory=list)   # items lost before decoding (key, reason)
+
+    @property
+    def needs_alignment(self) -> bool:
+        """True when at least one item is a photo needing detection + alignment."""
+        return any(item.needs_alignment for item in self.items)
+
+    def describe(self) -> dict[str, Any]:
+        """What a manifest records about the dataset."""
+        return {"spec": self.spec, "kind": self.kind, "root": self.root, "items": len(self.items),
+                "identities": len(self.identities), "noise_keys": len(self.noise_keys),
+                "dropped_noises": self.dropped_noises, **self.notes}
+
+
+def parse_spec(spec: str) -> tuple[str, Path, dict[str, str]]:
+    """Split ``KIND:PATH?opt=v&…`` into ``(kind, path, options)``; a bare path picks folder/csv."""
+    if not spec:
+        raise ValueError("empty dataset spec")
+    body, options = spec, {}
+    if "?" in spec:
+        body, query = spec.rsplit("?", 1)
+        for part in filter(None, query.split("&")):
+            name, _, value = part.partition("=")
+            if name not in _OPTIONS:
+                raise ValueError(f"dataset spec {spec!r}: unknown option {name!r} (known: {sorted(_OPTIONS)})")
+            options[name] = value
+    kind, sep, path = body.partition(":")
+    if not sep or kind not in KINDS:
+        # a bare path (also Windows drive letters such as C:\…)
+        path = body
+        kind = "csv" if path.lower().endswith(".csv") else "folder"
+    if not path:
+        raise ValueError(f"dataset spec {spec!r} has no path (expected KIND:PATH, kinds: {', '.join(KINDS)})")
+    return kind, Path(path).expanduser(), options
+
+
+def load_dataset(spec: str) -> Dataset:
+    """Resolve a spec into a :class:`Dataset` (files are listed, not decoded)."""
+    kind, path, options = parse_spec(spec)
+    if not path.exists():
+        raise FileNotFoundError(f"dataset spec {spec!r}: {path} does not exist")
+    loader = _LOADERS[kind]
+    dataset = loader(spec, path, options)
+    if "limit" in options:
+        dataset.items = dataset.items[:_int_option(options, "limit", spec)]
+    _check_unique(dataset)
+    return dataset
+
+
+# ---------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _int_option(options: dict[str, str], name: str, spec: str) -> int:
+    try:
+        value = int(options[name])
+    except ValueError:
+        raise ValueError(f"dataset spec {spec!r}: option {name} must be an integer") from None
+    if value < 0:
+        raise ValueError(f"dataset spec {spec!r}: option {name} must be ≥ 0")
+    return value
+
+
+def _flag(options: dict[str, str], name: str, spec: str) -> bool:
+    value = options.get(name, "0").lower()
+    if value in ("1", "true", "yes", ""):
+        return True
+    if value in ("0", "false", "no"):
+        return False
+    raise ValueError(f"dataset spec {spec!r}: option {name} must be 0 or 1")
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+
+
+def _walk_images(root: Path) -> list[str]:
+    """Relative ``/``-separated paths of every image under ``root`` (hidden files skipped), sorted."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel = Path(dirpath).relative_to(root).as_posix()
+        for name in filenames:
+            if _is_image(name):
+                out.append(name if rel == "." else f"{rel}/{name}")
+    return sorted(out)
+
+
+def _labelled(entries: Iterable[tuple[str, str, str]], needs_alignment: bool,
+              extra: dict[str, dict[str, Any]] | None = None) -> tuple[list[Item], list[str]]:
+    """Items from ``(key, identity, path)``; labels index the sorted identity names ("" → -1).
+
+    ``extra[key]`` holds per-item field overrides (box, five, needs_alignment).
+    """
+    entries = sorted(entries)
+    names = sorted({identity for _, identity, _ in entries if identity})
+    index = {name: i for i, name in enumerate(names)}
+    extra = extra or {}
+    items = [Item(key=key, label=index.get(identity, -1), path=path, identity=identity,
+                  **{"needs_alignment": needs_alignment, **extra.get(key, {})})
+             for key, identity, path in entries]
+    return items, names
+
+
+def _check_unique(dataset: Dataset) -> None:
+    seen: set[str] = set()
+    for item in dataset.items:
+        if item.key in seen:
+            raise ValueError(f"dataset {dataset.spec!r}: duplicate key {item.key!r}")
+        seen.add(item.key)
+
+
+def read_list(path: str | os.PathLike) -> list[str]:
+    """Non-empty, non-comment lines of a list file (``facescrub_lst``, ``megaface_lst``…), ``/``-separated."""
+    with open(path, encoding="utf-8") as fh:
+        lines = (line.strip().replace("\\", "/") for line in fh)
+        return [line[2:] if line.startswith("./") else line
+                for line in lines if line and not line.startswith("#")]
+
+
+def read_noise_list(path: str | os.PathLike) -> set[str]:
+    """Entries of an insightface noise list (``#`` lines skipped; ``id<TAB>name`` → name).
+
+    ``facescrub_noises.txt`` names image files (``Name_id.png``); ``megaface_noises.txt`` names
+    ``a/b/photo.jpg`` paths. :func:`is_noise` matches either against a key.
+    """
+    out = set()
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if line.startswith("#"):
+                continue
+            line = line.strip()
+            if not line:
+                continue
+            parts = line.split("\t")
+            out.add((parts[1] if len(parts) > 1 else parts[0]).strip().replace("\\", "/"))
+    return out
+
+
+def is_noise(key: str, noises: set[str]) -> bool:
+    """True when ``key`` (a relative path) or its file name is in a noise list."""
+    return key in noises or key.rsplit("/", 1)[-1] in noises
+
+
+# ---------------------------------------------------------------------------------------------------
+# loaders
+
+
+def _folder(spec: str, root: Path, options: dict[str, str]) -> Dataset:
+    if not root.is_dir():
+        raise ValueError(f"dataset spec {spec!r}: {root} is not a directory (folder:ROOT/<identity>/<image>)")
+    aligned = _flag(options, "aligned", spec)
+    entries = []
+    for rel in _walk_images(root):
+        identity = rel.split("/", 1)[0] if "/" in rel else ""
+        entries.append((rel, identity, str(root / rel)))
+    items, names = _labelled(entries, needs_alignment=not aligned)
+    return Dataset(spec, "folder", str(root), items, names)
+
+
+def _csv(spec: str, file: Path, options: dict[str, str]) -> Dataset:
+    aligned_default = _flag(options, "aligned", spec)
+    base = file.parent
+    entries, extra, columns = [], {}, ["identity", "path", "key", "aligned"]
+    with open(file, newline="", encoding="utf-8") as fh:
+        for lineno, row in enumerate(csv.reader(fh), 1):
+            row = [c.strip() for c in row]
+            if not any(row) or row[0].startswith("#"):
+                continue
+            if lineno == 1 and "path" in [c.lower() for c in row]:
+                columns = [c.lower() for c in row]          # a header names the columns
+                if "identity" not in columns:
+                    raise ValueError(f"{file}: header must name an 'identity' and a 'path' column")
+                continue
+            rec = dict(zip(columns, row))
+            if not rec.get("path"):
+                raise ValueError(f"{file}:{lineno}: expected 'identity,path[,key[,aligned]]', got {row!r}")
+            rel = rec["path"]
+            key = rec.get("key") or rel.replace("\\", "/")
+            path = Path(rel) if os.path.isabs(rel) else base / rel
+            entries.append((key, rec.get("identity", ""), str(path)))
+            if rec.get("aligned"):
+                extra[key] = {"needs_alignment": rec["aligned"] not in ("1", "true", "yes")}
+    items, names = _labelled(entries, needs_alignment=not aligned_default, extra=extra)
+    return Dataset(spec, "csv", str(file), items, names)
+
+
+def _megaface(spec: str, root: Path, options: dict[str, str], *, probes: bool) -> Dataset:
+    sub, lst, noise_file = (("facescrub_images", "facescrub_lst", "facescrub_noises.txt") if probes else
+                            ("megaface_images", "megaface_lst", "megaface_noises.txt"))
+    image_root = root / sub
+    if not image_root.is_dir():
+        raise FileNotFoundError(f"dataset spec {spec!r}: {image_root} not found (expected the insightface "
+                                f"MegaFace testpack layout: {sub}/, {lst}, {noise_file})")
+    list_file = Path(options["list"]) if "list" in options else root / lst
+    if "list" in options and not list_file.is_absolute():
+        list_file = root / list_file
+    if "list" in options and not list_file.exists():
+        raise FileNotFoundError(f"dataset spec {spec!r}: list file {list_file} not found")
+    rels = read_list(list_file) if list_file.exists() else _walk_images(image_root)
+    depth = 2 if probes else 3
+    entries = []
+    for rel in rels:
+        parts = rel.split("/")
+        if parts[0] == sub:        # some lists carry the folder name
+            rel, parts = "/".join(parts[1:]), parts[1:]
+        if len(parts) != depth:
+            raise ValueError(f"{list_file if list_file.exists() else image_root}: entry {rel!r} is not "
+                             f"{'<Name>/<image>' if probes else '<a>/<b>/<photo>'}")
+        entries.append((rel, parts[0] if probes else "", str(image_root / rel)))
+    noises: set[str] = set()
+    dropped = 0
+    if (root / noise_file).exists():
+        listed = read_noise_list(root / noise_file)
+        noises = {key for key, _, _ in entries if is_noise(key, listed)}
+    noises_mode = options.get("noises", "keep")
+    if noises_mode not in ("keep", "drop"):
+        raise ValueError(f"dataset spec {spec!r}: noises must be keep or drop")
+    if noises_mode == "drop":
+        before = len(entries)
+        entries = [e for e in entries if e[0] not in noises]
+        dropped = before - len(entries)
+    items, names = _labelled(entries, needs_alignment=False)
+    kind = "megaface-probes" if probes else "megaface-distractors"
+    notes = {"list_file": str(list_file) if list_file.exists() else None}
+    return Dataset(spec, kind, str(root), items, names, noise_keys=noises, dropped_noises=dropped, notes=notes)
+
+
+def read_box_json(path: str | os.PathLike) -> dict[str, Any]:
+    """Box (and 5 landmarks when present) from a MegaFace/FaceScrub JSON sidecar.
+
+    Accepts ``{"bounding_box": {"x", "y", "width", "height"}}`` (MegaFace) or ``{"box": [x0, y0, x1, y1]}``,
+    and optional ``"five"`` / ``"landmarks5"`` ``[[x, y] × 5]`` in ArcFace order.
+    """
+    with open(path, encoding="utf-8") as fh:
+        data = json.load(fh)
+    out: dict[str, Any] = {}
+    bb = data.get("bounding_box")
+    if isinstance(bb, dict) and {"x", "y", "width", "height"} <= set(bb):
+        x, y, w, h = (float(bb[k]) for k in ("x", "y", "width", "height"))
+        out["box"] = (x, y, x + w, y + h)
+    elif isinstance(data.get("box"), (list, tuple)) and len(data["box"]) == 4:
+        out["box"] = tuple(float(v) for v in data["box"])
+    five = data.get("five", data.get("landmarks5"))
+    if isinstance(five, (list, tuple)) and len(five) == 5:
+        out["five"] = tuple((float(p[0]), float(p[1])) for p in five)
+    return out
+
+
+def _originals(spec: str, root: Path, options: dict[str, str], *, facescrub: bool) -> Dataset:
+    if not root.is_dir():
+        raise ValueError(f"dataset spec {spec!r}: {root} is not a directory")
+    entries, extra = [], {}
+    for rel in _walk_images(root):
+        identity = rel.split("/", 1)[0] if (facescrub and "/" in rel) else ""
+        path = root / rel
+        for sidecar in (path.with_name(path.name + ".json"), path.with_suffix(".json")):
+            if sidecar.exists():
+                try:
+                    extra[rel] = read_box_json(sidecar)
+                except (OSError, ValueError, TypeError, KeyError, IndexError) as exc:
+                    raise ValueError(f"{sidecar}: unreadable box JSON ({exc})") from None
+                break
+        entries.append((rel, identity, str(path)))
+    items, names = _labelled(entries, needs_alignment=True, extra=extra)
+    kind = "facescrub-originals" if facescrub else "megaface-originals"
+    return Dataset(spec, kind, str(root), items, names, notes={"with_boxes": len(extra)})
+
+
+def _lfw(spec: str, root: Path, options: dict[str, str]) -> Dataset:
+    from .lfw import images_root, list_people
+    images = images_root(root)
+    entries = []
+    for name, numbers in list_people(root).items():
+        for number in numbers:
+            key = f"{name}/{name}_{number:04d}"            # the LFW parser's key (pairs.txt lookups)
+            entries.append((key, name, str(images / f"{key}.jpg")))
+    items, names = _labelled(entries, needs_alignment=not _flag(options, "aligned", spec))
+    return Dataset(spec, "lfw", str(root), items, names)
+
+
+def _prepared(spec: str, root: Path, options: dict[str, str]) -> Dataset:
+    from .prepare import load_prepared
+    prepared = load_prepared(root)
+    entries = [(key, identity or "", str(path))
+               for key, identity, path in zip(prepared.keys, prepared.identities, prepared.crop_paths)]
+    items, names = _labelled(entries, needs_alignment=False)
+    failures = [{"key": f["key"], "path": f.get("path", ""), "reason": f["reason"]} for f in prepared.failures]
+    return Dataset(spec, "prepared", str(root), items, names, notes={"prepare_failures": len(failures)},
+                   failures=failures)
+
+
+_LOADERS = {
+    "folder": _folder,
+    "csv": _csv,
+    "megaface-probes": lambda s, p, o: _megaface(s, p, o, probes=True),
+    "megaface-distractors": lambda s, p, o: _megaface(s, p, o, probes=False),
+    "megaface-originals": lambda s, p, o: _originals(s, p, o, facescrub=False),
+    "facescrub-originals": lambda s, p, o: _originals(s, p, o, facescrub=True),
+    "lfw": _lfw,
+    "prepared": _prepared,
+}
