@@ -1,0 +1,207 @@
+"""Face lists, aligned faces with landmarks, and the template bank DM draws faced masks from.
+
+* ``list_faces``: a face folder (``root/<identity>/<image>``; a flat folder gives every file its own
+  identity, as for StyleGAN faces) or an ``identity,path`` CSV → ``FaceItem`` rows with unique keys.
+* ``load_aligned``: an image → ArcFace 112×112 crop + 68 landmarks in crop coordinates (images that
+  are already 112×112 are taken as aligned; others are detected and aligned with dlib).
+* ``TemplateBank``: every template's crop, landmarks and white-box FR feature, cached in one ``.npz``
+  keyed by the file list and the recognizer; ``choose`` picks for each probe the most similar
+  template of a *different* identity.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+@dataclass(frozen=True)
+class FaceItem:
+    """One input face: ``key`` (``identity/stem``, unique; output files are named by it), identity, path."""
+
+    key: str
+    identity: str
+    path: Path
+
+
+def list_faces(source: str | os.PathLike) -> list[FaceItem]:
+    """Faces of a folder (``root/<identity>/<image>`` or flat) or an ``identity,path`` CSV, sorted by key."""
+    source = Path(source)
+    if not source.exists():
+        raise FileNotFoundError(f"face source not found: {source}")
+    items: list[FaceItem] = []
+    if source.is_file():
+        with open(source, newline="", encoding="utf-8") as fh:
+            for lineno, row in enumerate(csv.reader(fh), 1):
+                if not row or row[0].startswith("#") or (lineno == 1 and row[:2] == ["identity", "path"]):
+                    continue
+                if len(row) < 2:
+                    raise ValueError(f"{source}:{lineno}: expected 'identity,path', got {row!r}")
+                identity, path = row[0].strip(), Path(row[1].strip())
+                path = path if path.is_absolute() else source.parent / path
+                items.append(FaceItem(f"{_safe(identity)}/{_safe(path.stem)}", identity, path))
+    else:
+        for path in sorted(source.rglob("*")):
+            if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("."):
+                rel = path.relative_to(source)
+                identity = rel.parts[0] if len(rel.parts) > 1 else path.stem
+                items.append(FaceItem(f"{_safe(identity)}/{_safe(path.stem)}", identity, path))
+    if not items:
+        raise ValueError(f"no face images found in {source}")
+    seen: dict[str, Path] = {}
+    for item in items:
+        if item.key in seen:
+            raise ValueError(f"two inputs map to the same key {item.key!r}: {seen[item.key]} and {item.path}")
+        seen[item.key] = item.path
+    return sorted(items, key=lambda it: it.key)
+
+
+def _safe(name: str) -> str:
+    """A file-name-safe version of an identity or stem (keeps letters, digits, ``-_.``)."""
+    out = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip(".")
+    return out or "_"
+
+
+def load_aligned(path: str | os.PathLike, landmarker) -> tuple[np.ndarray, np.ndarray]:
+    """``(crop, points)``: the 112×112 RGB uint8 aligned face and its 68 landmarks ``(68, 2)`` in the crop.
+
+    Raises ``benchmark.data.images.ImageError`` / ``benchmark.models.base.LandmarkError`` with the reason.
+    """
+    from benchmark.data.images import read_image
+    from benchmark.models.align import ALIGNED_SIZE, align_face, transform_points
+    image = read_image(path)
+    if image.shape[:2] == (ALIGNED_SIZE, ALIGNED_SIZE):
+        return image, landmarker.landmarks_aligned(image).points.astype(np.float32)
+    found = landmarker.landmarks(image)
+    crop, matrix = align_face(image, found.five)
+    return crop, transform_points(found.points, matrix)
+
+
+def aligned_batch(items: Sequence[FaceItem], landmarker) -> tuple[list[int], np.ndarray, np.ndarray, dict[int, str]]:
+    """Align ``items``: ``(ok indices, crops (k,112,112,3), points (k,68,2), {failed index: reason})``."""
+    from benchmark.data.images import ImageError
+    from benchmark.models.base import LandmarkError
+    ok, crops, points, failed = [], [], [], {}
+    for i, item in enumerate(items):
+        try:
+            crop, pts = load_aligned(item.path, landmarker)
+        except ImageError as exc:
+            failed[i] = f"image:{exc.reason}"
+            continue
+        except LandmarkError as exc:
+            failed[i] = f"landmarks:{str(exc)[:80]}"
+            continue
+        ok.append(i)
+        crops.append(crop)
+        points.append(pts)
+    crops_arr = np.stack(crops) if crops else np.zeros((0, 112, 112, 3), np.uint8)
+    points_arr = np.stack(points).astype(np.float32) if points else np.zeros((0, 68, 2), np.float32)
+    return ok, crops_arr, points_arr, failed
+
+
+def to_tensor(faces: np.ndarray, device: str = "cpu"):
+    """``(n,112,112,3)`` uint8 RGB → ``(n,3,112,112)`` float32 in [0, 1] on ``device``."""
+    import torch
+    return torch.from_numpy(np.ascontiguousarray(faces)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def features(module, faces: np.ndarray, device: str = "cpu", batch_size: int = 64) -> np.ndarray:
+    """Unit-norm features ``(n, d)`` float32 of uint8 faces under a differentiable FR module."""
+    import torch
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(faces), batch_size):
+            out.append(module(to_tensor(faces[i:i + batch_size], device)).float().cpu().numpy())
+    feats = np.concatenate(out) if out else np.zeros((0, 1), np.float32)
+    return feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+
+
+@dataclass
+class TemplateBank:
+    """Templates for DM: keys, identities, aligned crops, landmarks, FR features; and what was skipped."""
+
+    keys: list[str]
+    identities: list[str]
+    faces: np.ndarray        # (t, 112, 112, 3) uint8
+    points: np.ndarray       # (t, 68, 2) float32
+    feats: np.ndarray        # (t, d) float32, unit norm
+    skipped: dict[str, str]  # key → reason
+
+    @classmethod
+    def build(cls, source: str | os.PathLike, fr_module, fr_id: str, cache: str | os.PathLike | None,
+              landmarker, device: str = "cpu", batch_size: int = 64,
+              progress: Callable | None = None) -> "TemplateBank":
+        """Load (or build and cache) the bank of ``source`` for the recognizer identified by ``fr_id``."""
+        items = list_faces(source)
+        signature = _signature(items, fr_id)
+        if cache is not None and Path(cache).is_file():
+            bank = cls.load(cache, signature)
+            if bank is not None:
+                return bank
+        ok_keys, ids, crops, pts, skipped = [], [], [], [], {}
+        chunks = range(0, len(items), batch_size)
+        for start in (progress(chunks, desc="templates", unit="batch") if progress else chunks):
+            chunk = items[start:start + batch_size]
+            ok, c, p, failed = aligned_batch(chunk, landmarker)
+            ok_keys += [chunk[i].key for i in ok]
+            ids += [chunk[i].identity for i in ok]
+            crops.append(c)
+            pts.append(p)
+            skipped.update({chunk[i].key: reason for i, reason in failed.items()})
+        if not ok_keys:
+            raise ValueError(f"no usable template in {source}: {len(skipped)} skipped ({_top(skipped)})")
+        faces = np.concatenate(crops)
+        bank = cls(ok_keys, ids, faces, np.concatenate(pts), features(fr_module, faces, device, batch_size), skipped)
+        if cache is not None:
+            bank.save(cache, signature)
+        return bank
+
+    def save(self, path: str | os.PathLike, signature: str) -> None:
+        """Write the bank atomically as ``.npz`` with its signature."""
+        from benchmark.atomic import atomic_path
+        with atomic_path(path, suffix=".npz") as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, keys=np.array(self.keys), identities=np.array(self.identities), faces=self.faces,
+                         points=self.points, feats=self.feats, signature=np.array(signature),
+                         skipped=np.array(json.dumps(self.skipped)))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, signature: str) -> "TemplateBank | None":
+        """The cached bank, or ``None`` when the cache was built from other files or another recognizer."""
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["signature"]) != signature:
+                return None
+            return cls(z["keys"].tolist(), z["identities"].tolist(), z["faces"], z["points"], z["feats"],
+                       json.loads(str(z["skipped"])))
+
+    def choose(self, probe_feats: np.ndarray, probe_identities: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """For each probe: index of the most cosine-similar template of another identity, and that similarity."""
+        sims = np.asarray(probe_feats, np.float32) @ self.feats.T
+        same = np.asarray(probe_identities)[:, None] == np.asarray(self.identities)[None, :]
+        sims = np.where(same, -np.inf, sims)
+        best = sims.argmax(axis=1)
+        if np.isinf(sims[np.arange(len(best)), best]).any():
+            raise ValueError("a probe has no template of another identity in the template bank")
+        return best, sims[np.arange(len(best)), best]
+
+
+def _signature(items: Sequence[FaceItem], fr_id: str) -> str:
+    h = hashlib.sha256(fr_id.encode())
+    for it in items:
+        st = it.path.stat()
+        h.update(f"{it.key}|{it.identity}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _top(reasons: dict[str, str], k: int = 3) -> str:
+    from collections import Counter
+    return ", ".join(f"{r}: {n}" for r, n in Counter(v.split(":")[0] for v in reasons.values()).most_common(k))
