@@ -64,6 +64,9 @@ class AttackJob:
             raise ValueError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
         if BASE_OF[self.method] == "dm" and not self.templates:
             raise ValueError(f"--method {self.method} needs --templates DIR (the faces DM cuts masks from)")
+        for what, path in (("--probes", self.probes), ("--templates", self.templates)):
+            if path and not Path(path).exists():
+                raise FileNotFoundError(f"{what} not found: {path}")
         if self.mask_colour not in MASK_COLOURS + ("random",):
             raise ValueError(f"--mask-colour must be one of {', '.join(MASK_COLOURS)} or random")
         if self.batch_size < 1:
