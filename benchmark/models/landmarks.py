@@ -18,6 +18,11 @@ DLIB68_NOSE = np.arange(27, 36)        # bridge top (27) … tip (30) … nostri
 DLIB68_EYE_IMAGE_LEFT = np.arange(36, 42)
 DLIB68_EYE_IMAGE_RIGHT = np.arange(42, 48)
 DLIB68_MOUTH_LEFT, DLIB68_MOUTH_RIGHT, DLIB68_NOSE_TIP = 48, 54, 30
+# insightface 2d106det scheme (the paper's landmarker). Its 33 contour points are indices 0-32 but
+# NOT stored in order along the chin, so ``jaw`` is re-ordered geometrically (by angle around the face
+# centre, image-left ear → chin → image-right ear); the nose block is indices 72-86.
+INSIGHTFACE106_CONTOUR = np.arange(0, 33)
+INSIGHTFACE106_NOSE = np.arange(72, 87)
 # Where dlib HOG puts the face box in an ArcFace-aligned 112×112 crop (mean over LFW crops, ±5 px):
 # used only when the detector misses on an aligned crop, whose geometry is fixed by construction.
 ALIGNED_FACE_BOX = (12.0, 28.0, 97.0, 113.0)
@@ -114,6 +119,108 @@ class DlibLandmarker(Landmarker):
         result.score = score
         result.extra["box_source"] = source
         return result
+
+
+def order_contour(points: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """Order jaw points from the image-left ear through the chin to the image-right ear.
+
+    Sorting by the angle around ``centre`` (a point above the jaw, e.g. the mean of all landmarks)
+    makes the order independent of how a landmark scheme numbers its contour.
+    """
+    points = np.asarray(points, np.float32)
+    d = points - np.asarray(centre, np.float32)
+    # angle measured from the image-left direction, sweeping down through the chin (y grows downward)
+    angle = np.arctan2(d[:, 1], -d[:, 0])
+    angle = np.where(angle < -np.pi / 2, angle + 2 * np.pi, angle)
+    return points[np.argsort(angle, kind="stable")]
+
+
+class Insightface106Landmarker(Landmarker):
+    """insightface's ``2d106det.onnx`` (106 points, the paper's landmarker) run with onnxruntime.
+
+    The model needs a face box, so a detector (default YuNet) finds the face; the five alignment points
+    are the detector's (as in insightface's own pipeline), the jaw and nose come from the 106 points.
+    The ONNX file must be given by the user; nothing is downloaded.
+    """
+
+    name = "2d106"
+
+    def __init__(self, model_path: str | Path, detector=None):
+        if not model_path:
+            raise ModelUnavailable("the 2d106 landmarker needs its ONNX file: pass --landmarker-model PATH "
+                                   "(2d106det.onnx from insightface's buffalo_l pack)")
+        self.model_path = Path(model_path)
+        if not self.model_path.is_file():
+            raise ModelUnavailable(f"2d106 landmark model not found: {self.model_path}")
+        from insightface.model_zoo.landmark import Landmark
+        from .detection import YuNetDetector
+        self._net = Landmark(model_file=str(self.model_path))
+        if self._net.lmk_num != 106 or self._net.lmk_dim != 2:
+            raise ModelUnavailable(f"{self.model_path} predicts {self._net.lmk_num} {self._net.lmk_dim}-D points, "
+                                   "not the 106 2-D points of 2d106det")
+        self.detector = detector if detector is not None else YuNetDetector()
+        self._lock = threading.Lock()
+
+    def landmarks(self, image: np.ndarray, box: tuple[float, float, float, float] | None = None
+                  ) -> FaceLandmarks:
+        """106 landmarks of the subject's face (or the detection overlapping ``box`` most)."""
+        from insightface.app.common import Face
+
+        from .detection import select_face
+        image = to_rgb_uint8(image)
+        found = [d for d in self.detector.detect(image) if d.five is not None]
+        if not found:
+            raise LandmarkError(f"no face found by {self.detector.name} in a {image.shape[1]}x{image.shape[0]} image")
+        det = select_face(found, image.shape) if box is None else max(found, key=lambda d: _iou(d.box, box))
+        if box is not None and _iou(det.box, box) < 0.3:
+            raise LandmarkError(f"{self.detector.name} found no face overlapping the given box {box}")
+        face = Face(bbox=np.asarray(det.box, np.float32))
+        with self._lock:
+            points = np.asarray(self._net.get(np.ascontiguousarray(image[:, :, ::-1]), face), np.float32)
+        if points.shape != (106, 2) or not np.isfinite(points).all():
+            raise LandmarkError("2d106 landmarker returned no valid 106-point shape")
+        jaw = order_contour(points[INSIGHTFACE106_CONTOUR], points.mean(0))
+        return FaceLandmarks(points=points, jaw=jaw, nose=points[INSIGHTFACE106_NOSE],
+                             five=det.five.astype(np.float32), score=det.score, box=det.box, scheme="2d106")
+
+
+def _iou(a, b) -> float:
+    """Intersection over union of two ``x0, y0, x1, y1`` boxes."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def dlib_chip(image: np.ndarray, points: np.ndarray, size: int = 150, padding: float = 0.25) -> np.ndarray:
+    """dlib's own face chip (``dlib.get_face_chip``) from 68 (or dlib 5-point) landmarks of ``image``.
+
+    This is the input dlib's ResNet recognizer was trained on (150×150, padding 0.25), so the same
+    detection feeds both the ArcFace crop and the dlib chip.
+    """
+    import dlib
+    image = to_rgb_uint8(image)
+    points = np.asarray(points, np.float64).reshape(-1, 2)
+    if points.shape[0] not in (68, 5) or not np.isfinite(points).all():
+        raise ValueError(f"dlib_chip needs 68 or 5 finite dlib landmarks, got {points.shape[0]}")
+    x0, y0 = np.floor(points.min(0)).astype(int)
+    x1, y1 = np.ceil(points.max(0)).astype(int)
+    shape = dlib.full_object_detection(dlib.rectangle(int(x0), int(y0), int(x1), int(y1)),
+                                       [dlib.point(int(round(x)), int(round(y))) for x, y in points])
+    return np.asarray(dlib.get_face_chip(image, shape, size=size, padding=padding), dtype=np.uint8)
+
+
+LANDMARKERS = ("dlib68", "2d106")
+
+
+def create_landmarker(name: str = "dlib68", model_path: str | Path | None = None, detector=None) -> Landmarker:
+    """A landmarker by name: ``dlib68`` (default) or ``2d106`` (needs ``model_path``)."""
+    if name == "dlib68":
+        return DlibLandmarker()
+    if name == "2d106":
+        return Insightface106Landmarker(model_path, detector=detector)
+    raise ValueError(f"unknown landmarker {name!r}; choose one of {', '.join(LANDMARKERS)}")
 
 
 @lru_cache(maxsize=1)
