@@ -65,10 +65,15 @@ def cross_validate(scores: np.ndarray, same: np.ndarray, folds: np.ndarray) -> l
     return out
 
 
+def uses_chips(recognizer, prepared) -> bool:
+    """True when the recognizer takes dlib chips (``embed_chips``) and the prepared set has them."""
+    return hasattr(recognizer, "embed_chips") and prepared.chip_paths is not None
+
+
 def embed_prepared(recognizer, prepared, batch_size: int = 64, progress: bool = True) -> np.ndarray:
     """Features of every item of a :class:`PreparedSet` (dlib chips when the recognizer takes them)."""
     from tqdm import tqdm
-    use_chips = hasattr(recognizer, "embed_chips") and prepared.chip_paths is not None
+    use_chips = uses_chips(recognizer, prepared)
     feats = []
     for start in tqdm(range(0, len(prepared), batch_size), desc=f"embed {recognizer.name}", unit="batch",
                       disable=not progress):
@@ -140,6 +145,8 @@ def run_lfw_check(data_dir: str | os.PathLike, model: str, out: str | os.PathLik
     result = {
         "model": model,
         "recognizer": recognizer.identity() if hasattr(recognizer, "identity") else {"name": model},
+        "embedding_input": ("dlib 150x150 chips cut from the original photo" if uses_chips(recognizer, prepared)
+                            else "ArcFace-aligned 112x112 crops"),
         "mean_accuracy": float(accs.mean()),
         "std_accuracy": float(accs.std()),
         "protocol": ("10-fold: threshold chosen on the other folds" if len(per_fold) > 1
