@@ -1,0 +1,136 @@
+"""``mf2m report``: read stage outputs, write the tables, plots, examples and the HTML page.
+
+Output folder::
+
+    table1.md/.csv/.tex, table2.md/.csv/.tex   (one set per table; the paper's tables too when shown apart)
+    report.md                                  every table with its caption, and links to the figures
+    plots/cmc_<model>.png, plots/roc_<model>.png, plots/distractors_<model>.png
+    examples/<method>.png, examples/overview.png
+    index.html                                 everything on one offline page
+    manifest.json                              inputs read (with sha256) and outputs written
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from ..atomic import write_json, write_text
+from ..manifest import build_manifest, sha256_file
+from . import plots
+from .collect import Entry, Metrics, discover, load_metrics
+from .html import render_page
+from .tables import Table, _slug, label, table1, table2, to_csv, to_latex, to_markdown
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReportOptions:
+    """What to show: the FAR of the TAR column, whether to show the paper's numbers, how many examples."""
+
+    far: float = 1e-6
+    paper: str = "auto"          # auto (beside ours when the setting matches) | always | never
+    examples: int = 3
+    title: str = "MF²M benchmark report"
+
+
+def collect(runs: Sequence[str]) -> list[tuple[Entry, Metrics]]:
+    """Every entry of every ``--runs`` argument with its metrics (duplicates: the last one wins)."""
+    seen: dict[tuple[str, str, str | None], tuple[Entry, Metrics]] = {}
+    for spec in runs:
+        for entry in discover(spec):
+            seen[(entry.method, entry.eval_model, entry.attack_model)] = (entry, load_metrics(entry))
+    return list(seen.values())
+
+
+def _inputs(items: list[tuple[Entry, Metrics]]) -> dict[str, str]:
+    files = {}
+    for e, _ in items:
+        for d, names in ((e.search_dir, ("metrics.json", "cmc.csv", "roc.csv", "manifest.json")),
+                         (e.attack_dir, ("probes.csv", "manifest.json"))):
+            for n in names:
+                if d is not None and (d / n).is_file():
+                    files[str(d / n)] = sha256_file(d / n)
+    return files
+
+
+def build_report(runs: Sequence[str], out: str | Path, options: ReportOptions = ReportOptions()) -> dict:
+    """Write the whole report for ``runs`` into ``out``; returns the report manifest."""
+    if options.paper not in ("auto", "always", "never"):
+        raise ValueError("--paper must be auto, always or never")
+    out = Path(out)
+    items = collect(runs)
+    if not items:
+        raise ValueError("no results found in --runs")
+    tables: list[Table] = table1(items, options.far, options.paper) + table2(items, options.far, options.paper)
+    written: list[str] = []
+    md_parts = [f"# {options.title}\n"]
+    for t in tables:
+        for ext, text in (("md", to_markdown(t)), ("csv", to_csv(t)), ("tex", to_latex(t))):
+            write_text(out / f"{t.name}.{ext}", text)
+            written.append(f"{t.name}.{ext}")
+        md_parts.append(to_markdown(t))
+    figures = _figures(items, out, options)
+    for heading, figs in figures:
+        md_parts.append(f"## {heading}\n")
+        md_parts += [f"![{cap}]({png.relative_to(out).as_posix()})\n" for png, cap in figs]
+        written += [png.relative_to(out).as_posix() for png, _ in figs]
+    write_text(out / "report.md", "\n".join(md_parts))
+    settings = {e.run: e.setting for e, _ in items if e.setting}
+    intro = [f"Results of {len(items)} evaluated probe set(s) from: {', '.join(runs)}."]
+    intro += [f"Run {name}: " + ", ".join(f"{k}={v}" for k, v in s.items()) for name, s in settings.items()]
+    page = render_page(options.title, intro, tables, figures)
+    write_text(out / "index.html", page)
+    written += ["report.md", "index.html"]
+    manifest = build_manifest("report", {"runs": list(runs), "far": options.far, "paper": options.paper,
+                                         "examples": options.examples},
+                              inputs=_inputs(items), outputs=written,
+                              entries=[{"method": e.method, "eval_model": e.eval_model, "attack_model": e.attack_model,
+                                        "search": str(e.search_dir) if e.search_dir else None,
+                                        "attack": str(e.attack_dir) if e.attack_dir else None,
+                                        "has_metrics": m.rank1 is not None} for e, m in items])
+    write_json(out / "manifest.json", manifest)
+    return manifest
+
+
+def _figures(items: list[tuple[Entry, Metrics]], out: Path, options: ReportOptions) -> list[tuple[str, list]]:
+    curves, sweeps, examples = [], [], []
+    groups: dict[tuple[str, str | None], list[tuple[Entry, Metrics]]] = {}
+    for e, m in items:
+        # the unmasked row belongs to every group evaluated on its model
+        key = (e.eval_model, None if e.white_box else e.attack_model)
+        groups.setdefault(key, []).append((e, m))
+    for (model, attacked_on), sub in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
+        if attacked_on is None and all(e.method == "none" for e, _ in sub) and \
+                any(k[0] == model and k[1] is not None for k in groups):
+            continue   # unmasked probes of a black-box model: drawn in that model's black-box plots
+        if attacked_on is not None:
+            sub = sub + [(e, m) for e, m in groups.get((model, None), []) if e.method == "none"]
+        what = f"{model}" + (f" (black-box, attacked on {attacked_on})" if attacked_on else " (white-box)")
+        slug = _slug(model) + (f"_from_{_slug(attacked_on)}" if attacked_on else "")
+        ents = [e for e, _ in sub]
+        for kind in ("cmc", "roc"):
+            png = plots.curve_plot(ents, kind, out / "plots" / f"{kind}_{slug}.png", f"{kind.upper()} — {what}")
+            if png:
+                curves.append((png, f"{kind.upper()}, evaluated on {what}"))
+        png = plots.sweep_plot(sub, out / "plots" / f"distractors_{slug}.png", f"Rank-1 vs distractors — {what}")
+        if png:
+            sweeps.append((png, f"Rank-1 vs number of distractors, {what}"))
+    attacked = {}
+    for e, _ in items:
+        if e.attack_dir is not None and e.method not in attacked:
+            attacked[e.method] = e
+    if attacked and options.examples > 0:
+        keys = plots.example_keys(list(attacked.values()), options.examples)
+        for method, e in attacked.items():
+            png = plots.examples_figure(e, keys, out / "examples" / f"{_slug(method)}.png")
+            if png:
+                examples.append((png, f"{label(method)}: original, template, result (PSNR against the base image)"))
+        if keys:
+            png = plots.overview_figure(list(attacked.values()), keys[0], out / "examples" / "overview.png")
+            if png:
+                examples.insert(0, (png, f"One probe under every method ({keys[0]})"))
+    return [("CMC and ROC curves", curves), ("Distractor-size sweep", sweeps), ("Examples", examples)]
