@@ -1,0 +1,490 @@
+"""The mf2m feature-set format (``mf2m.features.v1``): reading, validation, writing.
+
+A *feature set* is either one HDF5 file or a directory holding ``manifest.json`` plus HDF5 shards.
+Every HDF5 file holds
+
+* ``features``: (n, D) float16 or float32, one row per image (re-normalised to unit L2 on load, in float32);
+* ``keys``: (n,) UTF-8 strings, the image's relative path or unique name;
+* ``labels``: (n,) int64 identity index, -1 where unknown;
+* file attributes ``model`` (string) and ``dim`` (int).
+
+``manifest.json``::
+
+    {"format": "mf2m.features.v1", "model": "...", "dim": 512, "count": 1000000,
+     "shards": [{"path": "part-00000.h5", "count": 100000, "sha256": "..."}, ...]}
+
+Shard paths are relative to the manifest's directory.
+
+Writer API (used by the embed stage)::
+
+    from benchmark.features import write_feature_file, write_manifest, FeatureSetWriter
+
+    write_feature_file("probes.h5", feats, keys, labels, model="arcface-r100")   # one atomic file
+    with FeatureSetWriter("gallery/", model="arcface-r100", dim=512, shard_size=100_000) as w:
+        for feats, keys, labels in batches:      # any batch size; shards are cut at shard_size
+            w.add(feats, keys, labels)
+    # -> gallery/part-00000.h5, ..., gallery/manifest.json (written last, atomically)
+    write_manifest("gallery/", model, dim, ["part-00000.h5", ...])   # (re)build a manifest
+
+Reading: ``FeatureSet(path)`` checks the manifest (format, counts, checksums, model/dim of every
+shard) and streams rows with ``iter_blocks``; ``load`` returns everything as arrays.  Every
+problem raises ``FeatureFormatError`` (a ``ValueError``) naming the offending file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from benchmark.atomic import atomic_path, write_json
+from benchmark.manifest import sha256_file
+
+FORMAT = "mf2m.features.v1"
+MANIFEST = "manifest.json"
+
+
+class FeatureFormatError(ValueError):
+    """A feature file or manifest that breaks the format (the message names the file)."""
+
+
+@dataclass
+class Shard:
+    """One HDF5 file of a feature set."""
+
+    path: Path
+    count: int
+    sha256: str | None = None
+
+
+@dataclass
+class FeatureBlock:
+    """A block of consecutive rows: unit-norm float32 features, keys, labels, and where they came from."""
+
+    features: np.ndarray
+    keys: np.ndarray
+    labels: np.ndarray
+    path: Path
+    start: int
+
+
+@dataclass
+class FeatureArrays:
+    """A whole feature set in memory (features unit-norm float32)."""
+
+    features: np.ndarray
+    keys: np.ndarray
+    labels: np.ndarray
+    model: str
+    dim: int
+    source: Path
+    shards: list[Shard] = field(default_factory=list)
+
+
+def _h5():
+    import h5py
+    return h5py
+
+
+def _decode_keys(raw: np.ndarray, path: Path) -> np.ndarray:
+    """HDF5 strings (bytes or str) -> numpy unicode array."""
+    try:
+        out = [k.decode("utf-8") if isinstance(k, (bytes, np.bytes_)) else str(k) for k in raw]
+    except UnicodeDecodeError as exc:
+        raise FeatureFormatError(f"{path}: keys are not valid UTF-8 ({exc})") from exc
+    return np.asarray(out, dtype=str) if out else np.zeros(0, dtype="<U1")
+
+
+def _file_header(path: Path) -> tuple[str, int, int]:
+    """(model, dim, n) of one HDF5 feature file, after checking its datasets and attributes."""
+    h5py = _h5()
+    if not path.is_file():
+        raise FileNotFoundError(f"feature file not found: {path}")
+    try:
+        fh = h5py.File(path, "r")
+    except OSError as exc:
+        raise FeatureFormatError(f"{path}: not a readable HDF5 file ({exc})") from exc
+    with fh:
+        for name in ("features", "keys", "labels"):
+            if name not in fh:
+                raise FeatureFormatError(f"{path}: missing dataset {name!r}")
+        for name in ("model", "dim"):
+            if name not in fh.attrs:
+                raise FeatureFormatError(f"{path}: missing file attribute {name!r}")
+        feats, keys, labels = fh["features"], fh["keys"], fh["labels"]
+        model = fh.attrs["model"]
+        model = model.decode() if isinstance(model, bytes) else str(model)
+        dim = int(fh.attrs["dim"])
+        if feats.ndim != 2 or feats.shape[1] != dim:
+            raise FeatureFormatError(f"{path}: features have shape {feats.shape}, expected (n, {dim})")
+        if feats.dtype not in (np.float16, np.float32):
+            raise FeatureFormatError(f"{path}: features must be float16 or float32, not {feats.dtype}")
+        n = feats.shape[0]
+        if keys.shape != (n,) or labels.shape != (n,):
+            raise FeatureFormatError(f"{path}: keys {keys.shape} / labels {labels.shape} do not match "
+                                     f"{n} feature rows")
+        if labels.dtype.kind not in "iu":
+            raise FeatureFormatError(f"{path}: labels must be int64, not {labels.dtype}")
+        if keys.dtype.kind not in "OSU":
+            raise FeatureFormatError(f"{path}: keys must be UTF-8 strings, not {keys.dtype}")
+    return model, dim, n
+
+
+def normalize_rows(features: np.ndarray, path: Path | str, start: int = 0) -> np.ndarray:
+    """Unit-L2 float32 copy of ``features``; NaN/Inf or zero rows raise an error naming the file and row."""
+    x = np.asarray(features, dtype=np.float32)
+    bad = ~np.isfinite(x).all(axis=1)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0]) + start
+        raise FeatureFormatError(f"{path}: row {row} has NaN or Inf features ({int(bad.sum())} such rows "
+                                 f"in this block)")
+    norms = np.linalg.norm(x, axis=1)
+    zero = ~(norms > 0)
+    if zero.any():
+        row = int(np.flatnonzero(zero)[0]) + start
+        raise FeatureFormatError(f"{path}: row {row} is an all-zero feature vector ({int(zero.sum())} such "
+                                 f"rows in this block)")
+    x /= norms[:, None]
+    return x
+
+
+class FeatureSet:
+    """An opened (validated) feature set: one HDF5 file or a directory with ``manifest.json``."""
+
+    def __init__(self, path: str | os.PathLike, verify_checksums: bool = True):
+        """Open ``path`` and check its manifest, shard counts/checksums and model/dim consistency."""
+        self.path = Path(path)
+        if self.path.is_dir():
+            self.shards, self.model, self.dim = self._read_manifest(verify_checksums)
+        elif self.path.is_file():
+            model, dim, n = _file_header(self.path)
+            self.shards, self.model, self.dim = [Shard(self.path, n)], model, dim
+        else:
+            raise FileNotFoundError(f"feature set not found: {self.path}")
+        self.count = sum(s.count for s in self.shards)
+
+    def _read_manifest(self, verify: bool) -> tuple[list[Shard], str, int]:
+        mpath = self.path / MANIFEST
+        if not mpath.is_file():
+            raise FeatureFormatError(f"{self.path}: directory has no {MANIFEST}")
+        try:
+            man = json.loads(mpath.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise FeatureFormatError(f"{mpath}: not valid JSON ({exc})") from exc
+        if not isinstance(man, dict) or man.get("format") != FORMAT:
+            raise FeatureFormatError(f"{mpath}: format must be {FORMAT!r}, found {man.get('format')!r}"
+                                     if isinstance(man, dict) else f"{mpath}: not a JSON object")
+        for name in ("model", "dim", "shards"):
+            if name not in man:
+                raise FeatureFormatError(f"{mpath}: missing {name!r}")
+        model, dim = str(man["model"]), int(man["dim"])
+        shards = []
+        for i, entry in enumerate(man["shards"]):
+            if not isinstance(entry, dict) or "path" not in entry or "count" not in entry:
+                raise FeatureFormatError(f"{mpath}: shard {i} needs 'path' and 'count'")
+            spath = self.path / entry["path"]
+            if not spath.is_file():
+                raise FileNotFoundError(f"{mpath}: shard {entry['path']!r} not found ({spath})")
+            s_model, s_dim, n = _file_header(spath)
+            if n != int(entry["count"]):
+                raise FeatureFormatError(f"{spath}: holds {n} rows but {mpath} says {entry['count']}")
+            if s_model != model or s_dim != dim:
+                raise FeatureFormatError(f"{spath}: model/dim {s_model!r}/{s_dim} differ from the manifest's "
+                                         f"{model!r}/{dim} ({mpath})")
+            sha = entry.get("sha256")
+            if verify:
+                if not sha:
+                    raise FeatureFormatError(f"{mpath}: shard {entry['path']!r} has no sha256")
+                actual = sha256_file(spath)
+                if actual != sha:
+                    raise FeatureFormatError(f"{spath}: sha256 {actual} does not match {mpath} ({sha})")
+            shards.append(Shard(spath, n, sha))
+        if "count" in man and int(man["count"]) != sum(s.count for s in shards):
+            raise FeatureFormatError(f"{mpath}: count {man['count']} != sum of shard counts "
+                                     f"{sum(s.count for s in shards)}")
+        return shards, model, dim
+
+    def iter_blocks(self, block_size: int = 65536) -> Iterator[FeatureBlock]:
+        """Stream the rows shard by shard in blocks of at most ``block_size`` (unit-norm float32)."""
+        h5py = _h5()
+        start = 0
+        for shard in self.shards:
+            with h5py.File(shard.path, "r") as fh:
+                for lo in range(0, shard.count, block_size):
+                    hi = min(lo + block_size, shard.count)
+                    feats = normalize_rows(fh["features"][lo:hi], shard.path, lo)
+                    keys = _decode_keys(fh["keys"][lo:hi], shard.path)
+                    labels = np.asarray(fh["labels"][lo:hi], dtype=np.int64)
+                    yield FeatureBlock(feats, keys, labels, shard.path, start + lo)
+            start += shard.count
+
+    def load(self, block_size: int = 65536, progress: bool = False) -> FeatureArrays:
+        """All rows in memory (float32 unit-norm features); duplicate keys raise an error naming the file."""
+        feats = np.empty((self.count, self.dim), dtype=np.float32)
+        keys, labels = [], []
+        blocks = self.iter_blocks(block_size)
+        if progress:
+            from tqdm import tqdm
+            blocks = tqdm(blocks, total=sum(-(-s.count // block_size) for s in self.shards),
+                          desc=f"read {self.path.name}", unit="block", leave=False)
+        for b in blocks:
+            feats[b.start:b.start + len(b.keys)] = b.features
+            keys.append(b.keys)
+            labels.append(b.labels)
+        key_arr = np.concatenate(keys) if keys else np.zeros(0, dtype="<U1")
+        lab_arr = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
+        check_unique_keys(key_arr, self)
+        return FeatureArrays(feats, key_arr, lab_arr, self.model, self.dim, self.path, list(self.shards))
+
+    def shard_of_row(self, row: int) -> Path:
+        """The file holding global row ``row`` (for error messages)."""
+        for shard in self.shards:
+            if row < shard.count:
+                return shard.path
+            row -= shard.count
+        return self.path
+
+
+def check_unique_keys(keys: np.ndarray, fs: FeatureSet) -> None:
+    """Raise if a key occurs twice, naming the key and the file(s) holding it."""
+    if len(keys) < 2:
+        return
+    order = np.argsort(keys, kind="stable")
+    sk = keys[order]
+    dup = np.flatnonzero(sk[1:] == sk[:-1])
+    if dup.size:
+        i = dup[0]
+        a, b = int(order[i]), int(order[i + 1])
+        files = {str(fs.shard_of_row(a)), str(fs.shard_of_row(b))}
+        raise FeatureFormatError(f"{' and '.join(sorted(files))}: duplicate key {sk[i]!r} (rows {a} and {b}; "
+                                 f"{dup.size} duplicate(s) in {fs.path})")
+
+
+def check_compatible(sets: dict[str, FeatureSet]) -> tuple[str, int]:
+    """All roles must share one model and dim; returns them or raises naming the files."""
+    items = list(sets.items())
+    role0, fs0 = items[0]
+    for role, fs in items[1:]:
+        if fs.model != fs0.model or fs.dim != fs0.dim:
+            raise FeatureFormatError(f"mixed feature sets: {role} {fs.path} is model {fs.model!r} dim {fs.dim}, "
+                                     f"but {role0} {fs0.path} is model {fs0.model!r} dim {fs0.dim}")
+    return fs0.model, fs0.dim
+
+
+# ----------------------------------------------------------------------------------------- writing
+
+def write_feature_file(path: str | os.PathLike, features: np.ndarray, keys: Sequence[str],
+                       labels: Sequence[int] | np.ndarray | None, model: str, dim: int | None = None,
+                       dtype: str = "float32") -> Path:
+    """Atomically write one feature file (labels default to -1); returns its path."""
+    path = Path(path)
+    feats = np.asarray(features)
+    if feats.ndim != 2:
+        raise ValueError(f"{path}: features must be 2-D, got shape {feats.shape}")
+    dim = int(feats.shape[1] if dim is None else dim)
+    if feats.shape[1] != dim:
+        raise ValueError(f"{path}: features have {feats.shape[1]} columns, dim says {dim}")
+    n = feats.shape[0]
+    keys = [str(k) for k in keys]
+    labels = np.full(n, -1, np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
+    if len(keys) != n or labels.shape != (n,):
+        raise ValueError(f"{path}: {n} feature rows but {len(keys)} keys and {labels.shape[0]} labels")
+    normalize_rows(feats, path)  # refuse NaN/Inf/zero rows before writing anything
+    if len(set(keys)) != n:
+        raise ValueError(f"{path}: duplicate keys in the rows to write")
+    h5py = _h5()
+    with atomic_path(path, suffix=".h5") as tmp:
+        with h5py.File(tmp, "w") as fh:
+            fh.create_dataset("features", data=feats.astype(dtype), chunks=(min(max(n, 1), 4096), dim))
+            fh.create_dataset("keys", data=np.asarray(keys, dtype=object),
+                              dtype=h5py.string_dtype("utf-8"))
+            fh.create_dataset("labels", data=labels)
+            fh.attrs["model"] = model
+            fh.attrs["dim"] = dim
+    return path
+
+
+def write_manifest(directory: str | os.PathLike, model: str, dim: int,
+                   shards: Iterable[str | os.PathLike]) -> Path:
+    """Write ``directory/manifest.json`` for the given shard files (counts and sha256 are computed)."""
+    directory = Path(directory)
+    entries = []
+    for shard in shards:
+        spath = Path(shard) if Path(shard).is_absolute() else directory / shard
+        s_model, s_dim, n = _file_header(spath)
+        if s_model != model or s_dim != dim:
+            raise FeatureFormatError(f"{spath}: model/dim {s_model!r}/{s_dim} differ from {model!r}/{dim}")
+        entries.append({"path": os.path.relpath(spath, directory), "count": n, "sha256": sha256_file(spath)})
+    man = {"format": FORMAT, "model": model, "dim": int(dim), "count": sum(e["count"] for e in entries),
+           "shards": entries}
+    write_json(directory / MANIFEST, man)
+    return directory / MANIFEST
+
+
+class FeatureSetWriter:
+    """Write a sharded feature set incrementally: ``add`` batches, shards cut at ``shard_size``, manifest on close."""
+
+    def __init__(self, directory: str | os.PathLike, model: str, dim: int, shard_size: int = 100_000,
+                 dtype: str = "float32"):
+        self.directory, self.model, self.dim = Path(directory), model, int(dim)
+        self.shard_size, self.dtype = int(shard_size), dtype
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._buf: list[tuple[np.ndarray, list[str], np.ndarray]] = []
+        self._buffered = 0
+        self.shards: list[str] = []
+        self._seen: set[str] = set()
+
+    def add(self, features: np.ndarray, keys: Sequence[str], labels: Sequence[int] | np.ndarray | None = None):
+        """Append rows (duplicate keys across the whole set are refused)."""
+        keys = [str(k) for k in keys]
+        dup = self._seen.intersection(keys)
+        if dup or len(set(keys)) != len(keys):
+            raise ValueError(f"{self.directory}: duplicate key(s) {sorted(dup)[:3] or 'within the batch'}")
+        self._seen.update(keys)
+        labels = np.full(len(keys), -1, np.int64) if labels is None else np.asarray(labels, np.int64)
+        self._buf.append((np.asarray(features), keys, labels))
+        self._buffered += len(keys)
+        while self._buffered >= self.shard_size:
+            self._flush(self.shard_size)
+
+    def _flush(self, n: int) -> None:
+        feats = np.concatenate([b[0] for b in self._buf])
+        keys = [k for b in self._buf for k in b[1]]
+        labels = np.concatenate([b[2] for b in self._buf])
+        name = f"part-{len(self.shards):05d}.h5"
+        write_feature_file(self.directory / name, feats[:n], keys[:n], labels[:n], self.model, self.dim,
+                           self.dtype)
+        self.shards.append(name)
+        self._buf = [(feats[n:], keys[n:], labels[n:])] if len(keys) > n else []
+        self._buffered = len(keys) - n
+
+    def close(self) -> Path:
+        """Write the last shard and the manifest; returns the manifest path."""
+        if self._buffered:
+            self._flush(self._buffered)
+        return write_manifest(self.directory, self.model, self.dim, self.shards)
+
+    def __enter__(self) -> "FeatureSetWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+
+
+# --------------------------------------------------------------------------------------- importers
+
+def read_lines(path: str | os.PathLike) -> list[str]:
+    """Non-empty, non-comment (#) lines of a UTF-8 text file, stripped."""
+    return [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines()
+            if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def _read_labels(path: Path, n: int) -> np.ndarray:
+    labels = np.load(path) if path.suffix == ".npy" else np.asarray([int(x) for x in read_lines(path)])
+    labels = np.asarray(labels).reshape(-1)
+    if labels.shape[0] != n:
+        raise FeatureFormatError(f"{path}: {labels.shape[0]} labels for {n} feature rows")
+    return labels.astype(np.int64)
+
+
+def import_npy(npy: str | os.PathLike, keys_file: str | os.PathLike, out: str | os.PathLike, model: str,
+               labels_file: str | os.PathLike | None = None, shard_size: int = 100_000,
+               dtype: str = "float32") -> Path:
+    """Convert an (n, D) ``.npy`` (memory-mapped) + one-key-per-line text file into a feature-set directory."""
+    npy, keys_file = Path(npy), Path(keys_file)
+    arr = np.load(npy, mmap_mode="r")
+    if arr.ndim != 2:
+        raise FeatureFormatError(f"{npy}: expected a 2-D array, got shape {arr.shape}")
+    keys = read_lines(keys_file)
+    if len(keys) != arr.shape[0]:
+        raise FeatureFormatError(f"{keys_file}: {len(keys)} keys for {arr.shape[0]} rows of {npy}")
+    labels = _read_labels(Path(labels_file), arr.shape[0]) if labels_file else np.full(arr.shape[0], -1, np.int64)
+    with FeatureSetWriter(out, model, arr.shape[1], shard_size, dtype) as writer:
+        for lo in range(0, arr.shape[0], shard_size):
+            hi = min(lo + shard_size, arr.shape[0])
+            normalize_rows(arr[lo:hi], npy, lo)  # errors name the .npy file and row
+            writer.add(np.asarray(arr[lo:hi]), keys[lo:hi], labels[lo:hi])
+    return Path(out)
+
+
+def read_megaface_bin(path: str | os.PathLike) -> np.ndarray:
+    """One MegaFace devkit feature file: int32 header (rows, cols, stride, type=5 float32) + float32 data."""
+    path = Path(path)
+    raw = path.read_bytes()
+    if len(raw) < 16:
+        raise FeatureFormatError(f"{path}: too short for a MegaFace .bin header")
+    rows, cols, _stride, typ = np.frombuffer(raw[:16], dtype="<i4")
+    if typ != 5:
+        raise FeatureFormatError(f"{path}: matrix type {typ} is not float32 (5)")
+    n = int(rows) * int(cols)
+    if n <= 0 or len(raw) != 16 + 4 * n:
+        raise FeatureFormatError(f"{path}: header says {rows}x{cols} floats but the file has {len(raw) - 16} "
+                                 f"data bytes")
+    return np.frombuffer(raw[16:], dtype="<f4").astype(np.float32)
+
+
+def import_megaface(root: str | os.PathLike, out: str | os.PathLike, model: str, suffix: str = ".bin",
+                    identities: str | os.PathLike | None = None, shard_size: int = 100_000,
+                    dtype: str = "float32", progress: bool = True) -> tuple[Path, int]:
+    """Import every ``*<suffix>`` file under ``root`` (devkit per-image features) into a feature-set dir.
+
+    Key = path relative to ``root`` with ``suffix`` removed (e.g. ``Aaron_Eckhart/Aaron_Eckhart_1.png``).
+    With ``identities`` (a text file, one identity name per line, index = label; created/extended as
+    needed so probes and mates share it), labels come from each file's parent directory name; else -1.
+    Returns (output directory, number of files).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"MegaFace feature directory not found: {root}")
+    files = sorted(p for p in root.rglob(f"*{suffix}") if p.is_file())
+    if not files:
+        raise FeatureFormatError(f"{root}: no files ending in {suffix!r}")
+    names: list[str] = read_lines(identities) if identities and Path(identities).is_file() else []
+    index = {n: i for i, n in enumerate(names)}
+    writer = None
+    iterator = files
+    if progress:
+        from tqdm import tqdm
+        iterator = tqdm(files, desc="import .bin", unit="file")
+    batch_f, batch_k, batch_l = [], [], []
+    for path in iterator:
+        vec = read_megaface_bin(path)
+        if writer is None:
+            writer = FeatureSetWriter(out, model, vec.shape[0], shard_size, dtype)
+        elif vec.shape[0] != writer.dim:
+            raise FeatureFormatError(f"{path}: {vec.shape[0]} values, earlier files had {writer.dim}")
+        rel = path.relative_to(root).as_posix()
+        batch_k.append(rel[: -len(suffix)])
+        batch_f.append(vec)
+        label = -1
+        if identities:
+            ident = path.parent.name
+            if ident not in index:
+                index[ident] = len(names)
+                names.append(ident)
+            label = index[ident]
+        batch_l.append(label)
+        if len(batch_k) >= 8192:
+            writer.add(np.stack(batch_f), batch_k, batch_l)
+            batch_f, batch_k, batch_l = [], [], []
+    if batch_k:
+        writer.add(np.stack(batch_f), batch_k, batch_l)
+    writer.close()
+    if identities:
+        from benchmark.atomic import write_text
+        write_text(identities, "\n".join(names) + "\n")
+    return Path(out), len(files)
+
+
+def describe(fs: FeatureSet) -> dict:
+    """Summary of a validated feature set (reads every row: checks NaN/Inf/zero rows and duplicate keys)."""
+    arrays = fs.load()
+    labels = arrays.labels
+    return {"path": str(fs.path), "model": fs.model, "dim": fs.dim, "count": fs.count,
+            "shards": len(fs.shards), "labelled": int((labels >= 0).sum()),
+            "identities": int(np.unique(labels[labels >= 0]).size)}

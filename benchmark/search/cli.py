@@ -1,0 +1,59 @@
+"""``mf2m search``: exact MegaFace-protocol identification and verification metrics."""
+
+from __future__ import annotations
+
+import argparse
+
+DEFAULT_FARS = (1e-6, 1e-5, 1e-4, 1e-3)
+DEFAULT_RANKS = (1, 2, 5, 10, 20, 50, 100, 1000, 10000, 100000, 1000000)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from benchmark.search.run import SearchConfig, run_search
+    cfg = SearchConfig(probes=args.probes, mates=args.mates, distractors=args.distractors, out=args.out,
+                       fars=args.far, ranks=args.ranks, distractor_sizes=args.distractor_sizes,
+                       noise_lists=args.noise_list, topk=args.topk, device=args.device,
+                       block_size=args.block_size, seed=args.seed, progress=not args.no_progress)
+    for f in cfg.fars:
+        if not 0 < f < 1:
+            raise ValueError(f"--far values must be in (0, 1), got {f}")
+    if cfg.block_size < 1 or cfg.topk < 0:
+        raise ValueError("--block-size must be ≥ 1 and --topk ≥ 0")
+    metrics = run_search(cfg)
+    if metrics:
+        tar = ", ".join(f"TAR@{t['far']:g}={t['tar']:.4f}" for t in metrics["tar_at_far"])
+        print(f"rank-1 {metrics['rank1']:.4f}  {tar}  AUC {metrics['auc']:.6f}  -> {args.out}/metrics.json")
+    return 0
+
+
+def register(subparsers, formatter_class) -> None:
+    """Add ``mf2m search``."""
+    p = subparsers.add_parser(
+        "search", formatter_class=formatter_class,
+        help="exact rank-1/CMC, TAR@FAR and AUC of probes vs mates + distractors (MegaFace protocol)",
+        description="Score probes against mates and a distractor gallery (cosine similarity) and compute "
+                    "exact metrics without holding the score matrix: positives = same label ≥ 0 and "
+                    "different key; negatives = every probe × distractor. See docs/protocol.md.\n"
+                    "Multi-GPU: torchrun --nproc-per-node N -m benchmark.cli search ... (each rank takes "
+                    "every N-th distractor block; rank 0 merges).")
+    p.add_argument("--probes", required=True, help="probe feature set (HDF5 file or directory with manifest.json)")
+    p.add_argument("--mates", required=True, help="mate feature set (clean images of the probes' identities)")
+    p.add_argument("--distractors", required=True, help="distractor feature set (e.g. MegaFace 1M)")
+    p.add_argument("--out", required=True, help="output directory (metrics.json, cmc/roc csv+png, topk.csv, manifest)")
+    p.add_argument("--far", type=float, nargs="+", default=list(DEFAULT_FARS),
+                   help="false accept rates for TAR@FAR (exact thresholds); the ROC grid goes up to the largest")
+    p.add_argument("--ranks", type=int, nargs="+", default=list(DEFAULT_RANKS),
+                   help="CMC ranks reported in metrics.json (1, 10, 100, 1000 are always added)")
+    p.add_argument("--distractor-sizes", type=int, nargs="*", default=[],
+                   help="nested, seeded random distractor subset sizes for the rank-1 / TAR sweep, "
+                        "e.g. 10 100 1000 10000 100000 1000000")
+    p.add_argument("--noise-list", nargs="*", default=[],
+                   help="noise list file(s) (megaface_noises.txt / facescrub_noises.txt): listed keys are "
+                        "excluded from every role")
+    p.add_argument("--topk", type=int, default=50, help="gallery matches per probe written to topk.csv (0: none)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (results are identical)")
+    p.add_argument("--block-size", type=int, default=8192,
+                   help="distractors per GEMM block (memory ≈ probes × block × 4 bytes per block)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the distractor-size sweep's permutation")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run)

@@ -1,0 +1,107 @@
+"""Files written by ``mf2m search``: metrics.json, cmc.csv, roc.csv, topk.csv, cmc.png, roc.png, manifest.json."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+
+from benchmark.atomic import atomic_path, write_json, write_text
+from benchmark.manifest import build_manifest, sha256_file
+
+
+def _csv(rows: list[list], header: list[str]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def write_curves(out: Path, metrics: dict, curves: dict) -> None:
+    """cmc.csv (every rank where the CMC steps, so CMC(k) is exact for every k) and roc.csv."""
+    steps, rates = curves["cmc"]
+    n_d = metrics["counts"]["distractors"]
+    rows = [[1, "0"]] if steps[0] != 1 else []
+    rows += [[int(k), f"{r:.9g}"] for k, r in zip(steps, rates)]
+    if steps[-1] != n_d + 1:
+        rows.append([n_d + 1, f"{1.0:.9g}"])
+    write_text(out / "cmc.csv", _csv(rows, ["rank", "identification_rate"]))
+    write_text(out / "roc.csv", _csv([[f"{r['far']:.6g}", f"{r['tar']:.9g}", repr(r["threshold"])]
+                                      for r in curves["roc"]], ["far", "tar", "threshold"]))
+
+
+def write_matches(out: Path, curves: dict, arrays: dict) -> None:
+    """topk.csv: probe key, rank, gallery key, role, same-identity flag, exact score."""
+    idx, scores = curves["matches"]
+    p, m, d = arrays["probes"], arrays["mates"], arrays["distractors"]
+    n_m = len(m.keys)
+    rows = []
+    for i in range(idx.shape[0]):
+        for r in range(idx.shape[1]):
+            if not np.isfinite(scores[i, r]):
+                continue
+            g = int(idx[i, r])
+            if g < n_m:
+                key, role, label = m.keys[g], "mate", m.labels[g]
+            else:
+                key, role, label = d.keys[g - n_m], "distractor", d.labels[g - n_m]
+            same = int(label >= 0 and label == p.labels[i])
+            rows.append([p.keys[i], r + 1, key, role, same, repr(float(scores[i, r]))])
+    write_text(out / "topk.csv", _csv(rows, ["probe", "rank", "gallery", "role", "same_identity", "score"]))
+
+
+def plot(out: Path, metrics: dict, curves: dict) -> None:
+    """cmc.png (rank on a log axis) and roc.png (FAR on a log axis), as Fig. 5 of the paper."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps, rates = curves["cmc"]
+    n_d = metrics["counts"]["distractors"]
+    x = np.concatenate([[1], steps, [n_d + 1]])
+    y = np.concatenate([[rates[0] if steps[0] == 1 else 0.0], rates, [1.0]])
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.step(x, y, where="post")
+    ax.set_xscale("log")
+    ax.set(xlabel="rank", ylabel="identification rate", ylim=(0, 1.01),
+           title=f"CMC ({n_d:,} distractors), rank-1 {metrics['rank1']:.4f}")
+    ax.grid(True, which="both", alpha=0.3)
+    with atomic_path(out / "cmc.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+    roc = curves["roc"]
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.plot([r["far"] for r in roc], [r["tar"] for r in roc], marker=".")
+    ax.set_xscale("log")
+    ax.set(xlabel="false accept rate", ylabel="true accept rate", ylim=(0, 1.01),
+           title=f"ROC, AUC {metrics['auc']:.6f}")
+    ax.grid(True, which="both", alpha=0.3)
+    with atomic_path(out / "roc.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def write_all(out: Path, cfg, metrics: dict, curves: dict, arrays: dict, model: str, dim: int, device: str,
+              world: int, timings: dict) -> None:
+    """Every output of the stage; metrics.json and manifest.json are written last."""
+    from benchmark.features import FeatureSet
+    from benchmark.search.run import config_dict
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_curves(out, metrics, curves)
+    write_matches(out, curves, arrays)
+    plot(out, metrics, curves)
+    write_json(out / "metrics.json", metrics)
+    inputs = {}
+    for role in ("probes", "mates", "distractors"):
+        fs = FeatureSet(getattr(cfg, role), verify_checksums=False)
+        inputs[role] = {"path": str(fs.path), "count": fs.count,
+                        "shards": [{"path": str(s.path), "count": s.count,
+                                    "sha256": s.sha256 or sha256_file(s.path)} for s in fs.shards]}
+    write_json(out / "manifest.json", build_manifest(
+        "search", config_dict(cfg), inputs=inputs, model=model, dim=dim, device=device, processes=world,
+        timings=timings, outputs=["metrics.json", "cmc.csv", "roc.csv", "topk.csv", "cmc.png", "roc.png"]))

@@ -1,0 +1,275 @@
+"""The search stage end to end: load feature sets, apply noise lists, stream the gallery, compute metrics.
+
+Multi-process / multi-GPU: under ``torchrun`` (env ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``) every rank
+takes every WORLD_SIZE-th distractor block, saves its additive partial to ``OUT/partials/``, and rank 0
+merges them and writes the outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from benchmark.features import FeatureArrays, FeatureSet, check_compatible, read_lines
+from benchmark.search import engine
+
+log = logging.getLogger(__name__)
+
+from benchmark.search.cli import DEFAULT_FARS, DEFAULT_RANKS  # noqa: E402  (defaults live with the CLI)
+
+
+@dataclass
+class SearchConfig:
+    """Inputs and settings of one search run (all of them are recorded in the manifest)."""
+
+    probes: str
+    mates: str
+    distractors: str
+    out: str
+    fars: list[float] = field(default_factory=lambda: list(DEFAULT_FARS))
+    ranks: list[int] = field(default_factory=lambda: list(DEFAULT_RANKS))
+    distractor_sizes: list[int] = field(default_factory=list)
+    noise_lists: list[str] = field(default_factory=list)
+    topk: int = 50
+    device: str = "auto"
+    block_size: int = 8192
+    seed: int = 0
+    roc_per_decade: int = 10
+    progress: bool = True
+
+
+# ------------------------------------------------------------------------------------------- inputs
+
+def load_noise(paths: list[str]) -> set[str]:
+    """Entries of noise lists (insightface megaface_noises.txt / facescrub_noises.txt style)."""
+    entries: set[str] = set()
+    for path in paths:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"noise list not found: {path}")
+        entries.update(e.lstrip("/") for e in read_lines(path))
+    return entries
+
+
+def noise_mask(keys: np.ndarray, entries: set[str]) -> np.ndarray:
+    """True where a key is listed: equal to an entry, or ending in '/'+entry, with or without extension."""
+    if not entries:
+        return np.zeros(len(keys), bool)
+    stems = {os.path.splitext(e)[0] for e in entries}
+    out = np.zeros(len(keys), bool)
+    for i, key in enumerate(keys):
+        parts = str(key).lstrip("/").split("/")
+        for j in range(len(parts)):
+            tail = "/".join(parts[j:])
+            if tail in entries or os.path.splitext(tail)[0] in stems:
+                out[i] = True
+                break
+    return out
+
+
+def _drop_rows(arrays: FeatureArrays, drop: np.ndarray) -> FeatureArrays:
+    """Remove rows in place (chunked compaction: no second copy of a 1M-row matrix)."""
+    keep = np.flatnonzero(~drop)
+    feats = arrays.features
+    for lo in range(0, keep.size, 65536):
+        sel = keep[lo:lo + 65536]
+        feats[lo:lo + sel.size] = feats[sel]
+    arrays.features = feats[:keep.size]
+    arrays.keys, arrays.labels = arrays.keys[keep], arrays.labels[keep]
+    return arrays
+
+
+def load_inputs(cfg: SearchConfig) -> tuple[dict[str, FeatureArrays], dict[str, int], str, int]:
+    """Open and validate the three roles, check model/dim, apply the noise lists (counts returned)."""
+    sets = {role: FeatureSet(getattr(cfg, role)) for role in ("probes", "mates", "distractors")}
+    model, dim = check_compatible(sets)
+    noise = load_noise(cfg.noise_lists)
+    arrays, excluded = {}, {}
+    for role, fs in sets.items():
+        arr = fs.load(progress=cfg.progress)
+        drop = noise_mask(arr.keys, noise)
+        excluded[role] = int(drop.sum())
+        arrays[role] = _drop_rows(arr, drop) if drop.any() else arr
+    if arrays["probes"].features.shape[0] == 0:
+        raise ValueError(f"{cfg.probes}: no probes left (after noise lists)")
+    if arrays["distractors"].features.shape[0] == 0:
+        raise ValueError(f"{cfg.distractors}: no distractors left (after noise lists)")
+    return arrays, excluded, model, dim
+
+
+def roc_grid(n_neg: int, fars: list[float], per_decade: int) -> list[float]:
+    """Log-spaced FARs from 1/N_neg up to the largest requested FAR, plus the requested ones."""
+    top = max(fars)
+    lo = math.ceil(math.log10(1.0 / n_neg) * per_decade) / per_decade
+    grid = [10 ** (lo + i / per_decade) for i in range(int(round((math.log10(top) - lo) * per_decade)) + 1)]
+    return sorted({float(f"{g:.6g}") for g in grid if g <= top} | set(fars))
+
+
+# ----------------------------------------------------------------------------------------- streaming
+
+def _dist_env() -> tuple[int, int, int]:
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+            int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def stream(problem: engine.Problem, device: str, block_size: int, rank: int = 0, world: int = 1,
+           progress: bool = True) -> engine.Partial:
+    """This rank's partial: distractor blocks ``rank, rank+world, …`` (plus the mates on rank 0)."""
+    import torch
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    probes_dev = torch.from_numpy(problem.probes).to(device)
+    part = engine.mates_partial(problem, probes_dev, torch.from_numpy(problem.mates).to(device)) if rank == 0 \
+        else engine.Partial.empty(problem)
+    n_d = problem.distractors.shape[0]
+    starts = list(range(rank * block_size, n_d, block_size * world))
+    it = starts
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(starts, desc=f"search [{device}]", unit="block", leave=False)
+    for a in it:
+        b = min(a + block_size, n_d)
+        block = torch.from_numpy(problem.distractors[a:b]).to(device, non_blocking=True)
+        engine.process_block(part, problem, probes_dev, block, a)
+    for top in part.tops.values():
+        top.prune()
+    return part
+
+
+def save_partial(part: engine.Partial, path: Path) -> None:
+    """Write a partial as .npz (atomic)."""
+    from benchmark.atomic import atomic_path
+    arrays = {"n_cols": np.int64(part.n_cols), "rank_hist": part.rank_hist, "auc2": np.array(str(part.auc2)),
+              "first_beater": part.first_beater, "match_vals": part.match_vals, "match_idx": part.match_idx,
+              "match_bound": part.match_bound, "n_refined": np.int64(part.n_refined)}
+    for size, top in part.tops.items():
+        arrays.update({f"top{size}_vals": top.vals, f"top{size}_probe": top.probe, f"top{size}_dist": top.dist,
+                       f"top{size}_meta": np.array([top.k, top.cut, top.eps])})
+    with atomic_path(path, suffix=".npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+
+
+def load_partial(path: Path) -> engine.Partial:
+    """Read a partial written by ``save_partial``."""
+    z = np.load(path)
+    tops = {}
+    for name in z.files:
+        if name.startswith("top") and name.endswith("_meta"):
+            size = int(name[3:-5])
+            k, cut, eps = z[name]
+            tops[size] = engine.NegTopK(int(k), float(eps), z[f"top{size}_vals"], z[f"top{size}_probe"],
+                                        z[f"top{size}_dist"], float(cut))
+    return engine.Partial(int(z["n_cols"]), z["rank_hist"], int(str(z["auc2"])), z["first_beater"], tops,
+                          z["match_vals"], z["match_idx"], z["match_bound"], int(z["n_refined"]))
+
+
+# ------------------------------------------------------------------------------------------- metrics
+
+def compute_metrics(part: engine.Partial, problem: engine.Problem, cfg: SearchConfig, n_probes: int,
+                    n_mates: int) -> tuple[dict, dict]:
+    """metrics.json content plus the curves (CMC steps, ROC grid, sweep) for the other outputs."""
+    n_d = problem.distractors.shape[0]
+    if part.n_cols != n_d:
+        raise RuntimeError(f"internal: partial covers {part.n_cols} of {n_d} distractors")
+    n_pos, n_neg = problem.n_pos, n_probes * n_d
+    metrics: dict = {"counts": {"probes": n_probes, "mates": n_mates, "distractors": n_d,
+                                "positive_pairs": n_pos, "negative_pairs": n_neg}}
+    curves: dict = {}
+    if n_pos == 0:
+        raise ValueError(f"no positive pairs: no probe in {cfg.probes} shares a label (≥ 0) with an image of "
+                         f"another key in {cfg.mates}")
+    ranks = engine.rank_counts(part, problem) + 1
+    ranks_wanted = sorted(set(cfg.ranks) | {1, 10, 100, 1000})
+    metrics["rank1"] = float(np.mean(ranks == 1))
+    metrics["cmc"] = {"ranks": ranks_wanted, "rates": [float(np.mean(ranks <= k)) for k in ranks_wanted]}
+    metrics["auc"] = part.auc2 / (2 * n_pos * n_neg)
+    grid = roc_grid(n_neg, cfg.fars, cfg.roc_per_decade)
+    top = part.tops[n_d]
+    roc = []
+    for far in grid:
+        tar, tau = engine.tar_at(problem, top, n_neg, far)
+        roc.append({"far": far, "tar": tar, "threshold": tau})
+    metrics["tar_at_far"] = [r for r in roc if r["far"] in set(cfg.fars)]
+    sorted_ranks = np.sort(ranks)
+    steps = np.unique(sorted_ranks)
+    curves["cmc"] = (steps, np.searchsorted(sorted_ranks, steps, "right") / n_pos)
+    curves["roc"] = roc
+    if problem.sweep_sizes:
+        first = engine.first_beater(part, problem)
+        sweep = []
+        for size in problem.sizes_with_full():
+            entry = {"distractors": size, "rank1": float(np.mean(first >= size)) if size < n_d
+                     else metrics["rank1"]}
+            entry["tar_at_far"] = []
+            for far in cfg.fars:
+                tar, tau = engine.tar_at(problem, part.tops[size], n_probes * size, far)
+                entry["tar_at_far"].append({"far": far, "tar": tar, "threshold": tau})
+            sweep.append(entry)
+        metrics["distractor_sweep"] = {"seed": cfg.seed, "sizes": sweep}
+    idx, scores, uncertain = engine.exact_matches(part, problem)
+    curves["matches"] = (idx, scores)
+    metrics["exactness"] = {"score": "float64 dot of float32 unit vectors",
+                            "float32_error_bound": problem.eps, "refined_pairs": part.n_refined,
+                            "topk_probes_not_certified": uncertain}
+    return metrics, curves
+
+
+def run_search(cfg: SearchConfig) -> dict:
+    """Run the whole stage; returns metrics (rank 0) and writes every output under ``cfg.out``."""
+    from benchmark.device import resolve_device
+    from benchmark.search import outputs
+
+    rank, world, local = _dist_env()
+    device = resolve_device(cfg.device)
+    if device == "cuda" and world > 1:
+        device = f"cuda:{local}"
+    t0 = time.perf_counter()
+    arrays, excluded, model, dim = load_inputs(cfg)
+    p, m, d = arrays["probes"], arrays["mates"], arrays["distractors"]
+    t_load = time.perf_counter()
+    sizes = [s for s in cfg.distractor_sizes if s < d.features.shape[0]]
+    n_neg = p.features.shape[0] * d.features.shape[0]
+    problem = engine.build_problem(p.features, p.keys, p.labels, m.features, m.keys, m.labels, d.features,
+                                   roc_grid(n_neg, cfg.fars, cfg.roc_per_decade), sizes, cfg.seed, cfg.topk)
+    part = stream(problem, device, cfg.block_size, rank, world, cfg.progress)
+    out = Path(cfg.out)
+    if world > 1:
+        save_partial(part, out / "partials" / f"rank-{rank:04d}-of-{world:04d}.npz")
+        if rank != 0:
+            return {}
+        part = _gather_partials(out / "partials", world, part)
+        for stale in (out / "partials").glob(f"rank-*-of-{world:04d}.npz"):
+            stale.unlink()  # merged: a later run must not pick them up
+    t_search = time.perf_counter()
+    metrics, curves = compute_metrics(part, problem, cfg, p.features.shape[0], m.features.shape[0])
+    metrics["counts"]["noise_excluded"] = excluded
+    t_end = time.perf_counter()
+    timings = {"load_s": t_load - t0, "search_s": t_search - t_load, "finalize_s": t_end - t_search,
+               "total_s": t_end - t0}
+    outputs.write_all(out, cfg, metrics, curves, arrays, model, dim, device, world, timings)
+    return metrics
+
+
+def _gather_partials(folder: Path, world: int, own: engine.Partial, timeout_s: float = 86400) -> engine.Partial:
+    """Rank 0: wait for the other ranks' partials and merge them into ``own``."""
+    deadline = time.time() + timeout_s
+    merged = own
+    for r in range(1, world):
+        path = folder / f"rank-{r:04d}-of-{world:04d}.npz"
+        while not path.exists():
+            if time.time() > deadline:
+                raise RuntimeError(f"timed out waiting for {path}")
+            time.sleep(1.0)
+        merged = engine.merge(merged, load_partial(path))
+    return merged
+
+
+def config_dict(cfg: SearchConfig) -> dict:
+    """The config as a JSON-able dict."""
+    return asdict(cfg)
