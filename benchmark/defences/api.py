@@ -1,0 +1,422 @@
+"""The defence plug-in API: the four kinds of defence, the ``Defence`` record, loading and wrapping.
+
+Kinds (subclass one and return an instance from a factory callable):
+
+* :class:`InputTransform` — changes aligned faces before recognition and/or mask detection
+  (JPEG, blur, bit-depth reduction, …). ``apply`` is the real defence on ``uint8`` batches;
+  ``surrogate`` is a differentiable torch version (exact, or an approximation such as the identity
+  for BPDA). :meth:`InputTransform.torch_module` combines both: its *forward value* is the real
+  defence, its *gradient* that of the surrogate (straight-through), so adaptive attacks optimise
+  against exactly what is evaluated.
+* :class:`RecognitionPolicy` — an input transform that only the recognizer sees and that changes
+  what part of the face is used (e.g. the upper face only).
+* :class:`ReplacementRecognizer` / :class:`ReplacementMaskDetector` — build another model in place
+  of the benchmark's default one.
+
+A defence is named on the command line as ``module:callable[:key=value,…]`` or by the name of an
+entry point in the ``mf2m.defences`` group, optionally followed by ``:key=value,…``. The callable is
+called with the parsed keyword arguments (int, float, bool or str) and returns a defence object.
+
+:func:`defend` applies a :class:`Defence` to a recognizer and a mask detector and returns new
+``Recognizer``/``MaskDetector`` objects whose name and ``weights_hash`` include the defence and its
+parameters, so feature sets made with and without a defence never pass as the same model.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import importlib
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from ..models.base import MaskDetector, Recognizer
+
+ENTRY_POINT_GROUP = "mf2m.defences"
+TARGETS = ("both", "recognition", "detection")
+KINDS = ("input-transform", "recognition-policy", "replacement-recognizer", "replacement-mask-detector")
+
+
+# --------------------------------------------------------------------------------------------------
+# Kinds
+# --------------------------------------------------------------------------------------------------
+
+
+def check_faces(faces: np.ndarray) -> np.ndarray:
+    """Validate aligned faces ``(n, H, W, 3)`` uint8 (a single face gets a batch axis)."""
+    faces = np.asarray(faces)
+    if faces.ndim == 3:
+        faces = faces[None]
+    if faces.dtype != np.uint8 or faces.ndim != 4 or faces.shape[3] != 3:
+        raise ValueError(f"a defence takes aligned faces (n, H, W, 3) uint8 RGB, got {faces.shape} {faces.dtype}")
+    return faces
+
+
+class InputTransform(abc.ABC):
+    """A transform of aligned faces applied before recognition and/or detection.
+
+    Subclasses set ``name`` and implement :meth:`apply_one` (or :meth:`apply` for whole batches) and,
+    when they can, :meth:`surrogate`. ``gradient`` says how good the surrogate's gradient is:
+    ``"exact"`` (the surrogate *is* the transform, up to 8-bit rounding), ``"approximate"`` (a smooth
+    stand-in) or ``"bpda-identity"`` (backward pass through the identity, Athalye et al. 2018).
+    ``apply_to`` is one of ``both``, ``recognition``, ``detection``.
+    """
+
+    name: str = "transform"
+    kind: str = "input-transform"
+    gradient: str = "bpda-identity"
+
+    def __init__(self, apply_to: str = "both"):
+        if apply_to not in TARGETS:
+            raise ValueError(f"apply_to must be one of {', '.join(TARGETS)}, not {apply_to!r}")
+        self.apply_to = apply_to
+
+    def params(self) -> dict[str, Any]:
+        """The parameters that define this transform (recorded in manifests and model names)."""
+        return {"apply_to": self.apply_to}
+
+    def apply_one(self, face: np.ndarray) -> np.ndarray:
+        """The defence on one ``(H, W, 3)`` uint8 face (subclasses override this or :meth:`apply`)."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither apply_one nor apply")
+
+    def apply(self, faces: np.ndarray) -> np.ndarray:
+        """The defence on a batch ``(n, H, W, 3)`` uint8 → same shape, uint8."""
+        faces = check_faces(faces)
+        out = np.empty_like(faces)
+        for i, face in enumerate(faces):
+            out[i] = self.apply_one(face)
+        return out
+
+    def surrogate(self, x: "Any") -> "Any":
+        """Differentiable version on ``(n, 3, H, W)`` float RGB in [0, 1] (default: the identity, BPDA)."""
+        return x
+
+    def torch_module(self) -> "Any":
+        """A ``torch.nn.Module``: forward value = :meth:`apply` (on the 8-bit rounded input), gradient = :meth:`surrogate`'s."""
+        return _straight_through_class()(self)
+
+    @property
+    def affects_recognition(self) -> bool:
+        """Whether the recognizer sees the transformed faces."""
+        return self.apply_to in ("both", "recognition")
+
+    @property
+    def affects_detection(self) -> bool:
+        """Whether the mask detector sees the transformed faces."""
+        return self.apply_to in ("both", "detection")
+
+
+class RecognitionPolicy(InputTransform):
+    """A change of what the recognizer looks at (e.g. the upper face only); the mask detector is untouched."""
+
+    kind = "recognition-policy"
+
+    def __init__(self):
+        super().__init__(apply_to="recognition")
+
+    def params(self) -> dict[str, Any]:
+        """Parameters of the policy (no ``apply_to``: a policy always targets recognition)."""
+        return {}
+
+
+class ReplacementRecognizer(abc.ABC):
+    """A defence that swaps the recognizer for another (e.g. an adversarially trained one)."""
+
+    name: str = "replacement-recognizer"
+    kind: str = "replacement-recognizer"
+
+    @abc.abstractmethod
+    def create(self, device: str = "auto") -> Recognizer:
+        """Build the replacement recognizer."""
+
+    def params(self) -> dict[str, Any]:
+        """Parameters recorded in manifests."""
+        return {}
+
+
+class ReplacementMaskDetector(abc.ABC):
+    """A defence that swaps the mask detector for another (e.g. one trained on faced masks)."""
+
+    name: str = "replacement-mask-detector"
+    kind: str = "replacement-mask-detector"
+
+    @abc.abstractmethod
+    def create(self, device: str = "auto") -> MaskDetector:
+        """Build the replacement mask detector."""
+
+    def params(self) -> dict[str, Any]:
+        """Parameters recorded in manifests."""
+        return {}
+
+
+def _straight_through_class():
+    import torch
+    from torch import nn
+
+    class StraightThrough(nn.Module):
+        """Forward: the real (numpy) defence on the 8-bit rounded input. Backward: the surrogate's gradient."""
+
+        def __init__(self, transform: InputTransform):
+            super().__init__()
+            self.transform = transform
+
+        def forward(self, x: "torch.Tensor") -> "torch.Tensor":
+            if x.dim() != 4 or x.shape[1] != 3:
+                raise ValueError(f"defence {self.transform.name} expects (n, 3, H, W) RGB in [0, 1], "
+                                 f"got {tuple(x.shape)}")
+            with torch.no_grad():
+                faces = torch.round(x.detach().float().clamp(0, 1) * 255).to(torch.uint8)
+                faces = faces.permute(0, 2, 3, 1).cpu().numpy()
+                real = self.transform.apply(faces)
+                exact = torch.from_numpy(np.ascontiguousarray(real)).to(x.device).permute(0, 3, 1, 2)
+                exact = exact.to(x.dtype) / 255.0
+            if not x.requires_grad:
+                return exact
+            soft = self.transform.surrogate(x)
+            return soft + (exact - soft).detach()
+
+    return StraightThrough
+
+
+# --------------------------------------------------------------------------------------------------
+# The Defence record and loading
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Defence:
+    """A loaded defence: its name, kind, parameters, where it came from and the object itself."""
+
+    name: str
+    kind: str
+    params: dict[str, Any]
+    impl: Any = field(repr=False, default=None)
+    source: str = ""                     # "entry-point:NAME", "spec:module:callable" or "object"
+
+    @property
+    def tag(self) -> str:
+        """``name`` or ``name[k=v,…]`` (sorted keys): the suffix of defended model names."""
+        if not self.params:
+            return self.name
+        return f"{self.name}[{','.join(f'{k}={_fmt(v)}' for k, v in sorted(self.params.items()))}]"
+
+    def record(self) -> dict[str, Any]:
+        """JSON-able description for manifests."""
+        return {"name": self.name, "kind": self.kind, "params": dict(self.params), "source": self.source,
+                **({"gradient": self.impl.gradient} if isinstance(self.impl, InputTransform) else {})}
+
+    def digest(self) -> str:
+        """SHA-256 of the defence's name, kind and parameters."""
+        text = json.dumps({"name": self.name, "kind": self.kind, "params": self.params}, sort_keys=True,
+                          default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _fmt(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def parse_value(text: str) -> Any:
+    """A parameter value from text: int, then float, then bool (true/false/yes/no), else the string."""
+    text = text.strip()
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    low = text.lower()
+    if low in ("true", "yes", "on"):
+        return True
+    if low in ("false", "no", "off"):
+        return False
+    return text
+
+
+def parse_params(text: str, spec: str = "") -> dict[str, Any]:
+    """``key=value,key=value`` → dict (values through :func:`parse_value`)."""
+    params: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ValueError(f"defence spec {spec!r}: expected key=value, got {part!r}")
+        if key in params:
+            raise ValueError(f"defence spec {spec!r}: parameter {key!r} given twice")
+        params[key] = parse_value(value)
+    return params
+
+
+def split_spec(spec: str) -> tuple[str | None, str | None, str, dict[str, Any]]:
+    """``(module, callable, entry-point name, params)`` of a spec; module is None for entry-point names.
+
+    ``pkg.mod:factory:k=v`` → module spec; ``jpeg`` or ``jpeg:quality=30`` → entry point ``jpeg``.
+    """
+    spec = spec.strip()
+    if not spec:
+        raise ValueError("empty defence spec")
+    parts = spec.split(":", 2)
+    if len(parts) >= 2 and "=" not in parts[1]:
+        module, func = parts[0].strip(), parts[1].strip()
+        if not module or not func:
+            raise ValueError(f"defence spec {spec!r}: expected module:callable[:key=value,…]")
+        return module, func, "", parse_params(parts[2] if len(parts) == 3 else "", spec)
+    name, _, rest = spec.partition(":")
+    if not name.strip():
+        raise ValueError(f"defence spec {spec!r}: missing the defence name before ':'")
+    return None, None, name.strip(), parse_params(rest, spec)
+
+
+def entry_point_defences() -> dict[str, Any]:
+    """Installed defences: entry-point name → ``importlib.metadata.EntryPoint`` (group ``mf2m.defences``)."""
+    from importlib.metadata import entry_points
+    found: dict[str, Any] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(ep.name, ep)
+    return found
+
+
+def load_defence(spec: str) -> Defence:
+    """Load a defence from ``module:callable[:k=v,…]`` or an entry-point name ``NAME[:k=v,…]``."""
+    module, func, name, params = split_spec(spec)
+    if module is not None:
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as exc:
+            raise ValueError(f"defence spec {spec!r}: cannot import module {module!r} ({exc}); "
+                             f"is it on PYTHONPATH? (sys.path[0]={sys.path[0]!r})") from None
+        factory = mod
+        for attr in func.split("."):
+            factory = getattr(factory, attr, None)
+            if factory is None:
+                raise ValueError(f"defence spec {spec!r}: module {module!r} has no {func!r}")
+        return build_defence(factory, params, source=f"spec:{module}:{func}", name=None)
+    eps = entry_point_defences()
+    if name not in eps:
+        from .reference import BUILTINS   # built-ins also work from a source tree that was never installed
+        if name in BUILTINS:
+            mod_name, func_name = BUILTINS[name].split(":")
+            factory = getattr(importlib.import_module(mod_name), func_name)
+            return build_defence(factory, params, source=f"builtin:{name}", name=name)
+        known = ", ".join(sorted(eps)) or "none installed"
+        raise ValueError(f"unknown defence {name!r}: not an entry point in group {ENTRY_POINT_GROUP!r} "
+                         f"(installed: {known}) and not of the form module:callable")
+    try:
+        factory = eps[name].load()
+    except Exception as exc:  # an entry point's import can fail in any way
+        raise ValueError(f"defence entry point {name!r} ({eps[name].value}) failed to load: {exc}") from None
+    return build_defence(factory, params, source=f"entry-point:{name}", name=name)
+
+
+def build_defence(factory: Callable[..., Any] | Any, params: dict[str, Any], source: str = "object",
+                  name: str | None = None) -> Defence:
+    """Call ``factory(**params)`` (or take an instance as is) and wrap the result in a :class:`Defence`."""
+    if isinstance(factory, (InputTransform, ReplacementRecognizer, ReplacementMaskDetector)):
+        if params:
+            raise ValueError(f"{source}: parameters {sorted(params)} given to a ready-made defence object")
+        impl = factory
+    else:
+        if not callable(factory):
+            raise ValueError(f"{source}: {factory!r} is not callable")
+        try:
+            impl = factory(**params)
+        except TypeError as exc:
+            raise ValueError(f"{source}: bad parameters {params}: {exc}") from None
+    if isinstance(impl, Defence):
+        return impl
+    if not isinstance(impl, (InputTransform, ReplacementRecognizer, ReplacementMaskDetector)):
+        raise ValueError(f"{source} returned {type(impl).__name__}, not a defence (InputTransform, "
+                         "RecognitionPolicy, ReplacementRecognizer or ReplacementMaskDetector)")
+    return Defence(name=name or impl.name, kind=impl.kind, params=dict(impl.params()), impl=impl, source=source)
+
+
+# --------------------------------------------------------------------------------------------------
+# Defended models
+# --------------------------------------------------------------------------------------------------
+
+
+def _combined_hash(inner_hash: str, defence: Defence) -> str:
+    return hashlib.sha256(f"{inner_hash}|{defence.digest()}".encode()).hexdigest()
+
+
+class DefendedRecognizer(Recognizer):
+    """``inner`` behind an input transform (or a renamed replacement): a distinct model identity."""
+
+    def __init__(self, inner: Recognizer, defence: Defence, transform: InputTransform | None = None):
+        self.inner, self.defence, self.transform = inner, defence, transform
+        self.name = f"{inner.name}+{defence.tag}"
+        self.dim = inner.dim
+        self.preprocessing = inner.preprocessing
+        self.differentiable = inner.differentiable
+
+    def embed(self, faces: np.ndarray) -> np.ndarray:
+        """Features of the defended faces."""
+        faces = check_faces(faces)
+        return self.inner.embed(self.transform.apply(faces) if self.transform else faces)
+
+    def torch_module(self, device: str = "cpu") -> Any:
+        """The transform's straight-through module followed by the inner recognizer's module."""
+        from torch import nn
+        inner = self.inner.torch_module(device)
+        return nn.Sequential(self.transform.torch_module(), inner) if self.transform else inner
+
+    def weights_hash(self) -> str:
+        """SHA-256 of the inner model's hash and the defence's name and parameters."""
+        return _combined_hash(self.inner.weights_hash(), self.defence)
+
+    def identity(self) -> dict[str, Any]:
+        """The inner model's identity, renamed, with the defence record."""
+        return {**self.inner.identity(), "name": self.name, "sha256": self.weights_hash(),
+                "base_model": self.inner.identity(), "defence": self.defence.record()}
+
+
+class DefendedMaskDetector(MaskDetector):
+    """A mask detector behind an input transform (or a renamed replacement)."""
+
+    def __init__(self, inner: MaskDetector, defence: Defence, transform: InputTransform | None = None):
+        self.inner, self.defence, self.transform = inner, defence, transform
+        self.name = f"{inner.name}+{defence.tag}"
+        self.differentiable = inner.differentiable
+
+    def p_masked(self, faces: np.ndarray) -> np.ndarray:
+        """P(masked) of the defended faces."""
+        faces = check_faces(faces)
+        return self.inner.p_masked(self.transform.apply(faces) if self.transform else faces)
+
+    def torch_module(self, device: str = "cpu") -> Any:
+        """The transform's straight-through module followed by the inner detector's module."""
+        from torch import nn
+        inner = self.inner.torch_module(device)
+        return nn.Sequential(self.transform.torch_module(), inner) if self.transform else inner
+
+    def weights_hash(self) -> str:
+        """SHA-256 of the inner model's hash and the defence's name and parameters."""
+        return _combined_hash(self.inner.weights_hash(), self.defence)
+
+    def identity(self) -> dict[str, Any]:
+        """The inner detector's identity, renamed, with the defence record."""
+        return {**self.inner.identity(), "name": self.name, "sha256": self.weights_hash(),
+                "base_model": self.inner.identity(), "defence": self.defence.record()}
+
+
+def defend(defence: Defence, recognizer: Recognizer | None, mask_detector: MaskDetector | None,
+           device: str = "auto") -> tuple[Recognizer | None, MaskDetector | None]:
+    """The ``(recognizer, mask_detector)`` a system protected by ``defence`` uses.
+
+    Models the defence does not touch are returned unchanged (same object, same identity).
+    """
+    impl = defence.impl
+    if isinstance(impl, InputTransform):
+        rec = (DefendedRecognizer(recognizer, defence, impl)
+               if recognizer is not None and impl.affects_recognition else recognizer)
+        md = (DefendedMaskDetector(mask_detector, defence, impl)
+              if mask_detector is not None and impl.affects_detection else mask_detector)
+        return rec, md
+    if isinstance(impl, ReplacementRecognizer):
+        return DefendedRecognizer(impl.create(device), defence), mask_detector
+    if isinstance(impl, ReplacementMaskDetector):
+        return recognizer, DefendedMaskDetector(impl.create(device), defence)
+    raise ValueError(f"defence {defence.name!r} has an unknown kind {defence.kind!r}")

@@ -1,0 +1,368 @@
+"""``mf2m defend``: every defence × every attack on one probe pool → a leaderboard (CSV, Markdown, JSON).
+
+For each attack the probes are masked/attacked once against the undefended models (*non-adaptive*
+cells) and, for adversarial attacks, once more against each defended system (*adaptive* cells: the
+attack differentiates through the defence, exactly or through its BPDA/straight-through surrogate).
+Every cell is evaluated by the defended recognizer and mask detector; the *clean cost* is the change
+of the same metrics on unmasked probes against the undefended system.
+
+Layout of ``out/``::
+
+    pool/probes.csv, distractors.csv, templates.csv   the seeded pool (identity,path,…)
+    aligned.npz                                      clean probes + distractors, aligned (cache)
+    attacks/<attack>/<defence>/                      ``mf2m attack`` outputs (resumable)
+    leaderboard.csv, leaderboard.md, leaderboard.json (manifest + every cell with its counts)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .api import Defence, InputTransform, defend, load_defence
+from .metrics import identification_verification, mask_rate
+
+log = logging.getLogger(__name__)
+
+ADVERSARIAL = ("advnoise-dm", "mf2m", "fgsm", "i-fgsm", "mi-fgsm", "ti-fgsm", "ti-mi-fgsm", "di2-fgsm", "m-di2-fgsm")
+METRICS = ("rank1", "tar", "auc", "mask_rate")
+CSV_FIELDS = ("defence", "kind", "attack", "mode", "gradient", "rank1", "tar", "auc", "mask_rate",
+              "clean_cost_rank1", "clean_cost_tar", "clean_cost_auc", "clean_cost_mask_rate",
+              "probes", "skipped", "impostors")
+
+
+@dataclass
+class AttackSpec:
+    """One attack of the leaderboard: ``method`` of ``mf2m attack`` with hyper-parameter overrides."""
+
+    name: str
+    method: str
+    params: dict[str, Any] = field(default_factory=dict)
+    adaptive: bool = True                 # also run it through each defence (adversarial methods only)
+
+
+@dataclass
+class LeaderboardConfig:
+    """Everything that decides a leaderboard (read from YAML; see configs/defences.yaml)."""
+
+    data: str                             # dataset spec of the pool source, e.g. lfw:PATH or folder:PATH
+    out: str
+    attacks: list[AttackSpec]
+    defences: list[str]                   # defence specs (the undefended system is always included)
+    recognizer: str = "sface"
+    mask_detector: str = "mf2m-maskdet"
+    identities: int = 10
+    max_images: int = 4
+    distractors: int = 100
+    templates: int = 50
+    seed: int = 0
+    device: str = "auto"
+    batch_size: int = 16
+    far: float = 1e-6
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> "LeaderboardConfig":
+        """Validate a parsed YAML mapping (unknown keys are errors naming ``source``)."""
+        if not isinstance(raw, dict):
+            raise ValueError(f"{source}: expected a mapping at the top level")
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown keys {unknown} (known: {sorted(known)})")
+        for key in ("data", "out"):
+            if not raw.get(key):
+                raise ValueError(f"{source}: '{key}' is required (or give --{key} on the command line)")
+        attacks = []
+        for i, a in enumerate(raw.get("attacks") or []):
+            a = {"name": a, "method": a} if isinstance(a, str) else dict(a)
+            a.setdefault("name", a.get("method"))
+            bad = sorted(set(a) - set(AttackSpec.__dataclass_fields__))
+            if bad or not a.get("method"):
+                raise ValueError(f"{source}: attacks[{i}] needs 'method' (and may have name, params, adaptive); got {a}")
+            attacks.append(AttackSpec(**a))
+        if not attacks:
+            raise ValueError(f"{source}: list at least one attack under 'attacks'")
+        names = [a.name for a in attacks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{source}: attack names must be unique, got {names}")
+        defences = [str(d) for d in (raw.get("defences") or []) if str(d) != "none"]
+        return cls(**{**raw, "attacks": attacks, "defences": defences})
+
+
+def load_config(path: str | Path, **overrides: Any) -> LeaderboardConfig:
+    """Read a leaderboard YAML file; non-None ``overrides`` replace its keys (``defences`` are appended)."""
+    import yaml
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"leaderboard config not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({exc})") from None
+    extra = overrides.pop("defences", None) or []
+    raw = {**raw, **{k: v for k, v in overrides.items() if v is not None}}
+    if extra:
+        raw["defences"] = list(raw.get("defences") or []) + list(extra)
+    return LeaderboardConfig.from_dict(raw, str(path))
+
+
+# --------------------------------------------------------------------------------------------------
+# Models and pool
+# --------------------------------------------------------------------------------------------------
+
+
+def create_model(name: str, device: str):
+    """A recognizer or mask detector by registry name (``sface``/``mf2m-maskdet`` also without the registry)."""
+    try:
+        from ..models import registry
+    except ImportError:
+        registry = None
+    if registry is not None:
+        return registry.create(name)
+    if name == "sface":
+        from ..models.sface import SFaceRecognizer
+        return SFaceRecognizer(device=device)
+    if name == "mf2m-maskdet":
+        from ..models.mask_detector import CNNMaskDetector
+        return CNNMaskDetector(device=device)
+    raise ValueError(f"model {name!r}: the model registry is not available in this version")
+
+
+def build_pool_files(cfg: LeaderboardConfig, out: Path) -> dict[str, Path]:
+    """Write the seeded pool: probes, distractors and DM templates (disjoint, distractors/templates from
+    identities outside the probe set) as ``identity,path`` CSVs under ``out/pool``."""
+    from ..atomic import write_text
+    from ..data.datasets import load_dataset
+    from ..data.pool import build_pool, items_csv, write_pool
+    dataset = load_dataset(cfg.data)
+    pool = build_pool(dataset, cfg.identities, cfg.max_images, cfg.seed, min_images=2)
+    rng = np.random.default_rng(cfg.seed + 1)
+    rest = [it for it in pool.rest if it.label >= 0]
+    need = cfg.distractors + cfg.templates
+    if len(rest) < need:
+        raise ValueError(f"{cfg.data}: {len(rest)} images outside the probe identities, need {need} "
+                         "(distractors + templates)")
+    picked = [rest[i] for i in rng.choice(len(rest), size=need, replace=False)]
+    dirs = out / "pool"
+    write_pool(pool, dirs, {"data": cfg.data, "identities": cfg.identities, "max_images": cfg.max_images,
+                            "seed": cfg.seed})
+    write_text(dirs / "distractors.csv", items_csv(picked[:cfg.distractors]))
+    write_text(dirs / "templates.csv", items_csv(picked[cfg.distractors:]))
+    return {"probes": dirs / "probes.csv", "distractors": dirs / "distractors.csv",
+            "templates": dirs / "templates.csv"}
+
+
+def aligned_set(csv_path: Path, landmarker, cache: Path) -> tuple[list[str], list[str], np.ndarray, dict[str, str]]:
+    """``(keys, identities, faces, skipped {key: reason})`` of a face CSV, aligned with dlib (cached)."""
+    from attacks.templates import aligned_batch, list_faces
+
+    from ..atomic import atomic_path
+    items = list_faces(csv_path)
+    sig = hashlib.sha256("\n".join(f"{it.key}|{it.path}" for it in items).encode()).hexdigest()
+    if cache.is_file():
+        with np.load(cache, allow_pickle=False) as z:
+            if str(z["signature"]) == sig:
+                skipped = dict(zip(z["skipped_keys"].tolist(), z["skipped_reasons"].tolist()))
+                return z["keys"].tolist(), z["identities"].tolist(), z["faces"], skipped
+    ok, faces, _, failed = aligned_batch(items, landmarker)
+    keys, ids = [items[i].key for i in ok], [items[i].identity for i in ok]
+    skipped = {items[i].key: reason for i, reason in failed.items()}
+    with atomic_path(cache, suffix=".npz") as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, keys=np.array(keys), identities=np.array(ids), faces=faces, signature=np.array(sig),
+                 skipped_keys=np.array(list(skipped), dtype=str), skipped_reasons=np.array(list(skipped.values()), dtype=str))
+    return keys, ids, faces, skipped
+
+
+def slug(text: str) -> str:
+    """A folder-safe name for a defence tag (readable prefix + 8 hex digits of its hash)."""
+    head = re.sub(r"[^A-Za-z0-9._-]+", "_", text)[:40].strip("_")
+    return f"{head}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Cells
+# --------------------------------------------------------------------------------------------------
+
+
+def evaluate_cell(fr, md, probes: np.ndarray, probe_ids: list[str], clean: np.ndarray,
+                  distractors: np.ndarray, far: float, cache: dict | None = None) -> dict[str, Any]:
+    """Metrics of probe images ``probes`` (row ``i`` a version of clean face ``i``) under ``fr``/``md``.
+
+    ``cache`` (optional) keeps the clean and distractor features of ``fr`` between cells.
+    """
+    cache = {} if cache is None else cache
+    key = (fr.name, fr.weights_hash(), id(clean), id(distractors))
+    if key not in cache:
+        cache[key] = (fr.embed(clean), fr.embed(distractors) if len(distractors) else np.zeros((0, fr.dim), np.float32))
+    clean_feats, dist_feats = cache[key]
+    feats = fr.embed(probes)
+    cell = identification_verification(feats, probe_ids, clean_feats, dist_feats, far)
+    cell["mask_rate"] = mask_rate(md.p_masked(probes)) if md is not None else None
+    return cell
+
+
+def add_clean_cost(rows: list[dict[str, Any]]) -> None:
+    """Fill ``clean_cost_*``: the defence's clean metric minus the undefended system's (same pool)."""
+    base = next((r for r in rows if r["defence"] == "none" and r["attack"] == "clean"), None)
+    clean = {r["defence"]: r for r in rows if r["attack"] == "clean"}
+    for row in rows:
+        ref = clean.get(row["defence"])
+        for m in METRICS:
+            have = base is not None and ref is not None and ref.get(m) is not None and base.get(m) is not None
+            row[f"clean_cost_{m}"] = (ref[m] - base[m]) if have else None
+
+
+def _fmt(v: Any, signed: bool = False) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:+.4f}" if signed else f"{v:.4f}"
+    return str(v)
+
+
+def render_markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    """The leaderboard as a Markdown table with a short legend."""
+    far = meta.get("far", 1e-6)
+    head = ["Defence", "Attack", "Mode", "Gradient", "Rank-1", f"TAR@{far:g}", "AUC", "Mask rate",
+            "Clean cost Rank-1", f"Clean cost TAR", "Clean cost AUC", "Clean cost mask rate", "Probes", "Skipped"]
+    lines = [f"# Defence leaderboard — {meta.get('recognizer')} / {meta.get('mask_detector')}", "",
+             f"Pool: {meta.get('pool')}. TAR resolution: {meta.get('far_resolution')} "
+             "(fewer impostors than 1/FAR: TAR is measured at the largest impostor score).", "",
+             "Mode: *non-adaptive* = attack made against the undefended models; *adaptive* = attack run through "
+             "the defence (gradient: exact, or BPDA/straight-through where the defence is not differentiable). "
+             "Clean cost = the defended system's metric on unmasked probes minus the undefended one's. "
+             "Mask rate on `clean` rows is the false-alarm rate.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        vals = [r["defence"], r["attack"], r["mode"], r["gradient"] or "", _fmt(r["rank1"]), _fmt(r["tar"]),
+                _fmt(r["auc"]), _fmt(r["mask_rate"])] + [_fmt(r[f"clean_cost_{m}"], True) for m in METRICS] + \
+               [str(r["probes"]), str(r["skipped"])]
+        lines.append("| " + " | ".join(v.replace("|", "\\|") for v in vals) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render_csv(rows: list[dict[str, Any]]) -> str:
+    """The leaderboard rows as CSV (floats with 6 significant digits, empty = not applicable)."""
+    import csv
+    import io
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_FIELDS)
+    for r in rows:
+        w.writerow(["" if r.get(f) is None else (f"{r[f]:.6g}" if isinstance(r[f], float) else r[f])
+                    for f in CSV_FIELDS])
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------------------------------
+# Orchestration
+# --------------------------------------------------------------------------------------------------
+
+
+def _load_attacked(folder: Path, keys: list[str]) -> tuple[list[int], np.ndarray, dict[str, str]]:
+    """Rows of ``keys`` the attack finished: ``(indices into keys, images, {key: reason} of the others)``."""
+    from attacks.pipeline import read_rows
+
+    from ..data.images import read_image
+    rows = read_rows(folder / "rows.jsonl")
+    idx, images, skipped = [], [], {}
+    for i, key in enumerate(keys):
+        row = rows.get(key)
+        if row is None or row.get("status") != "ok":
+            skipped[key] = row["status"] if row else "missing from the attack output"
+            continue
+        idx.append(i)
+        images.append(read_image(folder / "images" / f"{key}.png"))
+    return idx, (np.stack(images) if images else np.zeros((0, 112, 112, 3), np.uint8)), skipped
+
+
+def run_leaderboard(cfg: LeaderboardConfig, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) every attack and evaluate every defence × attack cell; writes the outputs."""
+    from attacks.pipeline import AttackJob, run_attack
+
+    from ..atomic import write_json, write_text
+    from ..device import resolve_device
+    from ..manifest import build_manifest
+    from ..models.landmarks import DlibLandmarker
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    defences: list[Defence | None] = [None] + [load_defence(s) for s in cfg.defences]
+    fr, md = create_model(cfg.recognizer, device), create_model(cfg.mask_detector, device)
+    systems = {}
+    for d in defences:
+        name = "none" if d is None else d.tag
+        if name in systems:
+            raise ValueError(f"defence {name} is listed twice")
+        systems[name] = (d, *((fr, md) if d is None else defend(d, fr, md, device)))
+    files = build_pool_files(cfg, out)
+    landmarker = DlibLandmarker()
+    keys, ids, clean, skipped_clean = aligned_set(files["probes"], landmarker, out / "aligned_probes.npz")
+    _, _, distractors, skipped_dist = aligned_set(files["distractors"], landmarker, out / "aligned_distractors.npz")
+    log.info("pool: %d probes aligned (%d skipped), %d distractors (%d skipped)", len(keys), len(skipped_clean),
+             len(distractors), len(skipped_dist))
+
+    def attack(spec: AttackSpec, folder: Path, rec, det) -> Path:
+        job = AttackJob(method=spec.method, probes=str(files["probes"]), templates=str(files["templates"]),
+                        out=str(folder), device=device, batch_size=cfg.batch_size, seed=cfg.seed,
+                        params=dict(spec.params))
+        run_attack(job, rec, det, landmarker=landmarker, progress=progress)
+        return folder
+
+    cache: dict = {}
+    rows: list[dict[str, Any]] = []
+
+    def add(defence_name, d, rec, det, attack_name, mode, gradient, images, idx, skipped):
+        cell = evaluate_cell(rec, det, images, [ids[i] for i in idx], clean[idx], distractors, cfg.far, cache)
+        rows.append({"defence": defence_name, "kind": d.kind if d else "", "attack": attack_name, "mode": mode,
+                     "gradient": gradient, "rank1": cell["rank1"], "tar": cell["tar"], "auc": cell["auc"],
+                     "mask_rate": cell["mask_rate"], "probes": cell["probes"], "skipped": len(skipped),
+                     "impostors": cell["impostors"], "far_resolution": cell["far_resolution"],
+                     "skipped_reasons": _counts(skipped)})
+
+    plain = {}
+    for spec in cfg.attacks:
+        plain[spec.name] = attack(spec, out / "attacks" / slug(spec.name) / "none", fr, md)
+    for name, (d, rec, det) in systems.items():
+        all_idx = list(range(len(keys)))
+        add(name, d, rec, det, "clean", "—", None, clean, all_idx, {})
+        for spec in cfg.attacks:
+            idx, images, skipped = _load_attacked(plain[spec.name], keys)
+            mode = "undefended" if d is None else "non-adaptive"
+            add(name, d, rec, det, spec.name, mode, None, images, idx, skipped)
+            if d is None or not spec.adaptive or spec.method not in ADVERSARIAL:
+                continue
+            if not (rec.differentiable and det.differentiable):
+                log.warning("%s: adaptive %s skipped (the defended models are not differentiable)", name, spec.name)
+                continue
+            folder = attack(spec, out / "attacks" / slug(spec.name) / slug(name), rec, det)
+            idx, images, skipped = _load_attacked(folder, keys)
+            gradient = d.impl.gradient if isinstance(d.impl, InputTransform) else "exact"
+            add(name, d, rec, det, spec.name, "adaptive", gradient, images, idx, skipped)
+    add_clean_cost(rows)
+    meta = {"recognizer": fr.name, "mask_detector": md.name, "far": cfg.far,
+            "pool": f"{len(keys)} probes of {len(set(ids))} identities, {len(distractors)} distractors from {cfg.data}",
+            "far_resolution": f"{rows[0]['far_resolution']:.2g}" if rows else None}
+    write_text(out / "leaderboard.csv", render_csv(rows))
+    write_text(out / "leaderboard.md", render_markdown(rows, meta))
+    manifest = build_manifest("defend", {**asdict(cfg), "device": device},
+                              models={n: {"defence": d.record() if d else None, "fr": r.identity(), "md": m.identity()}
+                                      for n, (d, r, m) in systems.items()},
+                              pool={"probes": len(keys), "probes_skipped": skipped_clean,
+                                    "distractors": len(distractors), "distractors_skipped": skipped_dist},
+                              cells=rows, outputs={"csv": "leaderboard.csv", "markdown": "leaderboard.md"})
+    write_json(out / "leaderboard.json", manifest)
+    return {"rows": rows, "meta": meta, "out": str(out)}
+
+
+def _counts(skipped: dict[str, str]) -> dict[str, int]:
+    from collections import Counter
+    return dict(Counter(str(v).split(":")[0] + (":" + str(v).split(":")[1] if ":" in str(v) else "")
+                        for v in skipped.values()))
