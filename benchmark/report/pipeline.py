@@ -1,0 +1,449 @@
+"""``mf2m run CONFIG``: split → prepare → attack → embed → search → report, with a content-addressed cache.
+
+Every stage output lives in ``CACHE/<stage>-<key>/`` where ``key`` is the SHA-256 of the stage's
+settings and of the fingerprints of its inputs (a data listing, or upstream stages' keys and
+output-manifest hashes). A stage folder with a ``.stage.json`` whose key matches is reused as is; a
+folder without one is an interrupted stage and is resumed (prepare, attack and embed are resumable
+themselves); anything whose inputs changed gets a new key and is recomputed. ``OUT/run.json``
+lists the evaluated probe sets for ``mf2m report`` and records every stage (cached or run, seconds).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+from ..atomic import write_json, write_text
+from ..manifest import build_manifest, sha256_file
+from .collect import RUN_FORMAT
+
+log = logging.getLogger(__name__)
+
+DATA_ENV = "MF2M_DATA"
+CACHE_ENV = "MF2M_CACHE"
+ALL_METHODS = ("none", "solid", "fgsm", "i-fgsm", "mi-fgsm", "ti-fgsm", "ti-mi-fgsm", "di2-fgsm", "m-di2-fgsm",
+               "dm", "advnoise-dm", "mf2m")
+
+
+@dataclass
+class DataConfig:
+    """Where faces come from and how they are split into probes, templates and distractors."""
+
+    spec: str | None = None            # dataset spec (lfw:DIR, folder:DIR, …); None: --data or $MF2M_DATA
+    identities: int = 80               # probe identities (the paper: 80 FaceScrub celebrities)
+    max_images: int | None = 20        # probe images per identity at most
+    min_images: int = 2                # a probe identity needs a mate
+    templates: int = 200               # identities held out of the distractors as DM templates (1 image each)
+    distractors: int | None = None     # at most this many distractor images (seeded sample); None: all
+    seed: int = 0
+    detector: str = "dlib-hog"         # face preparation for photos (see `mf2m prepare`)
+
+
+@dataclass
+class AttackSettings:
+    """The white-box models and the methods to run."""
+
+    fr: str = "sface"
+    md: str = "mf2m-maskdet"
+    methods: list[str] = field(default_factory=lambda: list(ALL_METHODS))
+    batch_size: int = 16
+    mask_colour: str = "blue"
+    seed: int = 0
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)   # method → hyper-parameter overrides
+
+
+@dataclass
+class EvalSettings:
+    """Models the probe sets are evaluated on, and the search settings."""
+
+    models: list[str] = field(default_factory=lambda: ["sface"])
+    fars: list[float] = field(default_factory=lambda: [1e-6, 1e-5, 1e-4, 1e-3])
+    distractor_sizes: list[int] = field(default_factory=list)
+    flip: bool = False
+    batch_size: int = 64
+
+
+@dataclass
+class ReportSettings:
+    """What the report shows."""
+
+    far: float = 1e-6
+    paper: str = "auto"
+    examples: int = 3
+
+
+@dataclass
+class RunConfig:
+    """A whole experiment (one YAML file)."""
+
+    name: str
+    out: str
+    cache: str = ".cache/mf2m"
+    device: str = "auto"
+    data: DataConfig = field(default_factory=DataConfig)
+    attack: AttackSettings = field(default_factory=AttackSettings)
+    evaluate: EvalSettings = field(default_factory=EvalSettings)
+    report: ReportSettings = field(default_factory=ReportSettings)
+    source: str = ""                   # the YAML file
+
+
+def _typed(cls, raw: dict[str, Any] | None, where: str):
+    """``cls(**raw)`` with a clear error naming unknown keys."""
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    return cls(**raw)
+
+
+def load_config(path: str | os.PathLike, data: str | None = None, out: str | None = None,
+                device: str | None = None, methods: list[str] | None = None) -> RunConfig:
+    """Read a YAML experiment config into typed dataclasses, with command-line overrides."""
+    import yaml
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: the config must be a mapping")
+    sections = {"data": DataConfig, "attack": AttackSettings, "evaluate": EvalSettings, "report": ReportSettings}
+    top = {k: v for k, v in raw.items() if k not in sections}
+    unknown = sorted(set(top) - {"name", "out", "cache", "device"})
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)}")
+    cfg = RunConfig(name=str(top.get("name") or path.stem), out=str(top.get("out") or f"results/{path.stem}"),
+                    cache=str(os.environ.get(CACHE_ENV) or top.get("cache") or ".cache/mf2m"),
+                    device=str(top.get("device") or "auto"),
+                    **{k: _typed(c, raw.get(k), f"{path}: {k}") for k, c in sections.items()}, source=str(path))
+    if data:
+        cfg.data.spec = data
+    cfg.data.spec = cfg.data.spec or os.environ.get(DATA_ENV)
+    if out:
+        cfg.out = out
+    if device:
+        cfg.device = device
+    if methods:
+        cfg.attack.methods = list(methods)
+    bad = [m for m in cfg.attack.methods if m not in ALL_METHODS]
+    if bad:
+        raise ValueError(f"{path}: unknown method(s) {', '.join(bad)}; choose from {', '.join(ALL_METHODS)}")
+    if not cfg.evaluate.models:
+        raise ValueError(f"{path}: evaluate.models is empty")
+    if cfg.report.far not in cfg.evaluate.fars:
+        raise ValueError(f"{path}: report.far {cfg.report.far:g} is not among evaluate.fars")
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------------
+# the cache
+
+
+def stage_key(stage: str, config: dict[str, Any], inputs: dict[str, str]) -> str:
+    """SHA-256 of the stage name, its settings and its inputs' fingerprints (canonical JSON)."""
+    blob = json.dumps({"stage": stage, "config": config, "inputs": inputs}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+@dataclass
+class StageResult:
+    """Where a stage's output is, its key and what it produces for the next stages."""
+
+    stage: str
+    key: str
+    dir: Path
+    fingerprint: str          # what downstream keys are built from
+    cached: bool
+    seconds: float
+
+
+class Cache:
+    """Content-addressed stage folders under one root, with a record of every stage of this run."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.records: list[dict[str, Any]] = []
+
+    def run(self, stage: str, label: str, config: dict[str, Any], inputs: dict[str, str],
+            work: Callable[[Path], None], fingerprint_file: str | None = None) -> StageResult:
+        """Reuse ``stage``'s folder for (config, inputs) when complete, else run ``work(folder)`` (resuming)."""
+        key = stage_key(stage, config, inputs)
+        folder = self.root / f"{stage}-{key[:16]}"
+        marker = folder / ".stage.json"
+        t0 = time.time()
+        cached = False
+        if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")).get("key") == key:
+            cached = True
+            fp = json.loads(marker.read_text(encoding="utf-8"))["fingerprint"]
+            log.info("%-8s %-40s cached (%s)", stage, label, folder)
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
+            log.info("%-8s %-40s running → %s", stage, label, folder)
+            work(folder)
+            fp_src = folder / fingerprint_file if fingerprint_file else None
+            fp = sha256_file(fp_src) if fp_src is not None and fp_src.is_file() else key
+            write_json(marker, {"stage": stage, "label": label, "key": key, "config": config, "inputs": inputs,
+                                "fingerprint": fp, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        res = StageResult(stage, key, folder, fp, cached, round(time.time() - t0, 2))
+        self.records.append({"stage": stage, "label": label, "key": key, "dir": str(folder), "cached": cached,
+                             "seconds": res.seconds})
+        return res
+
+
+# ---------------------------------------------------------------------------------------------------
+# stages
+
+
+def listing_fingerprint(spec: str) -> tuple[str, Any]:
+    """A fingerprint of a dataset's listing (keys, identities, file sizes and mtimes) and the dataset."""
+    from ..data.datasets import load_dataset
+    dataset = load_dataset(spec)
+    h = hashlib.sha256(spec.encode())
+    for it in dataset.items:
+        try:
+            st = os.stat(it.path)
+            h.update(f"{it.key}|{it.identity}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{it.key}|{it.identity}|missing\n".encode())
+    return h.hexdigest(), dataset
+
+
+def split_stage(cfg: RunConfig, dataset, folder: Path, progress: bool) -> None:
+    """Probe pool, templates and distractors; photos are prepared (aligned) once into a shared folder."""
+    import numpy as np
+
+    from ..data.pool import build_pool
+    from ..data.prepare import PrepareConfig, PrepareItem, prepare_faces
+    d = cfg.data
+    pool = build_pool(dataset, d.identities, d.max_images, d.seed, d.min_images)
+    rest_ids = sorted({it.identity for it in pool.rest if it.identity})
+    rng = np.random.default_rng(d.seed + 1)
+    n_t = min(d.templates, max(len(rest_ids) - 1, 0))
+    template_ids = set(rest_ids[i] for i in rng.choice(len(rest_ids), size=n_t, replace=False)) if n_t else set()
+    templates, seen = [], set()
+    for it in pool.rest:
+        if it.identity in template_ids and it.identity not in seen:
+            templates.append(it)
+            seen.add(it.identity)
+    distractors = [it for it in pool.rest if it.identity not in template_ids]
+    if d.distractors is not None and len(distractors) > d.distractors:
+        idx = np.sort(rng.choice(len(distractors), size=d.distractors, replace=False))
+        distractors = [distractors[i] for i in idx]
+    roles = {"probes": pool.probes, "templates": templates, "distractors": distractors}
+    failed: dict[str, str] = {}
+    paths = {it.key: it.path for items in roles.values() for it in items}
+    if dataset.needs_alignment:
+        prep_dir = Path(cfg.cache) / ("prepared-" + hashlib.sha256(
+            f"{dataset.root}|{d.detector}".encode()).hexdigest()[:16])
+        items = [PrepareItem(it.key, it.path, it.identity) for items in roles.values() for it in items
+                 if it.needs_alignment]
+        prepared = prepare_faces(items, prep_dir, PrepareConfig(detector=d.detector), progress=progress)
+        ok = dict(zip(prepared.keys, prepared.crop_paths))
+        failed = {f["key"]: f["reason"] for f in prepared.failures}
+        paths.update({k: str(p) for k, p in ok.items()})
+        for items in roles.values():
+            for it in items:
+                if it.needs_alignment and it.key not in ok:
+                    failed.setdefault(it.key, "not-prepared")
+    counts = {}
+    for role, items in roles.items():
+        kept = [it for it in items if it.key not in failed]
+        counts[role] = {"listed": len(items), "kept": len(kept), "identities": len({it.identity for it in kept}),
+                        "skipped": len(items) - len(kept)}
+        write_csv(folder / f"{role}.csv", [(it.identity, paths[it.key], it.key) for it in kept])
+    write_json(folder / "split.json", build_manifest(
+        "split", asdict(d), dataset=dataset.describe(), counts=counts, probe_identities=pool.identities,
+        template_identities=sorted(template_ids), skipped=failed))
+
+
+def write_csv(path: Path, rows: list[tuple[str, str, str]]) -> None:
+    """``identity,path,key,aligned`` rows (aligned crops), readable by ``csv:`` specs and ``mf2m attack``."""
+    import csv
+    import io
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["identity", "path", "key", "aligned"])
+    w.writerows([(i, str(Path(p).resolve()), k, 1) for i, p, k in rows])
+    write_text(path, buf.getvalue())
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """Rows of a CSV with a header."""
+    import csv
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def attack_stage(cfg: RunConfig, method: str, split_dir: Path, folder: Path, device: str, progress: bool,
+                 models: "Models") -> None:
+    """``mf2m attack`` on the probe pool, then ``attacked.csv``/``mates.csv`` keyed like the clean probes."""
+    from attacks import BASE_OF
+    from attacks.pipeline import AttackJob, run_attack
+    from attacks.templates import list_faces
+    a = cfg.attack
+    job = AttackJob(method=method, probes=str(split_dir / "probes.csv"),
+                    templates=str(split_dir / "templates.csv") if BASE_OF[method] == "dm" else None,
+                    out=str(folder), fr=a.fr, md=a.md, device=device, batch_size=a.batch_size, seed=a.seed,
+                    params=dict(a.params.get(method, {})), mask_colour=a.mask_colour)
+    job.check()
+    fr, md = models.get(a.fr), models.get(a.md)
+    for model, what in ((fr, "attack.fr"), (md, "attack.md")):
+        if not getattr(model, "differentiable", False):
+            raise ValueError(f"{what} {model.name} is not differentiable; the attacks need white-box models")
+    run_attack(job, fr, md, progress=progress)
+    # map the attack's keys (identity/stem) back to the dataset keys of the clean probes
+    clean = read_csv(split_dir / "probes.csv")
+    by_path = {str(Path(r["path"]).resolve()): r for r in clean}
+    key_of = {it.key: by_path[str(Path(it.path).resolve())]["key"] for it in list_faces(split_dir / "probes.csv")}
+    rows = [r for r in read_csv(folder / "probes.csv") if r["status"] == "ok"]
+    attacked = [(r["identity"], str(folder / "images" / f"{r['key']}.png"), key_of[r["key"]]) for r in rows]
+    write_csv(folder / "attacked.csv", attacked)
+    present = {r["identity"] for r in rows}
+    # mates: the clean images of the identities that still have a probe (labels must index the same names)
+    write_csv(folder / "mates.csv", [(r["identity"], r["path"], r["key"]) for r in clean if r["identity"] in present])
+
+
+def embed_stage(cfg: RunConfig, model: str, csv_path: Path, folder: Path, device: str, progress: bool,
+                models: "Models") -> None:
+    """``mf2m embed`` of an aligned-crop CSV."""
+    from ..embed.engine import EmbedConfig, run_embed
+    run_embed(EmbedConfig(data=f"csv:{csv_path}?aligned=1", model=model, out=str(folder / "features"),
+                          flip=cfg.evaluate.flip, batch_size=cfg.evaluate.batch_size, device=device,
+                          workers=0, progress=progress), recognizer=models.get(model))
+
+
+class Models:
+    """Models by registry name, created once per run (``factory`` defaults to the model registry)."""
+
+    def __init__(self, factory: Callable[[str], Any] | None = None):
+        self.factory = factory
+        self._made: dict[str, Any] = {}
+
+    def get(self, name: str) -> Any:
+        """The model called ``name`` (created on first use)."""
+        if name not in self._made:
+            if self.factory is None:
+                try:
+                    from ..models.registry import create
+                except ImportError as exc:
+                    raise RuntimeError(f"the model registry is not available: {exc}") from None
+                self.factory = create
+            self._made[name] = self.factory(name)
+        return self._made[name]
+
+    def identity(self, name: str) -> str:
+        """Name and weights hash of a model (part of the cache keys: new weights → new results)."""
+        model = self.get(name)
+        return f"{model.name}:{model.weights_hash()}"
+
+
+def search_stage(cfg: RunConfig, probes: Path, mates: Path, distractors: Path, folder: Path, device: str,
+                 progress: bool) -> None:
+    """``mf2m search`` of one probe set against its mates and the distractors."""
+    from ..search.run import SearchConfig, run_search
+    run_search(SearchConfig(probes=str(probes), mates=str(mates), distractors=str(distractors), out=str(folder),
+                            fars=list(cfg.evaluate.fars), distractor_sizes=list(cfg.evaluate.distractor_sizes),
+                            device=device, seed=cfg.data.seed, progress=progress))
+
+
+# ---------------------------------------------------------------------------------------------------
+# the run
+
+
+def run_pipeline(cfg: RunConfig, progress: bool = True, model_factory: Callable[[str], Any] | None = None
+                 ) -> dict[str, Any]:
+    """Run (or resume) every stage of ``cfg`` and the report; returns the run record (also ``OUT/run.json``).
+
+    ``model_factory(name)`` creates recognizers and mask detectors (default: the model registry).
+    """
+    from ..device import resolve_device
+    from .build import ReportOptions, build_report
+    if not cfg.data.spec:
+        raise ValueError(f"no data: give --data DIR (or set ${DATA_ENV}) or data.spec in {cfg.source}")
+    device = resolve_device(cfg.device)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = Cache(cfg.cache)
+    started = time.time()
+    listing, dataset = listing_fingerprint(cfg.data.spec)
+    split = cache.run("split", "probes/templates/distractors", asdict(cfg.data), {"data": listing},
+                      lambda f: split_stage(cfg, dataset, f, progress))
+    counts = json.loads((split.dir / "split.json").read_text())["counts"]
+    split_fp = {"split": split.key, **{r: sha256_file(split.dir / f"{r}.csv") for r in ("probes", "templates",
+                                                                                        "distractors")}}
+    models = Models(model_factory)
+    attacks: dict[str, StageResult] = {}
+    for method in cfg.attack.methods:
+        if method == "none":
+            continue
+        a = cfg.attack
+        conf = {"method": method, "fr": models.identity(a.fr), "md": models.identity(a.md), "seed": a.seed, "mask_colour": a.mask_colour,
+                "params": a.params.get(method, {})}
+        attacks[method] = cache.run("attack", method, conf, split_fp,
+                                    lambda f, m=method: attack_stage(cfg, m, split.dir, f, device, progress, models))
+
+    def embed(model: str, csv_path: Path, label: str, upstream: str) -> StageResult:
+        conf = {"model": models.identity(model), "flip": cfg.evaluate.flip}
+        return cache.run("embed", f"{label} on {model}", conf, {"csv": sha256_file(csv_path), "from": upstream},
+                         lambda f: embed_stage(cfg, model, csv_path, f, device, progress, models), "features/manifest.json")
+
+    entries = []
+    for model in cfg.evaluate.models:
+        mates = embed(model, split.dir / "probes.csv", "clean probes", split.key)
+        dist = embed(model, split.dir / "distractors.csv", "distractors", split.key)
+        for method in cfg.attack.methods:
+            if method == "none":
+                p, m, attack_dir, attack_model = mates, mates, None, None
+            else:
+                att = attacks[method]
+                p = embed(model, att.dir / "attacked.csv", method, att.fingerprint)
+                m = embed(model, att.dir / "mates.csv", f"mates of {method}", att.fingerprint)
+                attack_dir, attack_model = att.dir, cfg.attack.fr
+            conf = {"fars": cfg.evaluate.fars, "sizes": cfg.evaluate.distractor_sizes, "seed": cfg.data.seed}
+            s = cache.run("search", f"{method} on {model}", conf,
+                          {"probes": p.fingerprint, "mates": m.fingerprint, "distractors": dist.fingerprint},
+                          lambda f, p=p, m=m: search_stage(cfg, p.dir / "features", m.dir / "features",
+                                                           dist.dir / "features", f, device, progress),
+                          "metrics.json")
+            entries.append({"method": method, "attack_model": attack_model, "eval_model": model,
+                            "search": os.path.relpath(s.dir, out),
+                            "attack": os.path.relpath(attack_dir, out) if attack_dir else None})
+            _write_run(cfg, out, entries, cache, counts, started, complete=False)
+    record = _write_run(cfg, out, entries, cache, counts, started, complete=True)
+    r = cfg.report
+    build_report([str(out)], out / "report", ReportOptions(far=r.far, paper=r.paper, examples=r.examples,
+                                                           title=f"MF²M benchmark — {cfg.name}"))
+    ran = sum(not x["cached"] for x in cache.records)
+    record["summary"] = (f"{len(entries)} probe sets evaluated; {ran} stage(s) run, "
+                         f"{len(cache.records) - ran} reused from the cache, {time.time() - started:.0f} s")
+    return record
+
+
+def _write_run(cfg: RunConfig, out: Path, entries: list, cache: Cache, counts: dict, started: float,
+               complete: bool) -> dict[str, Any]:
+    kind = cfg.data.spec.split(":", 1)[0] if ":" in (cfg.data.spec or "") else "folder"
+    setting = {"data": cfg.data.spec, "data_kind": kind, "white_box": cfg.attack.fr, "mask_detector": cfg.attack.md,
+               "eval_models": ", ".join(cfg.evaluate.models),
+               "probe_identities": counts["probes"]["identities"], "probe_images": counts["probes"]["kept"],
+               "templates": counts["templates"]["kept"], "distractors": counts["distractors"]["kept"],
+               "device": cfg.device}
+    record = build_manifest("run", _jsonable(asdict(cfg)), format=RUN_FORMAT, name=cfg.name, setting=setting,
+                            entries=entries, stages=cache.records, complete=complete,
+                            seconds=round(time.time() - started, 1))
+    write_json(out / "run.json", record)
+    return record
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))

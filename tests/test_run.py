@@ -1,0 +1,167 @@
+"""``mf2m run``: configs, the content-addressed cache, resumption, and the end-to-end pipeline.
+
+The end-to-end tests need ../shared/data/lfw (skipped without it) and use the small real torch models
+of ``tests/attack_models.py`` (seeded random weights) so they run in seconds; every other part is the
+real thing: dlib preparation, the attack stage, the embed stage, the search stage and the report.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmark.report.collect import read_csv_rows
+from benchmark.report.pipeline import load_config, run_pipeline, stage_key
+
+from attack_models import TinyMaskDetector, TinyRecognizer
+
+
+class OtherRecognizer(TinyRecognizer):
+    """A second recognizer (other weights) for the black-box columns."""
+
+    name = "tiny-fr-b"
+
+
+def factory(name: str):
+    return {"tiny-fr": lambda: TinyRecognizer(1), "tiny-fr-b": lambda: OtherRecognizer(7),
+            "tiny-md": lambda: TinyMaskDetector(2)}[name]()
+
+
+CONFIG = """
+name: toy
+cache: {cache}
+device: cpu
+data: {{identities: 3, max_images: 3, templates: 3, distractors: 12, seed: 0}}
+attack:
+  fr: tiny-fr
+  md: tiny-md
+  methods: [none, solid, dm, fgsm]
+  params: {{fgsm: {fgsm}}}
+evaluate: {{models: [tiny-fr, tiny-fr-b], fars: [1.0e-6, 1.0e-2], distractor_sizes: [4]}}
+report: {{far: 1.0e-6, examples: 1}}
+"""
+
+
+def write_config(tmp: Path, fgsm: str = "{eps: 0.04}") -> Path:
+    path = tmp / "toy.yaml"
+    path.write_text(CONFIG.format(cache=tmp / "cache", fgsm=fgsm))
+    return path
+
+
+def test_config_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nattack: {fr: sface, colour: red}\n")
+    with pytest.raises(ValueError, match=r"bad.yaml: attack: unknown key\(s\) colour"):
+        load_config(bad)
+    bad.write_text("attack: {methods: [mf2m, nope]}\n")
+    with pytest.raises(ValueError, match="unknown method"):
+        load_config(bad)
+    bad.write_text("report: {far: 1.0e-5}\nevaluate: {fars: [1.0e-6]}\n")
+    with pytest.raises(ValueError, match="not among evaluate.fars"):
+        load_config(bad)
+    with pytest.raises(FileNotFoundError):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_shipped_configs_load():
+    root = Path(__file__).resolve().parents[1] / "configs"
+    t1 = load_config(root / "table1.yaml", data="lfw:/x")
+    assert t1.evaluate.models == [t1.attack.fr] and len(t1.attack.methods) == 12
+    t2 = load_config(root / "table2.yaml")
+    assert "dlib" in t2.evaluate.models and t2.attack.fr not in t2.evaluate.models
+    demo = load_config(root / "demo.yaml")
+    assert demo.attack.params["mf2m"]["kernel_steps"] < 160
+
+
+def test_stage_key_is_content_addressed():
+    a = stage_key("embed", {"model": "m", "flip": False}, {"csv": "1"})
+    assert a == stage_key("embed", {"flip": False, "model": "m"}, {"csv": "1"})   # order-free
+    assert a != stage_key("embed", {"model": "m", "flip": True}, {"csv": "1"})
+    assert a != stage_key("embed", {"model": "m", "flip": False}, {"csv": "2"})
+
+
+@pytest.fixture(scope="module")
+def first_run(lfw_dir, tmp_path_factory):
+    pytest.importorskip("benchmark.embed.engine", reason="the embed stage is not in this checkout")
+    tmp = tmp_path_factory.mktemp("run")
+    cfg = load_config(write_config(tmp), data=f"lfw:{lfw_dir}", out=str(tmp / "out"))
+    record = run_pipeline(cfg, progress=False, model_factory=factory)
+    return tmp, cfg, record
+
+
+def test_pipeline_end_to_end(first_run):
+    """On LFW: every method × model evaluated, numbers in the tables equal the search outputs."""
+    tmp, cfg, record = first_run
+    out = Path(cfg.out)
+    run = json.loads((out / "run.json").read_text())
+    assert run["complete"] and run["format"] == "mf2m.run.v1"
+    assert len(run["entries"]) == 8
+    assert all(not s["cached"] for s in run["stages"])
+    split = next(Path(s["dir"]) for s in run["stages"] if s["stage"] == "split")
+    probes = read_csv_rows(split / "probes.csv")
+    ids = {r["identity"] for r in probes}
+    assert len(ids) == 3 and len(probes) <= 9
+    # clean probes against themselves: an image is never its own mate
+    none = next(e for e in run["entries"] if e["method"] == "none" and e["eval_model"] == "tiny-fr")
+    metrics = json.loads((out / none["search"] / "metrics.json").read_text())
+    per_id = [sum(r["identity"] == i for r in probes) for i in ids]
+    assert metrics["counts"]["positive_pairs"] == sum(n * (n - 1) for n in per_id)
+    assert metrics["counts"]["distractors"] == len(read_csv_rows(split / "distractors.csv"))
+    # attacked probes keep the keys of their clean images (so the self-pair is excluded there too)
+    dm = next(e for e in run["entries"] if e["method"] == "dm" and e["eval_model"] == "tiny-fr")
+    attacked = read_csv_rows(out / dm["attack"] / "attacked.csv")
+    assert {r["key"] for r in attacked} <= {r["key"] for r in probes}
+    dm_metrics = json.loads((out / dm["search"] / "metrics.json").read_text())
+    assert dm_metrics["counts"]["probes"] == len(attacked)
+    # templates never share an identity with the probes or distractors
+    templates = {r["identity"] for r in read_csv_rows(split / "templates.csv")}
+    assert not templates & ids
+    assert not templates & {r["identity"] for r in read_csv_rows(split / "distractors.csv")}
+    # the report shows exactly the search's numbers
+    rows = read_csv_rows(out / "report" / "table1.csv")
+    dm_row = next(r for r in rows if r["method"] == "dm")
+    assert float(dm_row["rank1"]) == dm_metrics["rank1"] and float(dm_row["auc"]) == dm_metrics["auc"]
+    assert next(r for r in rows if r["method"] == "mf2m")["rank1"] == ""           # not run → empty
+    p = [float(r["p_masked"]) for r in read_csv_rows(out / dm["attack"] / "probes.csv") if r["status"] == "ok"]
+    assert float(dm_row["mask_rate"]) == pytest.approx(np.mean(np.array(p) > 0.5))
+    t2 = read_csv_rows(out / "report" / "table2.csv")
+    assert next(r for r in t2 if r["method"] == "fgsm")["tiny-fr-b:rank1"] != ""
+    for name in ("index.html", "table1.md", "table1.tex", "table2.md", "plots/cmc_tiny-fr.png",
+                 "plots/roc_tiny-fr-b_from_tiny-fr.png", "examples/dm.png"):
+        assert (out / "report" / name).is_file(), name
+
+
+def test_rerun_reuses_everything_and_changes_recompute_only_what_depends_on_them(first_run, lfw_dir):
+    tmp, cfg, _ = first_run
+    out = Path(cfg.out)
+    again = run_pipeline(load_config(write_config(tmp), data=f"lfw:{lfw_dir}", out=str(out)), progress=False,
+                         model_factory=factory)
+    assert all(s["cached"] for s in again["stages"])
+    first = json.loads((out / "run.json").read_text())
+    # another FGSM step size: the FGSM attack, its embeddings and searches rerun; nothing else
+    changed = run_pipeline(load_config(write_config(tmp, "{eps: 0.02}"), data=f"lfw:{lfw_dir}", out=str(out)),
+                           progress=False, model_factory=factory)
+    ran = [s["label"] for s in changed["stages"] if not s["cached"]]
+    assert "fgsm" in ran
+    assert all("fgsm" in label for label in ran), ran
+    assert first["entries"] != changed["entries"]
+
+
+def test_interrupted_stage_resumes(first_run, lfw_dir):
+    """A stage folder without its completion record is resumed: the attack redoes only missing probes."""
+    tmp, cfg, _ = first_run
+    out = Path(cfg.out)
+    run = json.loads((out / "run.json").read_text())
+    solid = Path(next(s["dir"] for s in run["stages"] if s["stage"] == "attack" and s["label"] == "solid"))
+    (solid / ".stage.json").unlink()
+    lines = (solid / "rows.jsonl").read_text().splitlines()
+    (solid / "rows.jsonl").write_text(lines[0] + "\n")          # as if killed after the first probe
+    cfg2 = load_config(write_config(tmp), data=f"lfw:{lfw_dir}", out=str(out))
+    record = run_pipeline(cfg2, progress=False, model_factory=factory)
+    ran = [s for s in record["stages"] if not s["cached"]]
+    assert [s["label"] for s in ran] == ["solid"]
+    manifest = json.loads((solid / "manifest.json").read_text())
+    assert manifest["summary"]["counts"]["processed_now"] == len(lines) - 1
