@@ -344,3 +344,41 @@ def test_leaderboard_cells_on_real_masked_faces(faces, sface):
     assert md.count("\n| ") == len(rows) + 1 and "n/a" in md      # no mask detector → n/a
     csv_text = render_csv(rows)
     assert csv_text.splitlines()[0].startswith("defence,kind,attack,mode") and len(csv_text.splitlines()) == 7
+
+
+@pytest.mark.slow
+def test_leaderboard_end_to_end_and_resume(tmp_path, lfw_dir, sface):
+    """A tiny real leaderboard on LFW: solid mask + 1-step AdvNoise-DM, undefended vs JPEG (non-adaptive and
+    adaptive through BPDA). The mask detector is a MaskNet with seeded random weights (its *rates* mean nothing
+    here; the default detector's weights are not needed to check the orchestration)."""
+    import torch
+
+    from benchmark.defences.leaderboard import LeaderboardConfig, run_leaderboard
+    from benchmark.models.mask_detector import CNNMaskDetector, build_masknet, save_weights
+    torch.manual_seed(0)
+    save_weights(tmp_path / "md.pt", build_masknet(), {"note": "random init, orchestration test"})
+    md = CNNMaskDetector(tmp_path / "md.pt", device="cpu")
+    raw = {"data": f"folder:{lfw_dir / 'images'}", "out": str(tmp_path / "lb"), "identities": 2, "max_images": 2,
+           "distractors": 3, "templates": 3, "device": "cpu", "batch_size": 4,
+           "attacks": ["solid", {"name": "adv", "method": "advnoise-dm", "params": {"steps": 1, "step": 0.01}}],
+           "defences": ["none", "jpeg:quality=40"]}
+    cfg = LeaderboardConfig.from_dict(raw)
+    result = run_leaderboard(cfg, progress=False, models=(sface, md))
+    rows = {(r["defence"], r["attack"], r["mode"]): r for r in result["rows"]}
+    jpeg = "jpeg[apply_to=both,quality=40]"
+    assert set(rows) == {("none", "clean", "—"), ("none", "solid", "undefended"), ("none", "adv", "undefended"),
+                         (jpeg, "clean", "—"), (jpeg, "solid", "non-adaptive"), (jpeg, "adv", "non-adaptive"),
+                         (jpeg, "adv", "adaptive")}
+    assert rows[(jpeg, "adv", "adaptive")]["gradient"] == "bpda-identity"
+    for r in result["rows"]:
+        assert r["probes"] + r["skipped"] == 4 and 0 <= r["auc"] <= 1 and 0 <= r["mask_rate"] <= 1
+    out = tmp_path / "lb"
+    assert (out / "attacks").is_dir() and len(list((out / "attacks").glob("*/*/manifest.json"))) == 3
+    import json
+    manifest = json.loads((out / "leaderboard.json").read_text())
+    assert manifest["stage"] == "defend" and manifest["models"][jpeg]["fr"]["defence"]["params"]["quality"] == 40
+    md_text = (out / "leaderboard.md").read_text()
+    assert "adaptive" in md_text and "non-adaptive" in md_text
+    first = (out / "leaderboard.csv").read_text()
+    again = run_leaderboard(cfg, progress=False, models=(sface, md))     # resumes: attacks are not redone
+    assert (out / "leaderboard.csv").read_text() == first and len(again["rows"]) == 7

@@ -282,8 +282,13 @@ def _load_attacked(folder: Path, keys: list[str]) -> tuple[list[int], np.ndarray
     return idx, (np.stack(images) if images else np.zeros((0, 112, 112, 3), np.uint8)), skipped
 
 
-def run_leaderboard(cfg: LeaderboardConfig, progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) every attack and evaluate every defence × attack cell; writes the outputs."""
+def run_leaderboard(cfg: LeaderboardConfig, progress: bool = True, models: tuple[Any, Any] | None = None
+                    ) -> dict[str, Any]:
+    """Run (or resume) every attack and evaluate every defence × attack cell; writes the outputs.
+
+    ``models``: ``(recognizer, mask_detector)`` objects to use instead of ``cfg.recognizer`` /
+    ``cfg.mask_detector`` (library use with models outside the registry).
+    """
     from attacks.pipeline import AttackJob, run_attack
 
     from ..atomic import write_json, write_text
@@ -295,7 +300,8 @@ def run_leaderboard(cfg: LeaderboardConfig, progress: bool = True) -> dict[str, 
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     defences: list[Defence | None] = [None] + [load_defence(s) for s in cfg.defences]
-    fr, md = create_model(cfg.recognizer, device), create_model(cfg.mask_detector, device)
+    fr, md = models if models is not None else (create_model(cfg.recognizer, device),
+                                                 create_model(cfg.mask_detector, device))
     systems = {}
     for d in defences:
         name = "none" if d is None else d.tag
