@@ -136,7 +136,7 @@ def _file_header(path: Path) -> tuple[str, int, int]:
 
 def normalize_rows(features: np.ndarray, path: Path | str, start: int = 0) -> np.ndarray:
     """Unit-L2 float32 copy of ``features``; NaN/Inf or zero rows raise an error naming the file and row."""
-    x = np.asarray(features, dtype=np.float32)
+    x = np.array(features, dtype=np.float32)  # a copy: the input may be a read-only memory map
     bad = ~np.isfinite(x).all(axis=1)
     if bad.any():
         row = int(np.flatnonzero(bad)[0]) + start
@@ -260,7 +260,7 @@ def check_unique_keys(keys: np.ndarray, fs: FeatureSet) -> None:
         i = dup[0]
         a, b = int(order[i]), int(order[i + 1])
         files = {str(fs.shard_of_row(a)), str(fs.shard_of_row(b))}
-        raise FeatureFormatError(f"{' and '.join(sorted(files))}: duplicate key {sk[i]!r} (rows {a} and {b}; "
+        raise FeatureFormatError(f"{' and '.join(sorted(files))}: duplicate key {str(sk[i])!r} (rows {a} and {b}; "
                                  f"{dup.size} duplicate(s) in {fs.path})")
 
 

@@ -239,6 +239,7 @@ def test_partials_are_additive(tmp_path):
     merged = engine.merge(engine.merge(load_partial(tmp_path / "p2.npz"), load_partial(tmp_path / "p0.npz")),
                           load_partial(tmp_path / "p1.npz"))
     assert merged.auc2 == whole.auc2
+    assert engine.auc(merged, problem, 1) == engine.auc(whole, problem, 1)
     assert np.array_equal(engine.rank_counts(merged, problem), engine.rank_counts(whole, problem))
     assert np.array_equal(engine.first_beater(merged, problem), engine.first_beater(whole, problem))
     for far in FARS:

@@ -22,6 +22,36 @@ from dataclasses import dataclass, field
 import numpy as np
 
 _REFINE_CHUNK = 1 << 16
+AUC_CELLS = 1 << 20  # uniform cells over [-1, 1] for the negative-score histogram
+# Up to this many (positive, negative) pairs the AUC is exact (every ambiguous negative refined); above,
+# ambiguous negatives are ordered by their float32 score and ``auc_max_error`` bounds the effect (one
+# pair weighs < 1e-11 there, and the bound is reported; it is far below the 1e-6 tolerance in practice).
+AUC_EXACT_MAX_PAIRS = 10 ** 11
+
+
+def f32_below(x: float) -> float:
+    """The largest float32 ≤ x (so ``float32_tensor >= f32_below(x)`` never misses a value ≥ x)."""
+    y = np.float32(x)
+    if float(y) > x:
+        y = np.nextafter(y, np.float32(-np.inf))
+    return float(y)
+
+
+def auc_cells(sorted_pos: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cell AUC weight 2·#{pos above} and the cells needing per-element treatment.
+
+    A float32 score s32 lands in cell c = ⌊(s32+1)·C/2⌋ (clamped), computed in float32; its exact
+    score is within margin = eps + 1e-6 of the cell.  A cell is *clean* when no positive lies within
+    that margin: then every negative in it contributes exactly 2·#{pos > cell} to the AUC numerator.
+    """
+    width = 2.0 / AUC_CELLS
+    margin = eps + 1e-6
+    lo = -1.0 + width * np.arange(AUC_CELLS) - margin
+    hi = lo + width + 2 * margin
+    lo[0], hi[-1] = -np.inf, np.inf
+    below_lo = np.searchsorted(sorted_pos, lo, "left")
+    upto_hi = np.searchsorted(sorted_pos, hi, "right")
+    return 2 * (sorted_pos.size - upto_hi).astype(np.int64), upto_hi != below_lo
 
 
 def gemm_error_bound(dim: int) -> float:
@@ -40,7 +70,7 @@ def dot64(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     out = np.empty(a.shape[0], dtype=np.float64)
     for lo in range(0, a.shape[0], _REFINE_CHUNK):
         hi = min(lo + _REFINE_CHUNK, a.shape[0])
-        out[lo:hi] = np.einsum("ij,ij->i", a[lo:hi].astype(np.float64), b[lo:hi].astype(np.float64))
+        out[lo:hi] = np.einsum("ij,ij->i", a[lo:hi], b[lo:hi], dtype=np.float64)
     return out
 
 
@@ -63,6 +93,9 @@ class Problem:
     perm_pos: np.ndarray | None   # (n_d,) position of each distractor in the seeded permutation
     topk: int
     mate_excluded: np.ndarray     # (n_p, n_m) bool: same key (an image is never its own match)
+    cell_g: np.ndarray = None     # (AUC_CELLS,) int64: 2·#{pos > s} for any s in a clean cell
+    cell_dirty: np.ndarray = None  # (AUC_CELLS,) bool: a positive lies within eps of the cell
+    auc_exact: bool = True        # refine AUC-ambiguous negatives (see AUC_EXACT_MAX_PAIRS)
 
     @property
     def n_pos(self) -> int:
@@ -121,10 +154,37 @@ def build_problem(probes, probe_keys, probe_labels, mates, mate_keys, mate_label
         perm = np.random.default_rng(seed).permutation(n_d)
         perm_pos = np.empty(n_d, dtype=np.int64)
         perm_pos[perm] = np.arange(n_d)
-    excl = probe_keys[:, None] == mate_keys[None, :] if len(mate_keys) else np.zeros((n_p, 0), bool)
-    return Problem(probes, mates, distractors, pp, mm, slot, scores, table, np.sort(scores),
-                   gemm_error_bound(probes.shape[1]), sorted(set(float(f) for f in fars)), sizes, perm_pos,
-                   int(topk), excl)
+    _, codes = np.unique(np.concatenate([probe_keys, mate_keys]), return_inverse=True)
+    excl = codes[:n_p, None] == codes[None, n_p:]
+    eps = gemm_error_bound(probes.shape[1])
+    sorted_pos = np.sort(scores)
+    cell_g, cell_dirty = auc_cells(sorted_pos, eps)
+    return Problem(probes, mates, distractors, pp, mm, slot, scores, table, sorted_pos, eps,
+                   sorted(set(float(f) for f in fars)), sizes, perm_pos, int(topk), excl, cell_g, cell_dirty,
+                   len(scores) * n_p * n_d <= AUC_EXACT_MAX_PAIRS)
+
+
+# ------------------------------------------------------------------------------------ extraction
+
+def extract_ge(scores, thr, cols: np.ndarray, strict: bool = False):
+    """(probe rows, column ids, float32 scores) of entries ≥ ``thr`` (> if strict); thr scalar or (n_p,).
+
+    numpy on the CPU (a zero-copy view of the torch block), torch on a GPU; results on the CPU.
+    """
+    if scores.device.type == "cpu":
+        s = scores.numpy()
+        t = thr if np.isscalar(thr) else np.asarray(thr, np.float32)[:, None]
+        mask = s > t if strict else s >= t
+        flat = np.flatnonzero(mask)
+        b = s.shape[1]
+        return flat // b, cols[flat % b], s.reshape(-1)[flat]
+    import torch
+    t = thr if np.isscalar(thr) else torch.as_tensor(np.asarray(thr, np.float32), device=scores.device)[:, None]
+    mask = scores > t if strict else scores >= t
+    idx = mask.nonzero()
+    v = scores[idx[:, 0], idx[:, 1]].cpu().numpy()
+    idx = idx.cpu().numpy()
+    return idx[:, 0], cols[idx[:, 1]], v
 
 
 # ------------------------------------------------------------------------------------ top-K negatives
@@ -150,13 +210,9 @@ class NegTopK:
             flat = scores.reshape(-1)
             kth = float(torch.kthvalue(flat, flat.numel() - self.k + 1).values)
             cut = max(cut, kth - 2 * self.eps)
-        mask = scores >= cut if math.isfinite(cut) else torch.ones_like(scores, dtype=torch.bool)
-        idx = mask.nonzero()
-        if idx.shape[0] == 0:
-            return
-        vals = scores[idx[:, 0], idx[:, 1]].cpu().numpy()
-        idx = idx.cpu().numpy()
-        self._append(vals, idx[:, 0].astype(np.int32), cols[idx[:, 1]])
+        p, d, v = extract_ge(scores, f32_below(cut) if math.isfinite(cut) else -np.inf, cols)
+        if p.size:
+            self._append(v, p, d)
 
     def _append(self, vals, probe, dist) -> None:
         self.vals = np.concatenate([self.vals, vals.astype(np.float32)])
@@ -201,13 +257,15 @@ class Partial:
 
     n_cols: int
     rank_hist: np.ndarray          # (n_p, m_max+1): #negatives beating exactly the k lowest positives of p
-    auc2: int                      # Σ_neg 2·#{pos > s} + #{pos = s}
+    auc2: int                      # Σ 2·#{pos > s} + #{pos = s} over negatives in dirty cells
+    auc_hist: np.ndarray           # (AUC_CELLS,) int64 negatives per cell (clean cells give the rest)
     first_beater: np.ndarray       # (n_p, m_max+1): min sweep position of such negatives (sweep only)
     tops: dict[int, NegTopK]       # per subset size (the full size included)
     match_vals: np.ndarray         # (n_p, k') float32 best gallery scores so far
     match_idx: np.ndarray          # (n_p, k') int64 gallery index (mates first, then distractors)
     match_bound: np.ndarray        # (n_p,) float32: every dropped gallery item scores ≤ this (float32)
     n_refined: int = 0
+    auc_err: int = 0               # (pos, neg) pairs whose order was taken from float32 (approximate mode)
 
     @classmethod
     def empty(cls, problem: Problem) -> "Partial":
@@ -215,7 +273,7 @@ class Partial:
         n_p, m = problem.probes.shape[0], problem.m_max
         tops = {size: NegTopK(problem.k_for(n_p * size, max(problem.fars)) if problem.fars else 1, problem.eps)
                 for size in problem.sizes_with_full()}
-        return cls(0, np.zeros((n_p, m + 1), np.int64), 0,
+        return cls(0, np.zeros((n_p, m + 1), np.int64), 0, np.zeros(AUC_CELLS, np.int64),
                    np.full((n_p, m + 1), np.iinfo(np.int64).max, np.int64), tops,
                    np.full((n_p, 0), -np.inf, np.float32), np.zeros((n_p, 0), np.int64),
                    np.full(n_p, -np.inf, np.float32))
@@ -227,10 +285,10 @@ def merge(a: Partial, b: Partial) -> Partial:
     idx = np.concatenate([a.match_idx, b.match_idx], axis=1)
     bound = np.maximum(a.match_bound, b.match_bound)
     vals, idx, bound = _keep_top(vals, idx, bound, max(a.match_vals.shape[1], b.match_vals.shape[1]))
-    return Partial(a.n_cols + b.n_cols, a.rank_hist + b.rank_hist, a.auc2 + b.auc2,
+    return Partial(a.n_cols + b.n_cols, a.rank_hist + b.rank_hist, a.auc2 + b.auc2, a.auc_hist + b.auc_hist,
                    np.minimum(a.first_beater, b.first_beater),
                    {s: a.tops[s].merged(b.tops[s]) for s in a.tops}, vals, idx, bound,
-                   a.n_refined + b.n_refined)
+                   a.n_refined + b.n_refined, a.auc_err + b.auc_err)
 
 
 def _keep_top(vals: np.ndarray, idx: np.ndarray, bound: np.ndarray, k: int):
@@ -254,45 +312,76 @@ def _row_order(vals: np.ndarray, idx: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------ the block
 
-def _band_contributions(part: Partial, problem: Problem, p: np.ndarray, d: np.ndarray, v32: np.ndarray) -> None:
-    """Exact AUC / rank / sweep contributions of negatives whose float32 score is ≥ lowest positive − eps."""
-    eps, sp = problem.eps, problem.sorted_pos
-    n_pos = problem.n_pos
-    m1 = problem.m_max + 1
+def _refine_near(problem: Problem, p, d, v32, near: np.ndarray, part: Partial) -> np.ndarray:
+    """float64 scores: the float32 ones, replaced by the exact ``dot64`` where ``near`` (a boundary within eps)."""
+    s = v32.astype(np.float64)
+    amb = np.flatnonzero(near)
+    if amb.size:
+        s[amb] = dot64(problem.probes[p[amb]], problem.distractors[d[amb]])
+        part.n_refined += int(amb.size)
+    return s
+
+
+def _auc_dirty(part: Partial, problem: Problem, p, d, v32) -> None:
+    """Exact AUC numerator of negatives in dirty cells (refined where a positive is within eps)."""
+    sp, eps, n_pos = problem.sorted_pos, problem.eps, problem.n_pos
     for lo in range(0, p.size, _REFINE_CHUNK):
-        pc, dc = p[lo:lo + _REFINE_CHUNK], d[lo:lo + _REFINE_CHUNK]
-        s = v32[lo:lo + _REFINE_CHUNK].astype(np.float64)
-        a = np.searchsorted(sp, s - eps, "left")
-        b = np.searchsorted(sp, s + eps, "right")
-        amb = np.flatnonzero(a != b)  # a positive lies within eps: decide with the exact score
-        if amb.size:
-            s[amb] = dot64(problem.probes[pc[amb]], problem.distractors[dc[amb]])
-            part.n_refined += int(amb.size)
-        left = np.searchsorted(sp, s, "left")
-        right = np.searchsorted(sp, s, "right")
+        sl = slice(lo, lo + _REFINE_CHUNK)
+        v = v32[sl].astype(np.float64)
+        n_near = np.searchsorted(sp, v + eps, "right") - np.searchsorted(sp, v - eps, "left")
+        if problem.auc_exact:
+            s = _refine_near(problem, p[sl], d[sl], v32[sl], n_near > 0, part)
+        else:
+            s = v
+            part.auc_err += int(n_near.sum())
+        left, right = np.searchsorted(sp, s, "left"), np.searchsorted(sp, s, "right")
         part.auc2 += int((2 * (n_pos - right) + (right - left)).sum())
-        k = (problem.pos_table[pc] < s[:, None]).sum(axis=1)  # positives of the probe strictly below
+
+
+def _rank_band(part: Partial, problem: Problem, p, d, v32) -> None:
+    """Per-probe rank (and sweep) contributions of negatives scoring ≥ the probe's lowest positive − eps."""
+    eps, m1 = problem.eps, problem.m_max + 1
+    for lo in range(0, p.size, _REFINE_CHUNK):
+        sl = slice(lo, lo + _REFINE_CHUNK)
+        pc, dc = p[sl], d[sl]
+        v = v32[sl].astype(np.float64)[:, None]
+        rows = problem.pos_table[pc]
+        near = ((rows >= v - eps) & (rows <= v + eps)).any(axis=1)
+        s = _refine_near(problem, pc, dc, v32[sl], near, part)
+        k = (rows < s[:, None]).sum(axis=1)  # positives of the probe strictly below: the ones it beats
         part.rank_hist += np.bincount(pc * m1 + k, minlength=part.rank_hist.size).reshape(part.rank_hist.shape)
         if problem.perm_pos is not None:
             np.minimum.at(part.first_beater.reshape(-1), pc * m1 + k, problem.perm_pos[dc])
 
 
-def process_block(part: Partial, problem: Problem, probes_dev, block_dev, col0: int) -> None:
-    """Add distractor columns ``col0 … col0+b`` (``block_dev``: their features on the device) to ``part``."""
+def process_block(part: Partial, problem: Problem, probes_dev, block_dev, col0: int, state: dict) -> None:
+    """Add distractor columns ``col0 … col0+b`` (``block_dev``: their features on the device) to ``part``.
+
+    ``state`` carries per-run scratch between blocks (per-probe thresholds).
+    """
     import torch
     scores = probes_dev @ block_dev.T
     n_p, b = scores.shape
     cols = np.arange(col0, col0 + b)
     part.n_cols += b
     if problem.n_pos:
-        band = scores >= (problem.low - problem.eps)
-        idx = band.nonzero()
-        n_band = int(idx.shape[0])
-        part.auc2 += 2 * problem.n_pos * (n_p * b - n_band)  # surely below every positive
-        if n_band:
-            v32 = scores[idx[:, 0], idx[:, 1]].cpu().numpy()
-            idx = idx.cpu().numpy()
-            _band_contributions(part, problem, idx[:, 0], cols[idx[:, 1]], v32)
+        if "low" not in state:
+            state["band"] = f32_below(problem.low - problem.eps)
+            state["low"] = np.array([f32_below(x - problem.eps) if np.isfinite(x) else np.inf
+                                     for x in problem.pos_table[:, 0]], dtype=np.float32)
+        # negatives below every positive (by more than eps) add 2·N_pos each to the AUC numerator
+        p, d, v32 = extract_ge(scores, state["band"], cols)
+        part.auc2 += 2 * problem.n_pos * (n_p * b - p.size)
+        if p.size:
+            cells = np.clip(np.floor((v32.astype(np.float64) + 1.0) * (AUC_CELLS // 2)), 0, AUC_CELLS - 1)
+            cells = cells.astype(np.int64)
+            part.auc_hist += np.bincount(cells, minlength=AUC_CELLS)
+            dirty = problem.cell_dirty[cells]
+            if dirty.any():
+                _auc_dirty(part, problem, p[dirty], d[dirty], v32[dirty])
+            inband = v32 >= state["low"][p]
+            if inband.any():
+                _rank_band(part, problem, p[inband], d[inband], v32[inband])
     if problem.fars:
         for size, top in part.tops.items():
             if size == problem.distractors.shape[0]:
@@ -301,25 +390,37 @@ def process_block(part: Partial, problem: Problem, probes_dev, block_dev, col0: 
                 sel = np.flatnonzero(problem.perm_pos[col0:col0 + b] < size)
                 if sel.size:
                     top.offer(scores[:, torch.as_tensor(sel, device=scores.device)], cols[sel])
-    _offer_matches(part, problem, scores, problem.mates.shape[0] + col0)
+    _offer_matches(part, problem, scores, problem.mates.shape[0] + col0, state)
 
 
-def _offer_matches(part: Partial, problem: Problem, scores, gallery0: int) -> None:
-    """Merge a block's best k' float32 scores per probe into the running candidates."""
+def _offer_matches(part: Partial, problem: Problem, scores, gallery0: int, state: dict) -> None:
+    """Merge a block's float32 candidates for the per-probe top-k' into the running candidates."""
     import torch
-    kk = problem.topk + 8
+    kk = problem.topk + 4
     if problem.topk <= 0 or scores.shape[1] == 0:
         return
-    k = min(kk, scores.shape[1])
-    top = torch.topk(scores, k, dim=1)
-    vals = top.values.cpu().numpy()
-    idx = top.indices.cpu().numpy().astype(np.int64) + gallery0
-    bound = part.match_bound
-    if scores.shape[1] > k:
-        bound = np.maximum(bound, vals[:, -1])
+    cols = np.arange(gallery0, gallery0 + scores.shape[1])
+    floor = state.get("floor")
+    if floor is None or not np.isfinite(floor).any():
+        k = min(kk, scores.shape[1])
+        top = torch.topk(scores, k, dim=1)
+        vals = top.values.cpu().numpy()
+        idx = top.indices.cpu().numpy().astype(np.int64) + gallery0
+        bound = np.maximum(part.match_bound, vals[:, -1]) if scores.shape[1] > k else part.match_bound
+    else:  # only entries above the probe's current k'-th best can enter; the rest are ≤ floor
+        p, g, v = extract_ge(scores, floor, cols, strict=True)
+        counts = np.bincount(p, minlength=scores.shape[0])
+        width = max(int(counts.max()), 1)
+        vals = np.full((scores.shape[0], width), -np.inf, np.float32)
+        idx = np.full((scores.shape[0], width), -1, np.int64)
+        slot = np.arange(p.size) - (np.cumsum(counts) - counts)[p]
+        vals[p, slot], idx[p, slot] = v, g
+        bound = np.maximum(part.match_bound, floor)
     vals = np.concatenate([part.match_vals, vals], axis=1)
     idx = np.concatenate([part.match_idx, idx], axis=1)
     part.match_vals, part.match_idx, part.match_bound = _keep_top(vals, idx, bound, kk)
+    if part.match_vals.shape[1] >= kk:
+        state["floor"] = part.match_vals[:, kk - 1].copy()
 
 
 def mates_partial(problem: Problem, probes_dev, mates_dev) -> Partial:
@@ -330,11 +431,23 @@ def mates_partial(problem: Problem, probes_dev, mates_dev) -> Partial:
         scores = probes_dev @ mates_dev.T
         excl = torch.as_tensor(problem.mate_excluded, device=scores.device)
         scores = scores.masked_fill(excl, -math.inf)
-        _offer_matches(part, problem, scores, 0)
+        _offer_matches(part, problem, scores, 0, {})
     return part
 
 
 # ------------------------------------------------------------------------------------------ finalize
+
+def auc(part: Partial, problem: Problem, n_neg: int) -> float:
+    """AUC = (Σ_neg 2·#{pos > s} + #{pos = s}) / (2·N_pos·N_neg): clean cells from the histogram + dirty exact."""
+    clean = ~problem.cell_dirty
+    num2 = part.auc2 + int((part.auc_hist[clean] * problem.cell_g[clean]).sum())
+    return num2 / (2 * problem.n_pos * n_neg)
+
+
+def auc_max_error(part: Partial, problem: Problem, n_neg: int) -> float:
+    """Bound on |reported AUC − exact AUC| (0 in exact mode)."""
+    return part.auc_err / (problem.n_pos * n_neg)
+
 
 def rank_counts(part: Partial, problem: Problem) -> np.ndarray:
     """#distractors scoring above each positive pair (exact), in pair order."""
@@ -365,7 +478,7 @@ def exact_matches(part: Partial, problem: Problem) -> tuple[np.ndarray, np.ndarr
     n_m = problem.mates.shape[0]
     rows = np.repeat(np.arange(n_p), idx.shape[1])
     flat = idx.ravel()
-    valid = np.isfinite(part.match_vals.ravel())
+    valid = np.isfinite(part.match_vals.ravel()) & (flat >= 0)
     exact = np.full(flat.shape, -np.inf)
     gal = np.where(flat < n_m, 0, 1)
     sel = np.flatnonzero(valid & (gal == 0))

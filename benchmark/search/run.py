@@ -40,7 +40,7 @@ class SearchConfig:
     device: str = "auto"
     block_size: int = 8192
     seed: int = 0
-    roc_per_decade: int = 10
+    roc_per_decade: int = 5
     progress: bool = True
 
 
@@ -102,7 +102,7 @@ def load_inputs(cfg: SearchConfig) -> tuple[dict[str, FeatureArrays], dict[str, 
     return arrays, excluded, model, dim
 
 
-def roc_grid(n_neg: int, fars: list[float], per_decade: int) -> list[float]:
+def roc_grid(n_neg: int, fars: list[float], per_decade: int = 5) -> list[float]:
     """Log-spaced FARs from 1/N_neg up to the largest requested FAR, plus the requested ones."""
     top = max(fars)
     lo = math.ceil(math.log10(1.0 / n_neg) * per_decade) / per_decade
@@ -132,10 +132,11 @@ def stream(problem: engine.Problem, device: str, block_size: int, rank: int = 0,
     if progress:
         from tqdm import tqdm
         it = tqdm(starts, desc=f"search [{device}]", unit="block", leave=False)
+    state: dict = {}
     for a in it:
         b = min(a + block_size, n_d)
         block = torch.from_numpy(problem.distractors[a:b]).to(device, non_blocking=True)
-        engine.process_block(part, problem, probes_dev, block, a)
+        engine.process_block(part, problem, probes_dev, block, a, state)
     for top in part.tops.values():
         top.prune()
     return part
@@ -144,9 +145,10 @@ def stream(problem: engine.Problem, device: str, block_size: int, rank: int = 0,
 def save_partial(part: engine.Partial, path: Path) -> None:
     """Write a partial as .npz (atomic)."""
     from benchmark.atomic import atomic_path
-    arrays = {"n_cols": np.int64(part.n_cols), "rank_hist": part.rank_hist, "auc2": np.array(str(part.auc2)),
+    arrays = {"n_cols": np.int64(part.n_cols), "rank_hist": part.rank_hist, "auc2": np.array(str(part.auc2)), "auc_hist": part.auc_hist,
               "first_beater": part.first_beater, "match_vals": part.match_vals, "match_idx": part.match_idx,
-              "match_bound": part.match_bound, "n_refined": np.int64(part.n_refined)}
+              "match_bound": part.match_bound, "n_refined": np.int64(part.n_refined),
+              "auc_err": np.int64(part.auc_err)}
     for size, top in part.tops.items():
         arrays.update({f"top{size}_vals": top.vals, f"top{size}_probe": top.probe, f"top{size}_dist": top.dist,
                        f"top{size}_meta": np.array([top.k, top.cut, top.eps])})
@@ -165,8 +167,9 @@ def load_partial(path: Path) -> engine.Partial:
             k, cut, eps = z[name]
             tops[size] = engine.NegTopK(int(k), float(eps), z[f"top{size}_vals"], z[f"top{size}_probe"],
                                         z[f"top{size}_dist"], float(cut))
-    return engine.Partial(int(z["n_cols"]), z["rank_hist"], int(str(z["auc2"])), z["first_beater"], tops,
-                          z["match_vals"], z["match_idx"], z["match_bound"], int(z["n_refined"]))
+    return engine.Partial(int(z["n_cols"]), z["rank_hist"], int(str(z["auc2"])), z["auc_hist"], z["first_beater"], tops,
+                          z["match_vals"], z["match_idx"], z["match_bound"], int(z["n_refined"]),
+                          int(z["auc_err"]))
 
 
 # ------------------------------------------------------------------------------------------- metrics
@@ -188,7 +191,7 @@ def compute_metrics(part: engine.Partial, problem: engine.Problem, cfg: SearchCo
     ranks_wanted = sorted(set(cfg.ranks) | {1, 10, 100, 1000})
     metrics["rank1"] = float(np.mean(ranks == 1))
     metrics["cmc"] = {"ranks": ranks_wanted, "rates": [float(np.mean(ranks <= k)) for k in ranks_wanted]}
-    metrics["auc"] = part.auc2 / (2 * n_pos * n_neg)
+    metrics["auc"] = engine.auc(part, problem, n_neg)
     grid = roc_grid(n_neg, cfg.fars, cfg.roc_per_decade)
     top = part.tops[n_d]
     roc = []
@@ -216,7 +219,8 @@ def compute_metrics(part: engine.Partial, problem: engine.Problem, cfg: SearchCo
     curves["matches"] = (idx, scores)
     metrics["exactness"] = {"score": "float64 dot of float32 unit vectors",
                             "float32_error_bound": problem.eps, "refined_pairs": part.n_refined,
-                            "topk_probes_not_certified": uncertain}
+                            "topk_probes_not_certified": uncertain, "auc_exact": problem.auc_exact,
+                            "auc_max_error": engine.auc_max_error(part, problem, n_neg)}
     return metrics, curves
 
 

@@ -1,0 +1,125 @@
+"""Scale benchmark of ``mf2m search``: synthetic MegaFace-size feature sets, wall time, peak RSS, GEMM ratio.
+
+Writes (to a temporary directory) 80 identities × 3,530 probes and 3,530 mates and 1,000,000
+distractors, 512-D float16, with planted identity structure (probe/mate = identity centre + noise,
+so positives score ~0.2–0.7 while negatives score ~N(0, 1/√D)), runs ``mf2m search`` in a child
+process (its peak RSS is the child's ru_maxrss), then times a bare float32 matrix product of the
+same shapes (probes × all distractors, in the same blocks, nothing else) in this run.
+
+    python benchmarks/search_scale.py                      # full scale, CPU
+    python benchmarks/search_scale.py --distractors 100000 # smaller
+    python benchmarks/search_scale.py --device cuda        # GPU (target ≤ 2 s on an H100/H200)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def write_sets(root: Path, n_id: int, n_probes: int, n_dist: int, dim: int, seed: int) -> dict[str, Path]:
+    """Probe, mate and distractor feature sets (float16) with planted identity structure."""
+    from benchmark.features import FeatureSetWriter, write_feature_file
+
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(n_id, dim)).astype(np.float32)
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    labels = np.sort(rng.integers(0, n_id, n_probes))
+
+    def faces(tag: str) -> np.ndarray:
+        noise = rng.normal(size=(n_probes, dim)).astype(np.float32) / np.sqrt(dim)
+        return centers[labels] * rng.uniform(0.5, 1.0, (n_probes, 1)).astype(np.float32) + noise
+
+    keys = [f"{lab:03d}/img{i:05d}" for i, lab in enumerate(labels)]
+    paths = {"probes": root / "probes.h5", "mates": root / "mates.h5", "distractors": root / "distractors"}
+    write_feature_file(paths["probes"], faces("p"), [k + "_masked.png" for k in keys], labels, "synthetic",
+                       dtype="float16")
+    write_feature_file(paths["mates"], faces("m"), [k + ".png" for k in keys], labels, "synthetic",
+                       dtype="float16")
+    with FeatureSetWriter(paths["distractors"], "synthetic", dim, shard_size=100_000, dtype="float16") as w:
+        for lo in range(0, n_dist, 100_000):
+            n = min(100_000, n_dist - lo)
+            w.add(rng.normal(size=(n, dim)).astype(np.float32), [f"flickr/{i}.jpg" for i in range(lo, lo + n)])
+    return paths
+
+
+def bare_matmul(paths: dict[str, Path], device: str, block: int) -> float:
+    """Seconds for probes @ distractorsᵀ in the same float32 blocks (features already in memory)."""
+    import torch
+    from benchmark.features import FeatureSet
+    p = torch.from_numpy(FeatureSet(paths["probes"]).load().features).to(device)
+    d = FeatureSet(paths["distractors"]).load().features
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = False
+        d_dev = torch.from_numpy(d).to(device)
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for a in range(0, d.shape[0], block):
+        g = d_dev[a:a + block] if device.startswith("cuda") else torch.from_numpy(d[a:a + block])
+        s = p @ g.T
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    del s
+    return time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Generate, search, compare; prints a JSON summary (and writes it with --json)."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--identities", type=int, default=80, help="identities among probes/mates")
+    ap.add_argument("--probes", type=int, default=3530, help="probes (and as many mates)")
+    ap.add_argument("--distractors", type=int, default=1_000_000, help="distractors")
+    ap.add_argument("--dim", type=int, default=512, help="feature dimension")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    ap.add_argument("--block-size", type=int, default=8192, help="--block-size passed to mf2m search")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
+    ap.add_argument("--workdir", default=None, help="where to write the sets (default: a temp dir, removed)")
+    ap.add_argument("--json", default=None, help="also write the summary to this file")
+    args = ap.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        root = Path(tmp)
+        t0 = time.perf_counter()
+        paths = write_sets(root, args.identities, args.probes, args.distractors, args.dim, args.seed)
+        t_gen = time.perf_counter() - t0
+        cmd = [sys.executable, "-m", "benchmark.cli", "search", "--probes", str(paths["probes"]),
+               "--mates", str(paths["mates"]), "--distractors", str(paths["distractors"]),
+               "--out", str(root / "out"), "--device", args.device, "--block-size", str(args.block_size),
+               "--no-progress"]
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True)
+        wall = time.perf_counter() - t0
+        peak_rss_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 ** 2
+        metrics = json.loads((root / "out" / "metrics.json").read_text())
+        manifest = json.loads((root / "out" / "manifest.json").read_text())
+        device = manifest["device"]
+        bare = bare_matmul(paths, device, args.block_size)
+    summary = {
+        "shape": {"probes": args.probes, "mates": args.probes, "distractors": args.distractors, "dim": args.dim},
+        "device": device, "cpus": os.cpu_count(), "load_avg_1min": os.getloadavg()[0],
+        "generate_s": round(t_gen, 2), "search_wall_s": round(wall, 2), "search_timings": manifest["timings"],
+        "peak_rss_gb": round(peak_rss_gb, 3), "bare_matmul_s": round(bare, 2),
+        "ratio_search_to_matmul": round(manifest["timings"]["search_s"] / bare, 3),
+        "ratio_wall_to_matmul": round(wall / bare, 3),
+        "metrics": {k: metrics[k] for k in ("rank1", "auc", "tar_at_far")},
+        "refined_pairs": metrics["exactness"]["refined_pairs"],
+        "positive_pairs": metrics["counts"]["positive_pairs"],
+    }
+    text = json.dumps(summary, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
