@@ -129,6 +129,7 @@ def test_list_images(lfw_dir):
     assert LfwImage("Abdullah_Gul", 1).path(lfw_dir / "images").is_file()
 
 
+@pytest.mark.slow
 def test_lfw_command_on_a_small_subset(lfw_dir, tmp_path):
     """60 pairs (2 folds × 15 + 15) through detect → align → SFace from the registry, plus absent files."""
     pytest.importorskip("benchmark.models.registry")
