@@ -200,17 +200,32 @@ class NegTopK:
     dist: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     cut: float = -math.inf
 
-    def offer(self, scores, cols: np.ndarray) -> None:
-        """Add the candidates of a (n_p, b) torch score block whose columns are distractors ``cols``."""
-        import torch
-        if scores.numel() == 0:
-            return
+    def block_cut(self, scores) -> float:
+        """Lowest float32 score of this block that can matter (uses the block's K-th largest early on)."""
         cut = self.cut
         if self.vals.size < self.k and scores.numel() > self.k:
-            flat = scores.reshape(-1)
-            kth = float(torch.kthvalue(flat, flat.numel() - self.k + 1).values)
+            if scores.device.type == "cpu":
+                flat = scores.numpy().reshape(-1)
+                kth = float(np.partition(flat, flat.size - self.k)[flat.size - self.k])
+            else:
+                import torch
+                flat = scores.reshape(-1)
+                kth = float(torch.kthvalue(flat, flat.numel() - self.k + 1).values)
             cut = max(cut, kth - 2 * self.eps)
-        p, d, v = extract_ge(scores, f32_below(cut) if math.isfinite(cut) else -np.inf, cols)
+        return f32_below(cut) if math.isfinite(cut) else -math.inf
+
+    def add(self, p: np.ndarray, d: np.ndarray, v: np.ndarray, cut: float) -> None:
+        """Append the extracted entries scoring ≥ ``cut`` (from ``block_cut``)."""
+        keep = v >= cut
+        if keep.any():
+            self._append(v[keep], p[keep], d[keep])
+
+    def offer(self, scores, cols: np.ndarray) -> None:
+        """Add the candidates of a (n_p, b) torch score block whose columns are distractors ``cols``."""
+        if scores.numel() == 0:
+            return
+        cut = self.block_cut(scores)
+        p, d, v = extract_ge(scores, cut, cols)
         if p.size:
             self._append(v, p, d)
 
@@ -357,65 +372,96 @@ def _rank_band(part: Partial, problem: Problem, p, d, v32) -> None:
 def process_block(part: Partial, problem: Problem, probes_dev, block_dev, col0: int, state: dict) -> None:
     """Add distractor columns ``col0 … col0+b`` (``block_dev``: their features on the device) to ``part``.
 
-    ``state`` carries per-run scratch between blocks (per-probe thresholds).
+    One pass extracts every entry that any consumer needs (above the lowest of: the AUC/rank band,
+    the top-K cut, the probe's top-k floor); the consumers then filter those few entries.
+    ``state`` carries per-run scratch between blocks (thresholds, the score buffer).
     """
     import torch
-    scores = probes_dev @ block_dev.T
-    n_p, b = scores.shape
+    b = block_dev.shape[0]
+    buf = state.get("buf")
+    if buf is None or buf.shape[1] != b:
+        buf = state["buf"] = torch.empty((probes_dev.shape[0], b), dtype=torch.float32, device=probes_dev.device)
+    scores = torch.matmul(probes_dev, block_dev.T, out=buf)
+    n_p = scores.shape[0]
+    n_d = problem.distractors.shape[0]
     cols = np.arange(col0, col0 + b)
     part.n_cols += b
+    if "low" not in state:
+        state["band"] = f32_below(problem.low - problem.eps) if problem.n_pos else math.inf
+        state["low"] = np.array([f32_below(x - problem.eps) if np.isfinite(x) else np.inf
+                                 for x in problem.pos_table[:, 0]], dtype=np.float32)
+    thr = np.full(n_p, state["band"], dtype=np.float32)
+    top = part.tops.get(n_d) if problem.fars else None
+    cut = top.block_cut(scores) if top is not None else math.inf
+    thr = np.minimum(thr, np.float32(cut))
+    floor = state.get("floor")
+    if problem.topk > 0 and floor is not None:
+        thr = np.minimum(thr, floor)
+    if (thr < np.inf).any():
+        p, d, v32 = extract_ge(scores, thr, cols)
+    else:
+        p, d, v32 = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
     if problem.n_pos:
-        if "low" not in state:
-            state["band"] = f32_below(problem.low - problem.eps)
-            state["low"] = np.array([f32_below(x - problem.eps) if np.isfinite(x) else np.inf
-                                     for x in problem.pos_table[:, 0]], dtype=np.float32)
+        inb = v32 >= state["band"]
+        pb, db, vb = p[inb], d[inb], v32[inb]
         # negatives below every positive (by more than eps) add 2·N_pos each to the AUC numerator
-        p, d, v32 = extract_ge(scores, state["band"], cols)
-        part.auc2 += 2 * problem.n_pos * (n_p * b - p.size)
-        if p.size:
-            cells = np.clip(np.floor((v32.astype(np.float64) + 1.0) * (AUC_CELLS // 2)), 0, AUC_CELLS - 1)
+        part.auc2 += 2 * problem.n_pos * (n_p * b - pb.size)
+        if pb.size:
+            cells = np.clip(np.floor((vb.astype(np.float64) + 1.0) * (AUC_CELLS // 2)), 0, AUC_CELLS - 1)
             cells = cells.astype(np.int64)
             part.auc_hist += np.bincount(cells, minlength=AUC_CELLS)
             dirty = problem.cell_dirty[cells]
             if dirty.any():
-                _auc_dirty(part, problem, p[dirty], d[dirty], v32[dirty])
-            inband = v32 >= state["low"][p]
+                _auc_dirty(part, problem, pb[dirty], db[dirty], vb[dirty])
+            inband = vb >= state["low"][pb]
             if inband.any():
-                _rank_band(part, problem, p[inband], d[inband], v32[inband])
-    if problem.fars:
-        for size, top in part.tops.items():
-            if size == problem.distractors.shape[0]:
-                top.offer(scores, cols)
-            else:
+                _rank_band(part, problem, pb[inband], db[inband], vb[inband])
+    if top is not None:
+        top.add(p, d, v32, cut)
+        for size, sub in part.tops.items():
+            if size != n_d:
                 sel = np.flatnonzero(problem.perm_pos[col0:col0 + b] < size)
                 if sel.size:
-                    top.offer(scores[:, torch.as_tensor(sel, device=scores.device)], cols[sel])
-    _offer_matches(part, problem, scores, problem.mates.shape[0] + col0, state)
+                    sub.offer(scores[:, torch.as_tensor(sel, device=scores.device)], cols[sel])
+    if problem.topk > 0:
+        if floor is None:
+            _offer_matches(part, problem, scores, problem.mates.shape[0] + col0, state)
+        else:
+            keep = v32 > floor[p]
+            _merge_matches(part, problem, p[keep], d[keep] + problem.mates.shape[0], v32[keep], floor, n_p, state)
+
+
+def _merge_matches(part: Partial, problem: Problem, p, g, v, floor, n_p: int, state: dict) -> None:
+    """Merge extracted entries (all above their probe's floor) into the running top-k' candidates."""
+    kk = problem.topk + 4
+    counts = np.bincount(p, minlength=n_p)
+    width = max(int(counts.max()) if counts.size else 0, 1)
+    vals = np.full((n_p, width), -np.inf, np.float32)
+    idx = np.full((n_p, width), -1, np.int64)
+    slot = np.arange(p.size) - (np.cumsum(counts) - counts)[p]
+    vals[p, slot], idx[p, slot] = v, g
+    bound = np.maximum(part.match_bound, floor)  # everything not extracted scored ≤ floor
+    if p.size:
+        rows = np.flatnonzero(counts)  # only rows that changed need re-ranking
+        v2 = np.concatenate([part.match_vals[rows], vals[rows]], axis=1)
+        i2 = np.concatenate([part.match_idx[rows], idx[rows]], axis=1)
+        v2, i2, b2 = _keep_top(v2, i2, bound[rows], kk)
+        part.match_vals[rows], part.match_idx[rows], bound[rows] = v2, i2, b2
+        state["floor"][rows] = part.match_vals[rows, kk - 1]
+    part.match_bound = bound
 
 
 def _offer_matches(part: Partial, problem: Problem, scores, gallery0: int, state: dict) -> None:
-    """Merge a block's float32 candidates for the per-probe top-k' into the running candidates."""
+    """First block(s): the block's float32 top-k' per probe (torch.topk) merged into the candidates."""
     import torch
     kk = problem.topk + 4
     if problem.topk <= 0 or scores.shape[1] == 0:
         return
-    cols = np.arange(gallery0, gallery0 + scores.shape[1])
-    floor = state.get("floor")
-    if floor is None or not np.isfinite(floor).any():
-        k = min(kk, scores.shape[1])
-        top = torch.topk(scores, k, dim=1)
-        vals = top.values.cpu().numpy()
-        idx = top.indices.cpu().numpy().astype(np.int64) + gallery0
-        bound = np.maximum(part.match_bound, vals[:, -1]) if scores.shape[1] > k else part.match_bound
-    else:  # only entries above the probe's current k'-th best can enter; the rest are ≤ floor
-        p, g, v = extract_ge(scores, floor, cols, strict=True)
-        counts = np.bincount(p, minlength=scores.shape[0])
-        width = max(int(counts.max()), 1)
-        vals = np.full((scores.shape[0], width), -np.inf, np.float32)
-        idx = np.full((scores.shape[0], width), -1, np.int64)
-        slot = np.arange(p.size) - (np.cumsum(counts) - counts)[p]
-        vals[p, slot], idx[p, slot] = v, g
-        bound = np.maximum(part.match_bound, floor)
+    k = min(kk, scores.shape[1])
+    top = torch.topk(scores, k, dim=1)
+    vals = top.values.cpu().numpy()
+    idx = top.indices.cpu().numpy().astype(np.int64) + gallery0
+    bound = np.maximum(part.match_bound, vals[:, -1]) if scores.shape[1] > k else part.match_bound
     vals = np.concatenate([part.match_vals, vals], axis=1)
     idx = np.concatenate([part.match_idx, idx], axis=1)
     part.match_vals, part.match_idx, part.match_bound = _keep_top(vals, idx, bound, kk)
