@@ -234,3 +234,16 @@ def test_lfw_photos_are_aligned_then_embedded(lfw_dir, tmp_path):
     _, feats, keys, labels = _read_set(out)
     assert all("/" in k and not k.endswith(".jpg") for k in keys)
     assert np.allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_cpu_smoke(tmp_path):
+    """benchmarks/gpu_embed.py's CPU path at tiny size (the GPU run needs a lent CUDA machine)."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_embed.py"
+    res = subprocess.run([sys.executable, str(script), "--device", "cpu", "--images", "8", "--unique", "4",
+                          "--batch-size", "4", "--workers", "0", "--bare-seconds", "0.1",
+                          "--out", str(tmp_path / "gpu.md")], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    result = json.loads(res.stdout.strip().splitlines()[-1])
+    assert result["images"] == 8 and result["runtime"] == "native" and result["end_to_end_img_s"] > 0
+    assert "IResNet-50" in (tmp_path / "gpu.md").read_text()
