@@ -92,7 +92,8 @@ def build_attack(job: AttackJob, fr_module, md_module):
 
 
 def run_attack(job: AttackJob, fr, md, landmarker=None, progress: bool = True) -> dict[str, Any]:
-    """Run ``job`` with recognizer ``fr`` and mask detector ``md`` (``benchmark.models.base`` objects).
+    """Run ``job`` with recognizer ``fr`` and mask detector ``md`` (``benchmark.models.base`` objects;
+    ``md=None`` attacks the recognizer only and leaves ``p_masked`` empty).
 
     Returns the summary written into the manifest (counts, output paths).
     """
@@ -116,7 +117,7 @@ def run_attack(job: AttackJob, fr, md, landmarker=None, progress: bool = True) -
         landmarker = DlibLandmarker()
     torch.manual_seed(job.seed)
     fr_module = fr.torch_module(job.device)
-    md_module = md.torch_module(job.device)
+    md_module = md.torch_module(job.device) if md is not None else None
     attack = build_attack(job, fr_module, md_module)
     bank = None
     if BASE_OF[job.method] == "dm":
@@ -149,7 +150,7 @@ def run_attack(job: AttackJob, fr, md, landmarker=None, progress: bool = True) -
                "templates": ({"count": len(bank.keys), "skipped": len(bank.skipped),
                               "skipped_reasons": _reason_counts([{"status": v} for v in bank.skipped.values()])}
                              if bank else None)}
-    manifest = build_manifest("attack", job.config(), models={"fr": fr.identity(), "md": md.identity()},
+    manifest = build_manifest("attack", job.config(), models={"fr": fr.identity(), "md": md.identity() if md is not None else None},
                               outputs={"images": "images/", "regions": "regions/", "probes": "probes.csv"},
                               summary=summary)
     write_json(out / "manifest.json", manifest)
@@ -195,14 +196,16 @@ def process_batch(job: AttackJob, batch: list[FaceItem], attack, fr_module, md_m
     feats = features(fr_module, final, job.device, job.batch_size)
     dist = np.linalg.norm(feats - ref_feats, axis=1)
     cos = (feats * ref_feats).sum(axis=1)
-    p_masked = mask_probability(md_module, final, job.device, job.batch_size)
+    p_masked = (mask_probability(md_module, final, job.device, job.batch_size) if md_module is not None
+                else np.full(len(final), np.nan))
     reference = BASE_OF[job.method] if attack is not None else ""
     for j, i in enumerate(ok):
         write_png(out / "images" / f"{keys[j]}.png", final[j])
         write_png(out / "regions" / f"{keys[j]}.png", regions_arr[j] * 255)
         psnr, ssim = image_similarity(bases_arr[j], final[j]) if attack is not None else (None, None)
         rows.append(_row(batch[i], template=templates[j], template_similarity=tsims[j], fr_distance=float(dist[j]),
-                         fr_cosine=float(cos[j]), p_masked=float(p_masked[j]), reference=reference,
+                         fr_cosine=float(cos[j]),
+                         p_masked=None if np.isnan(p_masked[j]) else float(p_masked[j]), reference=reference,
                          psnr=psnr, ssim=ssim, status="ok"))
     return rows
 
