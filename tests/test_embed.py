@@ -247,3 +247,25 @@ def test_gpu_benchmark_cpu_smoke(tmp_path):
     result = json.loads(res.stdout.strip().splitlines()[-1])
     assert result["images"] == 8 and result["runtime"] == "native" and result["end_to_end_img_s"] > 0
     assert "IResNet-50" in (tmp_path / "gpu.md").read_text()
+
+
+def test_torch_runtime_matches_native_path():
+    """The GPU code path (uint8 → [0,1] NCHW channels-last → torch module, flip by mirroring) run on CPU in
+    float32 gives the recognizer's own ``embed`` features; the recognizer's module is left untouched."""
+    import torch
+
+    from benchmark.embed.runtime import Forward
+    from benchmark.models.iresnet import IResNetRecognizer, build_iresnet
+    torch.manual_seed(0)
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        torch.save(build_iresnet("r18").state_dict(), Path(d) / "backbone.pth")
+        rec = IResNetRecognizer(weights=Path(d) / "backbone.pth", device="cpu")
+    faces = np.random.default_rng(0).integers(0, 256, (3, 112, 112, 3), dtype=np.uint8)
+    for flip in (False, True):
+        via_torch = Forward(rec, device="cpu", flip=flip, half=False, prefer_torch=True)
+        native = Forward(rec, device="cpu", flip=flip)
+        assert via_torch.runtime == "torch-fp32" and native.runtime == "native"
+        got = [f for _, f in via_torch.stream(iter([(0, torch.from_numpy(faces))]))][0]
+        assert np.allclose(got, native.embed_numpy(faces), atol=1e-4)
+    assert next(rec.torch_module("cpu").parameters()).dtype == torch.float32

@@ -27,21 +27,27 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
 class Forward:
     """One recognizer on one device. ``runtime`` is ``"torch-fp16"``, ``"torch-fp32"`` or ``"native"``."""
 
-    def __init__(self, recognizer: Any, device: str = "cpu", flip: bool = False, half: bool | None = None):
+    def __init__(self, recognizer: Any, device: str = "cpu", flip: bool = False, half: bool | None = None,
+                 prefer_torch: bool | None = None):
+        """``prefer_torch`` (default: on CUDA only) runs the torch module instead of ``embed``;
+        ``half`` (default: on CUDA only) casts it to float16."""
         self.recognizer = recognizer
         self.device = device
         self.flip = flip
         self.module = None
         on_gpu = device.startswith("cuda")
-        if on_gpu:
+        if on_gpu if prefer_torch is None else prefer_torch:
             try:
                 self.module = recognizer.torch_module(device)
             except NotImplementedError:
                 self.module = None
         if self.module is not None:
+            import copy
+
             import torch
             half = on_gpu if half is None else half
-            self.module = self.module.eval().to(device=device, memory_format=torch.channels_last)
+            # a private copy: casting to half must not change the recognizer's own (shared) module
+            self.module = copy.deepcopy(self.module).eval().to(device=device, memory_format=torch.channels_last)
             if half:
                 self.module = self.module.half()
             self.dtype = torch.float16 if half else torch.float32
