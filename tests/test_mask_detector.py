@@ -239,3 +239,17 @@ def test_retinanet_wrong_layouts_fail_clearly(retina_ckpt, tmp_path):
         RetinaNetMaskDetector(None)
     with pytest.raises(ModelUnavailable):
         RetinaNetMaskDetector(tmp_path / "absent.pt")
+
+
+def test_registry_entries():
+    from benchmark.models import registry
+    names = {s.name: s for s in registry.list_models("mask-detector")}
+    assert names["mf2m-maskdet"].module == "benchmark.models.mask_detector"
+    assert names["retinanet-facemask"].module == "benchmark.models.retinanet_mask"
+    assert registry.status("mf2m-maskdet")[0] is True
+    ok, why = registry.status("retinanet-facemask")
+    assert not ok and "csv_retinanet50_140epochs.pt" in why
+    det = registry.create("mf2m-maskdet", device="cpu")
+    assert isinstance(det, CNNMaskDetector) and det.differentiable
+    with pytest.raises(ModelUnavailable):
+        registry.create("retinanet-facemask")

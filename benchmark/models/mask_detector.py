@@ -176,3 +176,16 @@ def default_status() -> tuple[bool, str]:
         return True, f"weights {DEFAULT_WEIGHTS.name} shipped with mf2m"
     return False, (f"weights missing at {DEFAULT_WEIGHTS}: run `mf2m train-mask-detector --data DIR "
                    f"--out {DEFAULT_WEIGHTS}`")
+
+
+def _register() -> None:
+    """Add the default detector to the model registry (``mf2m models``, ``create("mf2m-maskdet")``)."""
+    from .registry import register
+    register("mf2m-maskdet", "mask-detector", description="mf2m's own small CNN mask detector (MaskNet) on "
+             "ArcFace-aligned crops; the default", weights=f"shipped: benchmark/models/weights/{DEFAULT_WEIGHTS.name}",
+             preprocessing="ArcFace 112, RGB float [0,1], resized to 64 in graph", differentiable=True,
+             check=default_status,
+             how_to_get=f"Retrain: mf2m train-mask-detector --data DIR --out {DEFAULT_WEIGHTS}")(CNNMaskDetector)
+
+
+_register()

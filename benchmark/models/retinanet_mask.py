@@ -301,3 +301,19 @@ class RetinaNetMaskDetector(MaskDetector):
             from ..manifest import sha256_file
             self._sha = sha256_file(self.weights)
         return self._sha
+
+
+def _register() -> None:
+    """Add the paper's RetinaNet to the model registry (needs the user's checkpoint)."""
+    from .registry import register
+    register("retinanet-facemask", "mask-detector",
+             description="the paper's RetinaNet-50 face/face_mask detector (yhenon pytorch-retinanet layout)",
+             weights="user checkpoint (model_state_dict with module. prefix)", needs_weights=True,
+             files=("csv_retinanet50_140epochs.pt",), differentiable=True,
+             preprocessing="ArcFace 112 crop, ImageNet normalisation, short side 608, pad to 32",
+             how_to_get="mf2m ships no weights: get csv_retinanet50_140epochs.pt from "
+                        "simpletask1/Retinanet-face_mask_detection and pass --weights PATH "
+                        "(or $MF2M_WEIGHTS_RETINANET_FACEMASK).")(RetinaNetMaskDetector)
+
+
+_register()
