@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import shutil
 import tempfile
@@ -109,7 +110,8 @@ def main() -> None:
             f"| bare forward (`embed` on in-memory batches; before / after) | {bare:.1f} / {bare_after:.1f} |\n"
             f"| end to end (`mf2m embed`: list → decode → model → HDF5 shard → manifest) | {e2e:.1f} |\n"
             f"| **ratio end-to-end / bare** (target ≥ 0.8) | **{ratio:.2f}** |\n\n"
-            f"End-to-end wall time {wall:.1f} s for {manifest['count']} images.\n")
+            f"End-to-end wall time {wall:.1f} s for {manifest['count']} images. Load average at the end: "
+            f"{os.getloadavg()[0]:.1f} (the 2 cores are shared: compare the ratio, not absolute rates).\n")
     print(text)
     if args.out:
         from benchmark.atomic import write_text
