@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Every GPU check of mf2m in one script, sized to finish in < 8 minutes on one H100/H200.
+# Run on a lent GPU machine from the repository root:  bash benchmarks/gpu_check.sh
+# Output: results/gpu_check/*.json and a log on stdout (copy the numbers into BENCHMARKS.md).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-results/gpu_check}
+mkdir -p "$OUT"
+PY=${PYTHON:-python}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
+$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+
+step() { echo; echo "=== $1 ($(date +%T))"; shift; timeout "$@"; echo "exit $?"; }
+
+# 1. search: CPU and CUDA give identical metrics (small problems), then the 1M × 3,530 scale run (target ≤ 2 s).
+step "search: CPU vs CUDA identity" 120 $PY -m pytest -q tests/test_search.py -k cuda
+step "search: 1M distractors × 3,530 probes" 240 \
+  $PY benchmarks/search_scale.py --device cuda --block-size 65536 --json "$OUT/search_scale.json"
+# 2. embed: IResNet-50 fp16 end to end (target ≥ 10,000 img/s).
+step "embed: IResNet-50 fp16 end to end" 180 \
+  $PY benchmarks/gpu_embed.py --device cuda --images 200000 --batch-size 512 --workers 12 --out "$OUT/embed.md"
+# 3. attack: AdvNoise-DM and MF²M with an IResNet-50-sized recognizer (overhead target ≤ 30 %).
+step "attack: IResNet-50-sized FR + mask detector" 120 \
+  $PY benchmarks/attack_speed.py --device cuda --fr iresnet50-random --batch-size 64 --iters 40
+echo; echo "done $(date +%T); results in $OUT"
