@@ -15,7 +15,7 @@ import pytest
 from benchmark.defences import api
 from benchmark.defences.api import (Defence, DefendedRecognizer, InputTransform, defend, load_defence,
                                     parse_value, split_spec)
-from benchmark.defences.metrics import identification_verification, mask_rate, tar_at_far
+from benchmark.defences.metrics import mask_rate, search_metrics
 from benchmark.defences.reference import BUILTINS, UpperFace
 
 # --------------------------------------------------------------------------------------------------
@@ -272,48 +272,50 @@ def test_faced_mask_aware_detector_loads_a_retrained_masknet(tmp_path):
 # --------------------------------------------------------------------------------------------------
 
 
-def _brute_force(probe, ids, clean, dist, far):
-    """Independent loop implementation of the cell protocol (see benchmark.defences.metrics)."""
-    hits = pairs = 0
-    genuine, impostor = [], []
+def _brute_force(probe, probe_keys, probe_ids, mates, mate_keys, mate_ids, dist, far):
+    """Independent loop implementation of the search protocol (docs/protocol.md §2) in float64."""
+    probe, mates, dist = (np.asarray(a, np.float64) for a in (probe, mates, dist))
+    ranks, genuine, negative = [], [], []
     for i in range(len(probe)):
-        others = [float(probe[i] @ clean[k]) for k in range(len(clean)) if ids[k] != ids[i]]
-        others += [float(probe[i] @ d) for d in dist]
-        impostor += others
-        for j in range(len(clean)):
-            if j != i and ids[j] == ids[i]:
-                s = float(probe[i] @ clean[j])
+        negs = [float(probe[i] @ d) for d in dist]
+        negative += negs
+        for j in range(len(mates)):
+            if mate_ids[j] == probe_ids[i] and mate_keys[j] != probe_keys[i]:
+                s = float(probe[i] @ mates[j])
                 genuine.append(s)
-                pairs += 1
-                hits += s > max(others)
-    # TAR: the lowest impostor score that lets at most far·n impostors strictly above it
-    limit = far * len(impostor)
-    t = min(c for c in set(impostor) if sum(s > c for s in impostor) <= limit)
-    tar = float(np.mean([g > t for g in genuine]))
-    # AUC: Mann-Whitney statistic over all (genuine, impostor) pairs
-    g, im = np.asarray(genuine)[:, None], np.asarray(impostor)[None, :]
-    auc = float(((g > im) + 0.5 * (g == im)).mean())
-    return hits / pairs, tar, auc
+                ranks.append(1 + sum(n > s for n in negs))
+    tau = sorted(negative, reverse=True)[int(np.floor(far * len(negative)))]
+    tar = float(np.mean([g > tau for g in genuine]))
+    g, n = np.asarray(genuine)[:, None], np.asarray(negative)[None, :]
+    auc = float(((g > n) + 0.5 * (g == n)).mean())
+    return float(np.mean(np.asarray(ranks) == 1)), tar, auc, len(genuine), len(negative)
 
 
-def test_metrics_match_a_brute_force_reference():
+def test_cell_metrics_come_from_the_search_engine_and_match_a_brute_force():
+    """search_metrics (the leaderboard's Rank-1/TAR/AUC, computed by benchmark.search) equals a loop over pairs."""
     rng = np.random.default_rng(0)
     ids = [f"id{i // 3}" for i in range(15)]
+    keys = [f"k{i}" for i in range(15)]
     centres = rng.normal(size=(5, 32))
     clean = np.stack([centres[int(s[2:])] + 0.6 * rng.normal(size=32) for s in ids])
     probe = clean + 0.9 * rng.normal(size=clean.shape)
-    dist = rng.normal(size=(40, 32))
+    dist = rng.normal(size=(40, 32)) + 0.3 * centres[rng.integers(0, 5, 40)]
     norm = lambda a: (a / np.linalg.norm(a, axis=1, keepdims=True)).astype(np.float32)  # noqa: E731
     probe, clean, dist = norm(probe), norm(clean), norm(dist)
+    sub = [0, 1, 4, 6, 7, 9, 12, 13]          # some probes were skipped by the attack; every clean face is a mate
     for far in (1e-6, 0.01, 0.1):
-        got = identification_verification(probe, ids, clean, dist, far)
-        rank1, tar, auc = _brute_force(probe, ids, clean, dist, far)
+        got = search_metrics(probe[sub], [keys[i] for i in sub], [ids[i] for i in sub], clean, keys, ids, dist, far)
+        rank1, tar, auc, n_pos, n_neg = _brute_force(probe[sub], [keys[i] for i in sub], [ids[i] for i in sub],
+                                                     clean, keys, ids, dist, far)
         assert got["rank1"] == pytest.approx(rank1) and 0 < rank1 < 1
         assert got["tar"] == pytest.approx(tar)
-        assert got["auc"] == pytest.approx(auc, abs=1e-9)
-        assert got["impostors"] == 15 * 12 + 15 * 40 and got["pairs"] == 15 * 2
-    assert tar_at_far([0.5, 0.9], [0.1, 0.6, 0.2], 1e-6) == (0.5, 0.6)
-    assert tar_at_far([0.5, 0.9], [0.1, 0.6, 0.2], 0.34) == (1.0, 0.2)
+        assert abs(got["auc"] - auc) <= got["auc_max_error"] + 1e-12     # the engine's own certified bound
+        assert got["auc_max_error"] < 1e-6
+        assert (got["positive_pairs"], got["negative_pairs"]) == (n_pos, n_neg) == (len(sub) * 2, len(sub) * 40)
+    with pytest.raises(ValueError, match="at least one distractor"):
+        search_metrics(probe, keys, ids, clean, keys, ids, dist[:0])
+    with pytest.raises(ValueError, match="do not line up"):
+        search_metrics(probe, keys[:3], ids, clean, keys, ids, dist)
     assert mask_rate(np.array([0.1, 0.5, 0.9])) == pytest.approx(2 / 3) and mask_rate(np.zeros(0)) is None
 
 
@@ -323,16 +325,18 @@ def test_leaderboard_cells_on_real_masked_faces(faces, sface):
     from benchmark.defences.leaderboard import add_clean_cost, evaluate_cell, render_csv, render_markdown
     crops, points, ids = faces
     masked = np.stack([solid_mask(c, p)[0] for c, p in zip(crops, points)])
-    distractors = crops[::-1].copy()[:0]
+    keys = [f"{n}/{i}" for i, n in enumerate(ids)]
+    distractors = np.stack([np.roll(c, 40, axis=1) for c in crops])     # shifted faces: real, non-matching
     rows = []
     for d in (None, load_defence("jpeg:quality=10"), load_defence("upper-face")):
         rec = sface if d is None else defend(d, sface, None)[0]
         name = "none" if d is None else d.tag
         for attack, images in (("clean", crops), ("solid", masked)):
-            cell = evaluate_cell(rec, None, images, ids, crops, distractors, 1e-6)
+            cell = evaluate_cell(rec, None, images, keys, ids, crops, keys, ids, distractors, 1e-6)
             rows.append({"defence": name, "kind": "", "attack": attack, "mode": "non-adaptive", "gradient": None,
-                         "probes": cell["probes"], "skipped": 0, "impostors": cell["impostors"], **{
-                             k: cell[k] for k in ("rank1", "tar", "auc", "mask_rate", "genuine_mean")}})
+                         "probes": cell["probes"], "skipped": 0, **{
+                             k: cell[k] for k in ("rank1", "tar", "auc", "mask_rate", "genuine_mean",
+                                                  "positive_pairs", "negative_pairs")}})
     add_clean_cost(rows)
     by = {(r["defence"], r["attack"]): r for r in rows}
     assert by[("none", "clean")]["clean_cost_rank1"] == 0.0
@@ -382,3 +386,68 @@ def test_leaderboard_end_to_end_and_resume(tmp_path, lfw_dir, sface):
     first = (out / "leaderboard.csv").read_text()
     again = run_leaderboard(cfg, progress=False, models=(sface, md))     # resumes: attacks are not redone
     assert (out / "leaderboard.csv").read_text() == first and len(again["rows"]) == 7
+
+
+def test_config_adaptive_lists_select_defences():
+    """``adaptive: [names]`` runs an attack adaptively only through those defences; masks never adaptively."""
+    from benchmark.defences.leaderboard import LeaderboardConfig
+    cfg = LeaderboardConfig.from_dict({"data": "folder:x", "out": "o", "attacks": [
+        "dm", {"name": "a", "method": "advnoise-dm", "adaptive": ["jpeg", "median-blur[apply_to=both,k=5]"]},
+        {"name": "b", "method": "mf2m", "adaptive": False}, {"name": "c", "method": "i-fgsm"}]})
+    jpeg, med3, med5 = load_defence("jpeg:quality=50"), load_defence("median-blur:k=3"), load_defence("median-blur:k=5")
+    dm, a, b, c = cfg.attacks
+    assert [a.adaptive_for(x) for x in (jpeg, med3, med5)] == [True, False, True]
+    assert not dm.adaptive_for(jpeg) and not b.adaptive_for(jpeg) and c.adaptive_for(med3)
+    with pytest.raises(ValueError, match="adaptive must be"):
+        LeaderboardConfig.from_dict({"data": "d", "out": "o", "attacks": [{"method": "mf2m", "adaptive": "jpeg"}]})
+
+
+# --------------------------------------------------------------------------------------------------
+# Faced-mask-aware detector retraining
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_train_mask_detector_with_faced_masks_tiny(shared_dir, lfw_dir, tmp_path, capsys):
+    """`mf2m train-mask-detector --with-faced-masks` on a tiny real subset (12 facemask photos per class, 16 LFW
+    images, 1 epoch from the shipped detector): DM positives are made from other identities' faces, LFW is split
+    by identity, both models are evaluated on the same held-out sets, and the defence loads the weights."""
+    import json
+
+    from benchmark.cli import main
+    from benchmark.models.mask_detector import load_weights
+    from benchmark.models.mask_training import faced_mask_faces
+    facemask = shared_dir / "data" / "facemask"
+    if not (facemask / "with_mask").is_dir():
+        pytest.skip("../shared/data/facemask is not present")
+    out = tmp_path / "w" / "faced.pt"
+    argv = ["train-mask-detector", "--with-faced-masks", "--data", str(facemask), "--lfw", str(lfw_dir),
+            "--out", str(out), "--limit-per-class", "12", "--faced-limit", "16", "--base-per-class", "0",
+            "--epochs", "1", "--held-out", "0.25", "--cache-dir", str(tmp_path / "cache"), "--device", "cpu",
+            "--no-progress"]
+    assert main(argv) == 0
+    assert "LFW held-out identities, DM faced mask" in capsys.readouterr().out
+    assert sorted(p.name for p in out.parent.iterdir()) == ["FACED_CARD.md", "faced.json", "faced.pt"]
+    report = json.loads(out.with_suffix(".json").read_text())
+    train, held = report["lfw_paths"]["train"], report["lfw_paths"]["held_out"]
+    person = lambda p: Path(p).parent.name  # noqa: E731
+    assert train and held and not {person(p) for p in train} & {person(p) for p in held}
+    assert all(person(face) != person(tpl) for face, tpl in report["lfw_templates"].items())
+    assert len(train) + len(held) + len(report["skipped"]) == 16
+    m = report["metrics"]
+    assert set(m["initial"]) == set(m["retrained"]) and len(m["retrained"]) == 5
+    for name, r in m["retrained"].items():
+        assert r["n"] == m["initial"][name]["n"] > 0 and 0 <= r["accuracy"] <= 1
+    # the DM faces really wear a faced mask: lower face changed, upper face untouched
+    fs = faced_mask_faces(lfw_dir, 16, 0, progress=False)
+    diff = np.abs(fs.faced.astype(int) - fs.bare.astype(int)).sum(axis=3)
+    assert (diff[:, 90:100].mean(axis=(1, 2)) > 5).all() and (diff[:, :30] == 0).all()
+    # fine-tuned from the shipped detector: changed weights, loadable by the defence
+    new, _ = load_weights(out)
+    from benchmark.models.mask_detector import DEFAULT_WEIGHTS
+    old, _ = load_weights(DEFAULT_WEIGHTS)
+    assert any(not np.allclose(a.numpy(), b.numpy()) for a, b in zip(new.state_dict().values(), old.state_dict().values()))
+    d = load_defence(f"faced-mask-aware-detector:weights={out}")
+    _, md = defend(d, None, None, device="cpu")
+    assert md.p_masked(fs.faced[:2]).shape == (2,)
+    assert "## Held-out accuracy" in (out.parent / "FACED_CARD.md").read_text()

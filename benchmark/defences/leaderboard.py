@@ -11,7 +11,7 @@ Layout of ``out/``::
     pool/probes.csv, distractors.csv, templates.csv   the seeded pool (identity,path,…)
     aligned.npz                                      clean probes + distractors, aligned (cache)
     attacks/<attack>/<defence>/                      ``mf2m attack`` outputs (resumable)
-    leaderboard.csv, leaderboard.md, leaderboard.json (manifest + every cell with its counts)
+    leaderboard.csv, leaderboard.md, leaderboard.html, leaderboard.json (manifest + every cell with its counts)
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from .api import Defence, InputTransform, defend, load_defence
-from .metrics import identification_verification, mask_rate
+from .metrics import mask_rate, search_metrics
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ ADVERSARIAL = ("advnoise-dm", "mf2m", "fgsm", "i-fgsm", "mi-fgsm", "ti-fgsm", "t
 METRICS = ("rank1", "tar", "auc", "mask_rate")
 CSV_FIELDS = ("defence", "kind", "attack", "mode", "gradient", "rank1", "tar", "auc", "mask_rate",
               "clean_cost_rank1", "clean_cost_tar", "clean_cost_auc", "clean_cost_mask_rate",
-              "probes", "skipped", "impostors")
+              "probes", "skipped", "positive_pairs", "negative_pairs")
 
 
 @dataclass
@@ -44,7 +44,16 @@ class AttackSpec:
     name: str
     method: str
     params: dict[str, Any] = field(default_factory=dict)
-    adaptive: bool = True                 # also run it through each defence (adversarial methods only)
+    adaptive: bool | list[str] = True     # also run it through each defence (adversarial methods only);
+                                          # a list: only through the defences of these names or tags
+
+    def adaptive_for(self, defence: Defence) -> bool:
+        """Whether this attack gets an adaptive cell for ``defence`` (adversarial methods only)."""
+        if self.method not in ADVERSARIAL:
+            return False
+        if isinstance(self.adaptive, bool):
+            return self.adaptive
+        return defence.name in self.adaptive or defence.tag in self.adaptive
 
 
 @dataclass
@@ -85,6 +94,10 @@ class LeaderboardConfig:
             bad = sorted(set(a) - set(AttackSpec.__dataclass_fields__))
             if bad or not a.get("method"):
                 raise ValueError(f"{source}: attacks[{i}] needs 'method' (and may have name, params, adaptive); got {a}")
+            ad = a.get("adaptive", True)
+            if not isinstance(ad, bool) and not (isinstance(ad, list) and all(isinstance(x, str) for x in ad)):
+                raise ValueError(f"{source}: attacks[{i}].adaptive must be true, false or a list of defence names, "
+                                 f"got {ad!r}")
             attacks.append(AttackSpec(**a))
         if not attacks:
             raise ValueError(f"{source}: list at least one attack under 'attacks'")
@@ -190,19 +203,22 @@ def slug(text: str) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def evaluate_cell(fr, md, probes: np.ndarray, probe_ids: list[str], clean: np.ndarray,
-                  distractors: np.ndarray, far: float, cache: dict | None = None) -> dict[str, Any]:
-    """Metrics of probe images ``probes`` (row ``i`` a version of clean face ``i``) under ``fr``/``md``.
+def evaluate_cell(fr, md, probes: np.ndarray, probe_keys: list[str], probe_ids: list[str],
+                  clean: np.ndarray, clean_keys: list[str], clean_ids: list[str], distractors: np.ndarray,
+                  far: float, cache: dict | None = None, device: str = "cpu") -> dict[str, Any]:
+    """Metrics of probe images ``probes`` under ``fr``/``md``: the search stage's Rank-1/TAR/AUC with the
+    clean faces as mates and ``distractors`` as the gallery (see :mod:`.metrics`), plus the mask rate.
 
-    ``cache`` (optional) keeps the clean and distractor features of ``fr`` between cells.
+    A probe's key equals its clean original's key, so that original is never its mate. ``cache``
+    (optional) keeps the clean and distractor features of ``fr`` between cells.
     """
     cache = {} if cache is None else cache
     key = (fr.name, fr.weights_hash(), id(clean), id(distractors))
     if key not in cache:
-        cache[key] = (fr.embed(clean), fr.embed(distractors) if len(distractors) else np.zeros((0, fr.dim), np.float32))
+        cache[key] = (fr.embed(clean), fr.embed(distractors))
     clean_feats, dist_feats = cache[key]
-    feats = fr.embed(probes)
-    cell = identification_verification(feats, probe_ids, clean_feats, dist_feats, far)
+    cell = search_metrics(fr.embed(probes), probe_keys, probe_ids, clean_feats, clean_keys, clean_ids,
+                          dist_feats, far, device)
     cell["mask_rate"] = mask_rate(md.p_masked(probes)) if md is not None else None
     return cell
 
@@ -226,18 +242,23 @@ def _fmt(v: Any, signed: bool = False) -> str:
     return str(v)
 
 
+_LEGEND = ("Mode: *non-adaptive* = attack made against the undefended models; *adaptive* = attack run through "
+           "the defence (gradient: exact, or BPDA/straight-through where the defence is not differentiable). "
+           "Clean cost = the defended system's metric on unmasked probes minus the undefended one's. "
+           "Mask rate on `clean` rows is the false-alarm rate.")
+
+
 def render_markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     """The leaderboard as a Markdown table with a short legend."""
     far = meta.get("far", 1e-6)
     head = ["Defence", "Attack", "Mode", "Gradient", "Rank-1", f"TAR@{far:g}", "AUC", "Mask rate",
             "Clean cost Rank-1", f"Clean cost TAR", "Clean cost AUC", "Clean cost mask rate", "Probes", "Skipped"]
     lines = [f"# Defence leaderboard — {meta.get('recognizer')} / {meta.get('mask_detector')}", "",
-             f"Pool: {meta.get('pool')}. TAR resolution: {meta.get('far_resolution')} "
-             "(fewer impostors than 1/FAR: TAR is measured at the largest impostor score).", "",
-             "Mode: *non-adaptive* = attack made against the undefended models; *adaptive* = attack run through "
-             "the defence (gradient: exact, or BPDA/straight-through where the defence is not differentiable). "
-             "Clean cost = the defended system's metric on unmasked probes minus the undefended one's. "
-             "Mask rate on `clean` rows is the false-alarm rate.", "",
+             f"Pool: {meta.get('pool')}. Rank-1, TAR and AUC come from the search stage's engine "
+             "(docs/protocol.md): mates = the clean pool faces (never a probe's own original), negatives = "
+             f"probe × distractor pairs. TAR resolution: {meta.get('far_resolution')} "
+             "(fewer negatives than 1/FAR: TAR is measured at the largest negative score).", "",
+             _LEGEND, "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         vals = [r["defence"], r["attack"], r["mode"], r["gradient"] or "", _fmt(r["rank1"]), _fmt(r["tar"]),
@@ -245,6 +266,26 @@ def render_markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                [str(r["probes"]), str(r["skipped"])]
         lines.append("| " + " | ".join(v.replace("|", "\\|") for v in vals) + " |")
     return "\n".join(lines) + "\n"
+
+
+def leaderboard_table(rows: list[dict[str, Any]], meta: dict[str, Any]):
+    """The leaderboard as a ``benchmark.report.tables.Table`` (for the HTML report's renderer)."""
+    from ..report.tables import Column, Table
+    far = meta.get("far", 1e-6)
+    cols = [Column("Defence", "defence", "text"), Column("Attack", "attack", "text"), Column("Mode", "mode", "text"),
+            Column("Gradient", "gradient", "text"), Column("Rank-1", "rank1"), Column(f"TAR@{far:g}", "tar"),
+            Column("AUC", "auc"), Column("Mask rate", "mask_rate"), Column("Clean cost Rank-1", "clean_cost_rank1"),
+            Column("Clean cost TAR", "clean_cost_tar"), Column("Clean cost AUC", "clean_cost_auc"),
+            Column("Clean cost mask rate", "clean_cost_mask_rate"), Column("Probes", "probes", "int"),
+            Column("Skipped", "skipped", "int")]
+    return Table("defence-leaderboard", f"Defence leaderboard — {meta.get('recognizer')} / {meta.get('mask_detector')}",
+                 cols, rows, notes=[f"Pool: {meta.get('pool')}.", _LEGEND])
+
+
+def render_html(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    """A standalone HTML page of the leaderboard (the report stage's renderer, no scripts or links)."""
+    from ..report.html import render_page
+    return render_page("mf2m defence leaderboard", [], [leaderboard_table(rows, meta)], [])
 
 
 def render_csv(rows: list[dict[str, Any]]) -> str:
@@ -326,11 +367,16 @@ def run_leaderboard(cfg: LeaderboardConfig, progress: bool = True, models: tuple
     rows: list[dict[str, Any]] = []
 
     def add(defence_name, d, rec, det, attack_name, mode, gradient, images, idx, skipped):
-        cell = evaluate_cell(rec, det, images, [ids[i] for i in idx], clean[idx], distractors, cfg.far, cache)
+        if not idx:
+            raise RuntimeError(f"{attack_name} ({mode}, defence {defence_name}): no probe was attacked "
+                               f"({len(skipped)} skipped: {_counts(skipped)})")
+        cell = evaluate_cell(rec, det, images, [keys[i] for i in idx], [ids[i] for i in idx], clean, keys, ids,
+                             distractors, cfg.far, cache, device)
         rows.append({"defence": defence_name, "kind": d.kind if d else "", "attack": attack_name, "mode": mode,
                      "gradient": gradient, "rank1": cell["rank1"], "tar": cell["tar"], "auc": cell["auc"],
                      "mask_rate": cell["mask_rate"], "probes": cell["probes"], "skipped": len(skipped),
-                     "impostors": cell["impostors"], "far_resolution": cell["far_resolution"],
+                     "positive_pairs": cell["positive_pairs"], "negative_pairs": cell["negative_pairs"],
+                     "far_resolution": cell["far_resolution"],
                      "skipped_reasons": _counts(skipped)})
 
     plain = {}
@@ -343,7 +389,7 @@ def run_leaderboard(cfg: LeaderboardConfig, progress: bool = True, models: tuple
             idx, images, skipped = _load_attacked(plain[spec.name], keys)
             mode = "undefended" if d is None else "non-adaptive"
             add(name, d, rec, det, spec.name, mode, None, images, idx, skipped)
-            if d is None or not spec.adaptive or spec.method not in ADVERSARIAL:
+            if d is None or not spec.adaptive_for(d):
                 continue
             if not (rec.differentiable and det.differentiable):
                 log.warning("%s: adaptive %s skipped (the defended models are not differentiable)", name, spec.name)
@@ -358,12 +404,14 @@ def run_leaderboard(cfg: LeaderboardConfig, progress: bool = True, models: tuple
             "far_resolution": f"{rows[0]['far_resolution']:.2g}" if rows else None}
     write_text(out / "leaderboard.csv", render_csv(rows))
     write_text(out / "leaderboard.md", render_markdown(rows, meta))
+    write_text(out / "leaderboard.html", render_html(rows, meta))
     manifest = build_manifest("defend", {**asdict(cfg), "device": device},
                               models={n: {"defence": d.record() if d else None, "fr": r.identity(), "md": m.identity()}
                                       for n, (d, r, m) in systems.items()},
                               pool={"probes": len(keys), "probes_skipped": skipped_clean,
                                     "distractors": len(distractors), "distractors_skipped": skipped_dist},
-                              cells=rows, outputs={"csv": "leaderboard.csv", "markdown": "leaderboard.md"})
+                              cells=rows, outputs={"csv": "leaderboard.csv", "markdown": "leaderboard.md",
+                                                       "html": "leaderboard.html"})
     write_json(out / "leaderboard.json", manifest)
     return {"rows": rows, "meta": meta, "out": str(out)}
 

@@ -1,17 +1,18 @@
-"""The metrics of one leaderboard cell (brute force, for probe pools of up to a few thousand faces).
+"""The metrics of one leaderboard cell.
 
-Protocol (MegaFace-style, as in the paper): every probe ``i`` (masked/attacked) is compared with the
-gallery = the distractors + the clean images of the pool except its own clean original.
+Identification and verification come from the **search stage's engine** (``benchmark.search``): the
+leaderboard hands it in-memory feature sets and reads back exactly what ``mf2m search`` reports —
+same protocol (docs/protocol.md §2), same exact float64 decisions:
 
-* **Rank-1**: over all (probe ``i``, mate ``j``) pairs — ``j`` a clean image of the same identity,
-  ``j ≠ i`` — the fraction where the mate scores strictly higher than every gallery face of another
-  identity (ties count as misses).
-* **TAR@FAR**: genuine scores are the (probe, mate) cosines, impostor scores the (probe, other
-  identity) cosines; the threshold lets at most ``floor(far · n_impostors)`` impostors through and
-  TAR is the fraction of genuine scores strictly above it. With fewer than ``1/far`` impostors this
-  is TAR at the largest impostor score; ``far_resolution`` (``1/n_impostors``) says how fine it is.
-* **AUC**: ROC AUC of genuine vs impostor scores (scikit-learn).
-* **mask rate**: the fraction of probes with ``p_masked ≥ 0.5``.
+* probes  = the attacked/masked faces (key = the face's key, label = its identity index),
+* mates   = the clean faces of the pool (same keys: a probe is never paired with its own original),
+* distractors = the gallery faces of other people.
+
+So **Rank-1** = fraction of (probe, clean mate) pairs that no distractor beats, **TAR@FAR** with the
+threshold the (⌊FAR·N_neg⌋+1)-th largest probe–distractor score, **AUC** over positive pairs vs
+probe–distractor pairs. Only the defence-specific numbers live here: the **mask detection rate**
+(fraction of probes with ``p_masked ≥ 0.5``); the clean cost is a difference of two cells
+(``leaderboard.add_clean_cost``).
 """
 
 from __future__ import annotations
@@ -21,47 +22,50 @@ from typing import Any, Sequence
 import numpy as np
 
 
-def tar_at_far(genuine: np.ndarray, impostor: np.ndarray, far: float) -> tuple[float, float]:
-    """``(TAR, threshold)``: the fraction of ``genuine`` above the threshold admitting ≤ ``far`` of ``impostor``."""
-    genuine, impostor = np.asarray(genuine, np.float64), np.asarray(impostor, np.float64)
-    if not len(genuine) or not len(impostor):
-        raise ValueError("TAR@FAR needs genuine and impostor scores")
-    allowed = int(np.floor(far * len(impostor)))
-    ordered = np.sort(impostor)[::-1]
-    threshold = float(ordered[min(allowed, len(ordered) - 1)])
-    return float((genuine > threshold).mean()), threshold
+def _unit(features: np.ndarray, what: str) -> np.ndarray:
+    """float32 unit rows (the feature-set loader's normalisation); zero or non-finite rows are errors."""
+    from ..features import normalize_rows
+    return normalize_rows(features, what)
 
 
-def identification_verification(probe_feats: np.ndarray, probe_ids: Sequence[str], clean_feats: np.ndarray,
-                                 distractor_feats: np.ndarray, far: float = 1e-6) -> dict[str, Any]:
-    """Rank-1, TAR@``far`` and AUC of probes (row ``i`` of ``probe_feats`` is a version of clean row ``i``)."""
-    from sklearn.metrics import roc_auc_score
-    probe_feats = np.asarray(probe_feats, np.float32)
-    clean_feats = np.asarray(clean_feats, np.float32)
-    ids = np.asarray(probe_ids)
-    if probe_feats.shape != clean_feats.shape or len(ids) != len(probe_feats):
-        raise ValueError(f"probe features {probe_feats.shape}, clean features {clean_feats.shape} and "
-                         f"{len(ids)} identities do not line up")
-    n = len(ids)
-    s_clean = probe_feats @ clean_feats.T                                # (n, n)
-    s_dist = probe_feats @ np.asarray(distractor_feats, np.float32).T    # (n, m)
-    same = ids[:, None] == ids[None, :]
-    mate = same & ~np.eye(n, dtype=bool)
-    other = ~same
-    best_other = np.max(np.where(other, s_clean, -np.inf), axis=1)
-    if s_dist.shape[1]:
-        best_other = np.maximum(best_other, s_dist.max(axis=1))
-    hits = (s_clean > best_other[:, None]) & mate
-    n_pairs = int(mate.sum())
-    if not n_pairs:
-        raise ValueError("no probe has a mate (another image of its identity): need ≥ 2 images per identity")
-    genuine = s_clean[mate]
-    impostor = np.concatenate([s_clean[other], s_dist.ravel()])
-    tar, threshold = tar_at_far(genuine, impostor, far)
-    labels = np.r_[np.ones(len(genuine)), np.zeros(len(impostor))]
-    return {"rank1": float(hits.sum() / n_pairs), "tar": tar, "auc": float(roc_auc_score(labels, np.r_[genuine, impostor])),
-            "far": far, "threshold": threshold, "far_resolution": 1.0 / len(impostor),
-            "pairs": n_pairs, "genuine": int(len(genuine)), "genuine_mean": float(genuine.mean()), "impostors": int(len(impostor)), "probes": n}
+def search_metrics(probe_feats: np.ndarray, probe_keys: Sequence[str], probe_ids: Sequence[str],
+                   mate_feats: np.ndarray, mate_keys: Sequence[str], mate_ids: Sequence[str],
+                   distractor_feats: np.ndarray, far: float = 1e-6, device: str = "cpu") -> dict[str, Any]:
+    """Rank-1, TAR@``far``, AUC (and counts) of in-memory feature sets, computed by the search engine.
+
+    Identities are any hashable labels (mapped to label indices here); keys pair a probe with its own
+    clean original, which is never its mate.
+    """
+    from ..search import engine
+    from ..search.run import SearchConfig, compute_metrics, roc_grid, stream
+    if len(probe_feats) != len(probe_keys) or len(probe_keys) != len(probe_ids):
+        raise ValueError(f"{len(probe_feats)} probe features, {len(probe_keys)} keys and {len(probe_ids)} "
+                         "identities do not line up")
+    if len(mate_feats) != len(mate_keys) or len(mate_keys) != len(mate_ids):
+        raise ValueError(f"{len(mate_feats)} mate features, {len(mate_keys)} keys and {len(mate_ids)} "
+                         "identities do not line up")
+    if not len(distractor_feats):
+        raise ValueError("the search protocol needs at least one distractor")
+    names = {name: i for i, name in enumerate(sorted(set(map(str, probe_ids)) | set(map(str, mate_ids))))}
+    probes, mates = _unit(probe_feats, "probes"), _unit(mate_feats, "mates")
+    distractors = _unit(distractor_feats, "distractors")
+    cfg = SearchConfig(probes="<leaderboard probes>", mates="<leaderboard mates>",
+                       distractors="<leaderboard distractors>", out="", fars=[float(far)], ranks=[1],
+                       topk=0, device=device, progress=False)
+    n_neg = len(probes) * len(distractors)
+    problem = engine.build_problem(
+        probes, np.asarray(probe_keys, dtype=str), np.array([names[str(s)] for s in probe_ids], np.int64),
+        mates, np.asarray(mate_keys, dtype=str), np.array([names[str(s)] for s in mate_ids], np.int64),
+        distractors, roc_grid(n_neg, cfg.fars, cfg.roc_per_decade), (), cfg.seed, cfg.topk)
+    part = stream(problem, device, cfg.block_size, progress=False)
+    metrics, _ = compute_metrics(part, problem, cfg, len(probes), len(mates))
+    (tar,) = metrics["tar_at_far"]
+    counts = metrics["counts"]
+    return {"rank1": metrics["rank1"], "tar": tar["tar"], "threshold": tar["threshold"], "auc": metrics["auc"],
+            "far": float(far), "far_resolution": 1.0 / n_neg, "positive_pairs": counts["positive_pairs"],
+            "negative_pairs": counts["negative_pairs"], "probes": counts["probes"],
+            "auc_max_error": float(metrics["exactness"]["auc_max_error"]),
+            "genuine_mean": float(problem.pos_scores.mean()) if problem.n_pos else None}
 
 
 def mask_rate(p_masked: np.ndarray, threshold: float = 0.5) -> float | None:

@@ -259,7 +259,7 @@ class UpperFace(RecognitionPolicy):
 class FacedMaskAwareDetector(ReplacementMaskDetector):
     """The default mask detector retrained with DM-masked (faced-mask) faces as positives.
 
-    ``weights``: the retrained ``MaskNet`` file (see :mod:`benchmark.defences.faced_training` and
+    ``weights``: the retrained ``MaskNet`` file (``mf2m train-mask-detector --with-faced-masks``, see
     docs/defences.md); default ``mask_detector_faced.pt`` beside the default detector's weights.
     """
 

@@ -23,9 +23,11 @@ def register(sub, formatter) -> None:
     p.add_argument("--out", required=True, type=Path, help="weights file to write (.pt)")
     p.add_argument("--card", type=Path, default=None,
                    help="model card path (default: <OUT folder>/<OUT stem in capitals>_CARD.md)")
-    p.add_argument("--epochs", type=int, default=14, help="training epochs")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="training epochs (default: 14; 3 with --with-faced-masks, which fine-tunes)")
     p.add_argument("--batch-size", type=int, default=64, help="training batch size")
-    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (one-cycle schedule)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate, one-cycle schedule (default: 3e-3; 1e-3 with --with-faced-masks)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation and augmentation")
     p.add_argument("--held-out", type=float, default=0.2, help="fraction of faces held out for evaluation")
     p.add_argument("--limit-per-class", type=int, default=None,
@@ -37,7 +39,20 @@ def register(sub, formatter) -> None:
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="cache of aligned crops (default: $MF2M_CACHE or ~/.cache/mf2m)")
     p.add_argument("--with-faced-masks", action="store_true",
-                   help="also train on synthetic faced masks (needs the masker of issue 7; not built yet)")
+                   help="faced-mask-aware retraining (the faced-mask-aware-detector defence): fine-tune --init "
+                        "with LFW faces wearing DM faced masks (templates of other identities) as positives and "
+                        "the same faces bare as negatives, plus the facemask training split; needs --lfw. "
+                        "Reports held-out accuracy on real masks, bare faces, DM and solid masks for both the "
+                        "initial and the retrained model. Default --out for the defence: "
+                        "benchmark/models/weights/mask_detector_faced.pt")
+    p.add_argument("--init", default="default",
+                   help="with --with-faced-masks: weights to fine-tune ('default' = the shipped default detector, "
+                        "'none' = train from scratch, or a .pt path)")
+    p.add_argument("--faced-limit", type=int, default=400,
+                   help="with --with-faced-masks: LFW images sampled (seeded) for DM faces, split by identity "
+                        "into train / held out by --held-out")
+    p.add_argument("--base-per-class", type=int, default=400,
+                   help="with --with-faced-masks: facemask training faces kept per class (0 = all)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=_run)
@@ -47,16 +62,32 @@ def _run(args: argparse.Namespace) -> int:
     """Run the training (heavy imports happen here)."""
     from ..device import resolve_device
     from .mask_training import TrainConfig, run_training
-    if args.with_faced_masks:
-        raise RuntimeError("--with-faced-masks needs the faced-mask generator (issue 7), which this "
-                           "version does not have yet; train without it")
-    if args.epochs < 1 or args.batch_size < 1:
+    faced = args.with_faced_masks
+    epochs = args.epochs if args.epochs is not None else (3 if faced else 14)
+    lr = args.lr if args.lr is not None else (1e-3 if faced else 3e-3)
+    if epochs < 1 or args.batch_size < 1:
         raise ValueError("--epochs and --batch-size must be ≥ 1")
     if not 0 < args.held_out < 1:
         raise ValueError("--held-out must be in (0, 1)")
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                      held_out=args.held_out)
+    if faced and args.lfw is None:
+        raise ValueError("--with-faced-masks needs --lfw (the faces that get DM faced masks)")
+    if faced and (args.faced_limit < 8 or args.base_per_class < 0):
+        raise ValueError("--faced-limit must be ≥ 8 and --base-per-class ≥ 0")
+    cfg = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=lr, seed=args.seed, held_out=args.held_out)
     command = "mf2m " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if Path(sys.argv[0]).name == "mf2m" else ""
+    if faced:
+        from .mask_detector import DEFAULT_WEIGHTS
+        from .mask_training import run_faced_training
+        init = {"default": DEFAULT_WEIGHTS, "none": None}.get(args.init, args.init)
+        report = run_faced_training(args.data, args.lfw, args.out, cfg, init_weights=init,
+                                    device=resolve_device(args.device), cache_dir=args.cache_dir,
+                                    faced_limit=args.faced_limit, base_per_class=args.base_per_class or None,
+                                    card=args.card, command=command or _command_from_args(args),
+                                    progress=not args.no_progress, on_step=print,
+                                    limit_per_class=args.limit_per_class)
+        rates = report["metrics"]["retrained"]
+        print(f"wrote {args.out}: " + "; ".join(f"{k} {100 * v['accuracy']:.1f}%" for k, v in rates.items()))
+        return 0
     report = run_training(args.data, args.out, cfg, device=resolve_device(args.device), cache_dir=args.cache_dir,
                           limit_per_class=args.limit_per_class, lfw_dir=args.lfw, lfw_limit=args.lfw_limit,
                           card=args.card, command=command or _command_from_args(args),
@@ -68,10 +99,15 @@ def _run(args: argparse.Namespace) -> int:
 
 def _command_from_args(args: argparse.Namespace) -> str:
     """A reproducible command line rebuilt from parsed arguments (when not run as ``mf2m``)."""
-    parts = ["mf2m", "train-mask-detector", "--data", str(args.data), "--out", str(args.out),
-             "--epochs", str(args.epochs), "--seed", str(args.seed)]
+    parts = ["mf2m", "train-mask-detector", "--data", str(args.data), "--out", str(args.out), "--seed", str(args.seed)]
+    for flag, value in (("--epochs", args.epochs), ("--lr", args.lr)):
+        if value is not None:
+            parts += [flag, str(value)]
     if args.limit_per_class:
         parts += ["--limit-per-class", str(args.limit_per_class)]
     if args.lfw:
         parts += ["--lfw", str(args.lfw), "--lfw-limit", str(args.lfw_limit)]
+    if args.with_faced_masks:
+        parts += ["--with-faced-masks", "--init", str(args.init), "--faced-limit", str(args.faced_limit),
+                  "--base-per-class", str(args.base_per_class)]
     return " ".join(shlex.quote(p) for p in parts)

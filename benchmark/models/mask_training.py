@@ -219,9 +219,10 @@ class TrainConfig:
 
 
 def train_masknet(faces: np.ndarray, labels: np.ndarray, cfg: TrainConfig, device: str = "cpu",
-                  progress: bool = True):
-    """Train a fresh ``MaskNet`` on aligned ``faces``/``labels``; returns ``(model, history)``.
+                  progress: bool = True, init=None):
+    """Train a ``MaskNet`` on aligned ``faces``/``labels``; returns ``(model, history)``.
 
+    ``init``: a ``MaskNet`` to fine-tune (trained in place); ``None`` trains a fresh one.
     Deterministic for a given seed, device and torch thread count.
     """
     import torch
@@ -230,7 +231,7 @@ def train_masknet(faces: np.ndarray, labels: np.ndarray, cfg: TrainConfig, devic
     from .mask_detector import build_masknet
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    model = build_masknet().to(device)
+    model = (build_masknet() if init is None else init).to(device)
     data = torch.from_numpy(np.ascontiguousarray(faces)).permute(0, 3, 1, 2).contiguous()   # uint8
     target = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     steps_per_epoch = max(1, (len(data) + cfg.batch_size - 1) // cfg.batch_size)
@@ -506,6 +507,217 @@ def render_card(report: dict[str, Any], weights_name: str) -> str:
         "- Not the paper's RetinaNet detector; load that with `retinanet-facemask` when you have its checkpoint.",
         "", "## Reproduce", "", "```", report["command"] or "mf2m train-mask-detector --data DIR --out PATH", "```",
         "", f"Per-epoch history, the held-out file list, skipped files and the full manifest: "
+        f"`{Path(weights_name).with_suffix('.json').name}`.", "",
+    ]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Faced-mask-aware retraining (`mf2m train-mask-detector --with-faced-masks`, issue 7)
+# ----------------------------------------------------------------------------------------------------
+
+@dataclass
+class FacedSet:
+    """LFW faces, bare and wearing a DM faced mask cut from another identity's face."""
+
+    bare: np.ndarray                     # (n, 112, 112, 3) uint8
+    faced: np.ndarray                    # (n, 112, 112, 3) uint8: DM of bare[i] with template[i]
+    points: np.ndarray                   # (n, 68, 2) float32 landmarks of bare[i] in the aligned crop
+    identities: list[str]
+    paths: list[str]
+    templates: list[str]                 # path of the template face of each DM face
+    skipped: list[dict[str, str]]
+
+
+def faced_mask_faces(lfw_dir: str | Path, limit: int, seed: int, progress: bool = True) -> FacedSet:
+    """A seeded LFW sample (:func:`lfw_faces`) and its DM versions (``attacks.masking.delaunay_mask``).
+
+    Each face gets the faced mask of a seeded random template of **another identity** from the same
+    sample (the attack picks the most FR-similar one; random choices give more varied training masks).
+    Faces whose DM fails are skipped and listed.
+    """
+    from attacks.masking import delaunay_mask
+    faces, pts, paths, skipped = lfw_faces(lfw_dir, limit, seed, progress)
+    ids = [Path(p).parent.name for p in paths]
+    if len(set(ids)) < 2:
+        raise ValueError(f"{lfw_dir}: need faces of at least 2 identities for DM templates, got {len(set(ids))}")
+    rng = np.random.default_rng([seed, 7])
+    bare, faced, keep_pts, keep_ids, keep_paths, templates = [], [], [], [], [], []
+    for i in range(len(faces)):
+        others = [j for j in range(len(faces)) if ids[j] != ids[i]]
+        j = others[int(rng.integers(len(others)))]
+        try:
+            image, region = delaunay_mask(faces[i], pts[i], faces[j], pts[j])
+        except ValueError as exc:
+            skipped.append({"path": paths[i], "reason": f"dm: {exc}"})
+            continue
+        if not region.any():
+            skipped.append({"path": paths[i], "reason": "dm: empty faced-mask region"})
+            continue
+        bare.append(faces[i])
+        faced.append(image)
+        keep_pts.append(pts[i])
+        keep_ids.append(ids[i])
+        keep_paths.append(paths[i])
+        templates.append(paths[j])
+    empty = np.zeros((0, 112, 112, 3), np.uint8)
+    return FacedSet(np.stack(bare) if bare else empty, np.stack(faced) if faced else empty,
+                    np.stack(keep_pts).astype(np.float32) if keep_pts else np.zeros((0, 68, 2), np.float32),
+                    keep_ids, keep_paths, templates, skipped)
+
+
+def identity_split(identities: list[str], seed: int, held_out: float) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split of faces by identity (no person on both sides): ``(train indices, held-out indices)``."""
+    from sklearn.model_selection import GroupShuffleSplit
+    idx = np.arange(len(identities))
+    train, test = next(GroupShuffleSplit(n_splits=1, test_size=held_out, random_state=seed).split(idx, groups=identities))
+    return np.sort(train), np.sort(test)
+
+
+def _balanced_subset(labels: np.ndarray, per_class: int | None, seed: int) -> np.ndarray:
+    """Indices of at most ``per_class`` seeded random items of each label (all when ``None``)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for label in np.unique(labels):
+        idx = np.flatnonzero(labels == label)
+        out.append(idx if per_class is None or len(idx) <= per_class else rng.choice(idx, per_class, replace=False))
+    return np.sort(np.concatenate(out))
+
+
+def _rates(model, sets: dict[str, tuple[np.ndarray, int]], device: str) -> dict[str, dict[str, Any]]:
+    """Per evaluation set: n, the accuracy (fraction called with its true label) and mean ``p_masked``."""
+    out = {}
+    for name, (faces, label) in sets.items():
+        p = predict(model, faces, device) if len(faces) else np.zeros(0, np.float32)
+        called = p >= 0.5
+        out[name] = {"n": int(len(p)), "label": CLASSES[label],
+                     "accuracy": float((called == bool(label)).mean()) if len(p) else None,
+                     "mean_p_masked": float(p.mean()) if len(p) else None}
+    return out
+
+
+def run_faced_training(data_dir: str | Path, lfw_dir: str | Path, out: str | Path, cfg: TrainConfig,
+                       init_weights: str | Path | None = None, device: str = "cpu",
+                       cache_dir: str | Path | None = None, faced_limit: int = 400, base_per_class: int | None = 400,
+                       card: str | Path | None = None, command: str = "", progress: bool = True,
+                       on_step: Callable[[str], None] | None = None, limit_per_class: int | None = None
+                       ) -> dict[str, Any]:
+    """Retrain the mask detector with DM-masked faces as positives; evaluate it against ``init_weights``.
+
+    Training data: the facemask training split (the default detector's split, same seed; at most
+    ``base_per_class`` faces per class) + LFW faces of the training identities, bare (label 0) and
+    wearing a DM faced mask (label 1). The model is fine-tuned from ``init_weights`` (the default
+    detector; ``None`` trains from scratch). Held out: the facemask held-out split (real masks, bare
+    faces) and LFW faces of the held-out identities (bare, DM, solid medical mask). Both the new and
+    the initial model are evaluated on them. Writes the weights, ``<out>.json`` and the model card.
+    """
+    from attacks.masking import solid_mask
+
+    from ..atomic import write_json, write_text
+    from ..manifest import build_manifest, sha256_file
+    from .mask_detector import DEFAULT_ARCH, build_masknet, load_weights, save_weights
+
+    say = on_step or log.info
+    t0 = time.time()
+    items = list_dataset(data_dir, limit_per_class)
+    aligned = align_dataset(items, data_dir, cache_dir, progress)
+    train_idx, test_idx = split_indices(aligned.labels, cfg.seed, cfg.held_out)
+    base_idx = train_idx[_balanced_subset(aligned.labels[train_idx], base_per_class, cfg.seed)]
+    say(f"facemask: {len(aligned.labels)} aligned faces, {len(base_idx)} used for training, "
+        f"{len(test_idx)} held out ({'cached' if aligned.from_cache else 'aligned now'})")
+    fs = faced_mask_faces(lfw_dir, faced_limit, cfg.seed, progress)
+    if len(fs.identities) < 4:
+        raise ValueError(f"{lfw_dir}: only {len(fs.identities)} LFW faces got a DM mask ({len(fs.skipped)} skipped)")
+    lfw_train, lfw_test = identity_split(fs.identities, cfg.seed, cfg.held_out)
+    t_data = time.time() - t0
+    say(f"LFW: {len(fs.identities)} faces with DM masks ({len(fs.skipped)} skipped): {len(lfw_train)} train / "
+        f"{len(lfw_test)} held out (by identity), {t_data:.0f} s")
+    faces = np.concatenate([aligned.faces[base_idx], fs.bare[lfw_train], fs.faced[lfw_train]])
+    labels = np.concatenate([aligned.labels[base_idx], np.zeros(len(lfw_train), np.int64),
+                             np.ones(len(lfw_train), np.int64)])
+    if init_weights is not None:
+        init, init_meta = load_weights(init_weights, device)
+    else:
+        init, init_meta = build_masknet(), {}
+    solid = np.stack([solid_mask(fs.bare[i], fs.points[i], ("blue", "white", "black")[k % 3])[0]
+                      for k, i in enumerate(lfw_test)])
+    eval_sets = {"facemask held-out, real masks": (aligned.faces[test_idx][aligned.labels[test_idx] == 1], 1),
+                 "facemask held-out, bare faces": (aligned.faces[test_idx][aligned.labels[test_idx] == 0], 0),
+                 "LFW held-out identities, bare": (fs.bare[lfw_test], 0),
+                 "LFW held-out identities, DM faced mask": (fs.faced[lfw_test], 1),
+                 "LFW held-out identities, solid medical mask": (solid, 1)}
+    baseline = _rates(init, eval_sets, device) if init_weights is not None else None
+    t1 = time.time()
+    model, history = train_masknet(faces, labels, cfg, device, progress, init=init)
+    t_train = time.time() - t1
+    retrained = _rates(model, eval_sets, device)
+    say(f"retrained in {t_train:.0f} s: " + "; ".join(f"{k}: {v['accuracy']:.3f}" for k, v in retrained.items()))
+    config = {**cfg.__dict__, "data": str(data_dir), "lfw": str(lfw_dir), "device": device,
+              "init_weights": str(init_weights) if init_weights else None,
+              "init_sha256": sha256_file(init_weights) if init_weights else None, "faced_limit": faced_limit,
+              "base_per_class": base_per_class, "limit_per_class": limit_per_class, "arch": DEFAULT_ARCH, "align": ALIGN_VERSION,
+              "faced_masks": "attacks.masking.delaunay_mask, template = seeded random LFW face of another identity"}
+    meta = {"config": config, "kind": "faced-mask-aware", "command": command, "created": time.strftime("%Y-%m-%d"),
+            "split": {"facemask_train_used": len(base_idx), "facemask_held_out": len(test_idx),
+                      "lfw_train_faces": len(lfw_train), "lfw_held_out_faces": len(lfw_test),
+                      "lfw_train_identities": len({fs.identities[i] for i in lfw_train}),
+                      "lfw_held_out_identities": len({fs.identities[i] for i in lfw_test})},
+            "metrics": {"retrained": retrained, "initial": baseline, "history": history,
+                        "seconds": {"data": round(t_data, 1), "train": round(t_train, 1)}},
+            "n_params": sum(p.numel() for p in model.parameters()), "init_meta_command": init_meta.get("command")}
+    save_weights(out, model, meta)
+    manifest = build_manifest("train-mask-detector", config, outputs={"weights": str(out),
+                              "weights_sha256": sha256_file(out)})
+    report = {"manifest": manifest, **meta,
+              "lfw_paths": {"train": [fs.paths[i] for i in lfw_train], "held_out": [fs.paths[i] for i in lfw_test]},
+              "lfw_templates": dict(zip(fs.paths, fs.templates)), "skipped": fs.skipped}
+    write_json(Path(out).with_suffix(".json"), report)
+    write_text(card or card_path_for(out), render_faced_card(report, Path(out).name))
+    return report
+
+
+def render_faced_card(report: dict[str, Any], weights_name: str) -> str:
+    """The model card (markdown) of a faced-mask-aware retraining report."""
+    cfg, m, split = report["config"], report["metrics"], report["split"]
+    lines = [
+        "# mf2m-maskdet-faced — model card (faced-mask-aware mask detector)", "",
+        f"Weights: `{weights_name}` (sha256 `{report['manifest']['outputs']['weights_sha256']}`), trained "
+        f"{report['created']} by `{report['command'] or 'run_faced_training()'}`. Loaded by the "
+        "`faced-mask-aware-detector` defence (docs/defences.md).", "",
+        "## What it is",
+        "The default `MaskNet` detector (`mask_detector.pt`, see MASK_DETECTOR_CARD.md) "
+        + (f"fine-tuned for {cfg['epochs']} epochs" if cfg["init_weights"] else f"trained from scratch for {cfg['epochs']} epochs")
+        + f" (AdamW, one-cycle lr {cfg['lr']}, batch {cfg['batch_size']}, the default augmentation) with "
+        "**DM faced masks as positives**: LFW faces (dlib HOG + 68 points → ArcFace 112) wearing a Delaunay "
+        "faced mask (`attacks.masking.delaunay_mask`, the attack's DM) cut from a seeded random LFW face of "
+        "another identity. The same faces bare are negatives, so the model cannot simply learn that LFW-style photos are masked.", "",
+        "## Data",
+        f"- facemask training split (the default detector's split, seed {cfg['seed']}): "
+        f"{split['facemask_train_used']} faces used (≤ {cfg['base_per_class']} per class), held-out split "
+        f"{split['facemask_held_out']} faces (never trained on by either model).",
+        f"- LFW: a seeded sample of {cfg['faced_limit']} images; {split['lfw_train_faces']} faces of "
+        f"{split['lfw_train_identities']} identities for training (bare + DM), {split['lfw_held_out_faces']} "
+        f"faces of {split['lfw_held_out_identities']} other identities held out.", "",
+        "## Held-out accuracy (threshold 0.5)", "",
+        "| set | n | true label | default detector | faced-mask-aware | mean p(masked) default → faced |",
+        "|---|---:|---|---:|---:|---|",
+    ]
+    init = m.get("initial") or {}
+    for name, r in m["retrained"].items():
+        b = init.get(name, {})
+        lines.append(f"| {name} | {r['n']} | {r['label']} | {_pct(b.get('accuracy'))} | **{_pct(r['accuracy'])}** | "
+                     f"{b.get('mean_p_masked', float('nan')):.3f} → {r['mean_p_masked']:.3f} |")
+    lines += [
+        "", f"Training took {m['seconds']['train']:.0f} s on `{cfg['device']}` (data preparation "
+        f"{m['seconds']['data']:.0f} s).", "",
+        "## Limitations",
+        "- The DM faces come from LFW only, with random (not FR-most-similar) templates; adversarial versions "
+        "(AdvNoise-DM, MF²M) are not in the training set — the leaderboard measures how it fares on them.",
+        "- An adaptive attacker who differentiates through this detector is not modelled by the training.",
+        "- LFW identities in the leaderboard pool may also appear in this training sample (different split "
+        "seeds); the file list is in the JSON report.", "",
+        "## Reproduce", "", "```", report["command"] or "mf2m train-mask-detector --with-faced-masks ...", "```", "",
+        f"Per-epoch history, LFW file lists with their templates and the manifest: "
         f"`{Path(weights_name).with_suffix('.json').name}`.", "",
     ]
     return "\n".join(lines)
