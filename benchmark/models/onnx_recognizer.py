@@ -135,6 +135,12 @@ def _op_batchnorm(x, scale, bias, mean, var, *, epsilon=1e-5, **_):
 
 def _op_prelu(x, slope, **_):
     import torch
+    import torch.nn.functional as F
+    # per-channel (C,1,…) or scalar slopes: the fused kernel (several times faster forward+backward
+    # on CPU than the elementwise form); any other broadcast falls back to the ONNX definition
+    if x.dim() >= 2 and (slope.numel() == 1 or (slope.dim() == x.dim() - 1 and slope.shape[0] == x.shape[1]
+                                                and slope.numel() == x.shape[1])):
+        return F.prelu(x, slope.reshape(-1))
     return torch.where(x >= 0, x, x * slope)
 
 
