@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 _REFINE_CHUNK = 1 << 16
-AUC_CELLS = 1 << 20  # uniform cells over [-1, 1] for the negative-score histogram
-# Up to this many (positive, negative) pairs the AUC is exact (every ambiguous negative refined); above,
-# ambiguous negatives are ordered by their float32 score and ``auc_max_error`` bounds the effect (one
-# pair weighs < 1e-11 there, and the bound is reported; it is far below the 1e-6 tolerance in practice).
-AUC_EXACT_MAX_PAIRS = 10 ** 11
+HIST_BINS = 1 << 16     # uniform bins of the negative-score histogram over [hist_lo, HIST_HI]
+HIST_HI = 1.0625        # above every float32 score of unit vectors (|s32| ≤ 1 + eps)
+HIST_FUZZ = 2           # a negative counted in bin j lies in bins j-2 … j+2 (float32 bin-index rounding)
+AUC_TOLERANCE = 1e-6    # above this histogram error bound, the AUC is recomputed exactly (float64 pass)
+_F32_EXACT = 1 << 24    # float32 histogram counts are exact below this
 
 
 def f32_below(x: float) -> float:
@@ -35,23 +35,6 @@ def f32_below(x: float) -> float:
     if float(y) > x:
         y = np.nextafter(y, np.float32(-np.inf))
     return float(y)
-
-
-def auc_cells(sorted_pos: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per-cell AUC weight 2·#{pos above} and the cells needing per-element treatment.
-
-    A float32 score s32 lands in cell c = ⌊(s32+1)·C/2⌋ (clamped), computed in float32; its exact
-    score is within margin = eps + 1e-6 of the cell.  A cell is *clean* when no positive lies within
-    that margin: then every negative in it contributes exactly 2·#{pos > cell} to the AUC numerator.
-    """
-    width = 2.0 / AUC_CELLS
-    margin = eps + 1e-6
-    lo = -1.0 + width * np.arange(AUC_CELLS) - margin
-    hi = lo + width + 2 * margin
-    lo[0], hi[-1] = -np.inf, np.inf
-    below_lo = np.searchsorted(sorted_pos, lo, "left")
-    upto_hi = np.searchsorted(sorted_pos, hi, "right")
-    return 2 * (sorted_pos.size - upto_hi).astype(np.int64), upto_hi != below_lo
 
 
 def gemm_error_bound(dim: int) -> float:
@@ -93,9 +76,8 @@ class Problem:
     perm_pos: np.ndarray | None   # (n_d,) position of each distractor in the seeded permutation
     topk: int
     mate_excluded: np.ndarray     # (n_p, n_m) bool: same key (an image is never its own match)
-    cell_g: np.ndarray = None     # (AUC_CELLS,) int64: 2·#{pos > s} for any s in a clean cell
-    cell_dirty: np.ndarray = None  # (AUC_CELLS,) bool: a positive lies within eps of the cell
-    auc_exact: bool = True        # refine AUC-ambiguous negatives (see AUC_EXACT_MAX_PAIRS)
+    hist_lo: float = -HIST_HI     # float32 lower edge of the AUC histogram: s32 < hist_lo ⇒ below every positive
+    row_low: np.ndarray = None    # (n_p,) float32: a negative below this cannot beat any positive of the probe
 
     @property
     def n_pos(self) -> int:
@@ -158,10 +140,10 @@ def build_problem(probes, probe_keys, probe_labels, mates, mate_keys, mate_label
     excl = codes[:n_p, None] == codes[None, n_p:]
     eps = gemm_error_bound(probes.shape[1])
     sorted_pos = np.sort(scores)
-    cell_g, cell_dirty = auc_cells(sorted_pos, eps)
+    hist_lo = max(f32_below(sorted_pos[0] - eps), -HIST_HI) if scores.size else HIST_HI
+    row_low = np.array([f32_below(x - eps) if np.isfinite(x) else np.inf for x in table[:, 0]], np.float32)
     return Problem(probes, mates, distractors, pp, mm, slot, scores, table, sorted_pos, eps,
-                   sorted(set(float(f) for f in fars)), sizes, perm_pos, int(topk), excl, cell_g, cell_dirty,
-                   len(scores) * n_p * n_d <= AUC_EXACT_MAX_PAIRS)
+                   sorted(set(float(f) for f in fars)), sizes, perm_pos, int(topk), excl, hist_lo, row_low)
 
 
 # ------------------------------------------------------------------------------------ extraction
@@ -272,15 +254,14 @@ class Partial:
 
     n_cols: int
     rank_hist: np.ndarray          # (n_p, m_max+1): #negatives beating exactly the k lowest positives of p
-    auc2: int                      # Σ 2·#{pos > s} + #{pos = s} over negatives in dirty cells
-    auc_hist: np.ndarray           # (AUC_CELLS,) int64 negatives per cell (clean cells give the rest)
+    n_below: int                   # negatives with float32 score < hist_lo (below every positive)
+    neg_hist: np.ndarray           # (HIST_BINS,) int64 negatives per float32 bin of [hist_lo, HIST_HI]
     first_beater: np.ndarray       # (n_p, m_max+1): min sweep position of such negatives (sweep only)
     tops: dict[int, NegTopK]       # per subset size (the full size included)
     match_vals: np.ndarray         # (n_p, k') float32 best gallery scores so far
     match_idx: np.ndarray          # (n_p, k') int64 gallery index (mates first, then distractors)
     match_bound: np.ndarray        # (n_p,) float32: every dropped gallery item scores ≤ this (float32)
     n_refined: int = 0
-    auc_err: int = 0               # (pos, neg) pairs whose order was taken from float32 (approximate mode)
 
     @classmethod
     def empty(cls, problem: Problem) -> "Partial":
@@ -288,7 +269,7 @@ class Partial:
         n_p, m = problem.probes.shape[0], problem.m_max
         tops = {size: NegTopK(problem.k_for(n_p * size, max(problem.fars)) if problem.fars else 1, problem.eps)
                 for size in problem.sizes_with_full()}
-        return cls(0, np.zeros((n_p, m + 1), np.int64), 0, np.zeros(AUC_CELLS, np.int64),
+        return cls(0, np.zeros((n_p, m + 1), np.int64), 0, np.zeros(HIST_BINS, np.int64),
                    np.full((n_p, m + 1), np.iinfo(np.int64).max, np.int64), tops,
                    np.full((n_p, 0), -np.inf, np.float32), np.zeros((n_p, 0), np.int64),
                    np.full(n_p, -np.inf, np.float32))
@@ -300,10 +281,10 @@ def merge(a: Partial, b: Partial) -> Partial:
     idx = np.concatenate([a.match_idx, b.match_idx], axis=1)
     bound = np.maximum(a.match_bound, b.match_bound)
     vals, idx, bound = _keep_top(vals, idx, bound, max(a.match_vals.shape[1], b.match_vals.shape[1]))
-    return Partial(a.n_cols + b.n_cols, a.rank_hist + b.rank_hist, a.auc2 + b.auc2, a.auc_hist + b.auc_hist,
+    return Partial(a.n_cols + b.n_cols, a.rank_hist + b.rank_hist, a.n_below + b.n_below, a.neg_hist + b.neg_hist,
                    np.minimum(a.first_beater, b.first_beater),
                    {s: a.tops[s].merged(b.tops[s]) for s in a.tops}, vals, idx, bound,
-                   a.n_refined + b.n_refined, a.auc_err + b.auc_err)
+                   a.n_refined + b.n_refined)
 
 
 def _keep_top(vals: np.ndarray, idx: np.ndarray, bound: np.ndarray, k: int):
@@ -337,22 +318,6 @@ def _refine_near(problem: Problem, p, d, v32, near: np.ndarray, part: Partial) -
     return s
 
 
-def _auc_dirty(part: Partial, problem: Problem, p, d, v32) -> None:
-    """Exact AUC numerator of negatives in dirty cells (refined where a positive is within eps)."""
-    sp, eps, n_pos = problem.sorted_pos, problem.eps, problem.n_pos
-    for lo in range(0, p.size, _REFINE_CHUNK):
-        sl = slice(lo, lo + _REFINE_CHUNK)
-        v = v32[sl].astype(np.float64)
-        n_near = np.searchsorted(sp, v + eps, "right") - np.searchsorted(sp, v - eps, "left")
-        if problem.auc_exact:
-            s = _refine_near(problem, p[sl], d[sl], v32[sl], n_near > 0, part)
-        else:
-            s = v
-            part.auc_err += int(n_near.sum())
-        left, right = np.searchsorted(sp, s, "left"), np.searchsorted(sp, s, "right")
-        part.auc2 += int((2 * (n_pos - right) + (right - left)).sum())
-
-
 def _rank_band(part: Partial, problem: Problem, p, d, v32) -> None:
     """Per-probe rank (and sweep) contributions of negatives scoring ≥ the probe's lowest positive − eps."""
     eps, m1 = problem.eps, problem.m_max + 1
@@ -369,11 +334,31 @@ def _rank_band(part: Partial, problem: Problem, p, d, v32) -> None:
             np.minimum.at(part.first_beater.reshape(-1), pc * m1 + k, problem.perm_pos[dc])
 
 
+def neg_histogram(scores, lo: float) -> tuple[np.ndarray, int]:
+    """(int64 counts of a score block over HIST_BINS bins of [lo, HIST_HI], #scores < lo), exactly.
+
+    ``torch.histc`` (parallel, no extraction) counts in float32, exact below 2²⁴ per bin; a block whose
+    largest bin reaches that is recounted in row chunks small enough to be exact.
+    """
+    import torch
+    n = scores.numel()
+    hist = torch.histc(scores, bins=HIST_BINS, min=lo, max=HIST_HI)
+    if n >= _F32_EXACT and float(hist.max()) >= _F32_EXACT:
+        rows = max(1, (_F32_EXACT - 1) // max(scores.shape[1], 1))
+        out = np.zeros(HIST_BINS, np.int64)
+        for a in range(0, scores.shape[0], rows):
+            out += torch.histc(scores[a:a + rows], bins=HIST_BINS, min=lo, max=HIST_HI).cpu().numpy().astype(np.int64)
+    else:
+        out = hist.cpu().numpy().astype(np.int64)
+    return out, n - int(out.sum())
+
+
 def process_block(part: Partial, problem: Problem, probes_dev, block_dev, col0: int, state: dict) -> None:
     """Add distractor columns ``col0 … col0+b`` (``block_dev``: their features on the device) to ``part``.
 
-    One pass extracts every entry that any consumer needs (above the lowest of: the AUC/rank band,
-    the top-K cut, the probe's top-k floor); the consumers then filter those few entries.
+    AUC: one ``torch.histc`` over the block (no extraction).  Everything else comes from one extraction
+    of the entries above a per-probe threshold (the lowest of: the probe's lowest positive − eps, the
+    top-K cut, the probe's top-k floor) — few entries unless positives sit inside the negative bulk.
     ``state`` carries per-run scratch between blocks (thresholds, the score buffer).
     """
     import torch
@@ -382,15 +367,14 @@ def process_block(part: Partial, problem: Problem, probes_dev, block_dev, col0: 
     if buf is None or buf.shape[1] != b:
         buf = state["buf"] = torch.empty((probes_dev.shape[0], b), dtype=torch.float32, device=probes_dev.device)
     scores = torch.matmul(probes_dev, block_dev.T, out=buf)
-    n_p = scores.shape[0]
     n_d = problem.distractors.shape[0]
     cols = np.arange(col0, col0 + b)
     part.n_cols += b
-    if "low" not in state:
-        state["band"] = f32_below(problem.low - problem.eps) if problem.n_pos else math.inf
-        state["low"] = np.array([f32_below(x - problem.eps) if np.isfinite(x) else np.inf
-                                 for x in problem.pos_table[:, 0]], dtype=np.float32)
-    thr = np.full(n_p, state["band"], dtype=np.float32)
+    if problem.n_pos:
+        hist, below = neg_histogram(scores, problem.hist_lo)
+        part.neg_hist += hist
+        part.n_below += below
+    thr = problem.row_low.copy()
     top = part.tops.get(n_d) if problem.fars else None
     cut = top.block_cut(scores) if top is not None else math.inf
     thr = np.minimum(thr, np.float32(cut))
@@ -401,21 +385,10 @@ def process_block(part: Partial, problem: Problem, probes_dev, block_dev, col0: 
         p, d, v32 = extract_ge(scores, thr, cols)
     else:
         p, d, v32 = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-    if problem.n_pos:
-        inb = v32 >= state["band"]
-        pb, db, vb = p[inb], d[inb], v32[inb]
-        # negatives below every positive (by more than eps) add 2·N_pos each to the AUC numerator
-        part.auc2 += 2 * problem.n_pos * (n_p * b - pb.size)
-        if pb.size:
-            cells = np.clip(np.floor((vb.astype(np.float64) + 1.0) * (AUC_CELLS // 2)), 0, AUC_CELLS - 1)
-            cells = cells.astype(np.int64)
-            part.auc_hist += np.bincount(cells, minlength=AUC_CELLS)
-            dirty = problem.cell_dirty[cells]
-            if dirty.any():
-                _auc_dirty(part, problem, pb[dirty], db[dirty], vb[dirty])
-            inband = vb >= state["low"][pb]
-            if inband.any():
-                _rank_band(part, problem, pb[inband], db[inband], vb[inband])
+    if problem.n_pos and p.size:
+        inband = v32 >= problem.row_low[p]
+        if inband.any():
+            _rank_band(part, problem, p[inband], d[inband], v32[inband])
     if top is not None:
         top.add(p, d, v32, cut)
         for size, sub in part.tops.items():
@@ -428,7 +401,8 @@ def process_block(part: Partial, problem: Problem, probes_dev, block_dev, col0: 
             _offer_matches(part, problem, scores, problem.mates.shape[0] + col0, state)
         else:
             keep = v32 > floor[p]
-            _merge_matches(part, problem, p[keep], d[keep] + problem.mates.shape[0], v32[keep], floor, n_p, state)
+            _merge_matches(part, problem, p[keep], d[keep] + problem.mates.shape[0], v32[keep], floor,
+                           scores.shape[0], state)
 
 
 def _merge_matches(part: Partial, problem: Problem, p, g, v, floor, n_p: int, state: dict) -> None:
@@ -483,16 +457,69 @@ def mates_partial(problem: Problem, probes_dev, mates_dev) -> Partial:
 
 # ------------------------------------------------------------------------------------------ finalize
 
-def auc(part: Partial, problem: Problem, n_neg: int) -> float:
-    """AUC = (Σ_neg 2·#{pos > s} + #{pos = s}) / (2·N_pos·N_neg): clean cells from the histogram + dirty exact."""
-    clean = ~problem.cell_dirty
-    num2 = part.auc2 + int((part.auc_hist[clean] * problem.cell_g[clean]).sum())
-    return num2 / (2 * problem.n_pos * n_neg)
+def auc_from_histogram(part: Partial, problem: Problem, n_neg: int) -> tuple[float, float]:
+    """(AUC, rigorous bound on |AUC − exact AUC|) from the negative histogram, ½-tie treatment of near pairs.
+
+    A negative counted in bin j has a float32 score in bins j−FUZZ … j+FUZZ, so an exact score in
+    [lo_j, hi_j] (widened by eps).  Its numerator term 2·#{pos > s} + #{pos = s} lies in
+    [2·above_j, 2·(above_j + within_j)]; we take the midpoint, so the error is ≤ within_j per negative.
+    Negatives under ``hist_lo`` lie below every positive: 2·N_pos each, exactly.
+    """
+    n_pos = problem.n_pos
+    width = (HIST_HI - problem.hist_lo) / HIST_BINS
+    j = np.arange(HIST_BINS)
+    lo = problem.hist_lo + (j - HIST_FUZZ) * width - problem.eps - 1e-12
+    hi = problem.hist_lo + (j + 1 + HIST_FUZZ) * width + problem.eps + 1e-12
+    below = np.searchsorted(problem.sorted_pos, lo, "left")
+    within = np.searchsorted(problem.sorted_pos, hi, "right") - below
+    counts = part.neg_hist
+    num2 = 2 * n_pos * part.n_below + int((counts * (2 * (n_pos - below) - within)).sum())
+    err2 = int((counts * within).sum())
+    denom = 2 * n_pos * n_neg
+    return num2 / denom, err2 / denom
 
 
-def auc_max_error(part: Partial, problem: Problem, n_neg: int) -> float:
-    """Bound on |reported AUC − exact AUC| (0 in exact mode)."""
-    return part.auc_err / (problem.n_pos * n_neg)
+def auc_exact_pass(problem: Problem, probes_dev, blocks) -> tuple[float, int]:
+    """Exact AUC by a second pass in float64 (used when the histogram bound exceeds AUC_TOLERANCE).
+
+    ``blocks`` yields device tensors of consecutive distractor rows (float32).  Scores come from a float64
+    GEMM (error ≤ ``eps64``); a negative with no positive within eps64 is placed among the sorted positives
+    directly, the others are recomputed with ``dot64``.  Returns (AUC, #pairs refined).
+    """
+    import torch
+    dev = probes_dev.device
+    n_d = problem.distractors.shape[0]
+    n_p = problem.probes.shape[0]
+    eps64 = 8 * problem.probes.shape[1] * 2.0 ** -53
+    sp = torch.as_tensor(problem.sorted_pos, device=dev)
+    lo, hi = float(problem.sorted_pos[0]) - eps64, float(problem.sorted_pos[-1]) + eps64
+    p64 = probes_dev.double()
+    num2, refined, col0 = 0, 0, 0
+    for block in blocks:
+        b = block.shape[0]
+        s = p64 @ block.double().T
+        below = int((s < lo).sum())
+        num2 += 2 * problem.n_pos * below
+        mask = (s >= lo) & (s <= hi)
+        idx = mask.nonzero()
+        v = s[idx[:, 0], idx[:, 1]]
+        left = torch.searchsorted(sp, v - eps64, right=False)
+        right = torch.searchsorted(sp, v + eps64, right=True)
+        clean = left == right
+        num2 += int((2 * (problem.n_pos - left[clean])).sum())
+        amb = (~clean).nonzero().squeeze(1)
+        if amb.numel():
+            rows = idx[amb, 0].cpu().numpy()
+            cols = idx[amb, 1].cpu().numpy() + col0
+            exact = dot64(problem.probes[rows], problem.distractors[cols])
+            l2 = np.searchsorted(problem.sorted_pos, exact, "left")
+            r2 = np.searchsorted(problem.sorted_pos, exact, "right")
+            num2 += int((2 * (problem.n_pos - r2) + (r2 - l2)).sum())
+            refined += int(amb.numel())
+        col0 += b
+    if col0 != n_d:
+        raise RuntimeError(f"internal: exact AUC pass saw {col0} of {n_d} distractors")
+    return num2 / (2 * problem.n_pos * n_p * n_d), refined
 
 
 def rank_counts(part: Partial, problem: Problem) -> np.ndarray:

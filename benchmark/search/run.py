@@ -145,10 +145,10 @@ def stream(problem: engine.Problem, device: str, block_size: int, rank: int = 0,
 def save_partial(part: engine.Partial, path: Path) -> None:
     """Write a partial as .npz (atomic)."""
     from benchmark.atomic import atomic_path
-    arrays = {"n_cols": np.int64(part.n_cols), "rank_hist": part.rank_hist, "auc2": np.array(str(part.auc2)), "auc_hist": part.auc_hist,
+    arrays = {"n_cols": np.int64(part.n_cols), "rank_hist": part.rank_hist, "n_below": np.int64(part.n_below),
+              "neg_hist": part.neg_hist,
               "first_beater": part.first_beater, "match_vals": part.match_vals, "match_idx": part.match_idx,
-              "match_bound": part.match_bound, "n_refined": np.int64(part.n_refined),
-              "auc_err": np.int64(part.auc_err)}
+              "match_bound": part.match_bound, "n_refined": np.int64(part.n_refined)}
     for size, top in part.tops.items():
         arrays.update({f"top{size}_vals": top.vals, f"top{size}_probe": top.probe, f"top{size}_dist": top.dist,
                        f"top{size}_meta": np.array([top.k, top.cut, top.eps])})
@@ -167,15 +167,29 @@ def load_partial(path: Path) -> engine.Partial:
             k, cut, eps = z[name]
             tops[size] = engine.NegTopK(int(k), float(eps), z[f"top{size}_vals"], z[f"top{size}_probe"],
                                         z[f"top{size}_dist"], float(cut))
-    return engine.Partial(int(z["n_cols"]), z["rank_hist"], int(str(z["auc2"])), z["auc_hist"], z["first_beater"], tops,
-                          z["match_vals"], z["match_idx"], z["match_bound"], int(z["n_refined"]),
-                          int(z["auc_err"]))
+    return engine.Partial(int(z["n_cols"]), z["rank_hist"], int(z["n_below"]), z["neg_hist"], z["first_beater"],
+                          tops, z["match_vals"], z["match_idx"], z["match_bound"], int(z["n_refined"]))
 
 
 # ------------------------------------------------------------------------------------------- metrics
 
+def exact_auc(problem: engine.Problem, device: str, block_size: int, progress: bool = True) -> tuple[float, int]:
+    """Second streaming pass: the AUC exactly (float64 GEMM + float64 refinement); (AUC, refined pairs)."""
+    import torch
+    probes_dev = torch.from_numpy(problem.probes).to(device)
+    n_d = problem.distractors.shape[0]
+    # float64 scores + their indices: keep a block's temporaries near the main pass's score block
+    b = max(1, min(block_size, (1 << 24) // max(problem.probes.shape[0], 1)))
+    starts = range(0, n_d, b)
+    if progress:
+        from tqdm import tqdm
+        starts = tqdm(starts, desc=f"exact AUC [{device}]", unit="block", leave=False)
+    blocks = (torch.from_numpy(problem.distractors[a:a + b]).to(device) for a in starts)
+    return engine.auc_exact_pass(problem, probes_dev, blocks)
+
+
 def compute_metrics(part: engine.Partial, problem: engine.Problem, cfg: SearchConfig, n_probes: int,
-                    n_mates: int) -> tuple[dict, dict]:
+                    n_mates: int, device: str = "cpu") -> tuple[dict, dict]:
     """metrics.json content plus the curves (CMC steps, ROC grid, sweep) for the other outputs."""
     n_d = problem.distractors.shape[0]
     if part.n_cols != n_d:
@@ -191,7 +205,12 @@ def compute_metrics(part: engine.Partial, problem: engine.Problem, cfg: SearchCo
     ranks_wanted = sorted(set(cfg.ranks) | {1, 10, 100, 1000})
     metrics["rank1"] = float(np.mean(ranks == 1))
     metrics["cmc"] = {"ranks": ranks_wanted, "rates": [float(np.mean(ranks <= k)) for k in ranks_wanted]}
-    metrics["auc"] = engine.auc(part, problem, n_neg)
+    auc, auc_bound = engine.auc_from_histogram(part, problem, n_neg)
+    auc_refined = 0
+    if auc_bound > engine.AUC_TOLERANCE:
+        log.info("AUC histogram bound %.3g > %g: exact float64 pass", auc_bound, engine.AUC_TOLERANCE)
+        auc, auc_refined = exact_auc(problem, device, cfg.block_size, cfg.progress)
+    metrics["auc"] = auc
     grid = roc_grid(n_neg, cfg.fars, cfg.roc_per_decade)
     top = part.tops[n_d]
     roc = []
@@ -219,8 +238,11 @@ def compute_metrics(part: engine.Partial, problem: engine.Problem, cfg: SearchCo
     curves["matches"] = (idx, scores)
     metrics["exactness"] = {"score": "float64 dot of float32 unit vectors",
                             "float32_error_bound": problem.eps, "refined_pairs": part.n_refined,
-                            "topk_probes_not_certified": uncertain, "auc_exact": problem.auc_exact,
-                            "auc_max_error": engine.auc_max_error(part, problem, n_neg)}
+                            "topk_probes_not_certified": uncertain,
+                            "auc_method": "histogram" if auc_bound <= engine.AUC_TOLERANCE else "exact float64 pass",
+                            "auc_histogram_error_bound": auc_bound,
+                            "auc_max_error": auc_bound if auc_bound <= engine.AUC_TOLERANCE else 0.0,
+                            "auc_refined_pairs": auc_refined}
     return metrics, curves
 
 
@@ -251,7 +273,7 @@ def run_search(cfg: SearchConfig) -> dict:
         for stale in (out / "partials").glob(f"rank-*-of-{world:04d}.npz"):
             stale.unlink()  # merged: a later run must not pick them up
     t_search = time.perf_counter()
-    metrics, curves = compute_metrics(part, problem, cfg, p.features.shape[0], m.features.shape[0])
+    metrics, curves = compute_metrics(part, problem, cfg, p.features.shape[0], m.features.shape[0], device)
     metrics["counts"]["noise_excluded"] = excluded
     t_end = time.perf_counter()
     timings = {"load_s": t_load - t0, "search_s": t_search - t_load, "finalize_s": t_end - t_search,
