@@ -26,8 +26,13 @@ from pathlib import Path
 import numpy as np
 
 
-def write_sets(root: Path, n_id: int, n_probes: int, n_dist: int, dim: int, seed: int) -> dict[str, Path]:
-    """Probe, mate and distractor feature sets (float16) with planted identity structure."""
+def write_sets(root: Path, n_id: int, n_probes: int, n_dist: int, dim: int, seed: int,
+               probe_signal: tuple[float, float] = (0.5, 1.0)) -> dict[str, Path]:
+    """Probe, mate and distractor feature sets (float16) with planted identity structure.
+
+    ``probe_signal``: range of the identity-centre weight of the probes (mates always 0.5–1.0); a small
+    range (``--attacked``) puts the positive scores inside the bulk of the negatives, as a successful attack does.
+    """
     from benchmark.features import FeatureSetWriter, write_feature_file
 
     rng = np.random.default_rng(seed)
@@ -37,7 +42,8 @@ def write_sets(root: Path, n_id: int, n_probes: int, n_dist: int, dim: int, seed
 
     def faces(tag: str) -> np.ndarray:
         noise = rng.normal(size=(n_probes, dim)).astype(np.float32) / np.sqrt(dim)
-        return centers[labels] * rng.uniform(0.5, 1.0, (n_probes, 1)).astype(np.float32) + noise
+        lo, hi = probe_signal if tag == "p" else (0.5, 1.0)
+        return centers[labels] * rng.uniform(lo, hi, (n_probes, 1)).astype(np.float32) + noise
 
     keys = [f"{lab:03d}/img{i:05d}" for i, lab in enumerate(labels)]
     paths = {"probes": root / "probes.h5", "mates": root / "mates.h5", "distractors": root / "distractors"}
@@ -82,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     ap.add_argument("--block-size", type=int, default=8192, help="--block-size passed to mf2m search")
     ap.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
+    ap.add_argument("--attacked", action="store_true",
+                    help="attacked-like probes (identity weight 0.02–0.1): positives inside the negative bulk")
     ap.add_argument("--workdir", default=None, help="where to write the sets (default: a temp dir, removed)")
     ap.add_argument("--json", default=None, help="also write the summary to this file")
     args = ap.parse_args(argv)
@@ -89,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         root = Path(tmp)
         t0 = time.perf_counter()
-        paths = write_sets(root, args.identities, args.probes, args.distractors, args.dim, args.seed)
+        paths = write_sets(root, args.identities, args.probes, args.distractors, args.dim, args.seed,
+                           (0.02, 0.1) if args.attacked else (0.5, 1.0))
         t_gen = time.perf_counter() - t0
         cmd = [sys.executable, "-m", "benchmark.cli", "search", "--probes", str(paths["probes"]),
                "--mates", str(paths["mates"]), "--distractors", str(paths["distractors"]),
@@ -111,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_search_to_matmul": round(manifest["timings"]["search_s"] / bare, 3),
         "ratio_wall_to_matmul": round(wall / bare, 3),
         "metrics": {k: metrics[k] for k in ("rank1", "auc", "tar_at_far")},
-        "refined_pairs": metrics["exactness"]["refined_pairs"],
+        "attacked": args.attacked, "exactness": metrics["exactness"],
         "positive_pairs": metrics["counts"]["positive_pairs"],
     }
     text = json.dumps(summary, indent=2)
