@@ -29,7 +29,8 @@ def register(sub, formatter) -> None:
         "run", formatter_class=formatter, help="run an experiment config: prepare → attack → embed → search → report",
         description="Run every stage of a YAML experiment config (configs/table1.yaml, configs/table2.yaml, "
                     "configs/demo.yaml): prepare the faces, split probes/templates/distractors, attack each "
-                    "method, embed, search, report. Each stage output is cached under OUT/cache/ by a hash of "
+                    "method, embed, search, report. Each stage output is cached under the config's cache folder "
+                    "(cache:, default .cache/mf2m; $MF2M_CACHE overrides) by a hash of "
                     "its settings and its inputs, so a rerun reuses everything unchanged and a killed run "
                     "resumes where it stopped. OUT/run.json lists what was evaluated; OUT/report/ holds the "
                     "tables and the HTML page.")
