@@ -46,9 +46,11 @@ class Recognizer(abc.ABC):
     def embed(self, faces: np.ndarray) -> np.ndarray:
         """Features ``(n, dim)`` float32, unit L2 norm, for aligned faces ``(n, 112, 112, 3)`` uint8 RGB."""
 
-    @abc.abstractmethod
+    weights_path: "Any" = None   # the weight file whose SHA-256 identifies the model
+
     def weights_hash(self) -> str:
         """SHA-256 of the weight file(s): the model's identity in manifests."""
+        return _cached_sha256(self)
 
     def torch_module(self, device: str = "cpu") -> "Any":
         """A ``torch.nn.Module`` mapping ``(n,3,112,112)`` float RGB in [0,1] to unit-norm features.
@@ -73,9 +75,11 @@ class MaskDetector(abc.ABC):
     def p_masked(self, faces: np.ndarray) -> np.ndarray:
         """Probability ``(n,)`` that each aligned face ``(n,112,112,3)`` uint8 RGB wears a mask."""
 
-    @abc.abstractmethod
+    weights_path: "Any" = None   # the weight file whose SHA-256 identifies the model
+
     def weights_hash(self) -> str:
         """SHA-256 of the weight file(s)."""
+        return _cached_sha256(self)
 
     def torch_module(self, device: str = "cpu") -> "Any":
         """``torch.nn.Module``: ``(n,3,112,112)`` float RGB in [0,1] → logits ``(n,2)``; class 1 = masked."""
@@ -84,6 +88,64 @@ class MaskDetector(abc.ABC):
     def identity(self) -> dict[str, Any]:
         """What a manifest records about this model."""
         return {"name": self.name, "sha256": self.weights_hash(), "differentiable": self.differentiable}
+
+
+def _cached_sha256(model: Any) -> str:
+    """SHA-256 of ``model.weights_path``, computed once per model object."""
+    sha = model.__dict__.get("_weights_sha256")
+    if sha is None:
+        if model.weights_path is None:
+            raise NotImplementedError(f"{type(model).__name__} has no weights_path; override weights_hash()")
+        from ..manifest import sha256_file
+        sha = model.__dict__["_weights_sha256"] = sha256_file(model.weights_path)
+    return sha
+
+
+def faces_to_tensor(faces: np.ndarray, device: str = "cpu") -> "Any":
+    """Aligned faces ``(n,112,112,3)`` uint8 RGB → float tensor ``(n,3,112,112)`` in [0, 1] on ``device``."""
+    import torch
+    faces = np.asarray(faces)
+    if faces.ndim == 3:
+        faces = faces[None]
+    if faces.ndim != 4 or faces.shape[3] != 3 or faces.dtype != np.uint8:
+        raise ValueError(f"expected aligned faces (n, H, W, 3) uint8 RGB, got {faces.shape} {faces.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(faces)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def batched_forward(module: Any, faces: np.ndarray, device: str, batch_size: int, width: int,
+                    head: Any = None) -> np.ndarray:
+    """Run ``module`` over aligned faces in batches without gradients; returns ``(n, width)`` float32.
+
+    ``head`` (optional) maps the module's output tensor to the rows kept (e.g. a softmax column).
+    """
+    import torch
+    faces = np.asarray(faces)
+    if faces.ndim == 3:
+        faces = faces[None]
+    out = np.empty((len(faces), width), dtype=np.float32)
+    with torch.inference_mode():
+        for i in range(0, len(faces), batch_size):
+            y = module(faces_to_tensor(faces[i:i + batch_size], device))
+            y = head(y) if head is not None else y
+            out[i:i + len(y)] = y.reshape(len(y), width).float().cpu().numpy()
+    return out
+
+
+def frozen_eval(module: Any) -> Any:
+    """Put a torch module in eval mode with every parameter frozen (inputs still get gradients)."""
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+def module_on(module: Any, home_device: str, device: str) -> Any:
+    """``module`` itself when ``device`` is where it lives, else a copy moved to ``device``."""
+    import copy
+
+    from ..device import resolve_device
+    device = resolve_device(device)
+    return module if device == home_device else copy.deepcopy(module).to(device)
 
 
 @dataclass

@@ -130,7 +130,7 @@ class DlibRecognizer(Recognizer):
                                            normalisation=f"inside dlib (chip from ArcFace crop: {chip})")
         self._matrix = ARCFACE_TO_CHIP
         self._lock = threading.Lock()
-        self._sha: str | None = None
+        self.weights_path = self.path
 
     # -- chips -----------------------------------------------------------------------------------
     def chips_from_aligned(self, faces: np.ndarray) -> np.ndarray:
@@ -172,13 +172,6 @@ class DlibRecognizer(Recognizer):
     def embed(self, faces: np.ndarray) -> np.ndarray:
         """Unit-norm features ``(n, 128)`` of ArcFace-aligned faces ``(n,112,112,3)`` uint8 RGB."""
         return self.embed_chips(self.chips_from_aligned(faces))
-
-    def weights_hash(self) -> str:
-        """SHA-256 of the ``.dat`` file."""
-        if self._sha is None:
-            from ..manifest import sha256_file
-            self._sha = sha256_file(self.path)
-        return self._sha
 
     def identity(self) -> dict[str, Any]:
         """Name, dims, hash, preprocessing, chip method and file."""

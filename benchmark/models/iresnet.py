@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import ModelUnavailable, Preprocessing, Recognizer
+from .base import ModelUnavailable, Preprocessing, Recognizer, batched_forward, frozen_eval, module_on
 from .onnx_recognizer import check_faces
 from .registry import register
 
@@ -219,37 +219,16 @@ class IResNetRecognizer(Recognizer):
         self.dim = int(backbone.fc.out_features)
         self.preprocessing = Preprocessing(input_size=(112, 112), alignment="arcface112", color="RGB",
                                            normalisation="(x/255-0.5)/0.5")
-        self._module = _classes()[1](backbone).to(self.device).eval()
-        for p in self._module.parameters():
-            p.requires_grad_(False)
-        self._sha: str | None = None
+        self._module = frozen_eval(_classes()[1](backbone).to(self.device))
+        self.weights_path = self.path
 
     def embed(self, faces: np.ndarray) -> np.ndarray:
         """Unit-norm features ``(n, dim)`` of aligned faces ``(n,112,112,3)`` uint8 RGB."""
-        import torch
-        faces = check_faces(faces)
-        out = np.empty((len(faces), self.dim), np.float32)
-        with torch.inference_mode():
-            for i in range(0, len(faces), self.batch_size):
-                x = torch.from_numpy(faces[i:i + self.batch_size]).to(self.device)
-                x = x.permute(0, 3, 1, 2).float().div_(255.0)
-                out[i:i + len(x)] = self._module(x).float().cpu().numpy()
-        return out
+        return batched_forward(self._module, check_faces(faces), self.device, self.batch_size, self.dim)
 
     def torch_module(self, device: str = "cpu"):
         """``(n,3,112,112)`` RGB in [0,1] → unit-norm features (shared module when on this device)."""
-        import copy
-
-        from ..device import resolve_device
-        device = resolve_device(device)
-        return self._module if device == self.device else copy.deepcopy(self._module).to(device)
-
-    def weights_hash(self) -> str:
-        """SHA-256 of ``backbone.pth``."""
-        if self._sha is None:
-            from ..manifest import sha256_file
-            self._sha = sha256_file(self.path)
-        return self._sha
+        return module_on(self._module, self.device, device)
 
     def identity(self) -> dict[str, Any]:
         """Name, dims, hash, preprocessing, depth and file."""

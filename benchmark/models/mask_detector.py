@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import MaskDetector, ModelUnavailable
+from .base import MaskDetector, ModelUnavailable, batched_forward, faces_to_tensor, frozen_eval
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "mask_detector.pt"
@@ -73,15 +73,10 @@ def build_masknet(arch: dict[str, Any] | None = None):
                             dropout=arch["dropout"])
 
 
-def faces_to_tensor(faces: np.ndarray, device: str = "cpu"):
-    """Aligned faces ``(n,112,112,3)`` uint8 RGB → float tensor ``(n,3,112,112)`` in [0, 1]."""
+def masked_probability(logits: "Any") -> "Any":
+    """Column ``(n, 1)`` of P(masked) from mask-detector logits ``(n, 2)`` (class 1 = masked)."""
     import torch
-    faces = np.asarray(faces)
-    if faces.ndim == 3:
-        faces = faces[None]
-    if faces.ndim != 4 or faces.shape[3] != 3 or faces.dtype != np.uint8:
-        raise ValueError(f"expected aligned faces (n, H, W, 3) uint8 RGB, got {faces.shape} {faces.dtype}")
-    return torch.from_numpy(np.ascontiguousarray(faces)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+    return torch.softmax(logits, dim=1)[:, 1:2]
 
 
 def save_weights(path: str | Path, model, meta: dict[str, Any], arch: dict[str, Any] | None = None) -> None:
@@ -134,35 +129,18 @@ class CNNMaskDetector(MaskDetector):
         self.device = resolve_device(device)
         self.batch_size = int(batch_size)
         self._model, self.meta = load_weights(self.weights, self.device)
-        for p in self._model.parameters():
-            p.requires_grad_(False)
-        self._sha: str | None = None
+        frozen_eval(self._model)
+        self.weights_path = self.weights
 
     def p_masked(self, faces: np.ndarray) -> np.ndarray:
         """Probability ``(n,)`` (float32 in [0, 1]) that each aligned face wears a mask."""
-        import torch
-        faces = np.asarray(faces)
-        if faces.ndim == 3:
-            faces = faces[None]
-        out = np.empty(len(faces), dtype=np.float32)
-        with torch.inference_mode():
-            for i in range(0, len(faces), self.batch_size):
-                x = faces_to_tensor(faces[i:i + self.batch_size], self.device)
-                out[i:i + len(x)] = torch.softmax(self._model(x), dim=1)[:, 1].float().cpu().numpy()
-        return out
+        return batched_forward(self._model, faces, self.device, self.batch_size, 1, head=masked_probability)[:, 0]
 
     def torch_module(self, device: str = "cpu"):
         """``MaskNet`` in eval mode on ``device``: ``(n,3,112,112)`` RGB [0,1] → logits ``(n,2)``."""
         from ..device import resolve_device
         model, _ = load_weights(self.weights, resolve_device(device))
         return model
-
-    def weights_hash(self) -> str:
-        """SHA-256 of the weights file."""
-        if self._sha is None:
-            from ..manifest import sha256_file
-            self._sha = sha256_file(self.weights)
-        return self._sha
 
     def identity(self) -> dict[str, Any]:
         """Name, hash, weights path and the training metrics recorded in the file."""

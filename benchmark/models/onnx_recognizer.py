@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .base import ModelUnavailable, Preprocessing, Recognizer
+from .base import ModelUnavailable, Preprocessing, Recognizer, frozen_eval
 
 # --------------------------------------------------------------------------------------------------
 # Loading and onnxruntime
@@ -453,7 +453,7 @@ class OnnxRecognizer(Recognizer):
                                            normalisation=note)
         self._session = None
         self._session_lock = threading.Lock()
-        self._sha: str | None = None
+        self.weights_path = self.path
 
     # -- forward ---------------------------------------------------------------------------------
     def session(self):
@@ -489,17 +489,8 @@ class OnnxRecognizer(Recognizer):
         from ..device import resolve_device
         net = onnx_to_torch_from_proto(self.model, str(self.path))
         module = _normalised_module_class()(net, self.mean, self.std, self.color == "BGR")
-        module = module.to(resolve_device(device)).eval()
-        for p in module.parameters():
-            p.requires_grad_(False)
+        module = frozen_eval(module.to(resolve_device(device)))
         return module.half() if fp16 else module
-
-    def weights_hash(self) -> str:
-        """SHA-256 of the ONNX file."""
-        if self._sha is None:
-            from ..manifest import sha256_file
-            self._sha = sha256_file(self.path)
-        return self._sha
 
     def identity(self) -> dict[str, Any]:
         """Name, dims, hash, preprocessing and the file path."""

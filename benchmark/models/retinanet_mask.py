@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import MaskDetector, ModelUnavailable
+from .base import MaskDetector, ModelUnavailable, batched_forward, frozen_eval, module_on
 
 CLASSES = ("face", "face_mask")
 NUM_ANCHORS = 9
@@ -267,40 +267,17 @@ class RetinaNetMaskDetector(MaskDetector):
         self.weights, self.device = Path(weights), resolve_device(device)
         self.batch_size = int(batch_size)
         net = load_retinanet_state(self.weights, depth, allow_pickle)
-        self._module = _classes()[1](net, min_side).to(self.device).eval()
-        for p in self._module.parameters():
-            p.requires_grad_(False)
-        self._sha: str | None = None
+        self._module = frozen_eval(_classes()[1](net, min_side).to(self.device))
+        self.weights_path = self.weights
 
     def p_masked(self, faces: np.ndarray) -> np.ndarray:
         """``s_face_mask / (s_face + s_face_mask)`` of the best anchor for each aligned face."""
-        import torch
-
-        from .mask_detector import faces_to_tensor
-        faces = np.asarray(faces)
-        if faces.ndim == 3:
-            faces = faces[None]
-        out = np.empty(len(faces), dtype=np.float32)
-        with torch.inference_mode():
-            for i in range(0, len(faces), self.batch_size):
-                x = faces_to_tensor(faces[i:i + self.batch_size], self.device)
-                out[i:i + len(x)] = torch.softmax(self._module(x), 1)[:, 1].float().cpu().numpy()
-        return out
+        from .mask_detector import masked_probability
+        return batched_forward(self._module, faces, self.device, self.batch_size, 1, head=masked_probability)[:, 0]
 
     def torch_module(self, device: str = "cpu"):
         """``(n,3,112,112)`` RGB [0,1] → logits ``(n,2)`` (log face / face_mask score of the best anchor)."""
-        import copy
-
-        from ..device import resolve_device
-        device = resolve_device(device)
-        return self._module if device == self.device else copy.deepcopy(self._module).to(device)
-
-    def weights_hash(self) -> str:
-        """SHA-256 of the checkpoint file."""
-        if self._sha is None:
-            from ..manifest import sha256_file
-            self._sha = sha256_file(self.weights)
-        return self._sha
+        return module_on(self._module, self.device, device)
 
 
 def _register() -> None:
