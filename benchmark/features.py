@@ -70,6 +70,7 @@ class FeatureBlock:
     labels: np.ndarray
     path: Path
     start: int
+    raw: np.ndarray | None = None   # the stored rows (float16/float32), before normalisation
 
 
 @dataclass
@@ -216,15 +217,21 @@ class FeatureSet:
             with h5py.File(shard.path, "r") as fh:
                 for lo in range(0, shard.count, block_size):
                     hi = min(lo + block_size, shard.count)
-                    feats = normalize_rows(fh["features"][lo:hi], shard.path, lo)
+                    raw = fh["features"][lo:hi]
+                    feats = normalize_rows(raw, shard.path, lo)
                     keys = _decode_keys(fh["keys"][lo:hi], shard.path)
                     labels = np.asarray(fh["labels"][lo:hi], dtype=np.int64)
-                    yield FeatureBlock(feats, keys, labels, shard.path, start + lo)
+                    yield FeatureBlock(feats, keys, labels, shard.path, start + lo, raw)
             start += shard.count
 
-    def load(self, block_size: int = 65536, progress: bool = False) -> FeatureArrays:
-        """All rows in memory (float32 unit-norm features); duplicate keys raise an error naming the file."""
+    def load(self, block_size: int = 65536, progress: bool = False, keep_storage: bool = False) -> FeatureArrays:
+        """All rows in memory (float32 unit-norm features); duplicate keys raise an error naming the file.
+
+        ``keep_storage``: keep the validated rows as stored (float16 if every shard is float16, else float32,
+        not normalised) — half the memory for float16; wrap them in ``UnitRows`` to read unit float32 rows.
+        """
         feats = np.empty((self.count, self.dim), dtype=np.float32)
+        f16 = None
         keys, labels = [], []
         blocks = self.iter_blocks(block_size)
         if progress:
@@ -232,7 +239,17 @@ class FeatureSet:
             blocks = tqdm(blocks, total=sum(-(-s.count // block_size) for s in self.shards),
                           desc=f"read {self.path.name}", unit="block", leave=False)
         for b in blocks:
-            feats[b.start:b.start + len(b.keys)] = b.features
+            if keep_storage:
+                is16 = b.raw.dtype == np.float16
+                if f16 is None:  # first block decides; a later float32 shard upcasts (values unchanged)
+                    f16 = is16
+                    if is16:
+                        feats = np.empty((self.count, self.dim), dtype=np.float16)
+                elif f16 and not is16:
+                    f16, feats = False, feats.astype(np.float32)
+                feats[b.start:b.start + len(b.keys)] = b.raw
+            else:
+                feats[b.start:b.start + len(b.keys)] = b.features
             keys.append(b.keys)
             labels.append(b.labels)
         key_arr = np.concatenate(keys) if keys else np.zeros(0, dtype="<U1")
@@ -247,6 +264,31 @@ class FeatureSet:
                 return shard.path
             row -= shard.count
         return self.path
+
+
+class UnitRows:
+    """Stored feature rows (float16/float32) that read as unit-norm float32 rows, block by block.
+
+    ``rows[i]`` / ``rows[a:b]`` / ``rows[index_array]`` give exactly the rows ``FeatureSet.load`` returns
+    (``normalize_rows`` works row by row), so a 1M×512 float16 gallery costs 1 GB instead of 2 GB.
+    """
+
+    def __init__(self, raw: np.ndarray, path: Path | str):
+        self.raw, self.path = raw, path
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.raw.shape[0]), int(self.raw.shape[1]))
+
+    @property
+    def dtype(self):
+        return np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return int(self.raw.shape[0])
+
+    def __getitem__(self, idx) -> np.ndarray:
+        return normalize_rows(np.atleast_2d(self.raw[idx]), self.path)
 
 
 def check_unique_keys(keys: np.ndarray, fs: FeatureSet) -> None:

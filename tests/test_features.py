@@ -14,7 +14,7 @@ import pytest
 
 from benchmark.cli import main
 from benchmark.features import (FeatureFormatError, FeatureSet, FeatureSetWriter, check_compatible, import_megaface,
-                                import_npy, read_megaface_bin, write_feature_file, write_manifest)
+                                UnitRows, import_npy, read_megaface_bin, write_feature_file, write_manifest)
 
 
 def raw_file(path: Path, feats, keys, labels=None, model="m", dim=None, dtype=np.float32) -> Path:
@@ -50,6 +50,33 @@ def test_reads_and_normalises_float16(tmp_path):
     x16 = x.astype(np.float16).astype(np.float64)
     np.testing.assert_allclose(arr.features, x16 / np.linalg.norm(x16, axis=1, keepdims=True), atol=1e-6)
     assert list(arr.labels) == list(range(10)) and arr.keys[3] == "k3"
+
+
+@pytest.mark.parametrize("dtypes", [(np.float16, np.float16), (np.float32, np.float32), (np.float16, np.float32)])
+def test_keep_storage_unit_rows_identical_to_load(tmp_path, dtypes):
+    """``load(keep_storage=True)`` keeps float16 storage (half the memory) when every shard is float16, and
+    ``UnitRows`` gives bit-identical float32 rows to ``load()`` for slices, index arrays and single rows."""
+    rng = np.random.default_rng(5)
+    folder = tmp_path / "set"
+    folder.mkdir()
+    shards = []
+    for i, dt in enumerate(dtypes):
+        x = rng.normal(size=(300, 64)) * rng.uniform(0.1, 30, (300, 1))
+        path = raw_file(folder / f"{i}.h5", x, [f"s{i}/k{j}" for j in range(300)], dtype=dt)
+        shards.append({"path": path.name, "count": 300, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
+    (folder / "manifest.json").write_text(json.dumps({"format": "mf2m.features.v1", "model": "m", "dim": 64,
+                                                      "count": 600, "shards": shards}))
+    fs = FeatureSet(folder)
+    ref = fs.load(block_size=128).features
+    raw = fs.load(block_size=77, keep_storage=True)
+    assert raw.features.dtype == (np.float16 if dtypes == (np.float16, np.float16) else np.float32)
+    rows = UnitRows(raw.features, folder)
+    assert rows.shape == ref.shape and len(rows) == 600
+    assert np.array_equal(rows[0:600], ref)
+    assert np.array_equal(rows[123:457], ref[123:457])
+    idx = rng.permutation(600)[:200]
+    assert np.array_equal(rows[idx], ref[idx])
+    assert np.array_equal(rows[5], ref[5:6])
 
 
 def test_directory_streams_in_blocks(tmp_path):

@@ -345,4 +345,36 @@ def test_attacked_like_positives_in_the_bulk(tmp_path, dtype):
     ref = brute_force(*stored[0], *stored[1], stored[2][0], FARS)
     assert np.median(ref["ranks"]) > 50  # really attacked: positives are beaten by many distractors
     check(metrics, ref)
-    assert metrics["exactness"]["auc_method"] == "exact float64 pass"
+    ex = metrics["exactness"]
+    assert ex["search_path"] == "float64 dense" and ex["auc_method"] == "exact (float64 search pass)"
+    assert ex["refined_pairs"] == 0 and ex["auc_refined_pairs"] == 0  # no per-pair float64 recomputation
+    assert ex["auc_max_error"] == 0.0
+
+
+def test_attacked_like_exact_ties_and_sweep(tmp_path):
+    """Dense float64 path with exact ties (distractors duplicating mates: a negative scores exactly a
+    positive's score) and a distractor sweep: ranks (ties do not count), CMC, TAR, AUC (ties ½) and the
+    per-size rank-1 equal the brute force, whatever the block size."""
+    (P, pk, pl), (M, mk, ml), (D, dk, dl) = _planted(11, 6, 30, 2500, 32, signal=0.15)
+    D[::97][:len(M)] = M[:len(D[::97])]  # exact duplicates of mates among the distractors
+    prob = ((P, pk, pl), (M, mk, ml), (D, dk, dl))
+    p, m, d = _write_roles(tmp_path, prob, shards=2)
+    ref = brute_force(P, pk, pl, M, mk, ml, D, FARS,
+                      sizes=(100, 1000), seed=0)
+    results = []
+    for bs in (333, 4096):
+        metrics = run_search(SearchConfig(str(p), str(m), str(d), str(tmp_path / f"out{bs}"), fars=FARS,
+                                          device="cpu", progress=False, topk=3, block_size=bs,
+                                          distractor_sizes=[100, 1000]))
+        check(metrics, ref)
+        assert metrics["exactness"]["search_path"] == "float64 dense"
+        assert metrics["exactness"]["refined_pairs"] > 0  # the ties were recomputed with dot64
+        for entry in metrics["distractor_sweep"]["sizes"]:
+            if entry["distractors"] in ref["sweep"]:
+                r1, tars = ref["sweep"][entry["distractors"]]
+                assert entry["rank1"] == pytest.approx(r1, abs=0)
+                assert [t["tar"] for t in entry["tar_at_far"]] == pytest.approx([tars[f] for f in FARS], abs=1e-12)
+        results.append(metrics)
+    assert results[0]["cmc"] == results[1]["cmc"] and results[0]["auc"] == results[1]["auc"]
+    assert results[0]["tar_at_far"] == results[1]["tar_at_far"]
+    assert results[0]["distractor_sweep"] == results[1]["distractor_sweep"]

@@ -28,6 +28,8 @@ HIST_BINS = 1 << 16     # uniform bins of the negative-score histogram over [his
 HIST_HI = 1.0625        # above every float32 score of unit vectors (|s32| ≤ 1 + eps)
 HIST_FUZZ = 2           # a negative counted in bin j lies in bins j-2 … j+2 (float32 bin-index rounding)
 AUC_TOLERANCE = 1e-6    # above this histogram error bound, the AUC is recomputed exactly (float64 pass)
+DENSE_FRACTION = 0.01   # first block: more scores than this in the probes' rank bands ⇒ dense float64 path
+_DENSE_CHUNK = 1 << 22  # scores per row chunk of the dense path (bounds its temporaries)
 _F32_EXACT = 1 << 24    # float32 histogram counts are exact below this
 
 
@@ -48,6 +50,12 @@ def gemm_error_bound(dim: int) -> float:
     u = 2.0 ** -24
     gamma = dim * u / (1 - dim * u)
     return gamma * (1 + 1e-6) + 4 * dim * 2.0 ** -53
+
+
+def float64_error_bound(dim: int) -> float:
+    """Bound on |float64 GEMM − dot64| for float32 unit vectors (products are exact in float64; both sums
+    carry ≤ γ_D in float64), with a wide safety factor."""
+    return 8 * dim * 2.0 ** -53
 
 
 def dot64(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -264,6 +272,9 @@ class Partial:
     match_idx: np.ndarray          # (n_p, k') int64 gallery index (mates first, then distractors)
     match_bound: np.ndarray        # (n_p,) float32: every dropped gallery item scores ≤ this (float32)
     n_refined: int = 0
+    auc_num2: int = 0              # exact 2·AUC numerator of the dense (float64) blocks
+    dense_cols: int = 0            # distractor columns processed on the dense float64 path
+    auc_refined: int = 0           # dense-path negatives within the float64 bound of a positive (→ dot64)
 
     @classmethod
     def empty(cls, problem: Problem) -> "Partial":
@@ -286,7 +297,8 @@ def merge(a: Partial, b: Partial) -> Partial:
     return Partial(a.n_cols + b.n_cols, a.rank_hist + b.rank_hist, a.n_below + b.n_below, a.neg_hist + b.neg_hist,
                    np.minimum(a.first_beater, b.first_beater),
                    {s: a.tops[s].merged(b.tops[s]) for s in a.tops}, vals, idx, bound,
-                   a.n_refined + b.n_refined)
+                   a.n_refined + b.n_refined, a.auc_num2 + b.auc_num2, a.dense_cols + b.dense_cols,
+                   a.auc_refined + b.auc_refined)
 
 
 def _keep_top(vals: np.ndarray, idx: np.ndarray, bound: np.ndarray, k: int):
@@ -355,28 +367,117 @@ def neg_histogram(scores, lo: float) -> tuple[np.ndarray, int]:
     return out, n - int(out.sum())
 
 
+def _dense_wanted(scores, problem: Problem) -> bool:
+    """True when many scores fall in their probe's rank band (positives inside the negative bulk)."""
+    import torch
+    low = torch.as_tensor(problem.row_low, device=scores.device)[:, None]
+    return float((scores >= low).sum()) > DENSE_FRACTION * scores.numel()
+
+
+def _dense_tables(problem: Problem, device, state: dict):
+    """Device copies of the per-probe and global positive tables, padded with ∓inf (cached in ``state``)."""
+    import torch
+    if "dense_tables" not in state:
+        n_p = problem.pos_table.shape[0]
+        pad = np.concatenate([np.full((n_p, 1), -np.inf), problem.pos_table, np.full((n_p, 1), np.inf)], axis=1)
+        sp_pad = np.concatenate([[-np.inf], problem.sorted_pos, [np.inf]])
+        state["dense_tables"] = tuple(torch.as_tensor(np.ascontiguousarray(x), device=device) for x in
+                                      (problem.pos_table, pad, problem.sorted_pos, sp_pad))
+    return state["dense_tables"]
+
+
+def _dense_block(part: Partial, problem: Problem, s64, col0: int, state: dict) -> None:
+    """Ranks, sweep and the exact AUC numerator of a float64 score block (error ≤ ``float64_error_bound``).
+
+    Per probe, ``torch.searchsorted`` of the block's scores in the probe's sorted positives gives how many
+    of its positives each negative beats; only a score within the bound of a positive (an exact or
+    near-exact tie, rare) is recomputed with ``dot64``.  Same for the AUC against all positives.
+    """
+    import torch
+    dev = s64.device
+    table, pad, sp, sp_pad = _dense_tables(problem, dev, state)
+    eps64 = float64_error_bound(problem.probes.shape[1])
+    n_p, b = s64.shape
+    m1, n_pos = problem.m_max + 1, problem.n_pos
+    rows_per = max(1, _DENSE_CHUNK // max(b, 1))
+    perm = None if problem.perm_pos is None else torch.as_tensor(problem.perm_pos[col0:col0 + b], device=dev)
+    num2 = 0
+    for r0 in range(0, n_p, rows_per):
+        r1 = min(r0 + rows_per, n_p)
+        s = s64[r0:r1]
+        k = torch.searchsorted(table[r0:r1], s)  # positives of the probe strictly below each score
+        amb = ((s - pad[r0:r1].gather(1, k)) <= eps64) | ((pad[r0:r1].gather(1, k + 1) - s) <= eps64)
+        ai = amb.nonzero()
+        if ai.numel():
+            rows, cols = ai[:, 0].cpu().numpy() + r0, ai[:, 1].cpu().numpy()
+            exact = dot64(problem.probes[rows], problem.distractors[cols + col0])
+            knew = (problem.pos_table[rows] < exact[:, None]).sum(axis=1)
+            k[ai[:, 0], ai[:, 1]] = torch.as_tensor(knew, device=dev)
+            part.n_refined += int(ai.shape[0])
+        idx = (torch.arange(r1 - r0, device=dev)[:, None] * m1 + k).reshape(-1)
+        part.rank_hist[r0:r1] += torch.bincount(idx, minlength=(r1 - r0) * m1).cpu().numpy().reshape(-1, m1)
+        if perm is not None:
+            fb = torch.full(((r1 - r0) * m1,), np.iinfo(np.int64).max, dtype=torch.int64, device=dev)
+            fb.scatter_reduce_(0, idx, perm.expand(r1 - r0, b).reshape(-1), "amin")
+            part.first_beater[r0:r1] = np.minimum(part.first_beater[r0:r1], fb.cpu().numpy().reshape(-1, m1))
+        # AUC: a negative below no positive within eps64 adds 2·#{pos > s} = 2·(N_pos − #{pos < s})
+        lo = torch.searchsorted(sp, s)
+        amb = ((s - sp_pad[lo]) <= eps64) | ((sp_pad[lo + 1] - s) <= eps64)
+        num2 += 2 * int((n_pos - lo).masked_fill_(amb, 0).sum())
+        ai = amb.nonzero()
+        if ai.numel():
+            rows, cols = ai[:, 0].cpu().numpy() + r0, ai[:, 1].cpu().numpy()
+            exact = dot64(problem.probes[rows], problem.distractors[cols + col0])
+            l2 = np.searchsorted(problem.sorted_pos, exact, "left")
+            r2 = np.searchsorted(problem.sorted_pos, exact, "right")
+            num2 += int((2 * n_pos - l2 - r2).sum())
+            part.auc_refined += int(ai.shape[0])
+    part.auc_num2 += num2
+    part.dense_cols += b
+
+
 def process_block(part: Partial, problem: Problem, probes_dev, block_dev, col0: int, state: dict) -> None:
     """Add distractor columns ``col0 … col0+b`` (``block_dev``: their features on the device) to ``part``.
 
-    AUC: one ``torch.histc`` over the block (no extraction).  Everything else comes from one extraction
-    of the entries above a per-probe threshold (the lowest of: the probe's lowest positive − eps, the
-    top-K cut, the probe's top-k floor) — few entries unless positives sit inside the negative bulk.
-    ``state`` carries per-run scratch between blocks (thresholds, the score buffer).
+    Sparse path (clean data): float32 GEMM; AUC from one ``torch.histc`` over the block (no extraction);
+    everything else from one extraction of the entries above a per-probe threshold (the lowest of: the
+    probe's lowest positive − eps, the top-K cut, the probe's top-k floor) — few entries.
+    Dense path (chosen on the first block when more than ``DENSE_FRACTION`` of its scores lie in the rank
+    bands, i.e. positives inside the negative bulk): float64 GEMM, ranks/sweep/AUC counted densely by
+    ``_dense_block``; τ candidates and matches use the float32 rounding of the float64 scores (within eps).
+    ``state`` carries per-run scratch between blocks (thresholds, the score buffer, the path).
     """
     import torch
     b = block_dev.shape[0]
     buf = state.get("buf")
     if buf is None or buf.shape[1] != b:
         buf = state["buf"] = torch.empty((probes_dev.shape[0], b), dtype=torch.float32, device=probes_dev.device)
-    scores = torch.matmul(probes_dev, block_dev.T, out=buf)
+    s64 = None
+    if state.get("dense"):
+        s64 = torch.matmul(state["p64"], block_dev.double().T)
+        scores = buf.copy_(s64)
+    else:
+        scores = torch.matmul(probes_dev, block_dev.T, out=buf)
+        if "dense" not in state:
+            state["dense"] = bool(problem.n_pos) and _dense_wanted(scores, problem)
+            if state["dense"]:
+                state["p64"] = probes_dev.double()
+                s64 = torch.matmul(state["p64"], block_dev.double().T)
+                scores.copy_(s64)
+    dense = s64 is not None
     n_d = problem.distractors.shape[0]
     cols = np.arange(col0, col0 + b)
     part.n_cols += b
-    if problem.n_pos:
-        hist, below = neg_histogram(scores, problem.hist_lo)
-        part.neg_hist += hist
-        part.n_below += below
-    thr = problem.row_low.copy()
+    if dense:
+        _dense_block(part, problem, s64, col0, state)
+        del s64
+        thr = np.full(problem.probes.shape[0], np.inf, np.float32)
+    else:
+        if problem.n_pos:
+            hist, below = neg_histogram(scores, problem.hist_lo)
+            part.neg_hist += hist
+            part.n_below += below
+        thr = problem.row_low.copy()
     top = part.tops.get(n_d) if problem.fars else None
     cut = top.block_cut(scores) if top is not None else math.inf
     thr = np.minimum(thr, np.float32(cut))
@@ -387,7 +488,7 @@ def process_block(part: Partial, problem: Problem, probes_dev, block_dev, col0: 
         p, d, v32 = extract_ge(scores, thr, cols)
     else:
         p, d, v32 = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-    if problem.n_pos and p.size:
+    if problem.n_pos and p.size and not dense:
         inband = v32 >= problem.row_low[p]
         if inband.any():
             _rank_band(part, problem, p[inband], d[inband], v32[inband])
@@ -475,7 +576,7 @@ def auc_from_histogram(part: Partial, problem: Problem, n_neg: int) -> tuple[flo
     below = np.searchsorted(problem.sorted_pos, lo, "left")
     within = np.searchsorted(problem.sorted_pos, hi, "right") - below
     counts = part.neg_hist
-    num2 = 2 * n_pos * part.n_below + int((counts * (2 * (n_pos - below) - within)).sum())
+    num2 = part.auc_num2 + 2 * n_pos * part.n_below + int((counts * (2 * (n_pos - below) - within)).sum())
     err2 = int((counts * within).sum())
     denom = 2 * n_pos * n_neg
     return num2 / denom, err2 / denom
@@ -492,7 +593,7 @@ def auc_exact_pass(problem: Problem, probes_dev, blocks) -> tuple[float, int]:
     dev = probes_dev.device
     n_d = problem.distractors.shape[0]
     n_p = problem.probes.shape[0]
-    eps64 = 8 * problem.probes.shape[1] * 2.0 ** -53
+    eps64 = float64_error_bound(problem.probes.shape[1])
     sp = torch.as_tensor(problem.sorted_pos, device=dev)
     lo, hi = float(problem.sorted_pos[0]) - eps64, float(problem.sorted_pos[-1]) + eps64
     p64 = probes_dev.double()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.features import FeatureArrays, FeatureSet, check_compatible, read_lines
+from benchmark.features import FeatureArrays, FeatureSet, UnitRows, check_compatible, read_lines
 from benchmark.search import engine
 
 log = logging.getLogger(__name__)
@@ -85,16 +85,22 @@ def _drop_rows(arrays: FeatureArrays, drop: np.ndarray) -> FeatureArrays:
 
 
 def load_inputs(cfg: SearchConfig) -> tuple[dict[str, FeatureArrays], dict[str, int], str, int]:
-    """Open and validate the three roles, check model/dim, apply the noise lists (counts returned)."""
+    """Open and validate the three roles, check model/dim, apply the noise lists (counts returned).
+
+    Distractors stay in their storage dtype (float16: half the memory) behind ``UnitRows``, which yields
+    the same unit float32 rows as ``FeatureSet.load`` block by block.
+    """
     sets = {role: FeatureSet(getattr(cfg, role)) for role in ("probes", "mates", "distractors")}
     model, dim = check_compatible(sets)
     noise = load_noise(cfg.noise_lists)
     arrays, excluded = {}, {}
     for role, fs in sets.items():
-        arr = fs.load(progress=cfg.progress)
+        arr = fs.load(progress=cfg.progress, keep_storage=role == "distractors")
         drop = noise_mask(arr.keys, noise)
         excluded[role] = int(drop.sum())
         arrays[role] = _drop_rows(arr, drop) if drop.any() else arr
+        if role == "distractors":
+            arrays[role].features = UnitRows(arrays[role].features, fs.path)
     if arrays["probes"].features.shape[0] == 0:
         raise ValueError(f"{cfg.probes}: no probes left (after noise lists)")
     if arrays["distractors"].features.shape[0] == 0:
@@ -148,7 +154,8 @@ def save_partial(part: engine.Partial, path: Path) -> None:
     arrays = {"n_cols": np.int64(part.n_cols), "rank_hist": part.rank_hist, "n_below": np.int64(part.n_below),
               "neg_hist": part.neg_hist,
               "first_beater": part.first_beater, "match_vals": part.match_vals, "match_idx": part.match_idx,
-              "match_bound": part.match_bound, "n_refined": np.int64(part.n_refined)}
+              "match_bound": part.match_bound, "n_refined": np.int64(part.n_refined),
+              "dense": np.array([part.auc_num2, part.dense_cols, part.auc_refined], dtype=np.int64)}
     for size, top in part.tops.items():
         arrays.update({f"top{size}_vals": top.vals, f"top{size}_probe": top.probe, f"top{size}_dist": top.dist,
                        f"top{size}_meta": np.array([top.k, top.cut, top.eps])})
@@ -167,8 +174,10 @@ def load_partial(path: Path) -> engine.Partial:
             k, cut, eps = z[name]
             tops[size] = engine.NegTopK(int(k), float(eps), z[f"top{size}_vals"], z[f"top{size}_probe"],
                                         z[f"top{size}_dist"], float(cut))
+    num2, dense_cols, auc_refined = (int(x) for x in z["dense"])
     return engine.Partial(int(z["n_cols"]), z["rank_hist"], int(z["n_below"]), z["neg_hist"], z["first_beater"],
-                          tops, z["match_vals"], z["match_idx"], z["match_bound"], int(z["n_refined"]))
+                          tops, z["match_vals"], z["match_idx"], z["match_bound"], int(z["n_refined"]),
+                          num2, dense_cols, auc_refined)
 
 
 # ------------------------------------------------------------------------------------------- metrics
@@ -206,7 +215,7 @@ def compute_metrics(part: engine.Partial, problem: engine.Problem, cfg: SearchCo
     metrics["rank1"] = float(np.mean(ranks == 1))
     metrics["cmc"] = {"ranks": ranks_wanted, "rates": [float(np.mean(ranks <= k)) for k in ranks_wanted]}
     auc, auc_bound = engine.auc_from_histogram(part, problem, n_neg)
-    auc_refined = 0
+    auc_refined = part.auc_refined
     if auc_bound > engine.AUC_TOLERANCE:
         log.info("AUC histogram bound %.3g > %g: exact float64 pass", auc_bound, engine.AUC_TOLERANCE)
         auc, auc_refined = exact_auc(problem, device, cfg.block_size, cfg.progress)
@@ -239,11 +248,28 @@ def compute_metrics(part: engine.Partial, problem: engine.Problem, cfg: SearchCo
     metrics["exactness"] = {"score": "float64 dot of float32 unit vectors",
                             "float32_error_bound": problem.eps, "refined_pairs": part.n_refined,
                             "topk_probes_not_certified": uncertain,
-                            "auc_method": "histogram" if auc_bound <= engine.AUC_TOLERANCE else "exact float64 pass",
+                            "search_path": _path_name(part.dense_cols, n_d),
+                            "auc_method": _auc_method(part.dense_cols, n_d, auc_bound),
                             "auc_histogram_error_bound": auc_bound,
                             "auc_max_error": auc_bound if auc_bound <= engine.AUC_TOLERANCE else 0.0,
                             "auc_refined_pairs": auc_refined}
     return metrics, curves
+
+
+def _path_name(dense_cols: int, n_d: int) -> str:
+    """Which block path(s) scored the distractors."""
+    if dense_cols == 0:
+        return "float32 + refinement"
+    return "float64 dense" if dense_cols == n_d else "mixed"
+
+
+def _auc_method(dense_cols: int, n_d: int, bound: float) -> str:
+    """How the AUC was obtained (see docs/protocol.md)."""
+    if bound > engine.AUC_TOLERANCE:
+        return "exact float64 pass"
+    if dense_cols == n_d:
+        return "exact (float64 search pass)"
+    return "histogram" if dense_cols == 0 else "histogram + exact float64 blocks"
 
 
 def run_search(cfg: SearchConfig) -> dict:
