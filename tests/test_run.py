@@ -120,6 +120,10 @@ def test_pipeline_end_to_end(first_run):
     templates = {r["identity"] for r in read_csv_rows(split / "templates.csv")}
     assert not templates & ids
     assert not templates & {r["identity"] for r in read_csv_rows(split / "distractors.csv")}
+    # nor do distractors: a probe identity's leftover images (beyond max_images) are excluded and counted
+    assert not ids & {r["identity"] for r in read_csv_rows(split / "distractors.csv")}
+    excluded = json.loads((split / "split.json").read_text())["excluded_probe_identity_images"]
+    assert set(excluded) == {"templates", "distractors"} and all(v >= 0 for v in excluded.values())
     # the report shows exactly the search's numbers
     rows = read_csv_rows(out / "report" / "table1.csv")
     dm_row = next(r for r in rows if r["method"] == "dm")

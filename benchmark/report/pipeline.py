@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 DATA_ENV = "MF2M_DATA"
 CACHE_ENV = "MF2M_CACHE"
+SPLIT_PROTOCOL = 2     # 2: leftover images of probe identities are never distractors or templates
 ALL_METHODS = ("none", "solid", "fgsm", "i-fgsm", "mi-fgsm", "ti-fgsm", "ti-mi-fgsm", "di2-fgsm", "m-di2-fgsm",
                "dm", "advnoise-dm", "mf2m")
 
@@ -240,6 +241,14 @@ def split_stage(cfg: RunConfig, dataset, folder: Path, progress: bool) -> None:
     if d.distractors is not None and len(distractors) > d.distractors:
         idx = np.sort(rng.choice(len(distractors), size=d.distractors, replace=False))
         distractors = [distractors[i] for i in idx]
+    # A probe identity's images beyond max_images are in the rest: they are neither templates nor
+    # distractors (a distractor of the probe's own identity would be scored as an impostor).
+    probe_ids = set(pool.identities)
+    excluded = {"templates": sum(it.identity in probe_ids for it in templates),
+                "distractors": sum(it.identity in probe_ids for it in distractors)}
+    templates = [it for it in templates if it.identity not in probe_ids]
+    template_ids -= probe_ids
+    distractors = [it for it in distractors if it.identity not in probe_ids]
     roles = {"probes": pool.probes, "templates": templates, "distractors": distractors}
     failed: dict[str, str] = {}
     paths = {it.key: it.path for items in roles.values() for it in items}
@@ -264,7 +273,7 @@ def split_stage(cfg: RunConfig, dataset, folder: Path, progress: bool) -> None:
         write_csv(folder / f"{role}.csv", [(it.identity, paths[it.key], it.key) for it in kept])
     write_json(folder / "split.json", build_manifest(
         "split", asdict(d), dataset=dataset.describe(), counts=counts, probe_identities=pool.identities,
-        template_identities=sorted(template_ids), skipped=failed))
+        template_identities=sorted(template_ids), skipped=failed, excluded_probe_identity_images=excluded))
 
 
 def write_csv(path: Path, rows: list[tuple[str, str, str]]) -> None:
@@ -377,11 +386,12 @@ def run_pipeline(cfg: RunConfig, progress: bool = True, model_factory: Callable[
     cache = Cache(cfg.cache)
     started = time.time()
     listing, dataset = listing_fingerprint(cfg.data.spec)
-    split = cache.run("split", "probes/templates/distractors", asdict(cfg.data), {"data": listing},
+    split = cache.run("split", "probes/templates/distractors", {**asdict(cfg.data), "protocol": SPLIT_PROTOCOL},
+                      {"data": listing},
                       lambda f: split_stage(cfg, dataset, f, progress))
     counts = json.loads((split.dir / "split.json").read_text())["counts"]
-    split_fp = {"split": split.key, **{r: sha256_file(split.dir / f"{r}.csv") for r in ("probes", "templates",
-                                                                                        "distractors")}}
+    # an attack reads only the probes and the templates: other split changes do not rerun it
+    split_fp = {r: sha256_file(split.dir / f"{r}.csv") for r in ("probes", "templates")}
     models = Models(model_factory)
     attacks: dict[str, StageResult] = {}
     for method in cfg.attack.methods:
