@@ -254,3 +254,18 @@ def test_search_folders_without_run_json(run_dir, tmp_path):
     assert sorted(e.method for e, _ in items) == ["mf2m", "solid"]
     t = table1(items, far=1e-2)[0]
     assert next(r for r in t.rows if r["method"] == "mf2m")["rank1"] == truth[("white", "mf2m")]["rank1"]
+
+
+def test_defence_leaderboard_joins_the_html_report(tmp_path):
+    """The committed LFW leaderboard (``mf2m defend`` output) becomes a table of the report and its page."""
+    import json
+
+    from benchmark.report.build import build_report
+    board = Path(__file__).resolve().parents[1] / "results" / "defences"
+    if not (board / "leaderboard.json").is_file():
+        pytest.skip("no committed leaderboard")
+    build_report([str(board)], tmp_path / "rep")
+    cells = json.loads((board / "leaderboard.json").read_text())["cells"]
+    md = (tmp_path / "rep" / "defence-leaderboard.md").read_text()
+    assert md.count("\n| ") == len(cells) + 1          # header + one row per cell
+    assert "Defence leaderboard" in (tmp_path / "rep" / "index.html").read_text()

@@ -410,7 +410,7 @@ def run_leaderboard(cfg: LeaderboardConfig, progress: bool = True, models: tuple
                                       for n, (d, r, m) in systems.items()},
                               pool={"probes": len(keys), "probes_skipped": skipped_clean,
                                     "distractors": len(distractors), "distractors_skipped": skipped_dist},
-                              cells=rows, outputs={"csv": "leaderboard.csv", "markdown": "leaderboard.md",
+                              meta=meta, cells=rows, outputs={"csv": "leaderboard.csv", "markdown": "leaderboard.md",
                                                        "html": "leaderboard.html"})
     write_json(out / "leaderboard.json", manifest)
     return {"rows": rows, "meta": meta, "out": str(out)}

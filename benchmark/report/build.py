@@ -12,6 +12,8 @@ Output folder::
 
 from __future__ import annotations
 
+import json
+
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +43,8 @@ def collect(runs: Sequence[str]) -> list[tuple[Entry, Metrics]]:
     """Every entry of every ``--runs`` argument with its metrics (duplicates: the last one wins)."""
     seen: dict[tuple[str, str, str | None], tuple[Entry, Metrics]] = {}
     for spec in runs:
+        if (Path(spec) / "leaderboard.json").is_file():
+            continue   # a defence leaderboard (see leaderboards())
         for entry in discover(spec):
             seen[(entry.method, entry.eval_model, entry.attack_model)] = (entry, load_metrics(entry))
     return list(seen.values())
@@ -63,9 +67,12 @@ def build_report(runs: Sequence[str], out: str | Path, options: ReportOptions = 
         raise ValueError("--paper must be auto, always or never")
     out = Path(out)
     items = collect(runs)
-    if not items:
+    boards = leaderboards(runs)
+    if not items and not boards:
         raise ValueError("no results found in --runs")
-    tables: list[Table] = table1(items, options.far, options.paper) + table2(items, options.far, options.paper)
+    tables: list[Table] = table1(items, options.far, options.paper) + table2(items, options.far, options.paper) \
+        if items else []
+    tables += boards
     written: list[str] = []
     md_parts = [f"# {options.title}\n"]
     for t in tables:
@@ -73,7 +80,7 @@ def build_report(runs: Sequence[str], out: str | Path, options: ReportOptions = 
             write_text(out / f"{t.name}.{ext}", text)
             written.append(f"{t.name}.{ext}")
         md_parts.append(to_markdown(t))
-    figures = _figures(items, out, options)
+    figures = _figures(items, out, options) if items else []
     for heading, figs in figures:
         md_parts.append(f"## {heading}\n")
         md_parts += [f"![{cap}]({png.relative_to(out).as_posix()})\n" for png, cap in figs]
@@ -94,6 +101,29 @@ def build_report(runs: Sequence[str], out: str | Path, options: ReportOptions = 
                                         "has_metrics": m.rank1 is not None} for e, m in items])
     write_json(out / "manifest.json", manifest)
     return manifest
+
+
+def leaderboards(runs: Sequence[str]) -> list[Table]:
+    """Defence leaderboards (``mf2m defend`` outputs: ``leaderboard.json``) found directly in ``runs``."""
+    from ..defences.leaderboard import leaderboard_table
+    tables = []
+    for spec in runs:
+        path = Path(spec) / "leaderboard.json"
+        if path.is_file():
+            record = json.loads(path.read_text())
+            meta = record.get("meta") or _leaderboard_meta(record)
+            tables.append(leaderboard_table(record["cells"], meta))
+    return tables
+
+
+def _leaderboard_meta(record: dict) -> dict:
+    """Caption facts of a leaderboard written before ``meta`` was stored in ``leaderboard.json``."""
+    base = (record.get("models") or {}).get("none") or {}
+    pool = record.get("pool") or {}
+    return {"far": record.get("config", {}).get("far", 1e-6),
+            "recognizer": (base.get("fr") or {}).get("name"), "mask_detector": (base.get("md") or {}).get("name"),
+            "pool": f"{pool.get('probes')} probes, {pool.get('distractors')} distractors from "
+                    f"{record.get('config', {}).get('data')}"}
 
 
 def _figures(items: list[tuple[Entry, Metrics]], out: Path, options: ReportOptions) -> list[tuple[str, list]]:
