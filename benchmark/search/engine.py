@@ -7,7 +7,9 @@ one, whatever the summation order of the BLAS/cuBLAS kernel.  Every decision who
 change inside that window (a negative within ``eps`` of a positive score, of a top-K threshold, of a
 retrieved match) is recomputed with ``dot64``; all others are decided from the float32 score, which
 is safe by the bound.  Hence every count — and so every metric — is that of the float64 scores,
-identical on every device and block size.  The AUC is the exception by design: it comes from an
+identical on every device and block size.  Attacked-like data (positives inside the negative bulk) takes
+the dense path instead (``process_block``): float64 GEMM, ranks and the exact AUC counted densely with
+``torch.searchsorted`` / a grid lookup, ``dot64`` only for near-exact ties.  The AUC is the exception by design: it comes from an
 integer histogram of float32 scores with a rigorous error bound (≤ AUC_TOLERANCE, else an exact float64
 pass), so it is within that bound of the exact value on every device.
 
