@@ -110,14 +110,9 @@ class LeaderboardConfig:
 
 def load_config(path: str | Path, **overrides: Any) -> LeaderboardConfig:
     """Read a leaderboard YAML file; non-None ``overrides`` replace its keys (``defences`` are appended)."""
-    import yaml
+    from ..yamlfile import read_yaml_mapping
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"leaderboard config not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML ({exc})") from None
+    raw = read_yaml_mapping(path, "leaderboard config")
     extra = overrides.pop("defences", None) or []
     raw = {**raw, **{k: v for k, v in overrides.items() if v is not None}}
     if extra:

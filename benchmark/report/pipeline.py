@@ -109,16 +109,9 @@ def _typed(cls, raw: dict[str, Any] | None, where: str):
 def load_config(path: str | os.PathLike, data: str | None = None, out: str | None = None,
                 device: str | None = None, methods: list[str] | None = None) -> RunConfig:
     """Read a YAML experiment config into typed dataclasses, with command-line overrides."""
-    import yaml
+    from ..yamlfile import read_yaml_mapping
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: the config must be a mapping")
+    raw = read_yaml_mapping(path, "config")
     sections = {"data": DataConfig, "attack": AttackSettings, "evaluate": EvalSettings, "report": ReportSettings}
     top = {k: v for k, v in raw.items() if k not in sections}
     unknown = sorted(set(top) - {"name", "out", "cache", "device"})
