@@ -59,6 +59,8 @@ def build_manifest(stage: str, config: dict[str, Any], **extra: Any) -> dict[str
         "config": config,
         "versions": package_versions(),
         "git_commit": git_commit(),
-        "host": {"platform": platform.platform(), "cpus": os.cpu_count(), "argv": sys.argv},
+        "host": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                 # the program by name: its install path says nothing about the result and is machine-specific
+                 "argv": [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv else []},
         **extra,
     }
