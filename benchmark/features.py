@@ -3,7 +3,8 @@
 A *feature set* is either one HDF5 file or a directory holding ``manifest.json`` plus HDF5 shards.
 Every HDF5 file holds
 
-* ``features``: (n, D) float16 or float32, one row per image (re-normalised to unit L2 on load, in float32);
+* ``features``: (n, D) float16 or float32, one row per image (re-normalised to unit L2 on load, in float32:
+  each row divided by ``float32(sqrt(Σ x_i²))``, the sum taken in float64 — see ``row_norms``);
 * ``keys``: (n,) UTF-8 strings, the image's relative path or unique name;
 * ``labels``: (n,) int64 identity index, -1 where unknown;
 * file attributes ``model`` (string) and ``dim`` (int).
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -71,6 +73,7 @@ class FeatureBlock:
     path: Path
     start: int
     raw: np.ndarray | None = None   # the stored rows (float16/float32), before normalisation
+    norms: np.ndarray | None = None  # (n,) float32 row norms of ``raw`` (the load rule's)
 
 
 @dataclass
@@ -84,6 +87,7 @@ class FeatureArrays:
     dim: int
     source: Path
     shards: list[Shard] = field(default_factory=list)
+    norms: np.ndarray | None = None  # (n,) float32 row norms (set by ``load(keep_storage=True)``)
 
 
 def _h5():
@@ -135,22 +139,48 @@ def _file_header(path: Path) -> tuple[str, int, int]:
     return model, dim, n
 
 
-def normalize_rows(features: np.ndarray, path: Path | str, start: int = 0) -> np.ndarray:
-    """Unit-L2 float32 copy of ``features``; NaN/Inf or zero rows raise an error naming the file and row."""
-    x = np.array(features, dtype=np.float32)  # a copy: the input may be a read-only memory map
-    bad = ~np.isfinite(x).all(axis=1)
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0]) + start
-        raise FeatureFormatError(f"{path}: row {row} has NaN or Inf features ({int(bad.sum())} such rows "
-                                 f"in this block)")
-    norms = np.linalg.norm(x, axis=1)
+def _float32_tensor(features: np.ndarray):
+    """A new float32 torch tensor holding ``features`` (the input, maybe a read-only map, is never modified)."""
+    import torch
+    arr = np.ascontiguousarray(features)
+    if arr.dtype == np.float32:
+        return torch.from_numpy(arr.copy())
+    with warnings.catch_warnings():  # read-only input: torch only reads it (the conversion copies)
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(arr).to(torch.float32)
+
+
+def row_norms(features: np.ndarray, path: Path | str, start: int = 0) -> np.ndarray:
+    """The load rule's float32 L2 norm of each row, ``float32(sqrt(Σ x_i²))`` with the sum in float64 (so the
+    correctly rounded norm, whatever library or batch computes it); NaN/Inf or zero rows raise an error
+    naming the file and row (``start`` = the block's first row)."""
+    import torch
+    x = _float32_tensor(features) if not isinstance(features, torch.Tensor) else features
+    norms = torch.linalg.vector_norm(x, dim=1, dtype=torch.float64).to(torch.float32)
+    bad = ~torch.isfinite(norms)
+    if bool(bad.any()):
+        rows = np.flatnonzero(bad.numpy())
+        nonfinite = ~np.isfinite(x[torch.from_numpy(rows)].numpy()).all(axis=1)
+        row = int(rows[np.flatnonzero(nonfinite)[0]] if nonfinite.any() else rows[0]) + start
+        what = "has NaN or Inf features" if nonfinite.any() else "has values too large for float32 (norm overflows)"
+        raise FeatureFormatError(f"{path}: row {row} {what} ({rows.size} such rows in this block)")
     zero = ~(norms > 0)
-    if zero.any():
-        row = int(np.flatnonzero(zero)[0]) + start
-        raise FeatureFormatError(f"{path}: row {row} is an all-zero feature vector ({int(zero.sum())} such "
-                                 f"rows in this block)")
-    x /= norms[:, None]
-    return x
+    if bool(zero.any()):
+        rows = np.flatnonzero(zero.numpy())
+        raise FeatureFormatError(f"{path}: row {int(rows[0]) + start} is an all-zero feature vector ({rows.size} "
+                                 f"such rows in this block)")
+    return norms.numpy()
+
+
+def normalize_rows(features: np.ndarray, path: Path | str, start: int = 0,
+                   norms: np.ndarray | None = None) -> np.ndarray:
+    """Unit-L2 float32 copy of ``features`` (float32 rows divided by ``row_norms``, validated there unless
+    ``norms`` are given); each row's result depends only on that row, so blocks, single rows and index
+    selections agree bit for bit."""
+    import torch
+    x = _float32_tensor(features)
+    n = row_norms(x, path, start) if norms is None else np.asarray(norms, np.float32)
+    return x.div_(torch.from_numpy(n)[:, None]).numpy()
 
 
 class FeatureSet:
@@ -209,8 +239,9 @@ class FeatureSet:
                                      f"{sum(s.count for s in shards)}")
         return shards, model, dim
 
-    def iter_blocks(self, block_size: int = 65536) -> Iterator[FeatureBlock]:
-        """Stream the rows shard by shard in blocks of at most ``block_size`` (unit-norm float32)."""
+    def iter_blocks(self, block_size: int = 65536, unit: bool = True) -> Iterator[FeatureBlock]:
+        """Stream the rows shard by shard in blocks of at most ``block_size`` (unit-norm float32; with
+        ``unit=False`` only validated: ``features`` is None, ``raw`` and ``norms`` are set)."""
         h5py = _h5()
         start = 0
         for shard in self.shards:
@@ -218,22 +249,25 @@ class FeatureSet:
                 for lo in range(0, shard.count, block_size):
                     hi = min(lo + block_size, shard.count)
                     raw = fh["features"][lo:hi]
-                    feats = normalize_rows(raw, shard.path, lo)
+                    norms = row_norms(raw, shard.path, lo)
+                    feats = normalize_rows(raw, shard.path, lo, norms) if unit else None
                     keys = _decode_keys(fh["keys"][lo:hi], shard.path)
                     labels = np.asarray(fh["labels"][lo:hi], dtype=np.int64)
-                    yield FeatureBlock(feats, keys, labels, shard.path, start + lo, raw)
+                    yield FeatureBlock(feats, keys, labels, shard.path, start + lo, raw, norms)
             start += shard.count
 
     def load(self, block_size: int = 65536, progress: bool = False, keep_storage: bool = False) -> FeatureArrays:
         """All rows in memory (float32 unit-norm features); duplicate keys raise an error naming the file.
 
         ``keep_storage``: keep the validated rows as stored (float16 if every shard is float16, else float32,
-        not normalised) — half the memory for float16; wrap them in ``UnitRows`` to read unit float32 rows.
+        not normalised) — half the memory for float16 — and their ``norms``; wrap both in ``UnitRows`` to read
+        unit float32 rows.
         """
         feats = np.empty((self.count, self.dim), dtype=np.float32)
+        norms = np.empty(self.count, dtype=np.float32) if keep_storage else None
         f16 = None
         keys, labels = [], []
-        blocks = self.iter_blocks(block_size)
+        blocks = self.iter_blocks(block_size, unit=not keep_storage)
         if progress:
             from tqdm import tqdm
             blocks = tqdm(blocks, total=sum(-(-s.count // block_size) for s in self.shards),
@@ -248,6 +282,7 @@ class FeatureSet:
                 elif f16 and not is16:
                     f16, feats = False, feats.astype(np.float32)
                 feats[b.start:b.start + len(b.keys)] = b.raw
+                norms[b.start:b.start + len(b.keys)] = b.norms
             else:
                 feats[b.start:b.start + len(b.keys)] = b.features
             keys.append(b.keys)
@@ -255,7 +290,7 @@ class FeatureSet:
         key_arr = np.concatenate(keys) if keys else np.zeros(0, dtype="<U1")
         lab_arr = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
         check_unique_keys(key_arr, self)
-        return FeatureArrays(feats, key_arr, lab_arr, self.model, self.dim, self.path, list(self.shards))
+        return FeatureArrays(feats, key_arr, lab_arr, self.model, self.dim, self.path, list(self.shards), norms)
 
     def shard_of_row(self, row: int) -> Path:
         """The file holding global row ``row`` (for error messages)."""
@@ -270,11 +305,12 @@ class UnitRows:
     """Stored feature rows (float16/float32) that read as unit-norm float32 rows, block by block.
 
     ``rows[i]`` / ``rows[a:b]`` / ``rows[index_array]`` give exactly the rows ``FeatureSet.load`` returns
-    (``normalize_rows`` works row by row), so a 1M×512 float16 gallery costs 1 GB instead of 2 GB.
+    (``normalize_rows`` works row by row), so a 1M×512 float16 gallery costs 1 GB instead of 2 GB.  With
+    the rows' ``norms`` (from ``load(keep_storage=True)``) a read is one conversion and one division.
     """
 
-    def __init__(self, raw: np.ndarray, path: Path | str):
-        self.raw, self.path = raw, path
+    def __init__(self, raw: np.ndarray, path: Path | str, norms: np.ndarray | None = None):
+        self.raw, self.path, self.norms = raw, path, norms
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -288,7 +324,8 @@ class UnitRows:
         return int(self.raw.shape[0])
 
     def __getitem__(self, idx) -> np.ndarray:
-        return normalize_rows(np.atleast_2d(self.raw[idx]), self.path)
+        norms = None if self.norms is None else np.atleast_1d(self.norms[idx])
+        return normalize_rows(np.atleast_2d(self.raw[idx]), self.path, norms=norms)
 
 
 def check_unique_keys(keys: np.ndarray, fs: FeatureSet) -> None:

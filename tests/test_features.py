@@ -89,7 +89,8 @@ def test_directory_streams_in_blocks(tmp_path):
     assert fs.count == 15 and fs.load().features.shape == (15, 4)
 
 
-@pytest.mark.parametrize("bad, message", [(np.nan, "NaN or Inf"), (np.inf, "NaN or Inf"), (0.0, "all-zero")])
+@pytest.mark.parametrize("bad, message", [(np.nan, "NaN or Inf"), (np.inf, "NaN or Inf"), (0.0, "all-zero"),
+                                          (3e38, "norm overflows")])
 def test_bad_rows_name_file_and_row(tmp_path, bad, message):
     x = np.ones((6, 4))
     x[4] = bad

@@ -94,9 +94,10 @@ def make_problem(seed: int, ties: bool = False, n_id: int = 6, n_p: int = 30, n_
 
 
 def unit32(x) -> np.ndarray:
-    """The format's load rule: float32, divided by its float32 L2 norm."""
+    """The format's load rule: float32, divided by its L2 norm summed in float64 and rounded to float32."""
     x = np.asarray(x, dtype=np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+    norms = np.sqrt((x.astype(np.float64) ** 2).sum(axis=1)).astype(np.float32)
+    return x / norms[:, None]
 
 
 def brute_force(P, p_keys, p_lab, M, m_keys, m_lab, D, fars, sizes=(), seed=0):

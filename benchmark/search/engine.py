@@ -192,11 +192,13 @@ class NegTopK:
     probe: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
     dist: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     cut: float = -math.inf
+    _pending: list = field(default_factory=list, repr=False)   # queued (vals, probe, dist) chunks
+    _n_pending: int = 0
 
     def block_cut(self, scores) -> float:
         """Lowest float32 score of this block that can matter (uses the block's K-th largest early on)."""
         cut = self.cut
-        if self.vals.size < self.k and scores.numel() > self.k:
+        if self.vals.size + self._n_pending < self.k and scores.numel() > self.k:
             if scores.device.type == "cpu":
                 flat = scores.numpy().reshape(-1)
                 kth = float(np.partition(flat, flat.size - self.k)[flat.size - self.k])
@@ -223,14 +225,22 @@ class NegTopK:
             self._append(v, p, d)
 
     def _append(self, vals, probe, dist) -> None:
-        self.vals = np.concatenate([self.vals, vals.astype(np.float32)])
-        self.probe = np.concatenate([self.probe, probe.astype(np.int32)])
-        self.dist = np.concatenate([self.dist, dist.astype(np.int64)])
-        if self.vals.size > 2 * self.k + 1024:
+        """Queue new candidates (O(new) per block); they join the arrays on ``flush``/``prune``."""
+        self._pending.append((vals.astype(np.float32), probe.astype(np.int32), dist.astype(np.int64)))
+        self._n_pending += int(vals.size)
+        if self.vals.size + self._n_pending > 2 * self.k + 1024:
             self.prune()
+
+    def flush(self) -> None:
+        """Move the queued candidates into ``vals``/``probe``/``dist``."""
+        if self._pending:
+            parts = [(self.vals, self.probe, self.dist)] + self._pending
+            self.vals, self.probe, self.dist = (np.concatenate(c) for c in zip(*parts))
+            self._pending, self._n_pending = [], 0
 
     def prune(self) -> None:
         """Drop candidates that cannot reach the exact top K (more than 2·eps below the K-th float32)."""
+        self.flush()
         if self.vals.size >= self.k:
             theta = float(np.partition(self.vals, self.vals.size - self.k)[self.vals.size - self.k])
             self.cut = max(self.cut, theta - 2 * self.eps)
@@ -239,6 +249,8 @@ class NegTopK:
 
     def merged(self, other: "NegTopK") -> "NegTopK":
         """Union of two candidate sets (for disjoint distractor shards)."""
+        self.flush()
+        other.flush()
         out = NegTopK(max(self.k, other.k), self.eps, cut=max(self.cut, other.cut))
         out._append(np.concatenate([self.vals, other.vals]), np.concatenate([self.probe, other.probe]),
                     np.concatenate([self.dist, other.dist]))
@@ -247,6 +259,7 @@ class NegTopK:
 
     def kth_largest(self, k: int, problem: Problem) -> float:
         """Exact k-th largest negative score (k ≤ self.k), refining only the ±2·eps window."""
+        self.flush()
         v = self.vals
         if k > v.size:
             raise RuntimeError(f"internal: {k}-th largest negative asked, {v.size} candidates kept")

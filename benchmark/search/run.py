@@ -81,6 +81,8 @@ def _drop_rows(arrays: FeatureArrays, drop: np.ndarray) -> FeatureArrays:
         feats[lo:lo + sel.size] = feats[sel]
     arrays.features = feats[:keep.size]
     arrays.keys, arrays.labels = arrays.keys[keep], arrays.labels[keep]
+    if arrays.norms is not None:
+        arrays.norms = arrays.norms[keep]
     return arrays
 
 
@@ -100,7 +102,7 @@ def load_inputs(cfg: SearchConfig) -> tuple[dict[str, FeatureArrays], dict[str, 
         excluded[role] = int(drop.sum())
         arrays[role] = _drop_rows(arr, drop) if drop.any() else arr
         if role == "distractors":
-            arrays[role].features = UnitRows(arrays[role].features, fs.path)
+            arrays[role].features = UnitRows(arrays[role].features, fs.path, arrays[role].norms)
     if arrays["probes"].features.shape[0] == 0:
         raise ValueError(f"{cfg.probes}: no probes left (after noise lists)")
     if arrays["distractors"].features.shape[0] == 0:
@@ -157,6 +159,7 @@ def save_partial(part: engine.Partial, path: Path) -> None:
               "match_bound": part.match_bound, "n_refined": np.int64(part.n_refined),
               "dense": np.array([part.auc_num2, part.dense_cols, part.auc_refined], dtype=np.int64)}
     for size, top in part.tops.items():
+        top.flush()
         arrays.update({f"top{size}_vals": top.vals, f"top{size}_probe": top.probe, f"top{size}_dist": top.dist,
                        f"top{size}_meta": np.array([top.k, top.cut, top.eps])})
     with atomic_path(path, suffix=".npz") as tmp:
