@@ -76,6 +76,16 @@ def test_shipped_configs_load():
     assert demo.attack.params["mf2m"]["kernel_steps"] < 160
 
 
+def test_stage_key_covers_the_stage_code(monkeypatch):
+    """A change in the code implementing a stage gives new keys (stale results are never reused)."""
+    from benchmark.report import pipeline
+    assert pipeline.code_fingerprint("attack") != pipeline.code_fingerprint("search")
+    assert len(pipeline.code_fingerprint("embed")) == 64
+    before = stage_key("attack", {"method": "dm"}, {"split": "1"})
+    monkeypatch.setattr(pipeline, "code_fingerprint", lambda stage: "edited")
+    assert stage_key("attack", {"method": "dm"}, {"split": "1"}) != before
+
+
 def test_stage_key_is_content_addressed():
     a = stage_key("embed", {"model": "m", "flip": False}, {"csv": "1"})
     assert a == stage_key("embed", {"flip": False, "model": "m"}, {"csv": "1"})   # order-free

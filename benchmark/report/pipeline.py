@@ -1,8 +1,8 @@
 """``mf2m run CONFIG``: split → prepare → attack → embed → search → report, with a content-addressed cache.
 
 Every stage output lives in ``CACHE/<stage>-<key>/`` where ``key`` is the SHA-256 of the stage's
-settings and of the fingerprints of its inputs (a data listing, or upstream stages' keys and
-output-manifest hashes). A stage folder with a ``.stage.json`` whose key matches is reused as is; a
+settings, of the fingerprints of its inputs (a data listing, or upstream stages' keys and
+output-manifest hashes) and of the source code that implements the stage (``code_fingerprint``). A stage folder with a ``.stage.json`` whose key matches is reused as is; a
 folder without one is an interrupted stage and is resumed (prepare, attack and embed are resumable
 themselves); anything whose inputs changed gets a new key and is recomputed. ``OUT/run.json``
 lists the evaluated probe sets for ``mf2m report`` and records every stage (cached or run, seconds).
@@ -10,6 +10,7 @@ lists the evaluated probe sets for ``mf2m report`` and records every stage (cach
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -144,9 +145,29 @@ def load_config(path: str | os.PathLike, data: str | None = None, out: str | Non
 # the cache
 
 
+# the source folders (relative to the repository root) whose code decides each stage's output
+STAGE_CODE = {"split": ("benchmark/data",), "attack": ("attacks", "benchmark/models", "benchmark/data"),
+              "embed": ("benchmark/embed", "benchmark/models", "benchmark/data"),
+              "search": ("benchmark/search", "benchmark/features.py")}
+
+
+@functools.lru_cache(maxsize=None)
+def code_fingerprint(stage: str) -> str:
+    """SHA-256 over the Python sources that implement ``stage`` (a code change invalidates its cache)."""
+    root = Path(__file__).resolve().parents[2]
+    h = hashlib.sha256()
+    for rel in STAGE_CODE.get(stage, ()):
+        base = root / rel
+        files = [base] if base.is_file() else sorted(base.rglob("*.py"))
+        for f in files:
+            h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 def stage_key(stage: str, config: dict[str, Any], inputs: dict[str, str]) -> str:
-    """SHA-256 of the stage name, its settings and its inputs' fingerprints (canonical JSON)."""
-    blob = json.dumps({"stage": stage, "config": config, "inputs": inputs}, sort_keys=True, default=str)
+    """SHA-256 of the stage name, its settings, its inputs' fingerprints and its code (canonical JSON)."""
+    blob = json.dumps({"stage": stage, "config": config, "inputs": inputs, "code": code_fingerprint(stage)},
+                      sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
