@@ -137,14 +137,19 @@ def _frozen(module: torch.nn.Module) -> torch.nn.Module:
 
 
 def pgd(attack: Attack, images: torch.Tensor, regions: torch.Tensor, ref: torch.Tensor, keys: list[str], *,
-        eps: float, step: float, steps: int, random_start: bool) -> torch.Tensor:
-    """Projected gradient ascent with sign steps inside the region (Madry et al.), shared by methods."""
+        eps: float, step: float, steps: int, random_start: bool, trace=None) -> torch.Tensor:
+    """Projected gradient ascent with sign steps inside the region (Madry et al.), shared by methods.
+
+    ``trace(i, x)`` (optional) is called with the image after every step ``i`` (for strength/PSNR curves).
+    """
     x = images.clone()
     if random_start:
         noise = torch.stack([torch.empty(images.shape[1:]).uniform_(-eps, eps, generator=g)
                              for g in attack.generators(keys, images.device)]).to(images.device)
         x = attack.project(images + noise, images, regions, eps)
-    for _ in range(steps):
+    for i in range(steps):
         grad, _ = attack.gradient(x, ref)
         x = attack.project(x + step * grad.sign() * regions, images, regions, eps)
+        if trace is not None:
+            trace(i + 1, x)
     return x

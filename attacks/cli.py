@@ -22,7 +22,9 @@ HYPER = {
     "kernel_steps": (int, "mf2m: kernel iterations: 160"),
     "beta": (float, "mf2m: weight β of the mask-detector term during filtering: 1"),
     "kernel_update": (str, "mf2m: 'raw' (K ← K + lr·∇K, the paper) or 'sign': raw"),
-    "kernel_norm": (str, "mf2m: 'none' or 'sum1' (renormalise kernels to sum 1): none"),
+    "kernel_norm": (str, "mf2m: kernel normalisation after each step: 'none', 'sum1' (rescale to sum 1) or "
+                         "'simplex' (non-negative, sum 1: each pixel a convex combination of its neighbours): none"),
+    "kernel_bound": (float, "mf2m: clip every kernel weight's deviation from the identity kernel to ±this (0 = no bound): 0"),
     "momentum": (float, "FGSM family: momentum μ (MI/TI-MI/M-DI²: 1, others 0)"),
     "ti_kernel": (int, "FGSM family: Gaussian TI kernel size (TI methods: 7, others 0 = off)"),
     "di_prob": (float, "FGSM family: input-diversity probability (DI methods: 0.5, others 0)"),
@@ -59,6 +61,10 @@ def register(sub, formatter_class) -> None:
     p.add_argument("--mask-colour", default="blue", choices=("blue", "white", "black", "green", "random"),
                    help="colour of the solid medical mask (random: per probe, seeded)")
     p.add_argument("--seamless", action="store_true", help="DM: Poisson (seamless) cloning instead of the feathered overlay")
+    p.add_argument("--template-max-residual", type=float, default=10.0,
+                   help="reject templates whose landmarks fit the ArcFace 5-point template worse than this many "
+                        "pixels of the 112×112 crop after a similarity fit (badly aligned or turned faces); "
+                        "rejected templates are counted in the manifest; 0 = keep all")
     p.add_argument("--feather", type=float, default=2.0, help="width in pixels of the overlay's soft inner edge")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     group = p.add_argument_group("attack hyper-parameters (defaults: the paper's)")
@@ -89,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
     job = AttackJob(method=args.method, probes=args.probes, templates=args.templates, out=args.out, fr=args.fr,
                     md=args.md, device=resolve_device(args.device), batch_size=args.batch_size, seed=args.seed,
                     params=params, mask_colour=args.mask_colour, seamless=args.seamless,
-                    region=RegionSpec(feather=args.feather), limit=args.limit)
+                    region=RegionSpec(feather=args.feather), limit=args.limit,
+                    template_max_residual=args.template_max_residual or None)
     job.check()
     fr, md = load_models(args.fr, args.md, job.device)
     summary = run_attack(job, fr, md, progress=not args.no_progress)

@@ -81,8 +81,10 @@ def piecewise_affine(src: np.ndarray, src_pts: np.ndarray, dst_pts: np.ndarray, 
     src_pts = np.asarray(src_pts, np.float64)
     dst_pts = np.asarray(dst_pts, np.float64)
     h, w = out_shape
-    keep = (_triangle_areas(src_pts, triangles) > 1e-6) & (_triangle_areas(dst_pts, triangles) > 1e-6)
-    triangles = triangles[keep]
+    # Only the destination triangle must be non-degenerate: the inverse map dst → src is still a valid
+    # affine map when the source triangle is flat (it then samples a line of the source). Dropping
+    # such triangles left holes in the region (e.g. the solid mask's nose bridge–tip–mouth centre line).
+    triangles = triangles[_triangle_areas(dst_pts, triangles) > 1e-6]
     label = np.full((h, w), -1, np.int32)
     for t, tri in enumerate(triangles):
         cv2.fillConvexPoly(label, np.round(dst_pts[tri] * 16).astype(np.int32), int(t), shift=4)

@@ -9,13 +9,15 @@ about as much as one extra element-wise pass. Outside the region the kernels sta
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
 from .base import Attack, pgd
 
 KERNEL_UPDATES = ("raw", "sign")
-KERNEL_NORMS = ("none", "sum1")
+KERNEL_NORMS = ("none", "sum1", "simplex")
 
 
 def shifted_stack(images: torch.Tensor, kernel_size: int) -> torch.Tensor:
@@ -31,6 +33,21 @@ def pixelwise_filter(stack: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor
     return (stack * kernels[:, None]).sum(dim=2)
 
 
+def project_simplex(kernels: torch.Tensor) -> torch.Tensor:
+    """Euclidean projection of every kernel ``(n, K², H, W)`` (along dim 1) onto the probability simplex.
+
+    The result is non-negative and sums to 1 per pixel, so the filtered pixel is a convex combination
+    of its neighbours (Duchi et al. 2008, sort-based, exact); kernels already on the simplex are unchanged.
+    """
+    k = kernels.shape[1]
+    u = torch.sort(kernels, dim=1, descending=True).values
+    css = torch.cumsum(u, dim=1) - 1.0
+    ind = torch.arange(1, k + 1, device=kernels.device, dtype=kernels.dtype).view(1, k, *([1] * (kernels.dim() - 2)))
+    rho = ((u - css / ind) > 0).sum(dim=1, keepdim=True).clamp(min=1)
+    theta = torch.gather(css, 1, rho - 1) / rho.to(kernels.dtype)
+    return torch.clamp(kernels - theta, min=0.0)
+
+
 def identity_kernels(n: int, kernel_size: int, h: int, w: int, device) -> torch.Tensor:
     """Kernels ``(n, K², H, W)`` that leave an image unchanged (centre weight 1, others 0)."""
     k = torch.zeros(n, kernel_size * kernel_size, h, w, device=device)
@@ -44,18 +61,20 @@ class MF2M(Attack):
     Paper defaults: noise ``noise_eps=0.01`` (PGD, ``noise_step=0.001``, ``noise_steps=40``, weight
     ``alpha=1``), kernels ``kernel_size=5``, ``kernel_lr=0.1``, ``kernel_steps=160``, weight ``beta=1``.
     Open choices (see docs/attacks.md): ``kernel_update`` "raw" (K ← K + lr·∇K, the paper's formula)
-    or "sign"; ``kernel_norm`` "none" or "sum1" (re-normalise every kernel to sum 1 after each step);
-    the filtered image is clipped to [0, 1].
+    or "sign"; ``kernel_norm`` after each step: "none", "sum1" (rescale every kernel to sum 1) or
+    "simplex" (project every kernel onto non-negative weights summing to 1, so each output pixel is a
+    convex combination of its neighbours); ``kernel_bound`` (> 0) clips every weight's deviation from
+    the identity kernel to ±bound (0 = no bound). The filtered image is clipped to [0, 1].
     """
 
     name = "mf2m"
     params = ("noise_eps", "noise_step", "noise_steps", "alpha", "kernel_size", "kernel_lr", "kernel_steps",
-              "beta", "kernel_update", "kernel_norm", "random_start", "seed")
+              "beta", "kernel_update", "kernel_norm", "kernel_bound", "random_start", "seed")
 
     def __init__(self, fr, md=None, *, noise_eps: float = 0.01, noise_step: float = 0.001, noise_steps: int = 40,
                  alpha: float = 1.0, kernel_size: int = 5, kernel_lr: float = 0.1, kernel_steps: int = 160,
                  beta: float = 1.0, kernel_update: str = "raw", kernel_norm: str = "none",
-                 random_start: bool = False, seed: int = 0):
+                 kernel_bound: float = 0.0, random_start: bool = False, seed: int = 0):
         super().__init__(fr, md, alpha=alpha, seed=seed)
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd and positive, not {kernel_size}")
@@ -63,9 +82,12 @@ class MF2M(Attack):
             raise ValueError(f"kernel_update must be one of {KERNEL_UPDATES}, not {kernel_update!r}")
         if kernel_norm not in KERNEL_NORMS:
             raise ValueError(f"kernel_norm must be one of {KERNEL_NORMS}, not {kernel_norm!r}")
+        if kernel_bound < 0:
+            raise ValueError(f"kernel_bound must be ≥ 0 (0 = no bound), not {kernel_bound}")
         self.noise_eps, self.noise_step, self.noise_steps = float(noise_eps), float(noise_step), int(noise_steps)
         self.kernel_size, self.kernel_lr, self.kernel_steps = int(kernel_size), float(kernel_lr), int(kernel_steps)
         self.beta, self.kernel_update, self.kernel_norm = float(beta), kernel_update, kernel_norm
+        self.kernel_bound = float(kernel_bound)
         self.random_start = bool(random_start)
 
     def forward(self, images: torch.Tensor, regions: torch.Tensor, ref: torch.Tensor, keys: list[str]) -> torch.Tensor:
@@ -74,27 +96,45 @@ class MF2M(Attack):
                      steps=self.noise_steps, random_start=self.random_start)
         return self.filter_attack(noised, regions, ref)
 
-    def filter_attack(self, noised: torch.Tensor, regions: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-        """The kernel stage alone, on already-noised images Î."""
+    def filter_attack(self, noised: torch.Tensor, regions: torch.Tensor, ref: torch.Tensor,
+                      trace: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+        """The kernel stage alone, on already-noised images Î.
+
+        ``trace(i, image)`` (optional) is called after every update with the filtered image of the
+        kernels after ``i`` steps (for strength/PSNR curves such as the paper's Fig. 7).
+        """
         n, _, h, w = noised.shape
         kernels = identity_kernels(n, self.kernel_size, h, w, noised.device)
         if self.kernel_steps == 0:
             return noised
         stack = shifted_stack(noised, self.kernel_size)
         inside = regions > 0
-        for _ in range(self.kernel_steps):
+        ident = kernels.clone()
+        for i in range(self.kernel_steps):
             kernels = kernels.detach().requires_grad_(True)
             filtered = self._render(stack, kernels, noised, inside)
             loss = self.objective(filtered, ref, weight=self.beta)
             (grad,) = torch.autograd.grad(loss.sum(), kernels)
-            step = grad if self.kernel_update == "raw" else grad.sign()
             with torch.no_grad():
-                kernels = kernels + self.kernel_lr * step * regions
-                if self.kernel_norm == "sum1":
-                    total = kernels.sum(dim=1, keepdim=True)
-                    kernels = torch.where(total.abs() > 1e-6, kernels / total, kernels)
+                kernels = self._update(kernels, grad, regions, ident)
+                if trace is not None:
+                    trace(i + 1, self._render(stack, kernels, noised, inside))
         with torch.no_grad():
             return self._render(stack, kernels, noised, inside)
+
+    def _update(self, kernels: torch.Tensor, grad: torch.Tensor, regions: torch.Tensor,
+                ident: torch.Tensor) -> torch.Tensor:
+        """One ascent step on the kernels (inside the region), then bound and normalisation."""
+        step = grad if self.kernel_update == "raw" else grad.sign()
+        kernels = kernels + self.kernel_lr * step * regions
+        if self.kernel_bound > 0:
+            kernels = ident + torch.clamp(kernels - ident, -self.kernel_bound, self.kernel_bound)
+        if self.kernel_norm == "sum1":
+            total = kernels.sum(dim=1, keepdim=True)
+            kernels = torch.where(total.abs() > 1e-6, kernels / total, kernels)
+        elif self.kernel_norm == "simplex":
+            kernels = project_simplex(kernels)
+        return kernels
 
     @staticmethod
     def _render(stack: torch.Tensor, kernels: torch.Tensor, noised: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,7 @@ import numpy as np
 
 from . import BASE_OF, METHODS, attack_class
 from .masking import MASK_COLOURS, RegionSpec, delaunay_mask, solid_mask
-from .templates import FaceItem, TemplateBank, aligned_batch, list_faces, to_tensor
+from .templates import MAX_ALIGNMENT_RESIDUAL, FaceItem, TemplateBank, aligned_batch, list_faces, to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ class AttackJob:
     seamless: bool = False
     region: RegionSpec = RegionSpec()
     limit: int | None = None                                # only the first N probes (by key)
+    template_max_residual: float | None = MAX_ALIGNMENT_RESIDUAL   # reject misaligned templates (px; None: off)
 
     def check(self) -> None:
         """Reject impossible settings with a clear message."""
@@ -69,6 +70,8 @@ class AttackJob:
                 raise FileNotFoundError(f"{what} not found: {path}")
         if self.mask_colour not in MASK_COLOURS + ("random",):
             raise ValueError(f"--mask-colour must be one of {', '.join(MASK_COLOURS)} or random")
+        if self.template_max_residual is not None and not self.template_max_residual > 0:
+            raise ValueError("--template-max-residual must be > 0 pixels (0 on the command line: no filter)")
         if self.batch_size < 1:
             raise ValueError("--batch-size must be ≥ 1")
         if self.params and attack_class(self.method) is None:
@@ -123,7 +126,11 @@ def run_attack(job: AttackJob, fr, md, landmarker=None, progress: bool = True) -
     if BASE_OF[job.method] == "dm":
         bank = TemplateBank.build(job.templates, fr_module, f"{fr.name}:{fr.weights_hash()}",
                                   out / "template_bank.npz", landmarker, job.device, job.batch_size,
-                                  progress=(lambda it, **kw: tqdm(it, **kw)) if progress else None)
+                                  progress=(lambda it, **kw: tqdm(it, **kw)) if progress else None,
+                                  max_residual=job.template_max_residual)
+        if bank.skipped:
+            log.warning("template bank: %d of %d templates skipped (%s)", len(bank.skipped),
+                        len(bank.skipped) + len(bank.keys), _reason_counts([{"status": v} for v in bank.skipped.values()]))
     started = time.time()
     with open(out / "rows.jsonl", "a", encoding="utf-8") as log_fh, \
             tqdm(total=len(pending), desc=f"attack {job.method}", unit="img", disable=not progress) as bar:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -53,28 +54,34 @@ def load_models(md_name: str):
 
 
 def summarise(method_dir: Path, probes: Path, dlib) -> dict:
-    """Mean SFace cosine, dlib cosine, detection rate, PSNR/SSIM of one method's outputs."""
+    """One method's row in ``run_evidence``'s table format: n, cosines to the clean original per model
+    (SFace from the attack's 8-bit re-evaluation, dlib re-embedded here), detection rate, mean P(masked),
+    PSNR/SSIM (finite values) against the reference image, settings and time."""
     import csv
 
     from attacks.templates import list_faces, load_aligned
     from benchmark.data.images import read_image
     from benchmark.models.landmarks import DlibLandmarker
-    rows = [r for r in csv.DictReader(open(method_dir / "probes.csv")) if r["status"] == "ok"]
-    out = {"n": len(rows), "sface_cos": float(np.mean([float(r["fr_cosine"]) for r in rows]))}
+    with open(method_dir / "probes.csv", newline="", encoding="utf-8") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["status"] == "ok"]
+    manifest = json.loads((method_dir / "manifest.json").read_text(encoding="utf-8"))
     pm = [float(r["p_masked"]) for r in rows if r["p_masked"]]
-    out["detected"] = float(np.mean(np.array(pm) > 0.5)) if pm else None
-    ps = [float(r["psnr"]) for r in rows if r["psnr"]]
-    out["psnr"] = float(np.mean(ps)) if ps else None
+    ps = [float(r["psnr"]) for r in rows if r["psnr"] and np.isfinite(float(r["psnr"]))]
     ss = [float(r["ssim"]) for r in rows if r["ssim"]]
-    out["ssim"] = float(np.mean(ss)) if ss else None
-    out["reference"] = rows[0]["reference"] if rows else ""
-    if dlib is not None:
+    out = {"n": len(rows), "cos": {"sface": float(np.mean([float(r["fr_cosine"]) for r in rows]))},
+           "detected": float(np.mean(np.array(pm) > 0.5)) if pm else None,
+           "p_masked": float(np.mean(pm)) if pm else None,
+           "psnr": float(np.mean(ps)) if ps else None, "ssim": float(np.mean(ss)) if ss else None,
+           "reference": rows[0]["reference"] if rows else "",
+           "attack": manifest["summary"].get("attack_config"), "seconds": manifest["summary"].get("seconds"),
+           "templates": manifest["summary"].get("templates"), "dir": str(method_dir.resolve())}
+    if dlib is not None and rows:
         paths = {it.key: it.path for it in list_faces(probes)}
         lm = DlibLandmarker()
         clean = np.stack([load_aligned(paths[r["key"]], lm)[0] for r in rows])
         attacked = np.stack([read_image(method_dir / "images" / f"{r['key']}.png") for r in rows])
         a, b = dlib.embed(clean), dlib.embed(attacked)
-        out["dlib_cos"] = float(np.mean((a * b).sum(1)))
+        out["cos"]["dlib"] = float(np.mean((a * b).sum(1)))
     return out
 
 
@@ -92,16 +99,23 @@ def figure(out: Path, probes: Path, templates: Path, n: int = 4) -> None:
     from benchmark.models.landmarks import DlibLandmarker
     rows = {r["key"]: r for r in csv.DictReader(open(out / "mf2m" / "probes.csv")) if r["status"] == "ok"}
     adv = {r["key"]: r for r in csv.DictReader(open(out / "advnoise-dm" / "probes.csv")) if r["status"] == "ok"}
-    keys = [k for k in rows if k in adv][:n]
+    keys, seen = [], set()
+    for k in rows:   # one probe per identity
+        if k in adv and k.split("/")[0] not in seen:
+            keys.append(k)
+            seen.add(k.split("/")[0])
+    keys = keys[:n]
     paths = {it.key: it.path for it in list_faces(probes)}
     tpaths = {it.key: it.path for it in list_faces(templates)}
     lm = DlibLandmarker()
-    fig, axes = plt.subplots(len(keys), 5, figsize=(10, 2.2 * len(keys)), squeeze=False)
+    fig, axes = plt.subplots(len(keys), 5, figsize=(10, 2.4 * len(keys)), squeeze=False)
     for i, k in enumerate(keys):
         panels = [("original", load_aligned(paths[k], lm)[0]), ("template", load_aligned(tpaths[rows[k]["template"]], lm)[0]),
                   ("DM", read_image(out / "dm" / "images" / f"{k}.png")),
-                  (f"AdvNoise-DM {float(adv[k]['psnr']):.2f} dB", read_image(out / "advnoise-dm" / "images" / f"{k}.png")),
-                  (f"MF²M {float(rows[k]['psnr']):.2f} dB", read_image(out / "mf2m" / "images" / f"{k}.png"))]
+                  (f"AdvNoise-DM {float(adv[k]['psnr']):.2f} dB\nSFace cos {float(adv[k]['fr_cosine']):.2f}",
+                   read_image(out / "advnoise-dm" / "images" / f"{k}.png")),
+                  (f"MF²M {float(rows[k]['psnr']):.2f} dB\nSFace cos {float(rows[k]['fr_cosine']):.2f}",
+                   read_image(out / "mf2m" / "images" / f"{k}.png"))]
         for ax, (title, img) in zip(axes[i], panels):
             ax.imshow(img)
             ax.set_title(title, fontsize=8)
@@ -111,11 +125,29 @@ def figure(out: Path, probes: Path, templates: Path, n: int = 4) -> None:
         fig.savefig(tmp, dpi=110, format="png")
 
 
+def write_tables(out: Path, table: dict, args: argparse.Namespace) -> str:
+    """``OUT/evidence.md`` (table + the paper's orderings) and ``OUT/evidence.json`` (with a manifest)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from run_evidence import ORDER, markdown, orderings
+
+    from benchmark.atomic import write_json, write_text
+    from benchmark.manifest import build_manifest
+    ordered = {m: table[m] for m in ORDER if m in table}
+    models = ["sface"] + (["dlib"] if any("dlib" in r["cos"] for r in ordered.values()) else [])
+    checks = orderings(ordered, "sface", "dlib" if "dlib" in models else None)
+    md = markdown(ordered, models, checks)
+    write_text(out / "evidence.md", md)
+    write_json(out / "evidence.json", build_manifest("attack-evidence", vars(args), table=ordered,
+                                                     checks=[{"claim": c, "holds": ok, "numbers": n}
+                                                             for c, ok, n in checks]))
+    return md
+
+
 def main() -> None:
-    """Run every method on the pool, then write the table and the figure."""
+    """Run every method on the pool (resumable), then write the table, the orderings and the figure."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--lfw", required=True, help="LFW images folder (<Name>/<Name>_NNNN.jpg)")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder (rerun the same command to resume)")
     p.add_argument("--identities", type=int, default=80, help="probe identities")
     p.add_argument("--per-identity", type=int, default=20, help="max probe images per identity")
     p.add_argument("--templates", type=int, default=300, help="template identities (one image each)")
@@ -123,31 +155,40 @@ def main() -> None:
     p.add_argument("--md", default="mf2m-maskdet", help="mask detector, or 'none' for an FR-only attack")
     p.add_argument("--overrides", default="{}", help='JSON {method: {param: value}} (e.g. fewer iterations)')
     p.add_argument("--batch-size", type=int, default=8, help="probes per batch")
+    p.add_argument("--figure", default=None, help="also copy the example figure to this PNG path")
+    p.add_argument("--examples", type=int, default=4, help="probes in the figure")
     args = p.parse_args()
+    import shutil
+
     from attacks.pipeline import AttackJob, run_attack
+    from benchmark.atomic import atomic_path
     out = Path(args.out)
     probes, templates = build_pool(Path(args.lfw), out / "pool", args.identities, args.per_identity, args.templates)
     fr, md, dlib = load_models(args.md)
     overrides = json.loads(args.overrides)
     table = {}
+    bank_cache = None
     for method in args.methods.split(","):
+        method_dir = out / method
+        if bank_cache is not None and not (method_dir / "template_bank.npz").exists():
+            method_dir.mkdir(parents=True, exist_ok=True)   # the bank is the same for every DM method
+            shutil.copyfile(bank_cache, method_dir / "template_bank.npz")
         t = time.time()
-        run_attack(AttackJob(method=method, probes=str(probes), templates=str(templates), out=str(out / method),
+        run_attack(AttackJob(method=method, probes=str(probes), templates=str(templates), out=str(method_dir),
                              batch_size=args.batch_size, params=overrides.get(method, {}),
                              md=args.md), fr, md, progress=True)
-        table[method] = {**summarise(out / method, probes, dlib), "seconds": round(time.time() - t, 1),
-                         "params": overrides.get(method, {})}
-        print(method, json.dumps(table[method]), flush=True)
-    lines = ["| method | n | SFace cos to original | dlib cos to original | mask detected | PSNR vs ref | SSIM vs ref | ref | overrides |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    fmt = lambda v, d=3: "" if v is None else f"{v:.{d}f}"   # noqa: E731
-    for m, r in table.items():
-        lines.append(f"| {m} | {r['n']} | {fmt(r['sface_cos'])} | {fmt(r.get('dlib_cos'))} | {fmt(r['detected'])} | "
-                     f"{fmt(r['psnr'], 2)} | {fmt(r['ssim'], 4)} | {r['reference']} | {r['params'] or 'paper'} |")
-    (out / "evidence.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        if (method_dir / "template_bank.npz").exists():
+            bank_cache = method_dir / "template_bank.npz"
+        table[method] = {**summarise(method_dir, probes, dlib), "params": overrides.get(method, {}),
+                         "wall_seconds_this_call": round(time.time() - t, 1)}
+        print(method, json.dumps({k: v for k, v in table[method].items() if k not in ("attack", "dir")}), flush=True)
+        md_text = write_tables(out, table, args)
+    print(md_text)
     if {"dm", "advnoise-dm", "mf2m"} <= set(table):
-        figure(out, probes, templates)
+        figure(out, probes, templates, n=args.examples)
+        if args.figure:
+            with atomic_path(args.figure) as dst:
+                Path(dst).write_bytes((out / "attack_examples.png").read_bytes())
 
 
 if __name__ == "__main__":

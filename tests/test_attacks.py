@@ -18,7 +18,7 @@ from attacks import METHODS, create
 from attacks.fgsm import FGSM_METHODS, gaussian_kernel
 from attacks.masking import (delaunay_mask, delaunay_triangles, piecewise_affine, polygon_mask, region_polygon,
                              solid_mask)
-from attacks.mf2m import MF2M, identity_kernels, pixelwise_filter, shifted_stack
+from attacks.mf2m import MF2M, identity_kernels, pixelwise_filter, project_simplex, shifted_stack
 from attacks.templates import to_tensor
 from attack_models import TinyNet
 
@@ -129,6 +129,23 @@ def test_solid_mask(faces, colour, channel):
         assert inside.argmax() == channel
 
 
+def test_solid_mask_covers_the_whole_region(faces):
+    """No face shows through the solid mask: the region fills the jaw/nose polygon without holes and
+    every pixel of it (beyond the feathered edge) is mask texture. Flat texture triangles (nose
+    bridge, tip and mouth centre all lie on the texture's centre line) once left a skin wedge."""
+    import cv2
+    crops, points = faces
+    for crop, pts in zip(crops, points):
+        img, reg = solid_mask(crop, pts, "blue")
+        poly = polygon_mask(region_polygon(pts[:17], pts[27:36]), crop.shape[:2])
+        interior = cv2.erode(np.pad(poly, 1), np.ones((3, 3), np.uint8))[1:-1, 1:-1]
+        assert not (interior & (1 - reg)).any(), "hole in the solid mask region"
+        core = cv2.erode(np.pad(reg, 3), np.ones((7, 7), np.uint8))[3:-3, 3:-3] > 0   # beyond the 2-px feather
+        px = img[core].astype(int)
+        assert core.sum() > 2000 and (px[:, 2] - px[:, 0]).min() > 10              # blue texture everywhere
+        assert np.array_equal(img[reg == 0], crop[reg == 0])
+
+
 def test_seamless_dm_keeps_outside(faces):
     crops, points = faces
     img, reg = delaunay_mask(crops[0], points[0], crops[1], points[1], seamless=True)
@@ -197,6 +214,44 @@ def test_pixelwise_filter_matches_conv2d(dm_batch):
     ref = torch.nn.functional.conv2d(padded, k.expand(3, 1, 5, 5), groups=3)
     assert torch.allclose(ours, ref, atol=1e-5)
     assert torch.equal(pixelwise_filter(shifted_stack(x, 5), identity_kernels(len(x), 5, 112, 112, "cpu")), x)
+
+
+def test_project_simplex_matches_bisection_reference():
+    """Sort-based projection vs an independent bisection on the threshold θ with Σ max(v − θ, 0) = 1."""
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(3, 25, 4, 5, generator=g) * 0.7
+    ours = project_simplex(v)
+    lo, hi = v.min(1, keepdim=True).values - 1, v.max(1, keepdim=True).values
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        too_big = torch.clamp(v - mid, min=0).sum(1, keepdim=True) > 1
+        lo, hi = torch.where(too_big, mid, lo), torch.where(too_big, hi, mid)
+    ref = torch.clamp(v - (lo + hi) / 2, min=0)
+    assert torch.allclose(ours, ref, atol=1e-5)
+    assert (ours >= 0).all() and torch.allclose(ours.sum(1), torch.ones(3, 4, 5), atol=1e-5)
+    ident = identity_kernels(2, 5, 3, 3, "cpu")
+    assert torch.equal(project_simplex(ident), ident)
+
+
+@pytest.mark.parametrize("norm,convex", [("simplex", True), ("none", False)])
+def test_mf2m_simplex_kernels_only_mix_neighbours(models, dm_batch, norm, convex):
+    """With simplex kernels every filtered pixel lies between the min and max of its 5×5 neighbourhood
+    (a blur-like convex combination); the raw unnormalised update leaves that range."""
+    fr, md = models
+    images, regions, clean = dm_batch
+    attack = create("mf2m", fr, md, kernel_steps=6, kernel_norm=norm, kernel_lr=50.0 if convex else 0.1)
+    x, r = to_tensor(images), torch.from_numpy(regions)[:, None].float()
+    ref = attack.reference_features(to_tensor(clean))
+    out = attack.filter_attack(x, r, ref)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="replicate")
+    hi = torch.nn.functional.max_pool2d(padded, 5, 1)
+    lo = -torch.nn.functional.max_pool2d(-padded, 5, 1)
+    inside = r.expand_as(x) > 0
+    outside_range = ((out > hi + 1e-5) | (out < lo - 1e-5)) & inside
+    assert (out - x)[inside].abs().max() > 1e-3                      # the kernels did move
+    assert (not outside_range.any()) if convex else outside_range.any()
+    with torch.no_grad():
+        assert (attack.objective(out, ref) > attack.objective(x, ref)).all()
 
 
 def test_gaussian_kernel():

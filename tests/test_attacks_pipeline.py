@@ -144,3 +144,69 @@ def test_cli_errors(folders, tmp_path, capsys):
     help_text = capsys.readouterr().out
     for method in ("advnoise-dm", "mf2m", "m-di2-fgsm", "--kernel-steps", "--mask-colour"):
         assert method in help_text
+
+
+def test_template_bank_rejects_misaligned_templates(folders, tmp_path):
+    """A 112×112 template taken as aligned but whose face is shifted and tilted, and a crop whose landmarks
+    were moved off the face, are rejected with the reason; good templates stay; max_residual=None keeps all."""
+    import cv2
+
+    from attacks.templates import TemplateBank, alignment_errors
+    from benchmark.models.landmarks import DlibLandmarker
+    lm = DlibLandmarker()
+    root = tmp_path / "templates"
+    root.mkdir()
+    hanks = read_image(folders / "probes" / "hanks" / "hanks_1.png")
+    shifted = cv2.warpAffine(hanks, cv2.getRotationMatrix2D((56, 56), 20, 1.0) + [[0, 0, 14], [0, 0, 10]], (112, 112),
+                             borderMode=cv2.BORDER_REFLECT)
+    write_png(root / "shifted.png", shifted)
+    for png in sorted((folders / "templates").glob("tpl*.png")):
+        write_png(root / png.name, read_image(png))
+    pts = lm.landmarks_aligned(hanks).points
+    residual, offset = alignment_errors(pts)
+    assert residual < 10 and offset < 10                              # the well aligned face passes
+    moved = pts.copy()
+    moved[30] += [15.0, 0.0]                                           # nose tip found beside the nose
+    assert alignment_errors(moved)[0] > 10
+    # a similarity transform of the points changes the offset, never the fitted residual
+    rot = cv2.getRotationMatrix2D((56, 56), 15, 0.9)
+    turned = pts @ rot[:, :2].T + rot[:, 2]
+    assert abs(alignment_errors(turned)[0] - residual) < 1e-3 * max(residual, 1) + 1e-3
+    assert alignment_errors(turned)[1] > max(offset, 10)
+
+    fr = TinyRecognizer().torch_module()
+    bank = TemplateBank.build(root, fr, "tiny", tmp_path / "bank.npz", lm)
+    assert "shifted/shifted" not in bank.keys and len(bank.keys) >= 2
+    assert bank.skipped["shifted/shifted"].startswith("misaligned:five-point offset > 10 px:")
+    assert TemplateBank.load(tmp_path / "bank.npz", "wrong") is None
+    everything = TemplateBank.build(root, fr, "tiny", tmp_path / "bank_all.npz", lm, max_residual=None)
+    assert "shifted/shifted" in everything.keys and not everything.skipped
+    with pytest.raises(ValueError, match="max_residual"):
+        TemplateBank.build(root, fr, "tiny", None, lm, max_residual=0)
+
+
+def test_template_filter_rejects_lfw_misaligned_face(shared_dir, tmp_path):
+    """Needs ../shared: LFW's Warren_Granados_0001 (landmarks off the face, the smeared red faced mask of
+    an earlier run) is rejected; Aaron_Eckhart_0001 is kept. The skip is counted in the attack manifest."""
+    from benchmark.models.landmarks import DlibLandmarker
+    lfw = shared_dir / "data" / "lfw" / "images"
+    if not (lfw / "Warren_Granados").is_dir():
+        pytest.skip("LFW images not present")
+    from attacks.templates import TemplateBank
+    root = tmp_path / "templates"
+    for name in ("Warren_Granados/Warren_Granados_0001.jpg", "Aaron_Eckhart/Aaron_Eckhart_0001.jpg"):
+        (root / name.split("/")[0]).mkdir(parents=True)
+        (root / name).symlink_to(lfw / name)
+    bank = TemplateBank.build(root, TinyRecognizer().torch_module(), "tiny", None, DlibLandmarker())
+    assert bank.keys == ["Aaron_Eckhart/Aaron_Eckhart_0001"]
+    assert bank.skipped["Warren_Granados/Warren_Granados_0001"].startswith("misaligned:five-point residual")
+    probes = tmp_path / "probes" / "hanks"
+    probes.mkdir(parents=True)
+    insightface_images = Path(list(importlib.util.find_spec("insightface").submodule_search_locations)[0]) / "data" / "images"
+    write_png(probes / "hanks_1.png", read_image(insightface_images / "Tom_Hanks_54745.png"))
+    out = tmp_path / "dm"
+    summary = run_attack(AttackJob(method="dm", probes=str(tmp_path / "probes"), templates=str(root), out=str(out)),
+                         TinyRecognizer(), TinyMaskDetector(), progress=False)
+    assert summary["templates"]["count"] == 1 and summary["templates"]["skipped"] == 1
+    assert list(summary["templates"]["skipped_reasons"]) == ["misaligned:five-point residual > 10 px"]
+    assert json.loads((out / "manifest.json").read_text())["summary"]["templates"]["skipped"] == 1
