@@ -139,6 +139,9 @@ def _file_header(path: Path) -> tuple[str, int, int]:
     return model, dim, n
 
 
+_NORM_CHUNK = 8192  # rows per float64 norm computation
+
+
 def _float32_tensor(features: np.ndarray):
     """A new float32 torch tensor holding ``features`` (the input, maybe a read-only map, is never modified)."""
     import torch
@@ -156,7 +159,9 @@ def row_norms(features: np.ndarray, path: Path | str, start: int = 0) -> np.ndar
     naming the file and row (``start`` = the block's first row)."""
     import torch
     x = _float32_tensor(features) if not isinstance(features, torch.Tensor) else features
-    norms = torch.linalg.vector_norm(x, dim=1, dtype=torch.float64).to(torch.float32)
+    norms = torch.empty(x.shape[0], dtype=torch.float32)
+    for lo in range(0, x.shape[0], _NORM_CHUNK):  # bounded float64 temporaries
+        norms[lo:lo + _NORM_CHUNK] = torch.linalg.vector_norm(x[lo:lo + _NORM_CHUNK], dim=1, dtype=torch.float64)
     bad = ~torch.isfinite(norms)
     if bool(bad.any()):
         rows = np.flatnonzero(bad.numpy())
@@ -181,6 +186,16 @@ def normalize_rows(features: np.ndarray, path: Path | str, start: int = 0,
     x = _float32_tensor(features)
     n = row_norms(x, path, start) if norms is None else np.asarray(norms, np.float32)
     return x.div_(torch.from_numpy(n)[:, None]).numpy()
+
+
+def _verify_checksums(shards: list[Shard], manifest: Path) -> None:
+    """Raise if a shard's SHA-256 differs from its manifest entry (shards hashed on two threads)."""
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(max_workers=min(2, max(len(shards), 1))) as pool:  # hashlib releases the GIL
+        actual = list(pool.map(lambda sh: sha256_file(sh.path), shards))
+    for shard, sha in zip(shards, actual):
+        if sha != shard.sha256:
+            raise FeatureFormatError(f"{shard.path}: sha256 {sha} does not match {manifest} ({shard.sha256})")
 
 
 class FeatureSet:
@@ -227,34 +242,51 @@ class FeatureSet:
                 raise FeatureFormatError(f"{spath}: model/dim {s_model!r}/{s_dim} differ from the manifest's "
                                          f"{model!r}/{dim} ({mpath})")
             sha = entry.get("sha256")
-            if verify:
-                if not sha:
-                    raise FeatureFormatError(f"{mpath}: shard {entry['path']!r} has no sha256")
-                actual = sha256_file(spath)
-                if actual != sha:
-                    raise FeatureFormatError(f"{spath}: sha256 {actual} does not match {mpath} ({sha})")
+            if verify and not sha:
+                raise FeatureFormatError(f"{mpath}: shard {entry['path']!r} has no sha256")
             shards.append(Shard(spath, n, sha))
+        if verify:
+            _verify_checksums(shards, mpath)
         if "count" in man and int(man["count"]) != sum(s.count for s in shards):
             raise FeatureFormatError(f"{mpath}: count {man['count']} != sum of shard counts "
                                      f"{sum(s.count for s in shards)}")
         return shards, model, dim
 
-    def iter_blocks(self, block_size: int = 65536, unit: bool = True) -> Iterator[FeatureBlock]:
+    def iter_blocks(self, block_size: int = 65536, unit: bool = True,
+                    into: np.ndarray | None = None) -> Iterator[FeatureBlock]:
         """Stream the rows shard by shard in blocks of at most ``block_size`` (unit-norm float32; with
-        ``unit=False`` only validated: ``features`` is None, ``raw`` and ``norms`` are set)."""
+        ``unit=False`` only validated: ``features`` is None, ``raw`` and ``norms`` are set).  ``into``: an
+        (n, D) array the stored rows are read straight into (``raw`` is then a view of it; no copy)."""
         h5py = _h5()
         start = 0
         for shard in self.shards:
             with h5py.File(shard.path, "r") as fh:
+                dset = fh["features"]
+                direct = into is not None and dset.dtype == into.dtype
                 for lo in range(0, shard.count, block_size):
                     hi = min(lo + block_size, shard.count)
-                    raw = fh["features"][lo:hi]
+                    if direct:
+                        dset.read_direct(into, np.s_[lo:hi], np.s_[start + lo:start + hi])
+                        raw = into[start + lo:start + hi]
+                    else:
+                        raw = dset[lo:hi]
+                        if into is not None:
+                            into[start + lo:start + hi] = raw
                     norms = row_norms(raw, shard.path, lo)
                     feats = normalize_rows(raw, shard.path, lo, norms) if unit else None
                     keys = _decode_keys(fh["keys"][lo:hi], shard.path)
                     labels = np.asarray(fh["labels"][lo:hi], dtype=np.int64)
                     yield FeatureBlock(feats, keys, labels, shard.path, start + lo, raw, norms)
             start += shard.count
+
+    def storage_dtype(self) -> np.dtype:
+        """float16 when every shard stores float16, else float32 (float16 rows upcast exactly)."""
+        h5py = _h5()
+        for shard in self.shards:
+            with h5py.File(shard.path, "r") as fh:
+                if fh["features"].dtype != np.float16:
+                    return np.dtype(np.float32)
+        return np.dtype(np.float16)
 
     def load(self, block_size: int = 65536, progress: bool = False, keep_storage: bool = False) -> FeatureArrays:
         """All rows in memory (float32 unit-norm features); duplicate keys raise an error naming the file.
@@ -263,25 +295,17 @@ class FeatureSet:
         not normalised) — half the memory for float16 — and their ``norms``; wrap both in ``UnitRows`` to read
         unit float32 rows.
         """
-        feats = np.empty((self.count, self.dim), dtype=np.float32)
+        dtype = self.storage_dtype() if keep_storage else np.dtype(np.float32)
+        feats = np.empty((self.count, self.dim), dtype=dtype)
         norms = np.empty(self.count, dtype=np.float32) if keep_storage else None
-        f16 = None
         keys, labels = [], []
-        blocks = self.iter_blocks(block_size, unit=not keep_storage)
+        blocks = self.iter_blocks(block_size, unit=not keep_storage, into=feats if keep_storage else None)
         if progress:
             from tqdm import tqdm
             blocks = tqdm(blocks, total=sum(-(-s.count // block_size) for s in self.shards),
                           desc=f"read {self.path.name}", unit="block", leave=False)
         for b in blocks:
             if keep_storage:
-                is16 = b.raw.dtype == np.float16
-                if f16 is None:  # first block decides; a later float32 shard upcasts (values unchanged)
-                    f16 = is16
-                    if is16:
-                        feats = np.empty((self.count, self.dim), dtype=np.float16)
-                elif f16 and not is16:
-                    f16, feats = False, feats.astype(np.float32)
-                feats[b.start:b.start + len(b.keys)] = b.raw
                 norms[b.start:b.start + len(b.keys)] = b.norms
             else:
                 feats[b.start:b.start + len(b.keys)] = b.features

@@ -224,6 +224,8 @@ def test_cli_end_to_end_with_noise_and_sweep(tmp_path):
         best = np.sort(s)[::-1][:7]
         assert [float(r["score"]) for r in rows] == pytest.approx(list(best), abs=1e-12)
         assert all(r["gallery"] != pkeys[i] for r in rows)
+        assert all(r["role"] == ("mate" if r["gallery"] in set(mk) else "distractor") for r in rows)
+        assert [int(r["rank"]) for r in rows] == list(range(1, len(rows) + 1))
     man = json.loads((out / "manifest.json").read_text())
     assert man["stage"] == "search" and man["device"] == "cpu" and "timings" in man
 

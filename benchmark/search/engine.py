@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-_REFINE_CHUNK = 1 << 16
+_REFINE_CHUNK = 1 << 13  # pairs per dot64 chunk (bounds its float64 temporaries)
 HIST_BINS = 1 << 16     # uniform bins of the negative-score histogram over [hist_lo, HIST_HI]
 HIST_HI = 1.0625        # above every float32 score of unit vectors (|s32| ≤ 1 + eps)
 HIST_FUZZ = 2           # a negative counted in bin j lies in bins j-2 … j+2 (float32 bin-index rounding)
@@ -59,12 +59,19 @@ def float64_error_bound(dim: int) -> float:
     return 8 * dim * 2.0 ** -53
 
 
-def dot64(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Canonical score of row pairs: float64 sum of products of the float32 components (numpy, CPU)."""
-    out = np.empty(a.shape[0], dtype=np.float64)
-    for lo in range(0, a.shape[0], _REFINE_CHUNK):
-        hi = min(lo + _REFINE_CHUNK, a.shape[0])
-        out[lo:hi] = np.einsum("ij,ij->i", a[lo:hi], b[lo:hi], dtype=np.float64)
+def dot64(a, b, ia: np.ndarray | None = None, ib: np.ndarray | None = None) -> np.ndarray:
+    """Canonical score of row pairs: float64 sum of products of the float32 components (numpy, CPU).
+
+    Pairs are ``(a[i], b[i])``, or ``(a[ia[i]], b[ib[i]])`` when index arrays are given — gathered chunk by
+    chunk, so scoring many pairs never materialises them all (``a``/``b`` may be ``UnitRows``).
+    """
+    n = (a.shape[0] if ia is None else len(ia))
+    out = np.empty(n, dtype=np.float64)
+    for lo in range(0, n, _REFINE_CHUNK):
+        hi = min(lo + _REFINE_CHUNK, n)
+        x = a[lo:hi] if ia is None else a[ia[lo:hi]]
+        y = b[lo:hi] if ib is None else b[ib[lo:hi]]
+        out[lo:hi] = np.einsum("ij,ij->i", x, y, dtype=np.float64)
     return out
 
 
@@ -130,7 +137,7 @@ def build_problem(probes, probe_keys, probe_labels, mates, mate_keys, mate_label
                   fars, sweep_sizes=(), seed: int = 0, topk: int = 50) -> Problem:
     """Positive pairs with exact scores, per-probe sorted tables, the sweep permutation."""
     pp, mm = positive_pairs(probe_labels, probe_keys, mate_labels, mate_keys)
-    scores = dot64(probes[pp], mates[mm])
+    scores = dot64(probes, mates, pp, mm)
     order = np.lexsort((mm, scores, pp))  # by probe, then score, then mate
     pp, mm, scores = pp[order], mm[order], scores[order]
     n_p = probes.shape[0]
@@ -197,6 +204,8 @@ class NegTopK:
 
     def block_cut(self, scores) -> float:
         """Lowest float32 score of this block that can matter (uses the block's K-th largest early on)."""
+        if self.cut == -math.inf and self.vals.size + self._n_pending >= self.k:
+            self.prune()  # K candidates are known: their K-th largest bounds what can still matter
         cut = self.cut
         if self.vals.size + self._n_pending < self.k and scores.numel() > self.k:
             if scores.device.type == "cpu":
@@ -266,7 +275,7 @@ class NegTopK:
         theta = float(np.partition(v, v.size - k)[v.size - k])
         above = int((v > theta + 2 * self.eps).sum())
         win = np.flatnonzero((v >= theta - 2 * self.eps) & (v <= theta + 2 * self.eps))
-        exact = np.sort(dot64(problem.probes[self.probe[win]], problem.distractors[self.dist[win]]))[::-1]
+        exact = np.sort(dot64(problem.probes, problem.distractors, self.probe[win], self.dist[win]))[::-1]
         return float(exact[k - above - 1])
 
 
@@ -341,7 +350,7 @@ def _refine_near(problem: Problem, p, d, v32, near: np.ndarray, part: Partial) -
     s = v32.astype(np.float64)
     amb = np.flatnonzero(near)
     if amb.size:
-        s[amb] = dot64(problem.probes[p[amb]], problem.distractors[d[amb]])
+        s[amb] = dot64(problem.probes, problem.distractors, p[amb], d[amb])
         part.n_refined += int(amb.size)
     return s
 
@@ -561,7 +570,7 @@ def auc_exact_pass(problem: Problem, probes_dev, blocks) -> tuple[float, int]:
         if amb.numel():
             rows = idx[amb, 0].cpu().numpy()
             cols = idx[amb, 1].cpu().numpy() + col0
-            exact = dot64(problem.probes[rows], problem.distractors[cols])
+            exact = dot64(problem.probes, problem.distractors, rows, cols)
             l2 = np.searchsorted(problem.sorted_pos, exact, "left")
             r2 = np.searchsorted(problem.sorted_pos, exact, "right")
             num2 += int((2 * (problem.n_pos - r2) + (r2 - l2)).sum())
@@ -605,9 +614,9 @@ def exact_matches(part: Partial, problem: Problem) -> tuple[np.ndarray, np.ndarr
     exact = np.full(flat.shape, -np.inf)
     gal = np.where(flat < n_m, 0, 1)
     sel = np.flatnonzero(valid & (gal == 0))
-    exact[sel] = dot64(problem.probes[rows[sel]], problem.mates[flat[sel]])
+    exact[sel] = dot64(problem.probes, problem.mates, rows[sel], flat[sel])
     sel = np.flatnonzero(valid & (gal == 1))
-    exact[sel] = dot64(problem.probes[rows[sel]], problem.distractors[flat[sel] - n_m])
+    exact[sel] = dot64(problem.probes, problem.distractors, rows[sel], flat[sel] - n_m)
     exact = exact.reshape(idx.shape)
     order = _row_order(exact, idx)
     exact = np.take_along_axis(exact, order, 1)[:, :k]

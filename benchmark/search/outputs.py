@@ -12,7 +12,7 @@ from benchmark.atomic import atomic_path, write_json, write_text
 from benchmark.manifest import build_manifest, sha256_file
 
 
-def _csv(rows: list[list], header: list[str]) -> str:
+def _csv(rows, header: list[str]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
@@ -38,51 +38,47 @@ def write_matches(out: Path, curves: dict, arrays: dict) -> None:
     idx, scores = curves["matches"]
     p, m, d = arrays["probes"], arrays["mates"], arrays["distractors"]
     n_m = len(m.keys)
-    rows = []
-    for i in range(idx.shape[0]):
-        for r in range(idx.shape[1]):
-            if not np.isfinite(scores[i, r]):
-                continue
-            g = int(idx[i, r])
-            if g < n_m:
-                key, role, label = m.keys[g], "mate", m.labels[g]
-            else:
-                key, role, label = d.keys[g - n_m], "distractor", d.labels[g - n_m]
-            same = int(label >= 0 and label == p.labels[i])
-            rows.append([p.keys[i], r + 1, key, role, same, repr(float(scores[i, r]))])
-    write_text(out / "topk.csv", _csv(rows, ["probe", "rank", "gallery", "role", "same_identity", "score"]))
+    rows, cols = np.nonzero(np.isfinite(scores))  # row-major: probes in order, ranks ascending
+    g = idx[rows, cols].astype(np.int64)
+    is_mate = g < n_m
+    mi, di = np.where(is_mate, g, 0), np.where(is_mate, 0, g - n_m)
+    keys = np.where(is_mate, m.keys[mi] if n_m else "", d.keys[di])
+    labels = np.where(is_mate, m.labels[mi] if n_m else -1, d.labels[di])
+    same = ((labels >= 0) & (labels == p.labels[rows])).astype(int)
+    table = zip(p.keys[rows].tolist(), (cols + 1).tolist(), keys.tolist(),
+                np.where(is_mate, "mate", "distractor").tolist(), same.tolist(),
+                [repr(float(x)) for x in scores[rows, cols]])
+    write_text(out / "topk.csv", _csv(table, ["probe", "rank", "gallery", "role", "same_identity", "score"]))
 
 
 def plot(out: Path, metrics: dict, curves: dict) -> None:
     """cmc.png (rank on a log axis) and roc.png (FAR on a log axis), as Fig. 5 of the paper."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # object API: no pyplot, no GUI backend
 
     steps, rates = curves["cmc"]
     n_d = metrics["counts"]["distractors"]
     x = np.concatenate([[1], steps, [n_d + 1]])
     y = np.concatenate([[rates[0] if steps[0] == 1 else 0.0], rates, [1.0]])
-    fig, ax = plt.subplots(figsize=(5, 4))
+    fig = Figure(figsize=(5, 4), layout="tight")
+    ax = fig.subplots()
     ax.step(x, y, where="post")
     ax.set_xscale("log")
     ax.set(xlabel="rank", ylabel="identification rate", ylim=(0, 1.01),
            title=f"CMC ({n_d:,} distractors), rank-1 {metrics['rank1']:.4f}")
     ax.grid(True, which="both", alpha=0.3)
     with atomic_path(out / "cmc.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
+        fig.savefig(tmp, format="png", dpi=120)
 
     roc = curves["roc"]
-    fig, ax = plt.subplots(figsize=(5, 4))
+    fig = Figure(figsize=(5, 4), layout="tight")
+    ax = fig.subplots()
     ax.plot([r["far"] for r in roc], [r["tar"] for r in roc], marker=".")
     ax.set_xscale("log")
     ax.set(xlabel="false accept rate", ylabel="true accept rate", ylim=(0, 1.01),
            title=f"ROC, AUC {metrics['auc']:.6f}")
     ax.grid(True, which="both", alpha=0.3)
     with atomic_path(out / "roc.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
+        fig.savefig(tmp, format="png", dpi=120)
 
 
 def write_all(out: Path, cfg, metrics: dict, curves: dict, arrays: dict, model: str, dim: int, device: str,
