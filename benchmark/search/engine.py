@@ -393,9 +393,11 @@ def neg_histogram(scores, lo: float) -> tuple[np.ndarray, int]:
 def process_block(part: Partial, problem: Problem, probes_dev, block_dev, col0: int, state: dict) -> None:
     """Add distractor columns ``col0 … col0+b`` (``block_dev``: their features on the device) to ``part``.
 
-    Sparse path (clean data): float32 GEMM; AUC from one ``torch.histc`` over the block (no extraction);
-    everything else from one extraction of the entries above a per-probe threshold (the lowest of: the
-    probe's lowest positive − eps, the top-K cut, the probe's top-k floor) — few entries.
+    Sparse path (clean data): float32 GEMM; the AUC histogram of the block (no extraction) and one
+    extraction of the entries above a per-probe threshold (the lowest of: the probe's lowest positive − eps,
+    the top-K cut, the probe's top-k floor) — few entries — from which everything else is counted.  On
+    the CPU both come from one fused scan (``scan.scan_block``); on a GPU (or with ``state["fused"]``
+    False) from ``torch.histc`` and ``extract_ge``.
     Dense path (chosen on the first block when more than ``DENSE_FRACTION`` of its scores lie in the rank
     bands, i.e. positives inside the negative bulk): float64 GEMM, ranks/sweep/AUC counted densely by
     ``dense.dense_block``; τ candidates and matches use the float32 rounding of the float64 scores (within eps).
@@ -429,10 +431,6 @@ def process_block(part: Partial, problem: Problem, probes_dev, block_dev, col0: 
         del s64
         thr = np.full(problem.probes.shape[0], np.inf, np.float32)
     else:
-        if problem.n_pos:
-            hist, below = neg_histogram(scores, problem.hist_lo)
-            part.neg_hist += hist
-            part.n_below += below
         thr = problem.row_low.copy()
     top = part.tops.get(n_d) if problem.fars else None
     cut = top.block_cut(scores) if top is not None else math.inf
@@ -440,10 +438,21 @@ def process_block(part: Partial, problem: Problem, probes_dev, block_dev, col0: 
     floor = state.get("floor")
     if problem.topk > 0 and floor is not None:
         thr = np.minimum(thr, floor)
-    if (thr < np.inf).any():
-        p, d, v32 = extract_ge(scores, thr, cols)
+    with_hist = bool(problem.n_pos) and not dense
+    if scores.device.type == "cpu" and state.get("fused", True):  # one fused two-pass scan (scan.py)
+        from .scan import scan_block
+        hist, below, p, c, v32 = scan_block(scores.numpy(), problem.hist_lo, HIST_HI, HIST_BINS, thr, with_hist)
+        d = cols[c]
     else:
-        p, d, v32 = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+        if with_hist:
+            hist, below = neg_histogram(scores, problem.hist_lo)
+        if (thr < np.inf).any():
+            p, d, v32 = extract_ge(scores, thr, cols)
+        else:
+            p, d, v32 = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    if with_hist:
+        part.neg_hist += hist
+        part.n_below += below
     if problem.n_pos and p.size and not dense:
         inband = v32 >= problem.row_low[p]
         if inband.any():

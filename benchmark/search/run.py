@@ -126,8 +126,10 @@ def _dist_env() -> tuple[int, int, int]:
 
 
 def stream(problem: engine.Problem, device: str, block_size: int, rank: int = 0, world: int = 1,
-           progress: bool = True) -> engine.Partial:
-    """This rank's partial: distractor blocks ``rank, rank+world, …`` (plus the mates on rank 0)."""
+           progress: bool = True, fused: bool = True) -> engine.Partial:
+    """This rank's partial: distractor blocks ``rank, rank+world, …`` (plus the mates on rank 0).
+
+    ``fused=False`` makes the CPU use the torch block path of the GPUs (for comparisons)."""
     import torch
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.set_float32_matmul_precision("highest")
@@ -140,7 +142,7 @@ def stream(problem: engine.Problem, device: str, block_size: int, rank: int = 0,
     if progress:
         from tqdm import tqdm
         it = tqdm(starts, desc=f"search [{device}]", unit="block", leave=False)
-    state: dict = {}
+    state: dict = {"fused": fused}
     for a in it:
         b = min(a + block_size, n_d)
         block = torch.from_numpy(problem.distractors[a:b]).to(device, non_blocking=True)
