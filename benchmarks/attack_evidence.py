@@ -6,7 +6,14 @@ detection rate and PSNR/SSIM against DM on a FaceScrub-like LFW pool, plus the e
 
 Probes: the first ``--identities`` LFW people with ≥ 2 images (up to ``--per-identity`` each);
 templates: the next ``--templates`` people (one image each), so no probe ever meets its own identity.
-Writes ``OUT/<method>/`` (the ``mf2m attack`` outputs), ``OUT/evidence.md`` and ``OUT/attack_examples.png``.
+Writes ``OUT/<method>/`` (the ``mf2m attack`` outputs), ``OUT/evidence.md``, ``OUT/evidence.json`` and
+``OUT/attack_examples.png``.
+
+``--sweep SPEC[,SPEC…]`` instead traces strength/PSNR curves (the paper's Fig. 7(a)) on the pool: DM, then
+AdvNoise-DM's PGD every 10 steps, then MF²M's kernel stage on the PGD-noised DM (ε 0.01, 40 steps) for each
+``update:norm:lr:bound:steps`` spec (e.g. ``raw:none:0.1:0:60,raw:simplex:0.1:0:160``), writing
+``OUT/sweep.json``; numbers are SFace cosine to the original, detection rate and PSNR/SSIM vs DM on the
+8-bit images.
 """
 
 from __future__ import annotations
@@ -74,7 +81,7 @@ def summarise(method_dir: Path, probes: Path, dlib) -> dict:
            "psnr": float(np.mean(ps)) if ps else None, "ssim": float(np.mean(ss)) if ss else None,
            "reference": rows[0]["reference"] if rows else "",
            "attack": manifest["summary"].get("attack_config"), "seconds": manifest["summary"].get("seconds"),
-           "templates": manifest["summary"].get("templates"), "dir": str(method_dir.resolve())}
+           "templates": manifest["summary"].get("templates"), "dir": method_dir.name}
     if dlib is not None and rows:
         paths = {it.key: it.path for it in list_faces(probes)}
         lm = DlibLandmarker()
@@ -125,6 +132,60 @@ def figure(out: Path, probes: Path, templates: Path, n: int = 4) -> None:
         fig.savefig(tmp, dpi=110, format="png")
 
 
+def kernel_sweep(out: Path, probes: Path, templates: Path, specs: list[str], md_name: str) -> dict:
+    """Strength/PSNR curves of AdvNoise-DM's PGD and of MF²M kernel variants (see the module docstring)."""
+    import torch
+
+    from attacks.base import pgd
+    from attacks.masking import delaunay_mask
+    from attacks.mf2m import MF2M
+    from attacks.pipeline import image_similarity, mask_probability, to_uint8
+    from attacks.templates import TemplateBank, aligned_batch, features, list_faces, to_tensor
+    from benchmark.atomic import write_json
+    from benchmark.manifest import build_manifest
+    from benchmark.models.landmarks import DlibLandmarker
+    fr, md, _ = load_models(md_name)
+    frm, mdm = fr.torch_module("cpu"), (md.torch_module("cpu") if md is not None else None)
+    lm = DlibLandmarker()
+    bank = TemplateBank.build(templates, frm, f"{fr.name}:{fr.weights_hash()}", out / "sweep_bank.npz", lm)
+    items = list_faces(probes)
+    ok, clean, pts, _ = aligned_batch(items, lm)
+    ref = features(frm, clean)
+    best, _ = bank.choose(ref, [items[i].identity for i in ok])
+    dms, regs = zip(*[delaunay_mask(clean[j], pts[j], bank.faces[b], bank.points[b]) for j, b in enumerate(best)])
+    dms, regs = np.stack(dms), np.stack(regs)
+    x, r, reft = to_tensor(dms), torch.from_numpy(regs)[:, None].float(), torch.from_numpy(ref)
+    keys = [items[i].key for i in ok]
+
+    def evaluate(img) -> dict:
+        u8 = to_uint8(img)
+        cos = float((features(frm, u8) * ref).sum(1).mean())
+        det = float((mask_probability(mdm, u8) > 0.5).mean()) if mdm is not None else None
+        sims = [image_similarity(dms[j], u8[j]) for j in range(len(u8))]
+        return {"sface_cos": round(cos, 4), "detected": det,
+                "psnr": round(float(np.mean([p for p, _ in sims])), 2), "ssim": round(float(np.mean([q for _, q in sims])), 4)}
+
+    def tracer(curve: dict, every: set[int] | None = None):
+        return lambda i, img: curve.__setitem__(i, evaluate(img)) if (every is None and i % 10 == 0) or (every and i in every) else None
+
+    result = {"probes": len(ok), "dm": evaluate(x), "advnoise-dm": {}, "mf2m": {}}
+    attack = MF2M(frm, mdm)
+    pgd(attack, x, r, reft, keys, eps=0.04, step=0.001, steps=40, random_start=False, trace=tracer(result["advnoise-dm"]))
+    print("advnoise-dm", json.dumps(result["advnoise-dm"]), flush=True)
+    noised = pgd(attack, x, r, reft, keys, eps=0.01, step=0.001, steps=40, random_start=False)
+    result["noised"] = evaluate(noised)
+    for spec in specs:
+        update, norm, lr, bound, steps = spec.split(":")
+        variant = MF2M(frm, mdm, kernel_update=update, kernel_norm=norm, kernel_lr=float(lr),
+                       kernel_bound=float(bound), kernel_steps=int(steps))
+        curve: dict = {}
+        variant.filter_attack(noised, r, reft, trace=tracer(curve, {5, 10, *range(20, int(steps) + 1, 20)}))
+        result["mf2m"][spec] = curve
+        print(spec, json.dumps(curve), flush=True)
+    write_json(out / "sweep.json", build_manifest("mf2m-kernel-sweep", {"specs": specs, "md": md_name}, result=result))
+    return result
+
+
 def write_tables(out: Path, table: dict, args: argparse.Namespace) -> str:
     """``OUT/evidence.md`` (table + the paper's orderings) and ``OUT/evidence.json`` (with a manifest)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -157,6 +218,9 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8, help="probes per batch")
     p.add_argument("--figure", default=None, help="also copy the example figure to this PNG path")
     p.add_argument("--examples", type=int, default=4, help="probes in the figure")
+    p.add_argument("--sweep", default=None,
+                   help="instead of the table: strength/PSNR curves for MF²M kernel variants "
+                        "'update:norm:lr:bound:steps,…' (see above), written to OUT/sweep.json")
     args = p.parse_args()
     import shutil
 
@@ -164,6 +228,9 @@ def main() -> None:
     from benchmark.atomic import atomic_path
     out = Path(args.out)
     probes, templates = build_pool(Path(args.lfw), out / "pool", args.identities, args.per_identity, args.templates)
+    if args.sweep:
+        kernel_sweep(out, probes, templates, args.sweep.split(","), args.md)
+        return
     fr, md, dlib = load_models(args.md)
     overrides = json.loads(args.overrides)
     table = {}

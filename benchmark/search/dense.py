@@ -23,7 +23,7 @@ import numpy as np
 from .engine import DENSE_FRACTION, Partial, Problem, dot64, float64_error_bound
 
 _DENSE_CHUNK = 1 << 22     # scores per row chunk of the torch path (bounds its temporaries)
-AUC_GRID_BINS = 1 << 22    # fine uniform bins of the positives' score range (AUC lookup)
+AUC_GRID_BINS = 1 << 21    # fine uniform bins of the positives' score range (AUC lookup; 8 MB table)
 RANK_TABLE_CELLS = 1 << 24  # budget of the per-probe coarse rank table (n_p × coarse bins)
 USE_KERNEL = True          # the numba kernel on CPU (tests switch it off to check the torch path)
 
