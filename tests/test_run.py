@@ -76,6 +76,20 @@ def test_shipped_configs_load():
     assert demo.attack.params["mf2m"]["kernel_steps"] < 160
 
 
+def test_set_overrides_config_values(tmp_path):
+    root = Path(__file__).resolve().parents[1] / "configs"
+    cfg = load_config(root / "table1.yaml", overrides=["data.identities=20", "data.max_images=2",
+                                                       "attack.params={mf2m: {kernel_steps: 80}}", "name=small"])
+    assert (cfg.data.identities, cfg.data.max_images, cfg.name) == (20, 2, "small")
+    assert cfg.attack.params == {"mf2m": {"kernel_steps": 80}} and cfg.data.templates == 300
+    with pytest.raises(ValueError, match="unknown key"):
+        load_config(root / "table1.yaml", overrides=["data.identitys=20"])
+    with pytest.raises(ValueError, match="SECTION.KEY=VALUE"):
+        load_config(root / "table1.yaml", overrides=["data.identities"])
+    with pytest.raises(ValueError, match="not among evaluate.fars"):
+        load_config(root / "table1.yaml", overrides=["report.far=0.5"])
+
+
 def test_stage_key_covers_the_stage_code(monkeypatch):
     """A change in the code implementing a stage gives new keys (stale results are never reused)."""
     from benchmark.report import pipeline

@@ -41,6 +41,9 @@ def register(sub, formatter) -> None:
     r.add_argument("--out", default=None, help="output folder (default: the config's out, else results/<name>)")
     r.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the config's, else auto)")
     r.add_argument("--methods", nargs="+", default=None, help="only these methods of the config")
+    r.add_argument("--set", nargs="+", default=None, metavar="SECTION.KEY=VALUE", dest="overrides",
+                   help="override config values (VALUE is YAML), e.g. --set data.identities=20 "
+                        "data.max_images=2 'attack.params={mf2m: {kernel_steps: 80}}'; unknown keys are errors")
     r.add_argument("--no-progress", action="store_true", help="hide progress bars")
     r.set_defaults(func=_run)
 
@@ -71,7 +74,8 @@ def _report(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from .pipeline import load_config, run_pipeline
-    cfg = load_config(args.config, data=args.data, out=args.out, device=args.device, methods=args.methods)
+    cfg = load_config(args.config, data=args.data, out=args.out, device=args.device, methods=args.methods,
+                      overrides=args.overrides)
     result = run_pipeline(cfg, progress=not args.no_progress)
     print(f"run {cfg.name}: {result['summary']} → {cfg.out}/report/index.html")
     return 0

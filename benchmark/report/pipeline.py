@@ -108,11 +108,18 @@ def _typed(cls, raw: dict[str, Any] | None, where: str):
 
 
 def load_config(path: str | os.PathLike, data: str | None = None, out: str | None = None,
-                device: str | None = None, methods: list[str] | None = None) -> RunConfig:
-    """Read a YAML experiment config into typed dataclasses, with command-line overrides."""
+                device: str | None = None, methods: list[str] | None = None,
+                overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML experiment config into typed dataclasses, with command-line overrides.
+
+    ``overrides`` are ``SECTION.KEY=VALUE`` strings (VALUE parsed as YAML), e.g. ``data.identities=20``
+    or ``attack.params={mf2m: {kernel_steps: 80}}``; they are applied before validation.
+    """
     from ..yamlfile import read_yaml_mapping
     path = Path(path)
     raw = read_yaml_mapping(path, "config")
+    for item in overrides or ():
+        _apply_override(raw, item, path)
     sections = {"data": DataConfig, "attack": AttackSettings, "evaluate": EvalSettings, "report": ReportSettings}
     top = {k: v for k, v in raw.items() if k not in sections}
     unknown = sorted(set(top) - {"name", "out", "cache", "device"})
@@ -139,6 +146,25 @@ def load_config(path: str | os.PathLike, data: str | None = None, out: str | Non
     if cfg.report.far not in cfg.evaluate.fars:
         raise ValueError(f"{path}: report.far {cfg.report.far:g} is not among evaluate.fars")
     return cfg
+
+
+def _apply_override(raw: dict[str, Any], item: str, path: Path) -> None:
+    """Set ``raw[section][key]`` (or ``raw[key]``) from one ``--set KEY=VALUE`` string."""
+    import yaml
+    name, sep, text = item.partition("=")
+    parts = name.strip().split(".")
+    if not sep or not all(parts) or len(parts) > 2:
+        raise ValueError(f"--set {item!r}: expected SECTION.KEY=VALUE (e.g. data.identities=20) or KEY=VALUE")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"--set {item!r}: VALUE is not valid YAML ({exc})") from None
+    target = raw
+    if len(parts) == 2:
+        target = raw.setdefault(parts[0], {})
+        if not isinstance(target, dict):
+            raise ValueError(f"--set {item!r}: {path} has no section {parts[0]!r}")
+    target[parts[-1]] = value
 
 
 # ---------------------------------------------------------------------------------------------------
