@@ -46,6 +46,21 @@ def test_parse_spec_kinds_and_options(tmp_path):
         load_dataset(f"folder:{tmp_path}/nope")
 
 
+def test_bare_folder_layout_is_recognised(tmp_path, face, testpack):
+    """A bare LFW root is read as LFW (not as one identity called 'images'); a testpack root is refused."""
+    lfw = tmp_path / "lfw"
+    for name, n in (("Ann_A", 2), ("Bob_B", 1)):
+        for i in range(1, n + 1):
+            write_png(lfw / "images" / name / f"{name}_{i:04d}.jpg", face)
+    assert parse_spec(str(lfw))[0] == "lfw"
+    ds = load_dataset(str(lfw))
+    assert ds.kind == "lfw" and sorted(ds.identities) == ["Ann_A", "Bob_B"] and len(ds.items) == 3
+    assert parse_spec(str(lfw / "images"))[0] == "folder"
+    assert sorted(load_dataset(str(lfw / "images")).identities) == ["Ann_A", "Bob_B"]
+    with pytest.raises(ValueError, match="megaface-probes:"):
+        parse_spec(str(testpack[0]))
+
+
 def test_megaface_testpack(testpack):
     root, keys = testpack
     probes = load_dataset(f"megaface-probes:{root}")

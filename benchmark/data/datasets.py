@@ -102,10 +102,29 @@ def parse_spec(spec: str) -> tuple[str, Path, dict[str, str]]:
     if not sep or kind not in KINDS:
         # a bare path (also Windows drive letters such as C:\…)
         path = body
-        kind = "csv" if path.lower().endswith(".csv") else "folder"
+        kind = "csv" if path.lower().endswith(".csv") else _bare_folder_kind(Path(path).expanduser(), spec)
     if not path:
         raise ValueError(f"dataset spec {spec!r} has no path (expected KIND:PATH, kinds: {', '.join(KINDS)})")
     return kind, Path(path).expanduser(), options
+
+
+_LFW_FILES = ("people.txt", "pairs.txt", "peopleDevTrain.txt", "pairsDevTrain.txt", "lfw-names.txt")
+
+
+def _bare_folder_kind(root: Path, spec: str) -> str:
+    """``lfw`` for a folder in LFW's layout (``images/<Name>/…`` and/or LFW's list files), else ``folder``.
+
+    A MegaFace testpack root is refused: it holds both probes and distractors, so the role must be named.
+    """
+    if not root.is_dir():
+        return "folder"
+    if (root / "facescrub_images").is_dir() or (root / "megaface_images").is_dir():
+        raise ValueError(f"dataset spec {spec!r} is a MegaFace testpack; name the role: "
+                         f"megaface-probes:{root} or megaface-distractors:{root}")
+    subdirs = [d.name for d in root.iterdir() if d.is_dir()]
+    if any((root / f).is_file() for f in _LFW_FILES) or subdirs == ["images"]:
+        return "lfw"
+    return "folder"
 
 
 def load_dataset(spec: str) -> Dataset:
