@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -108,6 +109,24 @@ def test_settings_cannot_be_mixed_and_unknown_keys_are_reported(prepared, items)
     with pytest.raises(ValueError, match="invalid item key"):
         prepare_faces([PrepareItem("../x", items[0].path)], prepared.out_dir, PrepareConfig(chips=True),
                       progress=False)
+
+
+def test_failed_items_are_retried_only_when_asked(items, tmp_path):
+    """A repaired file stays failed on a plain resume and is prepared by ``retry_failed``."""
+    late = tmp_path / "late" / "photo.jpg"
+    batch = [items[0], PrepareItem("late/photo.jpg", str(late), "late")]
+    first = prepare_faces(batch, tmp_path / "out", PrepareConfig(), batch_size=1, progress=False)
+    assert [f["reason"] for f in first.failures] == ["missing"]
+    late.parent.mkdir()
+    late.write_bytes(Path(items[1].path).read_bytes())                  # the user repairs the file
+    again = prepare_faces(batch, tmp_path / "out", PrepareConfig(), batch_size=1, progress=False)
+    assert [f["key"] for f in again.failures] == ["late/photo.jpg"]
+    retried = prepare_faces(batch, tmp_path / "out", PrepareConfig(), batch_size=1, progress=False,
+                            retry_failed=True)
+    assert retried.failures == [] and retried.keys == [items[0].key, "late/photo.jpg"]
+    assert crop_path(tmp_path / "out", "late/photo.jpg").is_file()
+    summary = json.loads((tmp_path / "out" / "prepared.json").read_text())
+    assert summary["failed"] == 0
 
 
 def test_failure_fraction_limit(items, tmp_path):

@@ -54,6 +54,9 @@ def register(sub, formatter) -> None:
                         "processes or machines can share one output folder")
     p.add_argument("--max-failures", type=float, default=0.5,
                    help="fail (exit 1) when more than this fraction of the images could not be prepared")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="on resume, try the images recorded as failed again (e.g. after repairing files); "
+                        "by default they are kept as failed and skipped")
     _add_face_options(p)
     p.set_defaults(func=_run_prepare)
 
@@ -113,7 +116,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
     items = items[i::n]
     prepared = prepare_faces(items, args.out, _config(args, args.chips), batch_size=args.batch_size,
                              workers=args.workers, progress=not args.no_progress,
-                             max_failure_fraction=args.max_failures)
+                             max_failure_fraction=args.max_failures, retry_failed=args.retry_failed)
     print(f"prepared {len(prepared)} of {len(items)} images into {args.out}; "
           f"failed: {len(prepared.failures)} {prepared.failure_counts() or ''}")
     return 0

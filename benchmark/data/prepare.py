@@ -253,21 +253,23 @@ def _check_config(out_dir: Path, config: PrepareConfig) -> None:
         write_json(path, want)
 
 
-def done_keys(out_dir: str | os.PathLike) -> set[str]:
-    """Keys already recorded (ok or failed) in ``out_dir``'s completed batches."""
+def done_keys(out_dir: str | os.PathLike, include_failed: bool = True) -> set[str]:
+    """Keys already recorded in ``out_dir``'s completed batches (ok, and failed unless ``include_failed`` is off)."""
     keys: set[str] = set()
     for part in sorted((Path(out_dir) / "parts").glob("part-*.json")):
-        keys.update(r["key"] for r in json.loads(part.read_text())["records"])
+        keys.update(r["key"] for r in json.loads(part.read_text())["records"]
+                    if include_failed or r["status"] == "ok")
     return keys
 
 
 def prepare_faces(items: Sequence[PrepareItem], out_dir: str | os.PathLike,
                   config: PrepareConfig = PrepareConfig(), *, batch_size: int = 64, workers: int = 1,
                   detector=None, landmarker=None, progress: bool = True,
-                  max_failure_fraction: float = 1.0) -> PreparedSet:
+                  max_failure_fraction: float = 1.0, retry_failed: bool = False) -> PreparedSet:
     """Prepare ``items`` into ``out_dir`` (resumable) and return the :class:`PreparedSet` of those items.
 
-    Items already recorded are skipped. ``workers > 1`` prepares batches in that many processes
+    Items already recorded are skipped; with ``retry_failed`` the ones recorded as failed are tried
+    again (e.g. after the files were repaired) and a success replaces the failure. ``workers > 1`` prepares batches in that many processes
     (each loads its own models; ``detector``/``landmarker`` instances are only used in-process).
     Per-item failures (missing/corrupt file, no face, …) are recorded with a reason, never raised;
     if more than ``max_failure_fraction`` of the items fail, ``RuntimeError`` is raised at the end.
@@ -278,7 +280,7 @@ def prepare_faces(items: Sequence[PrepareItem], out_dir: str | os.PathLike,
     config.check()
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_config(out_dir, config)
-    done = done_keys(out_dir)
+    done = done_keys(out_dir, include_failed=not retry_failed)
     todo = [it for it in items if it.key not in done]
     batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
     if todo:
