@@ -122,7 +122,7 @@ def test_embed_rejects_bad_input(sface, bad):
 @pytest.fixture(scope="module")
 def dlib_rec():
     from benchmark.models.dlib_recognizer import DlibRecognizer
-    return DlibRecognizer()
+    return DlibRecognizer(processes=1)
 
 
 @pytest.mark.shared
@@ -137,6 +137,40 @@ def test_dlib_on_aligned_faces_and_real_chips(dlib_rec, lfw_faces):
     # the re-warped chip shows the same face as dlib's own chip: features of one photo agree
     agree = (from_aligned * from_chips).sum(1)
     assert np.median(agree) > 0.9
+
+
+@pytest.mark.shared
+def test_dlib_worker_processes_give_the_same_features(dlib_rec, lfw_faces):
+    """Chips spread over 2 worker processes give exactly the in-process features, in order."""
+    from benchmark.models.dlib_recognizer import DlibRecognizer
+    faces, chips, _ = lfw_faces
+    pooled = DlibRecognizer(processes=2)
+    try:
+        assert pooled.processes == 2
+        got = pooled.embed_chips(chips)
+        assert pooled._pool is not None                      # the pool really ran
+        np.testing.assert_array_equal(got, dlib_rec.embed_chips(chips))
+        small = pooled.embed(faces[:3])                       # too few to split: in-process
+        np.testing.assert_array_equal(small, dlib_rec.embed(faces[:3]))
+    finally:
+        pooled.close()
+    assert pooled._pool is None
+
+
+@pytest.mark.shared
+def test_dlib_broken_workers_fall_back_in_process(dlib_rec, lfw_faces, monkeypatch, caplog):
+    """Workers that cannot start cost a warning, not the batch: features are computed in-process."""
+    from benchmark.models import dlib_recognizer
+    _, chips, _ = lfw_faces
+
+    def fail(path):
+        raise RuntimeError("no dlib here")
+    monkeypatch.setattr(dlib_recognizer, "_pool_init", fail)
+    pooled = dlib_recognizer.DlibRecognizer(processes=2)
+    got = pooled.embed_chips(chips)
+    np.testing.assert_array_equal(got, dlib_rec.embed_chips(chips))
+    assert pooled.processes == 1 and pooled._pool is None
+    assert "worker processes failed" in caplog.text
 
 
 def test_dlib_chip_template_geometry():

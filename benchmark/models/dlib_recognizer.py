@@ -18,6 +18,7 @@ stages hand over ArcFace-aligned 112×112 faces, so ``embed`` re-warps them to t
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from pathlib import Path
@@ -28,6 +29,8 @@ import numpy as np
 from .base import ModelUnavailable, Preprocessing, Recognizer
 from .onnx_recognizer import check_faces, l2_normalise
 from .registry import dlib_file_check, register
+
+log = logging.getLogger(__name__)
 
 CHIP_SIZE = 150
 CHIP_PADDING = 0.25
@@ -104,7 +107,7 @@ class DlibRecognizer(Recognizer):
     differentiable = False
 
     def __init__(self, weights: str | os.PathLike | None = None, chip: str = "template", batch_size: int = 64,
-                 device: str = "cpu"):
+                 device: str = "cpu", processes: int | None = None):
         try:
             import dlib
         except ImportError as exc:
@@ -131,6 +134,10 @@ class DlibRecognizer(Recognizer):
         self._matrix = ARCFACE_TO_CHIP
         self._lock = threading.Lock()
         self.weights_path = self.path
+        # dlib-bin's descriptor runs on one core and holds the GIL: spread large batches over processes
+        self.processes = max(1, int(processes if processes is not None else
+                                    os.environ.get("MF2M_DLIB_PROCESSES", len(os.sched_getaffinity(0)))))
+        self._pool = None
 
     # -- chips -----------------------------------------------------------------------------------
     def chips_from_aligned(self, faces: np.ndarray) -> np.ndarray:
@@ -159,15 +166,46 @@ class DlibRecognizer(Recognizer):
 
     # -- features --------------------------------------------------------------------------------
     def embed_chips(self, chips: np.ndarray) -> np.ndarray:
-        """Unit-norm features ``(n, 128)`` of real dlib chips ``(n,150,150,3)`` uint8 RGB."""
+        """Unit-norm features ``(n, 128)`` of real dlib chips ``(n,150,150,3)`` uint8 RGB.
+
+        With ``processes > 1`` and at least ``2 × MIN_CHIPS_PER_PROCESS`` chips, contiguous slices are
+        computed in a pool of worker processes (each loads the network once); the features are the same
+        as in-process ones (each chip's descriptor does not depend on its batch-mates).
+        """
         chips = check_faces(chips, CHIP_SIZE)
-        out = np.empty((len(chips), self.dim), np.float32)
-        for i in range(0, len(chips), self.batch_size):
-            batch = [np.ascontiguousarray(c) for c in chips[i:i + self.batch_size]]
-            with self._lock:
-                vecs = self._net.compute_face_descriptor(batch)
-            out[i:i + len(batch)] = np.asarray([np.asarray(v) for v in vecs], np.float32)
-        return l2_normalise(out)
+        parts = min(self.processes, len(chips) // MIN_CHIPS_PER_PROCESS)
+        if parts > 1:
+            from concurrent.futures.process import BrokenProcessPool
+            bounds = np.linspace(0, len(chips), parts + 1).astype(int)
+            try:
+                futures = [self._worker_pool().submit(_pool_descriptors, chips[a:b], self.batch_size)
+                           for a, b in zip(bounds[:-1], bounds[1:])]
+                return l2_normalise(np.concatenate([f.result() for f in futures]))
+            except (BrokenProcessPool, OSError) as exc:   # workers could not start or died: go on in-process
+                log.warning("dlib worker processes failed (%s); computing in this process from now on", exc)
+                self.close()
+                self.processes = 1
+        with self._lock:
+            return l2_normalise(_descriptors(self._net, chips, self.batch_size))
+
+    def _worker_pool(self):
+        """The lazily started pool of ``processes`` worker processes, each loading the network once."""
+        with self._lock:
+            if self._pool is None:
+                import multiprocessing
+                from concurrent.futures import ProcessPoolExecutor
+                # fork where it exists: workers neither re-import the caller's main script nor reload numpy
+                method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+                self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context(method),
+                                                 initializer=_pool_init, initargs=(str(self.path),))
+            return self._pool
+
+    def close(self) -> None:
+        """Stop the worker processes (also done at interpreter exit)."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown()
 
     def embed(self, faces: np.ndarray) -> np.ndarray:
         """Unit-norm features ``(n, 128)`` of ArcFace-aligned faces ``(n,112,112,3)`` uint8 RGB."""
@@ -176,6 +214,29 @@ class DlibRecognizer(Recognizer):
     def identity(self) -> dict[str, Any]:
         """Name, dims, hash, preprocessing, chip method and file."""
         return {**super().identity(), "chip": self.chip, "weights": str(self.path)}
+
+
+MIN_CHIPS_PER_PROCESS = 8   # below this a worker's share is not worth the inter-process copy
+_POOL_NET = None             # the network of a pool worker process
+
+
+def _descriptors(net, chips: np.ndarray, batch_size: int) -> np.ndarray:
+    """Raw dlib descriptors ``(n, 128)`` float32 of chips, ``batch_size`` at a time."""
+    out = np.empty((len(chips), 128), np.float32)
+    for i in range(0, len(chips), batch_size):
+        batch = [np.ascontiguousarray(c) for c in chips[i:i + batch_size]]
+        out[i:i + len(batch)] = np.asarray([np.asarray(v) for v in net.compute_face_descriptor(batch)], np.float32)
+    return out
+
+
+def _pool_init(path: str) -> None:
+    import dlib
+    global _POOL_NET
+    _POOL_NET = dlib.face_recognition_model_v1(path)
+
+
+def _pool_descriptors(chips: np.ndarray, batch_size: int) -> np.ndarray:
+    return _descriptors(_POOL_NET, chips, batch_size)
 
 
 register("dlib", kind="recognizer", check=dlib_file_check("dlib_face_recognition_resnet_model_v1.dat"),
