@@ -295,6 +295,9 @@ def test_converter_matches_onnxruntime_and_insightface_rule(tmp_path, mxnet_name
     raw = np.concatenate([sess.run(None, {"data": x[i:i + 1]})[0] for i in range(len(x))])
     np.testing.assert_allclose(ref, raw / np.linalg.norm(raw, axis=1, keepdims=True), atol=1e-5)
     module = rec.torch_module("cpu")
+    graph = next(m for m in module.modules() if hasattr(m, "_nodes"))
+    # conv1 → BN is folded into one conv; the BN after MatMul is kept (not a conv)
+    assert [n.op for n in graph._nodes].count("BatchNormalization") == 1
     xt = to_tensor(faces).requires_grad_(True)
     out = module(xt)
     assert np.abs(out.detach().numpy() - ref).max() <= 1e-4

@@ -302,6 +302,46 @@ def fold_constants(model: "Any") -> tuple[dict[str, np.ndarray], list]:
     return consts, runtime
 
 
+def fold_batchnorm(consts: dict[str, np.ndarray], runtime: list, outputs: set[str]) -> list:
+    """Fold every ``BatchNormalization`` that directly follows a ``Conv`` with constant weights into it.
+
+    Inference BN is affine per channel, ``γ·(y − μ)/√(σ² + ε) + β``, so ``conv → BN`` equals one conv
+    with weights ``W·s`` and bias ``(b − μ)·s + β`` (``s = γ/√(σ² + ε)``): the BN pass and its backward
+    disappear (≈ 15 % of SFace's forward+backward). Only applied when the conv's output feeds nothing
+    but the BN; new constants are added to ``consts``. Returns the new runtime node list.
+    """
+    import onnx
+    consumers: dict[str, int] = {}
+    for node in runtime:
+        for name in node.input:
+            consumers[name] = consumers.get(name, 0) + 1
+    producer = {node.output[0]: node for node in runtime if node.op_type == "Conv"}
+    drop, replace = set(), {}
+    for node in runtime:
+        if node.op_type != "BatchNormalization" or len(node.input) < 5:
+            continue
+        conv = producer.get(node.input[0])
+        if conv is None or consumers.get(node.input[0]) != 1 or node.input[0] in outputs or id(conv) in replace:
+            continue
+        names = list(node.input[1:5]) + list(conv.input[1:])
+        if any(n not in consts for n in names if n):
+            continue
+        gamma, beta, mean, var = (consts[n].astype(np.float64) for n in node.input[1:5])
+        eps = float(_attrs(node).get("epsilon", 1e-5))
+        scale = gamma / np.sqrt(var + eps)
+        w = consts[conv.input[1]].astype(np.float64)
+        b = consts[conv.input[2]].astype(np.float64) if len(conv.input) > 2 and conv.input[2] else 0.0
+        tag = f"{node.output[0]}__folded"
+        consts[f"{tag}_w"] = (w * scale.reshape(-1, *([1] * (w.ndim - 1)))).astype(np.float32)
+        consts[f"{tag}_b"] = ((b - mean) * scale + beta).astype(np.float32)
+        fused = onnx.helper.make_node("Conv", [conv.input[0], f"{tag}_w", f"{tag}_b"], [node.output[0]],
+                                      name=f"{conv.name}+{node.name}")
+        fused.attribute.extend(conv.attribute)
+        replace[id(conv)] = fused
+        drop.add(id(node))
+    return [replace.get(id(n), n) for n in runtime if id(n) not in drop]
+
+
 class _Node:
     __slots__ = ("op", "fn", "inputs", "outputs", "attrs")
 
@@ -319,6 +359,7 @@ def _graph_module_class():
         def __init__(self, model: Any, source: str = "<onnx>"):
             super().__init__()
             consts, runtime = fold_constants(model)
+            runtime = fold_batchnorm(consts, runtime, {o.name for o in model.graph.output})
             ops = _torch_ops()
             unsupported = sorted({n.op_type for n in runtime if n.op_type not in ops})
             if unsupported:
