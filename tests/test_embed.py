@@ -269,3 +269,21 @@ def test_torch_runtime_matches_native_path():
         got = [f for _, f in via_torch.stream(iter([(0, torch.from_numpy(faces))]))][0]
         assert np.allclose(got, native.embed_numpy(faces), atol=1e-4)
     assert next(rec.torch_module("cpu").parameters()).dtype == torch.float32
+
+
+def test_sface_embeds_through_torch_on_cpu_in_chunks():
+    """SFace prefers its torch module on the CPU (faster than onnxruntime there); batches larger than a
+    chunk are split, and the features equal onnxruntime's (with and without flip)."""
+    import torch
+
+    from benchmark.embed.runtime import CPU_TORCH_CHUNK, Forward
+    from benchmark.models.registry import create
+    rec = create("sface")
+    faces = np.random.default_rng(3).integers(0, 256, (CPU_TORCH_CHUNK * 2 + 5, 112, 112, 3), dtype=np.uint8)
+    for flip in (False, True):
+        forward = Forward(rec, device="cpu", flip=flip)
+        assert forward.runtime == "torch-fp32"
+        got = forward.embed_tensor(torch.from_numpy(faces))
+        native = Forward(rec, device="cpu", flip=flip, prefer_torch=False)
+        assert native.runtime == "native"
+        np.testing.assert_allclose(got, native.embed_numpy(faces), atol=1e-5)

@@ -1,7 +1,8 @@
 """Forward-only runtimes: aligned uint8 faces → unit-norm float32 features, the fastest way per device.
 
-* CPU: the recognizer's own ``embed`` (the models layer picks the fastest runtime, e.g. onnxruntime for
-  SFace; each model applies its own preprocessing).
+* CPU: the recognizer's own ``embed`` (its native runtime, e.g. onnxruntime or dlib), or its torch module
+  in float32 chunks of ``CPU_TORCH_CHUNK`` images where the model says that is faster
+  (``prefer_torch_on_cpu``: SFace, ≈ 3× onnxruntime on 2 cores).
 * CUDA: the recognizer's ``torch_module`` in half precision, channels-last, fed from pinned memory with
   non-blocking copies; results come back one batch late so the GPU never waits for the host.
 
@@ -24,19 +25,25 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norm, 1e-12)
 
 
+CPU_TORCH_CHUNK = 16   # images per torch forward on the CPU
+
+
 class Forward:
     """One recognizer on one device. ``runtime`` is ``"torch-fp16"``, ``"torch-fp32"`` or ``"native"``."""
 
     def __init__(self, recognizer: Any, device: str = "cpu", flip: bool = False, half: bool | None = None,
                  prefer_torch: bool | None = None):
-        """``prefer_torch`` (default: on CUDA only) runs the torch module instead of ``embed``;
+        """``prefer_torch`` (default: on CUDA, and on the CPU where the model sets ``prefer_torch_on_cpu``)
+        runs the torch module instead of ``embed``;
         ``half`` (default: on CUDA only) casts it to float16."""
         self.recognizer = recognizer
         self.device = device
         self.flip = flip
         self.module = None
         on_gpu = device.startswith("cuda")
-        if on_gpu if prefer_torch is None else prefer_torch:
+        if prefer_torch is None:
+            prefer_torch = on_gpu or bool(getattr(recognizer, "prefer_torch_on_cpu", False))
+        if prefer_torch:
             try:
                 self.module = recognizer.torch_module(device)
             except NotImplementedError:
@@ -47,7 +54,8 @@ class Forward:
             import torch
             half = on_gpu if half is None else half
             # a private copy: casting to half must not change the recognizer's own (shared) module
-            self.module = copy.deepcopy(self.module).eval().to(device=device, memory_format=torch.channels_last)
+            self.memory_format = torch.channels_last if on_gpu else torch.contiguous_format
+            self.module = copy.deepcopy(self.module).eval().to(device=device, memory_format=self.memory_format)
             if half:
                 self.module = self.module.half()
             self.dtype = torch.float16 if half else torch.float32
@@ -75,8 +83,12 @@ class Forward:
     def _launch(self, faces):
         """Queue the forward pass of a uint8 ``(n,112,112,3)`` tensor; returns the features on the device."""
         import torch
+        if not self.device.startswith("cuda") and len(faces) > CPU_TORCH_CHUNK:
+            # CPU: small chunks keep the activations in cache (batch 16 ≈ 2× batch 64 for SFace)
+            return torch.cat([self._launch(faces[i:i + CPU_TORCH_CHUNK])
+                              for i in range(0, len(faces), CPU_TORCH_CHUNK)])
         x = faces.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
-        x = x.to(self.dtype).div_(255.0).contiguous(memory_format=torch.channels_last)
+        x = x.to(self.dtype).div_(255.0).contiguous(memory_format=self.memory_format)
         with torch.inference_mode():
             if self.flip:
                 y = self.module(torch.cat([x, x.flip(3)])).float()

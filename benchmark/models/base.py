@@ -41,6 +41,8 @@ class Recognizer(abc.ABC):
     dim: int
     preprocessing: Preprocessing
     differentiable: bool = False
+    # forward-only embedding on the CPU through ``torch_module`` instead of ``embed`` (set where measured faster)
+    prefer_torch_on_cpu: bool = False
 
     @abc.abstractmethod
     def embed(self, faces: np.ndarray) -> np.ndarray:

