@@ -22,6 +22,8 @@ HYPER = {
     "kernel_steps": (int, "mf2m: kernel iterations: 160"),
     "beta": (float, "mf2m: weight β of the mask-detector term during filtering: 1"),
     "kernel_update": (str, "mf2m: 'raw' (K ← K + lr·∇K, the paper) or 'sign': raw"),
+    "kernel_batch": (int, "mf2m: images whose mean loss the raw kernel step is taken on (each image moves by "
+                          "lr/kernel_batch × its own gradient, whatever --batch-size is; 1 = per-image loss): 32"),
     "kernel_norm": (str, "mf2m: kernel normalisation after each step: 'none', 'sum1' (rescale to sum 1) or "
                          "'simplex' (non-negative, sum 1: each pixel a convex combination of its neighbours): none"),
     "kernel_bound": (float, "mf2m: clip every kernel weight's deviation from the identity kernel to ±this (0 = no bound): 0"),

@@ -61,7 +61,9 @@ class MF2M(Attack):
     Paper defaults: noise ``noise_eps=0.01`` (PGD, ``noise_step=0.001``, ``noise_steps=40``, weight
     ``alpha=1``), kernels ``kernel_size=5``, ``kernel_lr=0.1``, ``kernel_steps=160``, weight ``beta=1``.
     Open choices (see docs/attacks.md): ``kernel_update`` "raw" (K ← K + lr·∇K, the paper's formula)
-    or "sign"; ``kernel_norm`` after each step: "none", "sum1" (rescale every kernel to sum 1) or
+    or "sign"; ``kernel_batch`` (32): the number of images whose *mean* loss the paper's raw step is
+    taken on, so each image's kernels move by ``kernel_lr / kernel_batch`` × the gradient of its own
+    loss (independent of the batch size actually used; 1 = the step on each image's own loss); ``kernel_norm`` after each step: "none", "sum1" (rescale every kernel to sum 1) or
     "simplex" (project every kernel onto non-negative weights summing to 1, so each output pixel is a
     convex combination of its neighbours); ``kernel_bound`` (> 0) clips every weight's deviation from
     the identity kernel to ±bound (0 = no bound). The filtered image is clipped to [0, 1].
@@ -69,11 +71,11 @@ class MF2M(Attack):
 
     name = "mf2m"
     params = ("noise_eps", "noise_step", "noise_steps", "alpha", "kernel_size", "kernel_lr", "kernel_steps",
-              "beta", "kernel_update", "kernel_norm", "kernel_bound", "random_start", "seed")
+              "beta", "kernel_update", "kernel_batch", "kernel_norm", "kernel_bound", "random_start", "seed")
 
     def __init__(self, fr, md=None, *, noise_eps: float = 0.01, noise_step: float = 0.001, noise_steps: int = 40,
                  alpha: float = 1.0, kernel_size: int = 5, kernel_lr: float = 0.1, kernel_steps: int = 160,
-                 beta: float = 1.0, kernel_update: str = "raw", kernel_norm: str = "none",
+                 beta: float = 1.0, kernel_update: str = "raw", kernel_batch: int = 32, kernel_norm: str = "none",
                  kernel_bound: float = 0.0, random_start: bool = False, seed: int = 0):
         super().__init__(fr, md, alpha=alpha, seed=seed)
         if kernel_size < 1 or kernel_size % 2 == 0:
@@ -82,12 +84,15 @@ class MF2M(Attack):
             raise ValueError(f"kernel_update must be one of {KERNEL_UPDATES}, not {kernel_update!r}")
         if kernel_norm not in KERNEL_NORMS:
             raise ValueError(f"kernel_norm must be one of {KERNEL_NORMS}, not {kernel_norm!r}")
+        if kernel_batch < 1:
+            raise ValueError(f"kernel_batch must be ≥ 1, not {kernel_batch}")
         if kernel_bound < 0:
             raise ValueError(f"kernel_bound must be ≥ 0 (0 = no bound), not {kernel_bound}")
         self.noise_eps, self.noise_step, self.noise_steps = float(noise_eps), float(noise_step), int(noise_steps)
         self.kernel_size, self.kernel_lr, self.kernel_steps = int(kernel_size), float(kernel_lr), int(kernel_steps)
         self.beta, self.kernel_update, self.kernel_norm = float(beta), kernel_update, kernel_norm
         self.kernel_bound = float(kernel_bound)
+        self.kernel_batch = int(kernel_batch)
         self.random_start = bool(random_start)
 
     def forward(self, images: torch.Tensor, regions: torch.Tensor, ref: torch.Tensor, keys: list[str]) -> torch.Tensor:
@@ -125,7 +130,8 @@ class MF2M(Attack):
     def _update(self, kernels: torch.Tensor, grad: torch.Tensor, regions: torch.Tensor,
                 ident: torch.Tensor) -> torch.Tensor:
         """One ascent step on the kernels (inside the region), then bound and normalisation."""
-        step = grad if self.kernel_update == "raw" else grad.sign()
+        # raw: the paper's step on the mean loss of kernel_batch images; sign steps do not depend on it
+        step = grad / self.kernel_batch if self.kernel_update == "raw" else grad.sign()
         kernels = kernels + self.kernel_lr * step * regions
         if self.kernel_bound > 0:
             kernels = ident + torch.clamp(kernels - ident, -self.kernel_bound, self.kernel_bound)

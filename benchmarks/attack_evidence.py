@@ -11,7 +11,7 @@ Writes ``OUT/<method>/`` (the ``mf2m attack`` outputs), ``OUT/evidence.md``, ``O
 
 ``--sweep SPEC[,SPEC…]`` instead traces strength/PSNR curves (the paper's Fig. 7(a)) on the pool: DM, then
 AdvNoise-DM's PGD every 10 steps, then MF²M's kernel stage on the PGD-noised DM (ε 0.01, 40 steps) for each
-``update:norm:lr:bound:steps`` spec (e.g. ``raw:none:0.1:0:60,raw:simplex:0.1:0:160``), writing
+``update:norm:lr:bound:steps`` spec (lr per image, i.e. ``kernel_batch=1``; e.g. ``raw:none:0.1:0:60,raw:simplex:0.1:0:160``), writing
 ``OUT/sweep.json``; numbers are SFace cosine to the original, detection rate and PSNR/SSIM vs DM on the
 8-bit images.
 """
@@ -132,6 +132,11 @@ def figure(out: Path, probes: Path, templates: Path, n: int = 4) -> None:
         fig.savefig(tmp, dpi=110, format="png")
 
 
+def _finite(value: float, digits: int) -> float | None:
+    """Rounded, or None for inf/NaN (PSNR of an unchanged image)."""
+    return round(float(value), digits) if np.isfinite(value) else None
+
+
 def kernel_sweep(out: Path, probes: Path, templates: Path, specs: list[str], md_name: str) -> dict:
     """Strength/PSNR curves of AdvNoise-DM's PGD and of MF²M kernel variants (see the module docstring)."""
     import torch
@@ -163,7 +168,7 @@ def kernel_sweep(out: Path, probes: Path, templates: Path, specs: list[str], md_
         det = float((mask_probability(mdm, u8) > 0.5).mean()) if mdm is not None else None
         sims = [image_similarity(dms[j], u8[j]) for j in range(len(u8))]
         return {"sface_cos": round(cos, 4), "detected": det,
-                "psnr": round(float(np.mean([p for p, _ in sims])), 2), "ssim": round(float(np.mean([q for _, q in sims])), 4)}
+                "psnr": _finite(np.mean([p for p, _ in sims]), 2), "ssim": _finite(np.mean([q for _, q in sims]), 4)}
 
     def tracer(curve: dict, every: set[int] | None = None):
         return lambda i, img: curve.__setitem__(i, evaluate(img)) if (every is None and i % 10 == 0) or (every and i in every) else None
@@ -177,7 +182,7 @@ def kernel_sweep(out: Path, probes: Path, templates: Path, specs: list[str], md_
     for spec in specs:
         update, norm, lr, bound, steps = spec.split(":")
         variant = MF2M(frm, mdm, kernel_update=update, kernel_norm=norm, kernel_lr=float(lr),
-                       kernel_bound=float(bound), kernel_steps=int(steps))
+                       kernel_bound=float(bound), kernel_steps=int(steps), kernel_batch=1)
         curve: dict = {}
         variant.filter_attack(noised, r, reft, trace=tracer(curve, {5, 10, *range(20, int(steps) + 1, 20)}))
         result["mf2m"][spec] = curve
