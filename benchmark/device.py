@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 def resolve_device(device: str = "auto") -> str:
     """Return ``"cuda"``/``"cuda:N"`` or ``"cpu"``; ``auto`` means CUDA if torch sees a GPU."""
@@ -19,3 +21,8 @@ def resolve_device(device: str = "auto") -> str:
     if not has_cuda:
         raise RuntimeError(f"--device {device} was asked for but no CUDA device is visible to torch")
     return device
+
+
+def usable_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -86,8 +86,8 @@ def _barrier(info: RankInfo) -> None:
 
 def default_workers() -> int:
     """Decoding workers: all cores but the ones the model needs (at least 1, at most 16)."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(16, cpus - 1))
+    from ..device import usable_cpus
+    return max(1, min(16, usable_cpus() - 1))
 
 
 def run_embed(cfg: EmbedConfig, recognizer: Any = None) -> dict[str, Any] | None:

@@ -135,8 +135,9 @@ class DlibRecognizer(Recognizer):
         self._lock = threading.Lock()
         self.weights_path = self.path
         # dlib-bin's descriptor runs on one core and holds the GIL: spread large batches over processes
+        from ..device import usable_cpus
         self.processes = max(1, int(processes if processes is not None else
-                                    os.environ.get("MF2M_DLIB_PROCESSES", len(os.sched_getaffinity(0)))))
+                                    os.environ.get("MF2M_DLIB_PROCESSES", usable_cpus())))
         self._pool = None
 
     # -- chips -----------------------------------------------------------------------------------
