@@ -4,11 +4,13 @@ Writes (to a temporary directory) 80 identities × 3,530 probes and 3,530 mates 
 distractors, 512-D float16, with planted identity structure (probe/mate = identity centre + noise,
 so positives score ~0.2–0.7 while negatives score ~N(0, 1/√D)), runs ``mf2m search`` in a child
 process (its peak RSS is the child's ru_maxrss), then times a bare float32 matrix product of the
-same shapes (probes × all distractors, in the same blocks, nothing else) in this run.
+same shapes (probes × all distractors, in the same blocks, nothing else) in this run: numpy and torch
+float32 (the faster is the float32 floor) and the low-precision product the search screened with.
 
     python benchmarks/search_scale.py                      # full scale, CPU
     python benchmarks/search_scale.py --distractors 100000 # smaller
     python benchmarks/search_scale.py --device cuda        # GPU (target ≤ 2 s on an H100/H200)
+    python benchmarks/search_scale.py --precision fp32     # the float32 path even where bf16 units exist
 """
 
 from __future__ import annotations
@@ -72,24 +74,39 @@ def cached_sets(folder: Path, args: argparse.Namespace) -> dict[str, Path]:
     return {"probes": sub / "probes.h5", "mates": sub / "mates.h5", "distractors": sub / "distractors"}
 
 
-def bare_matmul(paths: dict[str, Path], device: str, block: int) -> float:
-    """Seconds for probes @ distractorsᵀ in the same float32 blocks (features already in memory)."""
+def bare_products(paths: dict[str, Path], device: str, block: int, kinds: list[str]) -> dict[str, float]:
+    """Seconds for probes @ distractorsᵀ in the same blocks, features already in memory, nothing else:
+    ``numpy`` (float32, OpenBLAS), ``torch`` (float32, TF32 off), ``torch-bf16`` / ``torch-fp16``."""
     import torch
     from benchmark.features import FeatureSet
-    p = torch.from_numpy(FeatureSet(paths["probes"]).load().features).to(device)
-    d = FeatureSet(paths["distractors"]).load().features
-    if device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = False
-        d_dev = torch.from_numpy(d).to(device)
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for a in range(0, d.shape[0], block):
-        g = d_dev[a:a + block] if device.startswith("cuda") else torch.from_numpy(d[a:a + block])
-        s = p @ g.T
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    del s
-    return time.perf_counter() - t0
+    p32 = FeatureSet(paths["probes"]).load().features
+    d32 = FeatureSet(paths["distractors"]).load().features
+    cuda = device.startswith("cuda")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    out = {}
+    for kind in kinds:
+        if kind == "numpy":
+            if cuda:
+                continue
+            t0 = time.perf_counter()
+            for a in range(0, d32.shape[0], block):
+                s = p32 @ d32[a:a + block].T
+            out[kind] = time.perf_counter() - t0
+            continue
+        dtype = {"torch": torch.float32, "torch-bf16": torch.bfloat16, "torch-fp16": torch.float16}[kind]
+        p = torch.from_numpy(p32).to(device).to(dtype)
+        d = torch.from_numpy(d32).to(device).to(dtype) if cuda else None
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for a in range(0, d32.shape[0], block):
+            g = d[a:a + block] if cuda else torch.from_numpy(d32[a:a + block]).to(dtype)
+            s = p @ g.T
+        if cuda:
+            torch.cuda.synchronize()
+        out[kind] = time.perf_counter() - t0
+        del p, d, s
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dim", type=int, default=512, help="feature dimension")
     ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     ap.add_argument("--block-size", type=int, default=8192, help="--block-size passed to mf2m search")
+    ap.add_argument("--precision", default="auto", help="--precision passed to mf2m search")
+    ap.add_argument("--products", nargs="*", default=None,
+                    help="bare products to time in the same run (numpy, torch, torch-bf16, torch-fp16; "
+                         "default: numpy and torch float32, plus the low-precision one the search ran)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
     ap.add_argument("--attacked", action="store_true",
                     help="attacked-like probes (identity weight 0.02–0.1): positives inside the negative bulk")
@@ -121,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [sys.executable, "-m", "benchmark.cli", "search", "--probes", str(paths["probes"]),
                "--mates", str(paths["mates"]), "--distractors", str(paths["distractors"]),
                "--out", str(root / "out"), "--device", args.device, "--block-size", str(args.block_size),
-               "--no-progress"]
+               "--precision", args.precision, "--no-progress"]
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True)
         wall = time.perf_counter() - t0
@@ -129,14 +150,22 @@ def main(argv: list[str] | None = None) -> int:
         metrics = json.loads((root / "out" / "metrics.json").read_text())
         manifest = json.loads((root / "out" / "manifest.json").read_text())
         device = manifest["device"]
-        bare = bare_matmul(paths, device, args.block_size)
+        ran = metrics["exactness"]["precision"]["resolved"]
+        kinds = args.products if args.products is not None else \
+            ["numpy", "torch"] + ([f"torch-{ran}"] if ran in ("bf16", "fp16") else [])
+        bare = bare_products(paths, device, args.block_size, kinds)
+    fp32 = min(v for k, v in bare.items() if k in ("numpy", "torch"))
+    low = {k: v for k, v in bare.items() if k in ("torch-bf16", "torch-fp16")}
     summary = {
         "shape": {"probes": args.probes, "mates": args.probes, "distractors": args.distractors, "dim": args.dim},
         "device": device, "cpus": os.cpu_count(), "load_avg_1min": os.getloadavg()[0],
         "generate_s": round(t_gen, 2), "search_wall_s": round(wall, 2), "search_timings": manifest["timings"],
-        "peak_rss_gb": round(peak_rss_gb, 3), "bare_matmul_s": round(bare, 2),
-        "ratio_search_to_matmul": round(manifest["timings"]["search_s"] / bare, 3),
-        "ratio_wall_to_matmul": round(wall / bare, 3),
+        "peak_rss_gb": round(peak_rss_gb, 3),
+        "bare_products_s": {k: round(v, 2) for k, v in bare.items()},
+        "precision": metrics["exactness"]["precision"],
+        "ratio_search_to_fp32_product": round(manifest["timings"]["search_s"] / fp32, 3),
+        "ratio_wall_to_fp32_product": round(wall / fp32, 3),
+        "ratio_wall_to_low_precision_product": {k: round(wall / v, 3) for k, v in low.items()},
         "metrics": {k: metrics[k] for k in ("rank1", "auc", "tar_at_far")},
         "attacked": args.attacked, "exactness": metrics["exactness"],
         "positive_pairs": metrics["counts"]["positive_pairs"],

@@ -96,6 +96,7 @@ class Problem:
     mate_excluded: np.ndarray     # (n_p, n_m) bool: same key (an image is never its own match)
     hist_lo: float = -HIST_HI     # float32 lower edge of the AUC histogram: s32 < hist_lo ⇒ below every positive
     row_low: np.ndarray = None    # (n_p,) float32: a negative below this cannot beat any positive of the probe
+    hist_lo_lp: float = -HIST_HI  # lower edge of the screened-value histogram (set with a screen, see stream)
 
     @property
     def n_pos(self) -> int:
@@ -203,11 +204,12 @@ class NegTopK:
     _n_pending: int = 0
 
     def block_cut(self, scores) -> float:
-        """Lowest float32 score of this block that can matter (uses the block's K-th largest early on)."""
+        """Lowest float32 score of this block that can matter (uses the block's K-th largest early on, unless
+        ``scores`` is None)."""
         if self.cut == -math.inf and self.vals.size + self._n_pending >= self.k:
             self.prune()  # K candidates are known: their K-th largest bounds what can still matter
         cut = self.cut
-        if self.vals.size + self._n_pending < self.k and scores.numel() > self.k:
+        if self.vals.size + self._n_pending < self.k and scores is not None and scores.numel() > self.k:
             if scores.device.type == "cpu":
                 flat = scores.numpy().reshape(-1)
                 kth = float(np.partition(flat, flat.size - self.k)[flat.size - self.k])
@@ -298,6 +300,17 @@ class Partial:
     auc_num2: int = 0              # exact 2·AUC numerator of the dense (float64) blocks
     dense_cols: int = 0            # distractor columns processed on the dense float64 path
     auc_refined: int = 0           # dense-path negatives within the float64 bound of a positive (→ dot64)
+    neg_hist_lp: np.ndarray = None  # (HIST_BINS,) screened negatives per bin of [hist_lo_lp, HIST_HI]
+    n_below_lp: int = 0            # screened negatives below hist_lo_lp (below every positive)
+    lp_err: float = 0.0            # largest screening error bound E of any screened block
+    lp_out: str = ""               # output format of the screened products ("" when none ran)
+    lp_cols: int = 0               # distractor columns screened
+    lp_rescored: int = 0           # entries rescored in float32 after screening
+    lp_note: str = ""              # how screening went (split level or why it was declined)
+
+    def __post_init__(self):
+        if self.neg_hist_lp is None:
+            self.neg_hist_lp = np.zeros(HIST_BINS, np.int64)
 
     @classmethod
     def empty(cls, problem: Problem) -> "Partial":
@@ -321,7 +334,9 @@ def merge(a: Partial, b: Partial) -> Partial:
                    np.minimum(a.first_beater, b.first_beater),
                    {s: a.tops[s].merged(b.tops[s]) for s in a.tops}, vals, idx, bound,
                    a.n_refined + b.n_refined, a.auc_num2 + b.auc_num2, a.dense_cols + b.dense_cols,
-                   a.auc_refined + b.auc_refined)
+                   a.auc_refined + b.auc_refined, a.neg_hist_lp + b.neg_hist_lp, a.n_below_lp + b.n_below_lp,
+                   max(a.lp_err, b.lp_err), a.lp_out or b.lp_out, a.lp_cols + b.lp_cols,
+                   a.lp_rescored + b.lp_rescored, a.lp_note or b.lp_note)
 
 
 def _keep_top(vals: np.ndarray, idx: np.ndarray, bound: np.ndarray, k: int):
@@ -390,6 +405,14 @@ def neg_histogram(scores, lo: float) -> tuple[np.ndarray, int]:
     return out, n - int(out.sum())
 
 
+def histogram_values(v: np.ndarray, lo: float) -> tuple[np.ndarray, int]:
+    """(counts of float32 values over the HIST_BINS bins of [lo, HIST_HI], #values < lo), as ``torch.histc``."""
+    v = np.asarray(v, np.float64)
+    inside = (v >= lo) & (v <= HIST_HI)
+    q = np.minimum(((v[inside] - lo) * (HIST_BINS / (HIST_HI - lo))).astype(np.int64), HIST_BINS - 1)
+    return np.bincount(q, minlength=HIST_BINS).astype(np.int64), int(v.size - inside.sum())
+
+
 def process_block(part: Partial, problem: Problem, probes_dev, block_dev, col0: int, state: dict) -> None:
     """Add distractor columns ``col0 … col0+b`` (``block_dev``: their features on the device) to ``part``.
 
@@ -406,6 +429,9 @@ def process_block(part: Partial, problem: Problem, probes_dev, block_dev, col0: 
     import torch
 
     from .dense import dense_block, dense_wanted
+    if state.get("screen") is not None and state.get("dense") is False and \
+            (problem.topk <= 0 or state.get("floor") is not None):
+        return screened_block(part, problem, probes_dev, block_dev, col0, state)
     b = block_dev.shape[0]
     buf = state.get("buf")
     if buf is None or buf.shape[1] != b:
@@ -453,24 +479,120 @@ def process_block(part: Partial, problem: Problem, probes_dev, block_dev, col0: 
     if with_hist:
         part.neg_hist += hist
         part.n_below += below
-    if problem.n_pos and p.size and not dense:
-        inband = v32 >= problem.row_low[p]
-        if inband.any():
-            _rank_band(part, problem, p[inband], d[inband], v32[inband])
+    _count_extracted(part, problem, p, d, v32, cut, floor, dense, state)
     if top is not None:
-        top.add(p, d, v32, cut)
         for size, sub in part.tops.items():
             if size != n_d:
                 sel = np.flatnonzero(problem.perm_pos[col0:col0 + b] < size)
                 if sel.size:
                     sub.offer(scores[:, torch.as_tensor(sel, device=scores.device)], cols[sel])
+    if problem.topk > 0 and floor is None:
+        _offer_matches(part, problem, scores, problem.mates.shape[0] + col0, state)
+    if state.get("screen") is not None and "split" not in state:
+        _plan_screen(part, problem, state, scores.numel(), dense)
+
+
+def _plan_screen(part: Partial, problem: Problem, state: dict, n_scores: int, dense: bool) -> None:
+    """After the first (float32) block: the screen's AUC split level, or no screening (``screen.plan_split``)."""
+    screen = state["screen"]
+    if dense:
+        state["screen"], part.lp_note = None, "screening not used: dense float64 path (positives in the bulk)"
+        return
+    level, part.lp_note = screen.plan_split(part.neg_hist, n_scores, problem.hist_lo, HIST_HI, problem.sorted_pos,
+                                            problem.probes.shape[1], HIST_FUZZ, AUC_TOLERANCE)
+    if level is None:
+        state["screen"] = None
+    state["split"] = level
+
+
+def _count_extracted(part: Partial, problem: Problem, p, d, v32, cut: float, floor, dense: bool,
+                     state: dict) -> None:
+    """Ranks, τ candidates and matches from a block's extracted entries (float32 scores ≥ their threshold)."""
+    if problem.n_pos and p.size and not dense:
+        inband = v32 >= problem.row_low[p]
+        if inband.any():
+            _rank_band(part, problem, p[inband], d[inband], v32[inband])
+    top = part.tops.get(problem.distractors.shape[0]) if problem.fars else None
+    if top is not None:
+        top.add(p, d, v32, cut)
+    if problem.topk > 0 and floor is not None:
+        keep = v32 > floor[p]
+        _merge_matches(part, problem, p[keep], d[keep] + problem.mates.shape[0], v32[keep], floor,
+                       problem.probes.shape[0], state)
+
+
+def screened_block(part: Partial, problem: Problem, probes_dev, block_dev, col0: int, state: dict) -> None:
+    """``process_block`` for a sparse-path block scored in low precision (``screen.Screen``).
+
+    The same thresholds as the float32 path, lowered by the screen's error bound; the entries above are
+    rescored in float32 and those at or above the float32 threshold go on exactly as ``process_block``'s
+    extraction would.  The AUC histogram counts the screened values (window widened by the screen).
+    """
+    import torch
+
+    from .scan import scan_block
+    from .screen import as_bits, rescore, values_lut
+    screen = state["screen"]
+    b = block_dev.shape[0]
+    n_d = problem.distractors.shape[0]
+    cols = np.arange(col0, col0 + b)
+    part.n_cols += b
+    part.lp_cols += b
+    part.lp_out = screen.out
+    scores, err = screen.block(block_dev)
+    part.lp_err = max(part.lp_err, float(err.max()))
+    top = part.tops.get(n_d) if problem.fars else None
+    cut = top.block_cut(None) if top is not None else math.inf
+    floor = state.get("floor")
+    thr = np.minimum(problem.row_low, np.float32(cut))
     if problem.topk > 0:
-        if floor is None:
-            _offer_matches(part, problem, scores, problem.mates.shape[0] + col0, state)
-        else:
-            keep = v32 > floor[p]
-            _merge_matches(part, problem, p[keep], d[keep] + problem.mates.shape[0], v32[keep], floor,
-                           scores.shape[0], state)
+        thr = np.minimum(thr, floor)
+    split = np.float32(state["split"])  # screened values ≥ split: rescored and binned in float32
+    thr_lp = np.minimum(screen.thresholds(thr, err), split)
+    with_hist = bool(problem.n_pos)
+    if scores.dtype != torch.float32 and scores.device.type == "cpu" and state.get("fused", True):
+        if "lut" not in state:
+            state["lut"] = values_lut(screen.out)
+        hist, outside, p, c, vlp = scan_block(as_bits(scores), problem.hist_lo_lp, HIST_HI, HIST_BINS, thr_lp,
+                                              with_hist, state["lut"], cap=split)
+    else:
+        vals = scores.float()
+        p, c, vlp = extract_ge(vals, thr_lp, np.arange(b))
+        hist, outside = neg_histogram(vals.masked_fill_(vals >= float(split), math.inf), problem.hist_lo_lp) \
+            if with_hist else (None, 0)
+    v32 = rescore(probes_dev, block_dev, p, c)
+    part.lp_rescored += int(p.size)
+    if with_hist:
+        high = vlp >= split
+        part.neg_hist_lp += hist
+        part.n_below_lp += outside - int(high.sum())
+        h32, below32 = histogram_values(v32[high], problem.hist_lo)
+        part.neg_hist += h32
+        part.n_below += below32
+    keep = v32 >= thr[p]
+    p, c, v32 = p[keep], c[keep], v32[keep]
+    _count_extracted(part, problem, p, cols[c], v32, cut, floor, False, state)
+    if top is not None:
+        for size, sub in part.tops.items():
+            if size != n_d:
+                sel = np.flatnonzero(problem.perm_pos[col0:col0 + b] < size)
+                if sel.size:
+                    _screened_offer(sub, screen, scores, err, probes_dev, block_dev, sel, cols)
+    screen.kept += int(p.size)
+
+
+def _screened_offer(sub: NegTopK, screen, scores, err, probes_dev, block_dev, sel: np.ndarray,
+                    cols: np.ndarray) -> None:
+    """A sweep subset's τ candidates among block columns ``sel`` of a screened block."""
+    import torch
+
+    from .screen import rescore
+    cut = sub.block_cut(None)
+    idx = torch.as_tensor(sel, device=scores.device)
+    thr_lp = screen.thresholds(np.full(scores.shape[0], cut), err)
+    p, c, _ = extract_ge(scores[:, idx].float(), thr_lp, sel)
+    v32 = rescore(probes_dev, block_dev, p, c)
+    sub.add(p, cols[c], v32, cut)
 
 
 def _merge_matches(part: Partial, problem: Problem, p, g, v, floor, n_p: int, state: dict) -> None:
@@ -526,23 +648,35 @@ def mates_partial(problem: Problem, probes_dev, mates_dev) -> Partial:
 # ------------------------------------------------------------------------------------------ finalize
 
 def auc_from_histogram(part: Partial, problem: Problem, n_neg: int) -> tuple[float, float]:
-    """(AUC, rigorous bound on |AUC − exact AUC|) from the negative histogram, ½-tie treatment of near pairs.
+    """(AUC, rigorous bound on |AUC − exact AUC|) from the negative histograms, ½-tie treatment of near pairs.
 
     A negative counted in bin j has a float32 score in bins j−FUZZ … j+FUZZ, so an exact score in
     [lo_j, hi_j] (widened by eps).  Its numerator term 2·#{pos > s} + #{pos = s} lies in
     [2·above_j, 2·(above_j + within_j)]; we take the midpoint, so the error is ≤ within_j per negative.
-    Negatives under ``hist_lo`` lie below every positive: 2·N_pos each, exactly.
+    Negatives under ``hist_lo`` lie below every positive: 2·N_pos each, exactly.  Screened blocks
+    (``screen``) have their own histogram, whose windows are widened by the screen's error and ulp.
     """
     n_pos = problem.n_pos
-    width = (HIST_HI - problem.hist_lo) / HIST_BINS
-    j = np.arange(HIST_BINS)
-    lo = problem.hist_lo + (j - HIST_FUZZ) * width - problem.eps - 1e-12
-    hi = problem.hist_lo + (j + 1 + HIST_FUZZ) * width + problem.eps + 1e-12
-    below = np.searchsorted(problem.sorted_pos, lo, "left")
-    within = np.searchsorted(problem.sorted_pos, hi, "right") - below
-    counts = part.neg_hist
-    num2 = part.auc_num2 + 2 * n_pos * part.n_below + int((counts * (2 * (n_pos - below) - within)).sum())
-    err2 = int((counts * within).sum())
+    num2 = part.auc_num2 + 2 * n_pos * (part.n_below + part.n_below_lp)
+    err2 = 0
+    hists = [(part.neg_hist, problem.hist_lo, None)]
+    if part.lp_cols:
+        hists.append((part.neg_hist_lp, problem.hist_lo_lp, part))
+    for counts, h_lo, screened in hists:
+        width = (HIST_HI - h_lo) / HIST_BINS
+        j = np.arange(HIST_BINS)
+        lo = h_lo + (j - HIST_FUZZ) * width
+        hi = h_lo + (j + 1 + HIST_FUZZ) * width
+        if screened is None:
+            eps = problem.eps
+        else:
+            from .screen import ulp
+            eps = screened.lp_err + ulp(np.maximum(np.abs(lo), np.abs(hi)), screened.lp_out)
+        lo, hi = lo - eps - 1e-12, hi + eps + 1e-12
+        below = np.searchsorted(problem.sorted_pos, lo, "left")
+        within = np.searchsorted(problem.sorted_pos, hi, "right") - below
+        num2 += int((counts * (2 * (n_pos - below) - within)).sum())
+        err2 += int((counts * within).sum())
     denom = 2 * n_pos * n_neg
     return num2 / denom, err2 / denom
 

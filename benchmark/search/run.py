@@ -39,6 +39,7 @@ class SearchConfig:
     topk: int = 50
     device: str = "auto"
     block_size: int = 8192
+    precision: str = "auto"
     seed: int = 0
     roc_per_decade: int = 5
     progress: bool = True
@@ -126,10 +127,12 @@ def _dist_env() -> tuple[int, int, int]:
 
 
 def stream(problem: engine.Problem, device: str, block_size: int, rank: int = 0, world: int = 1,
-           progress: bool = True, fused: bool = True) -> engine.Partial:
+           progress: bool = True, fused: bool = True, precision: str = "fp32") -> engine.Partial:
     """This rank's partial: distractor blocks ``rank, rank+world, …`` (plus the mates on rank 0).
 
-    ``fused=False`` makes the CPU use the torch block path of the GPUs (for comparisons)."""
+    ``precision`` bf16/fp16 screens the sparse path's blocks after the first in that precision
+    (``screen.py``; same decisions).  ``fused=False`` makes the CPU use the torch block path of the GPUs
+    (for comparisons)."""
     import torch
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.set_float32_matmul_precision("highest")
@@ -143,6 +146,8 @@ def stream(problem: engine.Problem, device: str, block_size: int, rank: int = 0,
         from tqdm import tqdm
         it = tqdm(starts, desc=f"search [{device}]", unit="block", leave=False)
     state: dict = {"fused": fused}
+    if precision in ("bf16", "fp16"):
+        state["screen"] = _screen(problem, probes_dev, precision)
     for a in it:
         b = min(a + block_size, n_d)
         block = torch.from_numpy(problem.distractors[a:b]).to(device, non_blocking=True)
@@ -152,6 +157,19 @@ def stream(problem: engine.Problem, device: str, block_size: int, rank: int = 0,
     return part
 
 
+def _screen(problem: engine.Problem, probes_dev, precision: str):
+    """The run's low-precision screen; sets the screened histogram's lower edge on ``problem``."""
+    from benchmark.search.screen import Screen, ulp
+    screen = Screen.build(precision, probes_dev, problem.eps)
+    if problem.n_pos:
+        below = problem.sorted_pos[0] - screen.a_priori_error(problem.probes.shape[1]) - \
+            2 * float(ulp(engine.HIST_HI, screen.out))
+        problem.hist_lo_lp = max(engine.f32_below(below), -engine.HIST_HI)
+    else:
+        problem.hist_lo_lp = engine.HIST_HI
+    return screen
+
+
 def save_partial(part: engine.Partial, path: Path) -> None:
     """Write a partial as .npz (atomic)."""
     from benchmark.atomic import atomic_path
@@ -159,7 +177,11 @@ def save_partial(part: engine.Partial, path: Path) -> None:
               "neg_hist": part.neg_hist,
               "first_beater": part.first_beater, "match_vals": part.match_vals, "match_idx": part.match_idx,
               "match_bound": part.match_bound, "n_refined": np.int64(part.n_refined),
-              "dense": np.array([part.auc_num2, part.dense_cols, part.auc_refined], dtype=np.int64)}
+              "dense": np.array([part.auc_num2, part.dense_cols, part.auc_refined], dtype=np.int64),
+              "neg_hist_lp": part.neg_hist_lp,
+              "screen": np.array([part.n_below_lp, part.lp_cols, part.lp_rescored], dtype=np.int64),
+              "screen_err": np.float64(part.lp_err), "screen_out": np.array(part.lp_out),
+              "screen_note": np.array(part.lp_note)}
     for size, top in part.tops.items():
         top.flush()
         arrays.update({f"top{size}_vals": top.vals, f"top{size}_probe": top.probe, f"top{size}_dist": top.dist,
@@ -180,9 +202,11 @@ def load_partial(path: Path) -> engine.Partial:
             tops[size] = engine.NegTopK(int(k), float(eps), z[f"top{size}_vals"], z[f"top{size}_probe"],
                                         z[f"top{size}_dist"], float(cut))
     num2, dense_cols, auc_refined = (int(x) for x in z["dense"])
+    below_lp, lp_cols, lp_rescored = (int(x) for x in z["screen"])
     return engine.Partial(int(z["n_cols"]), z["rank_hist"], int(z["n_below"]), z["neg_hist"], z["first_beater"],
                           tops, z["match_vals"], z["match_idx"], z["match_bound"], int(z["n_refined"]),
-                          num2, dense_cols, auc_refined)
+                          num2, dense_cols, auc_refined, z["neg_hist_lp"], below_lp, float(z["screen_err"]),
+                          str(z["screen_out"]), lp_cols, lp_rescored, str(z["screen_note"]))
 
 
 # ------------------------------------------------------------------------------------------- metrics
@@ -203,7 +227,7 @@ def exact_auc(problem: engine.Problem, device: str, block_size: int, progress: b
 
 
 def compute_metrics(part: engine.Partial, problem: engine.Problem, cfg: SearchConfig, n_probes: int,
-                    n_mates: int, device: str = "cpu") -> tuple[dict, dict]:
+                    n_mates: int, device: str = "cpu", precision: tuple[str, str] = ("fp32", "")) -> tuple[dict, dict]:
     """metrics.json content plus the curves (CMC steps, ROC grid, sweep) for the other outputs."""
     n_d = problem.distractors.shape[0]
     if part.n_cols != n_d:
@@ -253,7 +277,14 @@ def compute_metrics(part: engine.Partial, problem: engine.Problem, cfg: SearchCo
     metrics["exactness"] = {"score": "float64 dot of float32 unit vectors",
                             "float32_error_bound": problem.eps, "refined_pairs": part.n_refined,
                             "topk_probes_not_certified": uncertain,
-                            "search_path": _path_name(part.dense_cols, n_d),
+                            "search_path": _path_name(part, n_d),
+                            "precision": {"requested": cfg.precision, "resolved": precision[0],
+                                          "reason": precision[1],
+                                          "screened_columns": part.lp_cols,
+                                          "screen_error_bound": part.lp_err,
+                                          "screen_output": part.lp_out or None,
+                                          "rescored_pairs": part.lp_rescored,
+                                          "note": part.lp_note or None},
                             "auc_method": _auc_method(part.dense_cols, n_d, auc_bound),
                             "auc_histogram_error_bound": auc_bound,
                             "auc_max_error": auc_bound if auc_bound <= engine.AUC_TOLERANCE else 0.0,
@@ -261,11 +292,13 @@ def compute_metrics(part: engine.Partial, problem: engine.Problem, cfg: SearchCo
     return metrics, curves
 
 
-def _path_name(dense_cols: int, n_d: int) -> str:
+def _path_name(part: engine.Partial, n_d: int) -> str:
     """Which block path(s) scored the distractors."""
-    if dense_cols == 0:
+    if part.dense_cols == 0:
+        if part.lp_cols:
+            return f"{part.lp_out if part.lp_out != 'fp32' else 'low-precision'} screening + float32 rescoring + refinement"
         return "float32 + refinement"
-    return "float64 dense" if dense_cols == n_d else "mixed"
+    return "float64 dense" if part.dense_cols == n_d else "mixed"
 
 
 def _auc_method(dense_cols: int, n_d: int, bound: float) -> str:
@@ -294,7 +327,9 @@ def run_search(cfg: SearchConfig) -> dict:
     n_neg = p.features.shape[0] * d.features.shape[0]
     problem = engine.build_problem(p.features, p.keys, p.labels, m.features, m.keys, m.labels, d.features,
                                    roc_grid(n_neg, cfg.fars, cfg.roc_per_decade), sizes, cfg.seed, cfg.topk)
-    part = stream(problem, device, cfg.block_size, rank, world, cfg.progress)
+    precision = resolve_search_precision(cfg.precision, device)
+    log.info("search precision: %s (%s)", *precision)
+    part = stream(problem, device, cfg.block_size, rank, world, cfg.progress, precision=precision[0])
     out = Path(cfg.out)
     if world > 1:
         save_partial(part, out / "partials" / f"rank-{rank:04d}-of-{world:04d}.npz")
@@ -304,13 +339,24 @@ def run_search(cfg: SearchConfig) -> dict:
         for stale in (out / "partials").glob(f"rank-*-of-{world:04d}.npz"):
             stale.unlink()  # merged: a later run must not pick them up
     t_search = time.perf_counter()
-    metrics, curves = compute_metrics(part, problem, cfg, p.features.shape[0], m.features.shape[0], device)
+    metrics, curves = compute_metrics(part, problem, cfg, p.features.shape[0], m.features.shape[0], device,
+                                      precision)
     metrics["counts"]["noise_excluded"] = excluded
     t_end = time.perf_counter()
     timings = {"load_s": t_load - t0, "search_s": t_search - t_load, "finalize_s": t_end - t_search,
                "total_s": t_end - t0}
     outputs.write_all(out, cfg, metrics, curves, arrays, model, dim, device, world, timings)
     return metrics
+
+
+def resolve_search_precision(precision: str, device: str) -> tuple[str, str]:
+    """``device.resolve_precision`` for the search: fp16 is allowed on a CPU only when asked for (slow, for tests)."""
+    from benchmark.device import PRECISIONS, resolve_precision
+    if precision == "fp16" and not device.startswith("cuda"):
+        return "fp16", "asked for (no float16 units on a CPU: emulated, slow)"
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    return resolve_precision(precision, device)
 
 
 def _gather_partials(folder: Path, world: int, own: engine.Partial, timeout_s: float = 86400) -> engine.Partial:
