@@ -489,17 +489,18 @@ def process_block(part: Partial, problem: Problem, probes_dev, block_dev, col0: 
     if problem.topk > 0 and floor is None:
         _offer_matches(part, problem, scores, problem.mates.shape[0] + col0, state)
     if state.get("screen") is not None and "split" not in state:
-        _plan_screen(part, problem, state, scores.numel(), dense)
+        _plan_screen(part, problem, state, block_dev, scores.numel(), dense)
 
 
-def _plan_screen(part: Partial, problem: Problem, state: dict, n_scores: int, dense: bool) -> None:
+def _plan_screen(part: Partial, problem: Problem, state: dict, block_dev, n_scores: int, dense: bool) -> None:
     """After the first (float32) block: the screen's AUC split level, or no screening (``screen.plan_split``)."""
     screen = state["screen"]
     if dense:
         state["screen"], part.lp_note = None, "screening not used: dense float64 path (positives in the bulk)"
         return
+    expected = 1.05 * float(screen.errors(block_dev)[1].max())  # later blocks' bounds are alike
     level, part.lp_note = screen.plan_split(part.neg_hist, n_scores, problem.hist_lo, HIST_HI, problem.sorted_pos,
-                                            problem.probes.shape[1], HIST_FUZZ, AUC_TOLERANCE)
+                                            expected, HIST_FUZZ, AUC_TOLERANCE)
     if level is None:
         state["screen"] = None
     state["split"] = level

@@ -31,7 +31,7 @@ import numba
 import numpy as np
 
 MAX_RESCORED = 0.02         # screening declined when the AUC split would rescore more than this share
-SPLIT_ERROR_SHARE = 0.25    # predicted screened-histogram AUC error allowed, as a share of the tolerance
+SPLIT_ERROR_SHARE = 0.5     # predicted screened-histogram AUC error allowed, as a share of the tolerance
 U_ACC = 2.0 ** -22           # accumulation unit roundoff assumed for matrix units (float32 is 2⁻²⁴)
 _MANTISSA = {"bf16": 7, "fp16": 10, "fp32": 23}
 _MIN_ULP = {"bf16": 2.0 ** -133, "fp16": 2.0 ** -24, "fp32": 2.0 ** -149}
@@ -111,14 +111,19 @@ class Screen:
         return float(self.probe_err.max(initial=0.0)) + n * u_in * 1.0001 + \
             gamma(dim, U_ACC) * n * (1 + u_in) + dim * 2.0 ** -126
 
-    def block(self, block_dev):
-        """(scores in ``out`` format (n_p, b), E (n_p,) float64) of one distractor block (float32 unit rows)."""
-        import torch
+    def errors(self, block_dev):
+        """(the block in the input format, E (n_p,) float64: the bound of each probe row's screened scores)."""
         bh, r, n = residual_norms(block_dev, self.probes_lp.dtype)
         dim = block_dev.shape[1]
         rmax, nmax = float(r.max()), float(n.max())
         err = self.probe_err * (1 + 1e-6) + self.probe_norm * rmax + \
             gamma(dim, U_ACC) * self.probe_norm * nmax + dim * 2.0 ** -126
+        return bh, err
+
+    def block(self, block_dev):
+        """(scores in ``out`` format (n_p, b), E (n_p,) float64) of one distractor block (float32 unit rows)."""
+        import torch
+        bh, err = self.errors(block_dev)
         if self.out == "fp32" and self.precision != "fp32":
             scores = torch.mm(self.probes_lp, bh.T, out_dtype=torch.float32)
         else:
@@ -132,9 +137,10 @@ class Screen:
         return floor_to(np.asarray(thr, np.float64) - self.eps32 - err, self.out)
 
     def plan_split(self, counts: np.ndarray, n_scores: int, lo: float, hi: float, sorted_pos: np.ndarray,
-                   dim: int, fuzz: int, tolerance: float) -> tuple[float | None, str]:
+                   expected_err: float, fuzz: int, tolerance: float) -> tuple[float | None, str]:
         """(split level L on the output grid, or None to decline screening; a note) from a float32
-        histogram ``counts`` of ``n_scores`` scores over uniform bins of [lo, hi] (the first block)."""
+        histogram ``counts`` of ``n_scores`` scores over uniform bins of [lo, hi] (the first block), for
+        screened blocks whose error bound is about ``expected_err``."""
         n_pos = sorted_pos.size
         if n_pos == 0 or n_scores == 0:
             return math.inf, "no positive pairs: no AUC histogram"
@@ -142,7 +148,7 @@ class Screen:
         width = (hi - lo) / bins
         j = np.arange(bins)
         a, b = lo + (j - fuzz) * width, lo + (j + 1 + fuzz) * width
-        w = self.a_priori_error(dim) + ulp(np.maximum(np.abs(a), np.abs(b)), self.out)
+        w = expected_err + ulp(np.maximum(np.abs(a), np.abs(b)), self.out)
         within = np.searchsorted(sorted_pos, b + w, "right") - np.searchsorted(sorted_pos, a - w, "left")
         err = np.cumsum(counts * within) / (2.0 * n_pos * n_scores)  # predicted error if bins ≤ j screened
         budget = SPLIT_ERROR_SHARE * tolerance
