@@ -268,3 +268,15 @@ def test_cli_needs_a_models_folder(monkeypatch, capsys):
     monkeypatch.delenv("MF2M_MODELS_DIR", raising=False)
     assert main(["models", "fetch", "w600k_r50"]) == 1
     assert "MF2M_MODELS_DIR" in capsys.readouterr().err
+
+
+def test_fetch_help_explains_every_option():
+    import re
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "benchmark.cli", "models", "fetch", "--help"], capture_output=True,
+                         text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr
+    for opt in ("--all", "--from", "--models-dir", "--force", "--retries", "--timeout", "--no-progress"):
+        assert re.search(rf"^\s+{opt}\b.*\S", out.stdout, re.M), opt
+    assert "w600k_r50" in out.stdout and "SHA-256" in out.stdout
