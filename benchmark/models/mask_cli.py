@@ -1,4 +1,5 @@
-"""``mf2m train-mask-detector``: train mf2m's default mask detector (argparse only at import time)."""
+"""``mf2m train-mask-detector`` (train mf2m's default mask detector) and ``mf2m mask-eval`` (score any
+registered mask detector on a labelled folder). argparse only at import time."""
 
 from __future__ import annotations
 
@@ -56,6 +57,61 @@ def register(sub, formatter) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=_run)
+    _register_eval(sub, formatter)
+
+
+def _register_eval(sub, formatter) -> None:
+    e = sub.add_parser(
+        "mask-eval", formatter_class=formatter,
+        help="score a mask detector on a labelled folder: accuracy, per-class accuracy, ROC AUC, failures",
+        description="Evaluate any mask detector on DIR/with_mask and DIR/without_mask images. Faces are found\n"
+                    "with YuNet and aligned to the ArcFace 112x112 template (cached, as for training) unless\n"
+                    "--aligned. Prints a short table and writes a JSON report (--out) with accuracy, per-class\n"
+                    "accuracy, confusion counts, ROC AUC, every misclassified face (with its P(masked)) and every\n"
+                    "image where no face was found.\n\n"
+                    "--detector takes a registered mask detector (`mf2m models --kind mask-detector`; a plug-in\n"
+                    "module that registers one with benchmark.models.registry.register is loaded by --provider)\n"
+                    "or a replacement-mask-detector defence plug-in (an mf2m.defences entry point such as\n"
+                    "faced-mask-aware-detector, or module:callable[:key=value,...]).")
+    e.add_argument("--data", required=True, type=Path, help="folder with with_mask/ and without_mask/ image sub-folders")
+    e.add_argument("--detector", default="mf2m-maskdet",
+                   help="mask detector: registry name, defence entry point or module:callable")
+    e.add_argument("--weights", default=None,
+                   help="weights file for a registry detector (e.g. the RetinaNet checkpoint); default: its own")
+    e.add_argument("--provider", action="append", default=[], metavar="MODULE",
+                   help="import this module first so the detectors it registers can be named (repeatable)")
+    e.add_argument("--out", type=Path, default=None, help="write the JSON report here (atomically)")
+    e.add_argument("--threshold", type=float, default=0.5, help="P(masked) at or above which a face counts as masked")
+    e.add_argument("--aligned", action="store_true",
+                   help="the images are already ArcFace-aligned 112x112 crops: no detection (others are listed "
+                        "as skipped)")
+    e.add_argument("--limit-per-class", type=int, default=None, help="use only N evenly spaced images per class")
+    e.add_argument("--cache-dir", type=Path, default=None,
+                   help="cache of aligned crops (default: $MF2M_CACHE or ~/.cache/mf2m)")
+    e.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    e.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    e.set_defaults(func=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    """Evaluate, print the table, write the JSON."""
+    from ..atomic import write_json
+    from .base import ModelUnavailable
+    from .mask_eval import evaluate, summary_table
+    if args.limit_per_class is not None and args.limit_per_class < 1:
+        raise ValueError("--limit-per-class must be ≥ 1")
+    try:
+        report = evaluate(args.data, args.detector, device=args.device, weights=args.weights,
+                          providers=args.provider, threshold=args.threshold, aligned=args.aligned,
+                          limit_per_class=args.limit_per_class, cache_dir=args.cache_dir,
+                          progress=not args.no_progress)
+    except ModelUnavailable as exc:
+        raise RuntimeError(str(exc)) from None
+    print(summary_table(report))
+    if args.out:
+        write_json(args.out, report)
+        print(f"wrote {args.out}")
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -37,6 +37,7 @@ class ReportOptions:
     paper: str = "auto"          # auto (beside ours when the setting matches) | always | never
     examples: int = 3
     title: str = "MF²M benchmark report"
+    warnings: tuple[str, ...] = ()   # shown above the tables (e.g. the data is too small to mean anything)
 
 
 def collect(runs: Sequence[str]) -> list[tuple[Entry, Metrics]]:
@@ -72,9 +73,13 @@ def build_report(runs: Sequence[str], out: str | Path, options: ReportOptions = 
         raise ValueError("no results found in --runs")
     tables: list[Table] = table1(items, options.far, options.paper) + table2(items, options.far, options.paper) \
         if items else []
+    if items and options.paper != "never":
+        from .compare import comparison_tables
+        tables += comparison_tables(items, options.far)
     tables += boards
+    warnings = data_warnings(items, options.warnings)
     written: list[str] = []
-    md_parts = [f"# {options.title}\n"]
+    md_parts = [f"# {options.title}\n"] + [f"> **Warning:** {w}\n" for w in warnings]
     for t in tables:
         for ext, text in (("md", to_markdown(t)), ("csv", to_csv(t)), ("tex", to_latex(t))):
             write_text(out / f"{t.name}.{ext}", text)
@@ -89,7 +94,8 @@ def build_report(runs: Sequence[str], out: str | Path, options: ReportOptions = 
     settings = {e.run: e.setting for e, _ in items if e.setting}
     intro = [f"Results of {len(items)} evaluated probe set(s) from: {', '.join(runs)}."]
     intro += [f"Run {name}: " + ", ".join(f"{k}={v}" for k, v in s.items()) for name, s in settings.items()]
-    page = render_page(options.title, intro, tables, figures)
+    page = render_page(options.title, intro, tables, figures, footer=provenance(items, runs), warnings=warnings,
+                       downloads=[w for w in written if not w.endswith(".png")] + ["report.md", "manifest.json"])
     write_text(out / "index.html", page)
     written += ["report.md", "index.html"]
     manifest = build_manifest("report", {"runs": list(runs), "far": options.far, "paper": options.paper,
@@ -101,6 +107,99 @@ def build_report(runs: Sequence[str], out: str | Path, options: ReportOptions = 
                                         "has_metrics": m.rank1 is not None} for e, m in items])
     write_json(out / "manifest.json", manifest)
     return manifest
+
+
+#: below these sizes a run's numbers cannot mean anything (the demo's bundled faces are far below)
+TOO_FEW_PROBES = 10
+TOO_FEW_DISTRACTORS = 50
+
+
+def data_warnings(items: list[tuple[Entry, Metrics]], given: Sequence[str] = ()) -> list[str]:
+    """Warnings for the top of the page: ``given`` ones, each run's ``data_warning`` and tiny evaluations."""
+    out = list(given)
+    for e, _ in items:
+        w = e.setting.get("data_warning")
+        if w and w not in out:
+            out.append(w)
+    probes = [m.counts.get("probes") for _, m in items if m.counts.get("probes") is not None]
+    dists = [m.counts.get("distractors") for _, m in items if m.counts.get("distractors") is not None]
+    if probes and dists and (max(probes) < TOO_FEW_PROBES or max(dists) < TOO_FEW_DISTRACTORS):
+        out.append(f"This evaluation has only {max(probes)} probe(s) and {max(dists)} distractor(s): far too few "
+                   "for any number below to mean anything. It shows that every stage works, nothing more.")
+    return out
+
+
+def provenance(items: list[tuple[Entry, Metrics]], runs: Sequence[str]) -> list[str]:
+    """Provenance blocks for the page: per run the commit, data, sizes and models (with weight hashes)."""
+    from ..manifest import git_commit, package_versions
+    blocks = []
+    records = _run_jsons(runs)
+    seen_runs: set[str] = set()
+    for e, m in items:
+        key = e.run or "(search outputs)"
+        if key in seen_runs:
+            continue
+        seen_runs.add(key)
+        run_json = records.get(e.run)
+        lines = [f"run: {key}"]
+        if run_json:
+            lines.append(f"mf2m commit: {run_json.get('git_commit') or 'not recorded'}; "
+                         f"created {run_json.get('created', '?')}; complete: {run_json.get('complete')}")
+            versions = run_json.get("versions", {})
+            lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+        for k, v in e.setting.items():
+            if k != "data_warning":
+                lines.append(f"{k}: {v}")
+        sizes = {k: v for k, v in m.counts.items() if isinstance(v, int)}
+        if sizes:
+            lines.append("sizes (first entry): " + ", ".join(f"{k} {v:,}" for k, v in sizes.items()))
+        models = _models(items, e.run)
+        if models:
+            lines.append("models: " + "; ".join(f"{n} sha256 {h}" for n, h in sorted(models.items())))
+        blocks.append("\n".join(lines))
+    blocks.append(f"report built by mf2m commit {git_commit() or 'unknown (installed package)'}, "
+                  f"mf2m {package_versions(('mf2m',)).get('mf2m', '?')}, from: {', '.join(runs)}")
+    return blocks
+
+
+def _run_jsons(runs: Sequence[str]) -> dict[str, dict]:
+    """Run name → ``run.json`` of every ``--runs`` folder that has one."""
+    out = {}
+    for spec in runs:
+        path = Path(spec.split("=", 1)[-1]) / "run.json"
+        if path.is_file():
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            out[record.get("name", path.parent.name)] = record
+    return out
+
+
+def _models(items: list[tuple[Entry, Metrics]], run: str) -> dict[str, str]:
+    """Model name → weights SHA-256, read from the attack and embed manifests of a run's entries."""
+    found: dict[str, str] = {}
+
+    def visit(obj) -> None:
+        if isinstance(obj, dict):
+            if isinstance(obj.get("name"), str) and isinstance(obj.get("sha256"), str) and len(obj["sha256"]) == 64:
+                found.setdefault(obj["name"], obj["sha256"])
+            for v in obj.values():
+                visit(v)
+        elif isinstance(obj, list):
+            for v in obj:
+                visit(v)
+
+    for e, _ in items:
+        if e.run != run:
+            continue
+        for d in (e.attack_dir, e.search_dir):
+            if d is not None and (d / "manifest.json").is_file():
+                try:
+                    visit(json.loads((d / "manifest.json").read_text()))
+                except (OSError, json.JSONDecodeError):
+                    continue
+    return found
 
 
 def leaderboards(runs: Sequence[str]) -> list[Table]:

@@ -60,6 +60,8 @@ def register(sub, formatter) -> None:
     d.add_argument("--out", default="results/demo", help="output folder")
     d.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
     d.add_argument("--config", default=None, help="another config instead of the built-in demo config")
+    d.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                   help="run only these masking methods (e.g. none solid dm for a quick check; default: all twelve)")
     d.add_argument("--no-progress", action="store_true", help="hide progress bars")
     d.set_defaults(func=_demo)
 
@@ -83,5 +85,6 @@ def _run(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
-    run_demo(data=args.data, out=args.out, device=args.device, config=args.config, progress=not args.no_progress)
+    run_demo(data=args.data, out=args.out, device=args.device, config=args.config, progress=not args.no_progress,
+             methods=args.methods)
     return 0

@@ -26,6 +26,8 @@ p.note{font-size:.85em;color:#555;margin:.2em 0}
 figure{display:inline-block;margin:.5em;vertical-align:top}figure img{max-width:100%}
 figcaption{font-size:.85em;color:#444}
 pre{background:#f6f6f6;padding:.6em;overflow-x:auto}
+div.warning{border:2px solid #c60;background:#fff4e5;padding:.5em 1em;margin:1em 0}
+td.delta{color:#555}
 """
 
 
@@ -36,15 +38,23 @@ def image_tag(path: Path, alt: str) -> str:
 
 
 def render_page(title: str, intro: Sequence[str], tables: Sequence[Table],
-                figures: Sequence[tuple[str, Sequence[tuple[Path, str]]]], footer: Sequence[str] = ()) -> str:
-    """The whole page: intro paragraphs, every table, then figure sections ``(heading, [(png, caption)])``."""
+                figures: Sequence[tuple[str, Sequence[tuple[Path, str]]]], footer: Sequence[str] = (),
+                warnings: Sequence[str] = (), downloads: Sequence[str] = ()) -> str:
+    """The whole page: warnings (e.g. data too small to mean anything), intro paragraphs, every table,
+    figure sections ``(heading, [(png, caption)])`` and the provenance ``footer``. ``downloads`` are
+    files beside the page (relative paths), linked under the tables."""
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>",
              f"<h1>{html.escape(title)}</h1>"]
+    parts += [f'<div class="warning"><p><b>Warning:</b> {html.escape(w)}</p></div>'
+              for w in warnings]
     parts += [f"<p>{html.escape(p)}</p>" for p in intro]
     if tables:
         parts.append("<h2>Tables</h2>")
         parts += [to_html(t) for t in tables]
+    if downloads:
+        links = " · ".join(f'<a href="{html.escape(d)}">{html.escape(d)}</a>' for d in downloads)
+        parts.append(f'<p class="note downloads">Files: {links}</p>')
     for heading, figs in figures:
         if not figs:
             continue

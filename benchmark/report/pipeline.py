@@ -410,11 +410,13 @@ def search_stage(cfg: RunConfig, probes: Path, mates: Path, distractors: Path, f
 # the run
 
 
-def run_pipeline(cfg: RunConfig, progress: bool = True, model_factory: Callable[[str], Any] | None = None
-                 ) -> dict[str, Any]:
+def run_pipeline(cfg: RunConfig, progress: bool = True, model_factory: Callable[[str], Any] | None = None,
+                 data_warning: str | None = None) -> dict[str, Any]:
     """Run (or resume) every stage of ``cfg`` and the report; returns the run record (also ``OUT/run.json``).
 
     ``model_factory(name)`` creates recognizers and mask detectors (default: the model registry).
+    ``data_warning`` (e.g. "these faces are far too few") is stored in the run's setting and shown at the
+    top of the report page.
     """
     from ..device import resolve_device
     from .build import ReportOptions, build_report
@@ -469,8 +471,8 @@ def run_pipeline(cfg: RunConfig, progress: bool = True, model_factory: Callable[
             entries.append({"method": method, "attack_model": attack_model, "eval_model": model,
                             "search": os.path.relpath(s.dir, out),
                             "attack": os.path.relpath(attack_dir, out) if attack_dir else None})
-            _write_run(cfg, out, entries, cache, counts, started, complete=False)
-    record = _write_run(cfg, out, entries, cache, counts, started, complete=True)
+            _write_run(cfg, out, entries, cache, counts, started, complete=False, data_warning=data_warning)
+    record = _write_run(cfg, out, entries, cache, counts, started, complete=True, data_warning=data_warning)
     r = cfg.report
     build_report([str(out)], out / "report", ReportOptions(far=r.far, paper=r.paper, examples=r.examples,
                                                            title=f"MF²M benchmark — {cfg.name}"))
@@ -481,13 +483,15 @@ def run_pipeline(cfg: RunConfig, progress: bool = True, model_factory: Callable[
 
 
 def _write_run(cfg: RunConfig, out: Path, entries: list, cache: Cache, counts: dict, started: float,
-               complete: bool) -> dict[str, Any]:
+               complete: bool, data_warning: str | None = None) -> dict[str, Any]:
     kind = cfg.data.spec.split(":", 1)[0] if ":" in (cfg.data.spec or "") else "folder"
     setting = {"data": cfg.data.spec, "data_kind": kind, "white_box": cfg.attack.fr, "mask_detector": cfg.attack.md,
                "eval_models": ", ".join(cfg.evaluate.models),
                "probe_identities": counts["probes"]["identities"], "probe_images": counts["probes"]["kept"],
                "templates": counts["templates"]["kept"], "distractors": counts["distractors"]["kept"],
                "device": cfg.device}
+    if data_warning:
+        setting["data_warning"] = data_warning
     record = build_manifest("run", _jsonable(asdict(cfg)), format=RUN_FORMAT, name=cfg.name, setting=setting,
                             entries=entries, stages=cache.records, complete=complete,
                             seconds=round(time.time() - started, 1))
