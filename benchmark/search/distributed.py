@@ -50,7 +50,13 @@ class ProcessGroup:
         import torch.distributed as dist
         if self.backend == "nccl":
             torch.cuda.set_device(torch.device(self.device))
-        dist.init_process_group(self.backend, timeout=self.timeout)
+        rank, world, _ = env()
+        try:
+            dist.init_process_group(self.backend, timeout=self.timeout)
+        except Exception as exc:  # noqa: BLE001  (store/backend errors have several types)
+            raise RuntimeError(f"search rank {rank} of {world}: the {self.backend} process group did not form "
+                               f"within {self.timeout.total_seconds() / 60:g} min (--dist-timeout); a rank died or "
+                               f"never started: {exc}") from None
         return self
 
     def __exit__(self, *exc) -> None:
