@@ -145,3 +145,17 @@ def test_conflicting_names_for_one_image_are_refused(tmp_path):
     write_feature_file(tmp_path / "d.h5", D, [f"x/{i}" for i in range(len(D))], None, "m")
     with pytest.raises(IdentityJoinError, match="conflicting identity names for image 'B/B_1': 'B' in the probes"):
         search(tmp_path)
+
+
+def test_report_on_runs_without_metrics_fails_and_writes_nothing(tmp_path):
+    """A run.json whose search folders are absent (e.g. a cache of another machine): an error, no dashes."""
+    from benchmark.cli import main
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"format": "mf2m.run.v1", "name": "x", "entries": [
+        {"method": "mf2m", "eval_model": "sface", "attack_model": "sface", "search": "../gone/search-1",
+         "attack": None}]}))
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "table1.csv").write_text("method,rank1\nmf2m,0.225\n")
+    assert main(["report", "--runs", str(run), "--out", str(tmp_path / "report")]) != 0
+    assert (tmp_path / "report" / "table1.csv").read_text() == "method,rank1\nmf2m,0.225\n"
