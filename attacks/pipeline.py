@@ -5,7 +5,8 @@ Output folder::
     images/<key>.png     the masked/attacked face (lossless 8-bit; keys are identity/stem, so the
                          folder is itself a face folder that ``mf2m embed`` can read)
     regions/<key>.png    the 0/255 region the method changed
-    probes.csv           key, identity, template key, FR distance/cosine to the original, mask
+    probes.csv           key, identity, source (the clean input's key), template key, FR distance/cosine
+                         to the original, mask
                          probability, PSNR/SSIM against the reference image, status
     manifest.json        config, models, attack repr, counts, versions
     rows.jsonl           the work log (one line per finished probe; the resume point)
@@ -35,7 +36,7 @@ from .templates import MAX_ALIGNMENT_RESIDUAL, FaceItem, TemplateBank, aligned_b
 
 log = logging.getLogger(__name__)
 
-CSV_FIELDS = ("key", "identity", "template", "template_similarity", "fr_distance", "fr_cosine", "p_masked",
+CSV_FIELDS = ("key", "identity", "source", "template", "template_similarity", "fr_distance", "fr_cosine", "p_masked",
               "reference", "psnr", "ssim", "status")
 
 
@@ -256,7 +257,7 @@ def _colour(job: AttackJob, key: str) -> str:
 
 def _row(item: FaceItem, **values: Any) -> dict[str, Any]:
     row = {f: None for f in CSV_FIELDS}
-    row.update(key=item.key, identity=item.identity, **values)
+    row.update(key=item.key, identity=item.identity, source=item.source, **values)
     return row
 
 

@@ -38,6 +38,7 @@ class FaceItem:
     key: str
     identity: str
     path: Path
+    source: str = ""    # the input's own key (the CSV's ``key`` column, else its path as written / relative path)
 
 
 def list_faces(source: str | os.PathLike) -> list[FaceItem]:
@@ -48,20 +49,28 @@ def list_faces(source: str | os.PathLike) -> list[FaceItem]:
     items: list[FaceItem] = []
     if source.is_file():
         with open(source, newline="", encoding="utf-8") as fh:
+            key_column = None
             for lineno, row in enumerate(csv.reader(fh), 1):
-                if not row or row[0].startswith("#") or (lineno == 1 and row[:2] == ["identity", "path"]):
+                if lineno == 1 and [c.strip().lower() for c in row[:2]] == ["identity", "path"]:
+                    header = [c.strip().lower() for c in row]
+                    key_column = header.index("key") if "key" in header else None
+                    continue
+                if not row or row[0].startswith("#"):
                     continue
                 if len(row) < 2:
                     raise ValueError(f"{source}:{lineno}: expected 'identity,path', got {row!r}")
-                identity, path = row[0].strip(), Path(row[1].strip())
+                identity, written = row[0].strip(), row[1].strip()
+                path = Path(written)
                 path = path if path.is_absolute() else source.parent / path
-                items.append(FaceItem(f"{_safe(identity)}/{_safe(path.stem)}", identity, path))
+                own = row[key_column].strip() if key_column is not None and len(row) > key_column else ""
+                items.append(FaceItem(f"{_safe(identity)}/{_safe(path.stem)}", identity, path,
+                                      own or written.replace("\\", "/")))
     else:
         for path in sorted(source.rglob("*")):
             if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("."):
                 rel = path.relative_to(source)
                 identity = rel.parts[0] if len(rel.parts) > 1 else path.stem
-                items.append(FaceItem(f"{_safe(identity)}/{_safe(path.stem)}", identity, path))
+                items.append(FaceItem(f"{_safe(identity)}/{_safe(path.stem)}", identity, path, rel.as_posix()))
     if not items:
         raise ValueError(f"no face images found in {source}")
     seen: dict[str, Path] = {}

@@ -1,4 +1,4 @@
-"""The mf2m feature-set format (``mf2m.features.v1``): reading, validation, writing.
+"""The mf2m feature-set format (``mf2m.features.v2``; ``v1`` is read too): reading, validation, writing.
 
 A *feature set* is either one HDF5 file or a directory holding ``manifest.json`` plus HDF5 shards.
 Every HDF5 file holds
@@ -7,11 +7,14 @@ Every HDF5 file holds
   each row divided by ``float32(sqrt(Σ x_i²))``, the sum taken in float64 — see ``row_norms``);
 * ``keys``: (n,) UTF-8 strings, the image's relative path or unique name;
 * ``labels``: (n,) int64 identity index, -1 where unknown;
-* file attributes ``model`` (string) and ``dim`` (int).
+* file attributes ``model`` (string) and ``dim`` (int);
+* (v2, optional) ``identities``: (n,) UTF-8 identity name of each row ("" where unknown), and ``sources``:
+  (n,) UTF-8 key of the clean image an attacked probe was made from ("" where none).  ``mf2m search``
+  pairs probes with mates by these names and never pairs a probe with its own source.
 
 ``manifest.json``::
 
-    {"format": "mf2m.features.v1", "model": "...", "dim": 512, "count": 1000000,
+    {"format": "mf2m.features.v2", "model": "...", "dim": 512, "count": 1000000,
      "shards": [{"path": "part-00000.h5", "count": 100000, "sha256": "..."}, ...]}
 
 Shard paths are relative to the manifest's directory.
@@ -46,8 +49,10 @@ import numpy as np
 from benchmark.atomic import atomic_path, write_json
 from benchmark.manifest import sha256_file
 
-FORMAT = "mf2m.features.v1"
+FORMAT = "mf2m.features.v2"
+READ_FORMATS = ("mf2m.features.v1", FORMAT)   # v1: no per-row identity names / source keys
 MANIFEST = "manifest.json"
+NAME_COLUMNS = ("identities", "sources")     # optional per-row string datasets (v2)
 
 
 class FeatureFormatError(ValueError):
@@ -74,6 +79,8 @@ class FeatureBlock:
     start: int
     raw: np.ndarray | None = None   # the stored rows (float16/float32), before normalisation
     norms: np.ndarray | None = None  # (n,) float32 row norms of ``raw`` (the load rule's)
+    identities: np.ndarray | None = None   # (n,) identity names ("" unknown) when the file has them
+    sources: np.ndarray | None = None      # (n,) clean source keys ("" none) when the file has them
 
 
 @dataclass
@@ -88,6 +95,8 @@ class FeatureArrays:
     source: Path
     shards: list[Shard] = field(default_factory=list)
     norms: np.ndarray | None = None  # (n,) float32 row norms (set by ``load(keep_storage=True)``)
+    identities: np.ndarray | None = None   # (n,) identity names ("" unknown); None: the set has none (v1)
+    sources: np.ndarray | None = None      # (n,) clean source keys ("" none); None: the set has none
 
 
 def _h5():
@@ -136,7 +145,17 @@ def _file_header(path: Path) -> tuple[str, int, int]:
             raise FeatureFormatError(f"{path}: labels must be int64, not {labels.dtype}")
         if keys.dtype.kind not in "OSU":
             raise FeatureFormatError(f"{path}: keys must be UTF-8 strings, not {keys.dtype}")
+        for name in NAME_COLUMNS:
+            if name in fh and (fh[name].shape != (n,) or fh[name].dtype.kind not in "OSU"):
+                raise FeatureFormatError(f"{path}: {name!r} must be {n} UTF-8 strings (one per row), found "
+                                         f"shape {fh[name].shape} dtype {fh[name].dtype}")
     return model, dim, n
+
+
+def _columns(path: Path) -> set[str]:
+    """Which optional per-row string datasets (``identities``, ``sources``) a feature file holds."""
+    with _h5().File(path, "r") as fh:
+        return {name for name in NAME_COLUMNS if name in fh}
 
 
 _NORM_CHUNK = 8192  # rows per float64 norm computation
@@ -204,6 +223,7 @@ class FeatureSet:
     def __init__(self, path: str | os.PathLike, verify_checksums: bool = True):
         """Open ``path`` and check its manifest, shard counts/checksums and model/dim consistency."""
         self.path = Path(path)
+        self.format, self.manifest_identities = FORMAT, None
         if self.path.is_dir():
             self.shards, self.model, self.dim = self._read_manifest(verify_checksums)
         elif self.path.is_file():
@@ -212,6 +232,17 @@ class FeatureSet:
         else:
             raise FileNotFoundError(f"feature set not found: {self.path}")
         self.count = sum(s.count for s in self.shards)
+        columns = [_columns(s.path) for s in self.shards]
+        #: optional per-row columns every shard holds (a column some shards lack is treated as absent)
+        self.columns = set.intersection(*columns) if columns else set()
+
+    def lacks(self, column: str) -> str | None:
+        """None when every row has ``column`` (``identities``/``sources``), else why not (for messages)."""
+        if column in self.columns:
+            return None
+        if self.format == READ_FORMATS[0]:
+            return f"{self.path} is a {READ_FORMATS[0]} feature set (written before per-row {column} existed)"
+        return f"{self.path} has no per-row {column!r} dataset"
 
     def _read_manifest(self, verify: bool) -> tuple[list[Shard], str, int]:
         mpath = self.path / MANIFEST
@@ -221,9 +252,14 @@ class FeatureSet:
             man = json.loads(mpath.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise FeatureFormatError(f"{mpath}: not valid JSON ({exc})") from exc
-        if not isinstance(man, dict) or man.get("format") != FORMAT:
-            raise FeatureFormatError(f"{mpath}: format must be {FORMAT!r}, found {man.get('format')!r}"
-                                     if isinstance(man, dict) else f"{mpath}: not a JSON object")
+        if not isinstance(man, dict):
+            raise FeatureFormatError(f"{mpath}: not a JSON object")
+        if man.get("format") not in READ_FORMATS:
+            raise FeatureFormatError(f"{mpath}: format must be {FORMAT!r} (or {READ_FORMATS[0]!r}), found "
+                                     f"{man.get('format')!r}")
+        self.format = man["format"]
+        names = man.get("identities")
+        self.manifest_identities = ([str(x) for x in names] if isinstance(names, list) else None)
         for name in ("model", "dim", "shards"):
             if name not in man:
                 raise FeatureFormatError(f"{mpath}: missing {name!r}")
@@ -276,7 +312,9 @@ class FeatureSet:
                     feats = normalize_rows(raw, shard.path, lo, norms) if unit else None
                     keys = _decode_keys(fh["keys"][lo:hi], shard.path)
                     labels = np.asarray(fh["labels"][lo:hi], dtype=np.int64)
-                    yield FeatureBlock(feats, keys, labels, shard.path, start + lo, raw, norms)
+                    cols = {c: _decode_keys(fh[c][lo:hi], shard.path) if c in self.columns else None
+                            for c in NAME_COLUMNS}
+                    yield FeatureBlock(feats, keys, labels, shard.path, start + lo, raw, norms, **cols)
             start += shard.count
 
     def storage_dtype(self) -> np.dtype:
@@ -299,6 +337,7 @@ class FeatureSet:
         feats = np.empty((self.count, self.dim), dtype=dtype)
         norms = np.empty(self.count, dtype=np.float32) if keep_storage else None
         keys, labels = [], []
+        cols: dict[str, list[np.ndarray]] = {c: [] for c in NAME_COLUMNS}
         blocks = self.iter_blocks(block_size, unit=not keep_storage, into=feats if keep_storage else None)
         if progress:
             from tqdm import tqdm
@@ -311,10 +350,16 @@ class FeatureSet:
                 feats[b.start:b.start + len(b.keys)] = b.features
             keys.append(b.keys)
             labels.append(b.labels)
+            for c in NAME_COLUMNS:
+                if getattr(b, c) is not None:
+                    cols[c].append(getattr(b, c))
         key_arr = np.concatenate(keys) if keys else np.zeros(0, dtype="<U1")
         lab_arr = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
         check_unique_keys(key_arr, self)
-        return FeatureArrays(feats, key_arr, lab_arr, self.model, self.dim, self.path, list(self.shards), norms)
+        extra = {c: (np.concatenate(cols[c]) if cols[c] else np.zeros(0, dtype="<U1")) if c in self.columns
+                 else None for c in NAME_COLUMNS}
+        return FeatureArrays(feats, key_arr, lab_arr, self.model, self.dim, self.path, list(self.shards), norms,
+                             **extra)
 
     def shard_of_row(self, row: int) -> Path:
         """The file holding global row ``row`` (for error messages)."""
@@ -382,8 +427,10 @@ def check_compatible(sets: dict[str, FeatureSet]) -> tuple[str, int]:
 
 def write_feature_file(path: str | os.PathLike, features: np.ndarray, keys: Sequence[str],
                        labels: Sequence[int] | np.ndarray | None, model: str, dim: int | None = None,
-                       dtype: str = "float32") -> Path:
-    """Atomically write one feature file (labels default to -1); returns its path."""
+                       dtype: str = "float32", identities: Sequence[str] | None = None,
+                       sources: Sequence[str] | None = None) -> Path:
+    """Atomically write one feature file (labels default to -1; ``identities``/``sources``: optional per-row
+    identity names and clean source keys, "" where unknown); returns its path."""
     path = Path(path)
     feats = np.asarray(features)
     if feats.ndim != 2:
@@ -399,6 +446,13 @@ def write_feature_file(path: str | os.PathLike, features: np.ndarray, keys: Sequ
     normalize_rows(feats, path)  # refuse NaN/Inf/zero rows before writing anything
     if len(set(keys)) != n:
         raise ValueError(f"{path}: duplicate keys in the rows to write")
+    columns = {}
+    for name, values in (("identities", identities), ("sources", sources)):
+        if values is not None:
+            values = ["" if v is None else str(v) for v in values]
+            if len(values) != n:
+                raise ValueError(f"{path}: {n} feature rows but {len(values)} {name}")
+            columns[name] = values
     h5py = _h5()
     with atomic_path(path, suffix=".h5") as tmp:
         with h5py.File(tmp, "w") as fh:
@@ -406,6 +460,8 @@ def write_feature_file(path: str | os.PathLike, features: np.ndarray, keys: Sequ
             fh.create_dataset("keys", data=np.asarray(keys, dtype=object),
                               dtype=h5py.string_dtype("utf-8"))
             fh.create_dataset("labels", data=labels)
+            for name, values in columns.items():
+                fh.create_dataset(name, data=np.asarray(values, dtype=object), dtype=h5py.string_dtype("utf-8"))
             fh.attrs["model"] = model
             fh.attrs["dim"] = dim
     return path
@@ -436,20 +492,27 @@ class FeatureSetWriter:
         self.directory, self.model, self.dim = Path(directory), model, int(dim)
         self.shard_size, self.dtype = int(shard_size), dtype
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._buf: list[tuple[np.ndarray, list[str], np.ndarray]] = []
+        self._buf: list[tuple[np.ndarray, list[str], np.ndarray, list[str] | None, list[str] | None]] = []
         self._buffered = 0
         self.shards: list[str] = []
         self._seen: set[str] = set()
 
-    def add(self, features: np.ndarray, keys: Sequence[str], labels: Sequence[int] | np.ndarray | None = None):
-        """Append rows (duplicate keys across the whole set are refused)."""
+    def add(self, features: np.ndarray, keys: Sequence[str], labels: Sequence[int] | np.ndarray | None = None,
+            identities: Sequence[str] | None = None, sources: Sequence[str] | None = None):
+        """Append rows (duplicate keys across the whole set are refused); ``identities``/``sources`` must be
+        given for every batch or for none."""
         keys = [str(k) for k in keys]
         dup = self._seen.intersection(keys)
         if dup or len(set(keys)) != len(keys):
             raise ValueError(f"{self.directory}: duplicate key(s) {sorted(dup)[:3] or 'within the batch'}")
         self._seen.update(keys)
         labels = np.full(len(keys), -1, np.int64) if labels is None else np.asarray(labels, np.int64)
-        self._buf.append((np.asarray(features), keys, labels))
+        for name, values in (("identities", identities), ("sources", sources)):
+            if self._buf and (values is None) != (self._buf[0][3 if name == "identities" else 4] is None):
+                raise ValueError(f"{self.directory}: {name} given for some batches but not for others")
+        self._buf.append((np.asarray(features), keys, labels,
+                          None if identities is None else [str(v) for v in identities],
+                          None if sources is None else [str(v) for v in sources]))
         self._buffered += len(keys)
         while self._buffered >= self.shard_size:
             self._flush(self.shard_size)
@@ -458,11 +521,14 @@ class FeatureSetWriter:
         feats = np.concatenate([b[0] for b in self._buf])
         keys = [k for b in self._buf for k in b[1]]
         labels = np.concatenate([b[2] for b in self._buf])
+        ids = None if self._buf[0][3] is None else [v for b in self._buf for v in b[3]]
+        srcs = None if self._buf[0][4] is None else [v for b in self._buf for v in b[4]]
         name = f"part-{len(self.shards):05d}.h5"
         write_feature_file(self.directory / name, feats[:n], keys[:n], labels[:n], self.model, self.dim,
-                           self.dtype)
+                           self.dtype, None if ids is None else ids[:n], None if srcs is None else srcs[:n])
         self.shards.append(name)
-        self._buf = [(feats[n:], keys[n:], labels[n:])] if len(keys) > n else []
+        self._buf = [(feats[n:], keys[n:], labels[n:], None if ids is None else ids[n:],
+                      None if srcs is None else srcs[n:])] if len(keys) > n else []
         self._buffered = len(keys) - n
 
     def close(self) -> Path:

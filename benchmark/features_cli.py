@@ -32,7 +32,7 @@ def register(subparsers, formatter_class) -> None:
     """Add ``mf2m features {import-npy,import-megaface,validate}``."""
     p = subparsers.add_parser("features", formatter_class=formatter_class,
                               help="import features from other tools; validate feature sets",
-                              description="Feature sets (format mf2m.features.v1, see docs/protocol.md): one "
+                              description="Feature sets (format mf2m.features.v2; v1 is read, see docs/protocol.md): one "
                                           "HDF5 file or a directory with manifest.json + HDF5 shards.")
     sub = p.add_subparsers(dest="features_command", metavar="<action>")
     sub.required = True

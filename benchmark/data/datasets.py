@@ -7,7 +7,8 @@ A *spec* is one string, ``KIND:PATH`` with optional ``?option=value&…`` option
 ``csv:FILE``                   CSV with ``identity,path[,key[,aligned]]`` rows (a header row naming
                                the columns is optional; relative paths are relative to the CSV's
                                folder; key defaults to the path as written; aligned 1/0 per row
-                               overrides the option; empty identity → label -1)
+                               overrides the option; empty identity → label -1; a ``source`` column
+                               names the clean image an attacked probe was made from)
 ``megaface-probes:ROOT``       insightface MegaFace testpack probes: ``ROOT/facescrub_images/<Name>/…``
                                (listed by ``ROOT/facescrub_lst`` when present), aligned 112×112
 ``megaface-distractors:ROOT``  testpack distractors ``ROOT/megaface_images/<a>/<b>/<photo>.jpg``
@@ -19,7 +20,9 @@ A *spec* is one string, ``KIND:PATH`` with optional ``?option=value&…`` option
 ``prepared:DIR``               crops cached by ``mf2m prepare`` (already aligned)
 =============================  =====================================================================
 
-A bare path is read as ``folder:`` for a directory and ``csv:`` for a ``.csv`` file.
+A bare path is read as ``folder:`` for a directory and ``csv:`` for a ``.csv`` file. The ``images/`` folder
+of an ``mf2m attack`` output is a face folder whose identity names and source keys (the key of the clean
+image each probe was made from) come from the attack's ``probes.csv``.
 
 Options: ``aligned=1`` (folder/csv: the images already are ArcFace-aligned 112×112 crops; default 0,
 i.e. photos that need detection + alignment), ``noises=drop`` (megaface kinds: leave out the keys of
@@ -56,6 +59,7 @@ class Item:
     path: str                     # file to decode
     needs_alignment: bool         # True: a photo that must be detected + aligned first
     identity: str = ""            # identity name ("" when unknown)
+    source: str = ""              # key of the clean image an attacked probe was made from ("" when none)
     box: tuple[float, float, float, float] | None = None   # face box (x0, y0, x1, y1) when given
     five: tuple[tuple[float, float], ...] | None = None    # 5 landmarks when given
 
@@ -239,16 +243,40 @@ def is_noise(key: str, noises: set[str]) -> bool:
 # loaders
 
 
+def attack_rows(images: Path) -> dict[str, dict[str, str]] | None:
+    """The ``probes.csv`` rows of an ``mf2m attack`` output whose ``images/`` folder is ``images`` (by image
+    path relative to it), or None when ``images`` is not such a folder."""
+    out = images.parent
+    table, manifest = out / "probes.csv", out / "manifest.json"
+    if images.name != "images" or not table.is_file() or not manifest.is_file():
+        return None
+    try:
+        if json.loads(manifest.read_text(encoding="utf-8")).get("stage") != "attack":
+            return None
+    except (OSError, ValueError):
+        return None
+    with open(table, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    return {f"{r['key']}.png": r for r in rows if r.get("status") == "ok" and r.get("key")}
+
+
 def _folder(spec: str, root: Path, options: dict[str, str]) -> Dataset:
     if not root.is_dir():
         raise ValueError(f"dataset spec {spec!r}: {root} is not a directory (folder:ROOT/<identity>/<image>)")
     aligned = _flag(options, "aligned", spec)
-    entries = []
+    attacked = attack_rows(root)     # an attack's images/: identity names and source keys from its probes.csv
+    entries, extra = [], {}
     for rel in _walk_images(root):
         identity = rel.split("/", 1)[0] if "/" in rel else ""
+        row = (attacked or {}).get(rel)
+        if row is not None:
+            identity = row.get("identity") or identity
+            if row.get("source"):
+                extra[rel] = {"source": row["source"]}
         entries.append((rel, identity, str(root / rel)))
-    items, names = _labelled(entries, needs_alignment=not aligned)
-    return Dataset(spec, "folder", str(root), items, names)
+    items, names = _labelled(entries, needs_alignment=not aligned, extra=extra)
+    notes = {"attack_output": str(root.parent)} if attacked is not None else {}
+    return Dataset(spec, "folder", str(root), items, names, notes=notes)
 
 
 def _csv(spec: str, file: Path, options: dict[str, str]) -> Dataset:
@@ -274,6 +302,8 @@ def _csv(spec: str, file: Path, options: dict[str, str]) -> Dataset:
             entries.append((key, rec.get("identity", ""), str(path)))
             if rec.get("aligned"):
                 extra[key] = {"needs_alignment": rec["aligned"] not in ("1", "true", "yes")}
+            if rec.get("source"):
+                extra.setdefault(key, {})["source"] = rec["source"]
     items, names = _labelled(entries, needs_alignment=not aligned_default, extra=extra)
     return Dataset(spec, "csv", str(file), items, names)
 

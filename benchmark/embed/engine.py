@@ -245,7 +245,8 @@ def _write_shard(out: Path, index: int, items, sources, buf, recognizer, cfg: Em
     if len(idx):
         path = write_feature_file(out / S.shard_name(index), feats, [items[i].key for i in idx],
                                   np.asarray([items[i].label for i in idx], np.int64), recognizer.name,
-                                  recognizer.dim, cfg.dtype)
+                                  recognizer.dim, cfg.dtype, identities=[items[i].identity for i in idx],
+                                  sources=[items[i].source for i in idx])
         record["sha256"] = sha256_file(path)
     S.write_record(out, index, record)
 

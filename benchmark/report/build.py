@@ -71,6 +71,14 @@ def build_report(runs: Sequence[str], out: str | Path, options: ReportOptions = 
     boards = leaderboards(runs)
     if not items and not boards:
         raise ValueError("no results found in --runs")
+    empty = [e for e, m in items if m.rank1 is None]
+    if items and len(empty) == len(items) and not boards:
+        where = empty[0].search_dir / "metrics.json" if empty[0].search_dir is not None else empty[0].method
+        raise ValueError(f"no metrics in --runs {' '.join(runs)}: none of its {len(items)} entries has a readable "
+                         f"metrics.json (e.g. {where} is missing: run.json may point into a cache folder that is "
+                         f"not here); nothing was written to {out}")
+    for e in empty:
+        log.warning("%s on %s: no metrics.json in %s (shown as dashes)", e.method, e.eval_model, e.search_dir)
     tables: list[Table] = table1(items, options.far, options.paper) + table2(items, options.far, options.paper) \
         if items else []
     if items and options.paper != "never":

@@ -14,12 +14,15 @@ def _run(args: argparse.Namespace) -> int:
                        fars=args.far, ranks=args.ranks, distractor_sizes=args.distractor_sizes,
                        noise_lists=args.noise_list, topk=args.topk, device=args.device,
                        block_size=args.block_size, precision=args.precision, seed=args.seed,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, join=args.join,
+                       allow_missing_mates=args.allow_missing_mates, dist_timeout=args.dist_timeout)
     for f in cfg.fars:
         if not 0 < f < 1:
             raise ValueError(f"--far values must be in (0, 1), got {f}")
     if cfg.block_size < 1 or cfg.topk < 0:
         raise ValueError("--block-size must be ≥ 1 and --topk ≥ 0")
+    if not cfg.dist_timeout > 0:
+        raise ValueError("--dist-timeout must be > 0 minutes")
     metrics = run_search(cfg)
     if metrics:
         tar = ", ".join(f"TAR@{t['far']:g}={t['tar']:.4f}" for t in metrics["tar_at_far"])
@@ -33,10 +36,14 @@ def register(subparsers, formatter_class) -> None:
         "search", formatter_class=formatter_class,
         help="exact rank-1/CMC, TAR@FAR and AUC of probes vs mates + distractors (MegaFace protocol)",
         description="Score probes against mates and a distractor gallery (cosine similarity) and compute "
-                    "exact metrics without holding the score matrix: positives = same label ≥ 0 and "
-                    "different key; negatives = every probe × distractor. See docs/protocol.md.\n"
-                    "Multi-GPU: torchrun --nproc-per-node N -m benchmark.cli search ... (each rank takes "
-                    "every N-th distractor block; rank 0 merges).")
+                    "exact metrics without holding the score matrix: positives = probe × mate of the same "
+                    "identity *name* (the feature sets' per-row identities), never a probe with its own "
+                    "image or the clean image it was made from (keys compared without file extension, "
+                    "sources honoured); negatives = every probe × distractor. See docs/protocol.md.\n"
+                    "Several processes: torchrun --nproc-per-node N -m benchmark.cli search ... (each rank "
+                    "takes every N-th distractor block; torch.distributed brings the partials to rank 0: "
+                    "gloo on CPU, NCCL on CUDA). Independent jobs with RANK/WORLD_SIZE set by hand share "
+                    "--out and merge fingerprinted partial files instead.")
     p.add_argument("--probes", required=True, help="probe feature set (HDF5 file or directory with manifest.json)")
     p.add_argument("--mates", required=True, help="mate feature set (clean images of the probes' identities)")
     p.add_argument("--distractors", required=True, help="distractor feature set (e.g. MegaFace 1M)")
@@ -62,4 +69,14 @@ def register(subparsers, formatter_class) -> None:
                         "else fp32. metrics.json records which ran and why")
     p.add_argument("--seed", type=int, default=0, help="seed of the distractor-size sweep's permutation")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--join", choices=("auto", "names", "labels"), default="auto",
+                   help="how probes find their mates: by identity name (names; an error when a set has none), "
+                        "by the sets' integer labels (labels: only right when both were labelled from one list "
+                        "of identities), or names when both sets carry them, else labels with a warning (auto)")
+    p.add_argument("--allow-missing-mates", action="store_true",
+                   help="a probe identity with no image among the mates is counted and logged instead of an "
+                        "error (its probes still count as negatives)")
+    p.add_argument("--dist-timeout", type=float, default=10.0, metavar="MINUTES",
+                   help="several processes: how long rank 0 waits for the other ranks' partial results before "
+                        "failing with an error naming the missing rank(s)")
     p.set_defaults(func=_run)

@@ -1,8 +1,11 @@
 """The search stage end to end: load feature sets, apply noise lists, stream the gallery, compute metrics.
 
-Multi-process / multi-GPU: under ``torchrun`` (env ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``) every rank
-takes every WORLD_SIZE-th distractor block, saves its additive partial to ``OUT/partials/``, and rank 0
-merges them and writes the outputs.
+Probes are paired with mates by identity name (``search/identity.py``), never with their own clean source.
+
+Multi-process / multi-GPU: every rank (env ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``) takes every
+WORLD_SIZE-th distractor block; rank 0 merges the additive partials — through torch.distributed under
+torchrun, else through fingerprinted files in ``OUT/partials/`` (``search/distributed.py``) — and writes
+the outputs.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmark.features import FeatureArrays, FeatureSet, UnitRows, check_compatible, read_lines
-from benchmark.search import engine
+from benchmark.search import distributed, engine, identity
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,9 @@ class SearchConfig:
     seed: int = 0
     roc_per_decade: int = 5
     progress: bool = True
+    join: str = "auto"                 # pair by identity "names", integer "labels", or "auto" (names if present)
+    allow_missing_mates: bool = False  # a probe identity absent from the mates: counted warning, not an error
+    dist_timeout: float = distributed.DEFAULT_TIMEOUT_MIN   # minutes to wait for the other ranks
 
 
 # ------------------------------------------------------------------------------------------- inputs
@@ -82,13 +88,17 @@ def _drop_rows(arrays: FeatureArrays, drop: np.ndarray) -> FeatureArrays:
         feats[lo:lo + sel.size] = feats[sel]
     arrays.features = feats[:keep.size]
     arrays.keys, arrays.labels = arrays.keys[keep], arrays.labels[keep]
+    for name in ("identities", "sources"):
+        if getattr(arrays, name) is not None:
+            setattr(arrays, name, getattr(arrays, name)[keep])
     if arrays.norms is not None:
         arrays.norms = arrays.norms[keep]
     return arrays
 
 
-def load_inputs(cfg: SearchConfig) -> tuple[dict[str, FeatureArrays], dict[str, int], str, int]:
-    """Open and validate the three roles, check model/dim, apply the noise lists (counts returned).
+def load_inputs(cfg: SearchConfig) -> tuple[dict[str, FeatureArrays], dict[str, int], str, int, identity.Join]:
+    """Open and validate the three roles, check model/dim, apply the noise lists (counts returned) and pair
+    probes with mates by identity (``identity.join``).
 
     Distractors stay in their storage dtype (float16: half the memory) behind ``UnitRows``, which yields
     the same unit float32 rows as ``FeatureSet.load`` block by block.
@@ -108,7 +118,9 @@ def load_inputs(cfg: SearchConfig) -> tuple[dict[str, FeatureArrays], dict[str, 
         raise ValueError(f"{cfg.probes}: no probes left (after noise lists)")
     if arrays["distractors"].features.shape[0] == 0:
         raise ValueError(f"{cfg.distractors}: no distractors left (after noise lists)")
-    return arrays, excluded, model, dim
+    j = identity.join(sets["probes"], arrays["probes"], sets["mates"], arrays["mates"], cfg.join,
+                      cfg.allow_missing_mates)
+    return arrays, excluded, model, dim, j
 
 
 def roc_grid(n_neg: int, fars: list[float], per_decade: int = 5) -> list[float]:
@@ -120,11 +132,6 @@ def roc_grid(n_neg: int, fars: list[float], per_decade: int = 5) -> list[float]:
 
 
 # ----------------------------------------------------------------------------------------- streaming
-
-def _dist_env() -> tuple[int, int, int]:
-    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-            int(os.environ.get("LOCAL_RANK", 0)))
-
 
 def stream(problem: engine.Problem, device: str, block_size: int, rank: int = 0, world: int = 1,
            progress: bool = True, fused: bool = True, precision: str = "fp32") -> engine.Partial:
@@ -170,43 +177,14 @@ def _screen(problem: engine.Problem, probes_dev, precision: str):
     return screen
 
 
-def save_partial(part: engine.Partial, path: Path) -> None:
-    """Write a partial as .npz (atomic)."""
-    from benchmark.atomic import atomic_path
-    arrays = {"n_cols": np.int64(part.n_cols), "rank_hist": part.rank_hist, "n_below": np.int64(part.n_below),
-              "neg_hist": part.neg_hist,
-              "first_beater": part.first_beater, "match_vals": part.match_vals, "match_idx": part.match_idx,
-              "match_bound": part.match_bound, "n_refined": np.int64(part.n_refined),
-              "dense": np.array([part.auc_num2, part.dense_cols, part.auc_refined], dtype=np.int64),
-              "neg_hist_lp": part.neg_hist_lp,
-              "screen": np.array([part.n_below_lp, part.lp_cols, part.lp_rescored], dtype=np.int64),
-              "screen_err": np.float64(part.lp_err), "screen_out": np.array(part.lp_out),
-              "screen_note": np.array(part.lp_note)}
-    for size, top in part.tops.items():
-        top.flush()
-        arrays.update({f"top{size}_vals": top.vals, f"top{size}_probe": top.probe, f"top{size}_dist": top.dist,
-                       f"top{size}_meta": np.array([top.k, top.cut, top.eps])})
-    with atomic_path(path, suffix=".npz") as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+def save_partial(part: engine.Partial, path: Path, fingerprint: str = "") -> None:
+    """Write a partial as .npz (atomic), with the fingerprint of the run that made it."""
+    distributed.save(part, path, fingerprint)
 
 
-def load_partial(path: Path) -> engine.Partial:
-    """Read a partial written by ``save_partial``."""
-    z = np.load(path)
-    tops = {}
-    for name in z.files:
-        if name.startswith("top") and name.endswith("_meta"):
-            size = int(name[3:-5])
-            k, cut, eps = z[name]
-            tops[size] = engine.NegTopK(int(k), float(eps), z[f"top{size}_vals"], z[f"top{size}_probe"],
-                                        z[f"top{size}_dist"], float(cut))
-    num2, dense_cols, auc_refined = (int(x) for x in z["dense"])
-    below_lp, lp_cols, lp_rescored = (int(x) for x in z["screen"])
-    return engine.Partial(int(z["n_cols"]), z["rank_hist"], int(z["n_below"]), z["neg_hist"], z["first_beater"],
-                          tops, z["match_vals"], z["match_idx"], z["match_bound"], int(z["n_refined"]),
-                          num2, dense_cols, auc_refined, z["neg_hist_lp"], below_lp, float(z["screen_err"]),
-                          str(z["screen_out"]), lp_cols, lp_rescored, str(z["screen_note"]))
+def load_partial(path: Path, fingerprint: str | None = None) -> engine.Partial:
+    """Read a partial written by ``save_partial`` (with ``fingerprint``: refuse one from another run)."""
+    return distributed.load(path, fingerprint)
 
 
 # ------------------------------------------------------------------------------------------- metrics
@@ -313,38 +291,56 @@ def _auc_method(dense_cols: int, n_d: int, bound: float) -> str:
 def run_search(cfg: SearchConfig) -> dict:
     """Run the whole stage; returns metrics (rank 0) and writes every output under ``cfg.out``."""
     from benchmark.device import resolve_device
-    from benchmark.search import outputs
 
-    rank, world, local = _dist_env()
+    rank, world, local = distributed.env()
     device = resolve_device(cfg.device)
     if device == "cuda" and world > 1:
         device = f"cuda:{local}"
+    if distributed.under_torchrun():
+        with distributed.ProcessGroup(device, cfg.dist_timeout):
+            return _search(cfg, device, rank, world)
+    return _search(cfg, device, rank, world)
+
+
+def _search(cfg: SearchConfig, device: str, rank: int, world: int) -> dict:
+    from benchmark.search import outputs
     t0 = time.perf_counter()
-    arrays, excluded, model, dim = load_inputs(cfg)
+    arrays, excluded, model, dim, j = load_inputs(cfg)
     p, m, d = arrays["probes"], arrays["mates"], arrays["distractors"]
     t_load = time.perf_counter()
     sizes = [s for s in cfg.distractor_sizes if s < d.features.shape[0]]
     n_neg = p.features.shape[0] * d.features.shape[0]
-    problem = engine.build_problem(p.features, p.keys, p.labels, m.features, m.keys, m.labels, d.features,
-                                   roc_grid(n_neg, cfg.fars, cfg.roc_per_decade), sizes, cfg.seed, cfg.topk)
+    problem = engine.build_problem(p.features, j.probe_keys, j.probe_labels, m.features, j.mate_keys,
+                                   j.mate_labels, d.features, roc_grid(n_neg, cfg.fars, cfg.roc_per_decade),
+                                   sizes, cfg.seed, cfg.topk)
     precision = resolve_search_precision(cfg.precision, device)
     log.info("search precision: %s (%s)", *precision)
     part = stream(problem, device, cfg.block_size, rank, world, cfg.progress, precision=precision[0])
     out = Path(cfg.out)
-    if world > 1:
-        save_partial(part, out / "partials" / f"rank-{rank:04d}-of-{world:04d}.npz")
+    if world > 1 and distributed.under_torchrun():
+        part = distributed.gather(part, rank, world, cfg.dist_timeout)
         if rank != 0:
             return {}
-        part = _gather_partials(out / "partials", world, part)
-        for stale in (out / "partials").glob(f"rank-*-of-{world:04d}.npz"):
-            stale.unlink()  # merged: a later run must not pick them up
+    elif world > 1:
+        fp = partial_fingerprint(cfg, world)
+        folder = out / "partials"
+        save_partial(part, distributed.partial_path(folder, rank, world), fp)
+        if rank != 0:
+            return {}
+        part = distributed.gather_files(folder, world, part, fp, cfg.dist_timeout)
+        for r in range(world):
+            distributed.partial_path(folder, r, world).unlink(missing_ok=True)  # merged: never picked up again
     t_search = time.perf_counter()
     metrics, curves = compute_metrics(part, problem, cfg, p.features.shape[0], m.features.shape[0], device,
                                       precision)
     metrics["counts"]["noise_excluded"] = excluded
+    metrics["identity_join"] = {**j.report, **identity.pair_counts(j)}
     t_end = time.perf_counter()
     timings = {"load_s": t_load - t0, "search_s": t_search - t_load, "finalize_s": t_end - t_search,
                "total_s": t_end - t0}
+    # topk.csv's same-identity flag: by the shared identity codes (distractors are never the probe's identity)
+    p.labels, m.labels = j.probe_labels, j.mate_labels
+    d.labels = np.full(len(d.keys), -1, np.int64)
     outputs.write_all(out, cfg, metrics, curves, arrays, model, dim, device, world, timings)
     return metrics
 
@@ -359,18 +355,17 @@ def resolve_search_precision(precision: str, device: str) -> tuple[str, str]:
     return resolve_precision(precision, device)
 
 
-def _gather_partials(folder: Path, world: int, own: engine.Partial, timeout_s: float = 86400) -> engine.Partial:
-    """Rank 0: wait for the other ranks' partials and merge them into ``own``."""
-    deadline = time.time() + timeout_s
-    merged = own
-    for r in range(1, world):
-        path = folder / f"rank-{r:04d}-of-{world:04d}.npz"
-        while not path.exists():
-            if time.time() > deadline:
-                raise RuntimeError(f"timed out waiting for {path}")
-            time.sleep(1.0)
-        merged = engine.merge(merged, load_partial(path))
-    return merged
+def partial_fingerprint(cfg: SearchConfig, world: int) -> str:
+    """What a partial file must match to be merged: the inputs' shard checksums, settings, world size, code."""
+    from benchmark.manifest import sha256_file
+    from benchmark.report.pipeline import code_fingerprint
+    inputs = {}
+    for role in ("probes", "mates", "distractors"):
+        fs = FeatureSet(getattr(cfg, role), verify_checksums=False)
+        inputs[role] = [s.sha256 or sha256_file(s.path) for s in fs.shards]
+    noise = [sha256_file(n) for n in cfg.noise_lists]
+    return distributed.fingerprint({**config_dict(cfg), "noise_lists": noise}, inputs, world,
+                                   code_fingerprint("search"))
 
 
 def config_dict(cfg: SearchConfig) -> dict:
