@@ -12,10 +12,15 @@ $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_av
 
 step() { echo; echo "=== $1 ($(date +%T))"; shift; timeout "$@"; echo "exit $?"; }
 
-# 1. search: CPU and CUDA give identical metrics (small problems), then the 1M × 3,530 scale run (target ≤ 2 s).
-step "search: CPU vs CUDA identity" 120 $PY -m pytest -q tests/test_search.py -k cuda
-step "search: 1M distractors × 3,530 probes (target search_s ≤ 2)" 300 \
-  $PY benchmarks/search_scale.py --device cuda --block-size 65536 --json "$OUT/search_scale.json"
+# 1. search: CPU and CUDA give identical metrics (small problems; fp16/bf16 tensor-core screening and float32
+#    against the brute force), then the 1M × 3,530 scale run, screened (auto = fp16) and float32 (TF32 off).
+step "search: CPU vs CUDA identity, screening paths" 180 $PY -m pytest -q tests/test_search.py tests/test_search_screen.py -k cuda
+step "search: 1M distractors × 3,530 probes, fp16 screening (target search_s ≤ 2)" 240 \
+  $PY benchmarks/search_scale.py --device cuda --block-size 65536 --data-dir /tmp/mf2m-sets \
+  --products torch torch-fp16 --json "$OUT/search_scale.json"
+step "search: 1M distractors × 3,530 probes, float32" 120 \
+  $PY benchmarks/search_scale.py --device cuda --block-size 65536 --data-dir /tmp/mf2m-sets --precision fp32 \
+  --products torch --json "$OUT/search_scale_fp32.json"
 # 2. embed: IResNet-50 fp16 end to end (target ≥ 10,000 img/s).
 step "embed: IResNet-50 fp16 end to end" 180 \
   $PY benchmarks/gpu_embed.py --device cuda --images 200000 --batch-size 512 --workers 12 --out "$OUT/embed.md"

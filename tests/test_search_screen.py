@@ -167,3 +167,15 @@ def test_auto_precision_is_recorded(tmp_path):
     with pytest.raises(ValueError, match="--precision"):
         run_search(SearchConfig(str(p), str(m), str(d), str(tmp_path / "x"), fars=FARS, device="cpu",
                                 progress=False, precision="int8"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("precision", ["fp16", "bf16", "fp32"])
+def test_cuda_paths_match_brute_force_inside_the_bound(inside, precision):
+    """On a GPU: tensor-core screening (fp16/bf16, float32 output where torch offers it) and float32."""
+    tmp, (p, m, d), stored, ref = inside
+    metrics = run_search(SearchConfig(str(p), str(m), str(d), str(tmp / f"cuda{precision}"), fars=FARS,
+                                      device="cuda", progress=False, topk=4, block_size=1024, precision=precision,
+                                      distractor_sizes=[500, 3000]))
+    check(metrics, ref)
+    assert metrics["exactness"]["precision"]["resolved"] == precision
