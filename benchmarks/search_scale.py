@@ -49,10 +49,11 @@ def write_sets(root: Path, n_id: int, n_probes: int, n_dist: int, dim: int, seed
 
     keys = [f"{lab:03d}/img{i:05d}" for i, lab in enumerate(labels)]
     paths = {"probes": root / "probes.h5", "mates": root / "mates.h5", "distractors": root / "distractors"}
+    names = [f"id{lab:03d}" for lab in labels]
     write_feature_file(paths["probes"], faces("p"), [k + "_masked.png" for k in keys], labels, "synthetic",
-                       dtype="float16")
+                       dtype="float16", identities=names)
     write_feature_file(paths["mates"], faces("m"), [k + ".png" for k in keys], labels, "synthetic",
-                       dtype="float16")
+                       dtype="float16", identities=names)
     with FeatureSetWriter(paths["distractors"], "synthetic", dim, shard_size=100_000, dtype="float16") as w:
         for lo in range(0, n_dist, 100_000):
             n = min(100_000, n_dist - lo)
