@@ -172,7 +172,7 @@ def run_attack(job: AttackJob, fr, md, landmarker=None, progress: bool = True) -
                              if bank else None)}
     manifest = build_manifest("attack", job.config(), models={"fr": fr.identity(), "md": md.identity() if md is not None else None},
                               outputs={"images": "images/", "regions": "regions/", "probes": "probes.csv"},
-                              summary=summary)
+                              precision=summary["precision"], summary=summary)
     write_json(out / "manifest.json", manifest)
     return summary
 

@@ -263,7 +263,7 @@ def test_torch_runtime_matches_native_path():
         rec = IResNetRecognizer(weights=Path(d) / "backbone.pth", device="cpu")
     faces = np.random.default_rng(0).integers(0, 256, (3, 112, 112, 3), dtype=np.uint8)
     for flip in (False, True):
-        via_torch = Forward(rec, device="cpu", flip=flip, half=False, prefer_torch=True)
+        via_torch = Forward(rec, device="cpu", flip=flip, precision="fp32", prefer_torch=True)
         native = Forward(rec, device="cpu", flip=flip)
         assert via_torch.runtime == "torch-fp32" and native.runtime == "native"
         got = [f for _, f in via_torch.stream(iter([(0, torch.from_numpy(faces))]))][0]

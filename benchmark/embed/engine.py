@@ -109,6 +109,8 @@ def run_embed(cfg: EmbedConfig, recognizer: Any = None) -> dict[str, Any] | None
     if device == "cuda" and info.world > 1:
         device = f"cuda:{info.local_rank}"
     info = _init_distributed(info, device)
+    from ..precision import plan
+    plan(cfg.precision, device)        # unknown names and fp16 on a CPU fail before any work, with the reason
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
 
