@@ -35,7 +35,8 @@ class Attack:
     ``precision`` (``fp32`` default, ``bf16``, ``fp16`` on CUDA, ``auto``: :func:`benchmark.precision.attack_plan`)
     is the arithmetic of the forward+backward through FR and MD only: reduced-precision copies of the
     modules take and return float32, so images, gradients, updates and projections stay float32, and
-    reference features (of clean images) are computed by the float32 ``fr``.
+    reference features (of clean images) are computed by the float32 ``fr``. ``fr_run``/``md_run`` are
+    the modules the objective runs (``fr``/``md`` themselves in float32).
     """
 
     name = "attack"
@@ -44,17 +45,18 @@ class Attack:
 
     def __init__(self, fr: torch.nn.Module, md: torch.nn.Module | None = None, *, alpha: float = 1.0,
                  seed: int = 0, precision: str = "fp32"):
-        from benchmark.precision import attack_plan, reduce_module
+        from benchmark.precision import attack_plan, reduce_module, strict_fp32
         self.fr = _frozen(fr)
         self.md = _frozen(md) if md is not None else None
         self.alpha = float(alpha)
         self.seed = int(seed)
         self.precision = attack_plan(precision, _device_of(self.fr))
         if self.precision.reduced:
-            self._fr_grad = _frozen(reduce_module(self.fr, self.precision))
-            self._md_grad = _frozen(reduce_module(self.md, self.precision)) if self.md is not None else None
+            self.fr_run = _frozen(reduce_module(self.fr, self.precision))
+            self.md_run = _frozen(reduce_module(self.md, self.precision)) if self.md is not None else None
         else:
-            self._fr_grad, self._md_grad = self.fr, self.md
+            strict_fp32(self.precision)
+            self.fr_run, self.md_run = self.fr, self.md
 
     # ---------------------------------------------------------------- public API
     def __call__(self, images: torch.Tensor, regions: torch.Tensor, reference: torch.Tensor,
@@ -96,11 +98,11 @@ class Attack:
     def objective(self, x: torch.Tensor, ref: torch.Tensor, weight: float | None = None) -> torch.Tensor:
         """Per-image objective ``(n,)``: FR distance to the original minus ``weight`` (default α) × CE(MD(x), 0)."""
         weight = self.alpha if weight is None else float(weight)
-        feats = self._fr_grad(x)
+        feats = self.fr_run(x)
         dist = torch.sqrt(((feats - ref) ** 2).sum(dim=1) + 1e-12)
         if self.md is None or weight == 0:
             return dist
-        logits = self._md_grad(x)
+        logits = self.md_run(x)
         ce = F.cross_entropy(logits, torch.zeros(len(x), dtype=torch.long, device=x.device), reduction="none")
         return dist - weight * ce
 

@@ -95,6 +95,15 @@ def attack_plan(precision: str, device: str) -> PrecisionPlan:
     return p
 
 
+def strict_fp32(p: PrecisionPlan) -> None:
+    """On CUDA in float32: switch TF32 off in cuDNN convolutions and cuBLAS matmuls (global torch flags),
+    so that float32 means float32 (the reference runs of the precision comparisons depend on it)."""
+    if p.device.startswith("cuda") and not p.reduced:
+        import torch
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+
 def torch_dtype(precision: str):
     """The torch dtype of ``fp32``/``bf16``/``fp16``."""
     import torch
@@ -109,10 +118,7 @@ def reduce_module(module: Any, p: PrecisionPlan) -> Any:
     """
     import torch
     fmt = torch.channels_last if p.memory_format == "channels_last" else torch.contiguous_format
-    if p.device.startswith("cuda") and not p.reduced:
-        # float32 means float32: no TF32 in cuDNN convolutions or cuBLAS matmuls (global torch flags)
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
+    strict_fp32(p)
     inner = copy.deepcopy(module).to(device=p.device, memory_format=fmt)
     dtype = torch_dtype(p.precision)
     if p.reduced:
