@@ -19,8 +19,8 @@ class AdvNoise(Attack):
     params = ("eps", "step", "steps", "alpha", "random_start", "seed")
 
     def __init__(self, fr, md=None, *, eps: float = 0.04, step: float = 0.001, steps: int = 40,
-                 alpha: float = 1.0, random_start: bool = False, seed: int = 0):
-        super().__init__(fr, md, alpha=alpha, seed=seed)
+                 alpha: float = 1.0, random_start: bool = False, seed: int = 0, precision: str = "fp32"):
+        super().__init__(fr, md, alpha=alpha, seed=seed, precision=precision)
         self.eps, self.step, self.steps, self.random_start = float(eps), float(step), int(steps), bool(random_start)
 
     def forward(self, images: torch.Tensor, regions: torch.Tensor, ref: torch.Tensor, keys: list[str]) -> torch.Tensor:

@@ -32,6 +32,11 @@ class Attack:
     ``md``: differentiable mask-detector module → logits ``(n, 2)`` (class 1 = masked), or ``None``
     to attack the recognizer only. ``alpha`` weighs the mask-detection term. Both modules are put in
     eval mode and their parameters stop requiring gradients (only the input's gradient is needed).
+    ``precision`` (``fp32`` default, ``bf16``, ``fp16`` on CUDA, ``auto``: :func:`benchmark.precision.attack_plan`)
+    is the arithmetic of the forward+backward through FR and MD only: reduced-precision copies of the
+    modules take and return float32, so images, gradients, updates and projections stay float32, and
+    reference features (of clean images) are computed by the float32 ``fr``. ``fr_run``/``md_run`` are
+    the modules the objective runs (``fr``/``md`` themselves in float32).
     """
 
     name = "attack"
@@ -39,11 +44,19 @@ class Attack:
     params: tuple[str, ...] = ("alpha", "seed")
 
     def __init__(self, fr: torch.nn.Module, md: torch.nn.Module | None = None, *, alpha: float = 1.0,
-                 seed: int = 0):
+                 seed: int = 0, precision: str = "fp32"):
+        from benchmark.precision import attack_plan, reduce_module, strict_fp32
         self.fr = _frozen(fr)
         self.md = _frozen(md) if md is not None else None
         self.alpha = float(alpha)
         self.seed = int(seed)
+        self.precision = attack_plan(precision, _device_of(self.fr))
+        if self.precision.reduced:
+            self.fr_run = _frozen(reduce_module(self.fr, self.precision))
+            self.md_run = _frozen(reduce_module(self.md, self.precision)) if self.md is not None else None
+        else:
+            strict_fp32(self.precision)
+            self.fr_run, self.md_run = self.fr, self.md
 
     # ---------------------------------------------------------------- public API
     def __call__(self, images: torch.Tensor, regions: torch.Tensor, reference: torch.Tensor,
@@ -65,7 +78,8 @@ class Attack:
 
     def config(self) -> dict[str, Any]:
         """Name and hyper-parameters (for manifests)."""
-        return {"method": self.name, **{p: getattr(self, p) for p in self.params}}
+        return {"method": self.name, **{p: getattr(self, p) for p in self.params},
+                "precision": self.precision.describe()}
 
     def __repr__(self) -> str:
         args = ", ".join(f"{p}={getattr(self, p)!r}" for p in self.params)
@@ -84,11 +98,11 @@ class Attack:
     def objective(self, x: torch.Tensor, ref: torch.Tensor, weight: float | None = None) -> torch.Tensor:
         """Per-image objective ``(n,)``: FR distance to the original minus ``weight`` (default α) × CE(MD(x), 0)."""
         weight = self.alpha if weight is None else float(weight)
-        feats = self.fr(x)
+        feats = self.fr_run(x)
         dist = torch.sqrt(((feats - ref) ** 2).sum(dim=1) + 1e-12)
         if self.md is None or weight == 0:
             return dist
-        logits = self.md(x)
+        logits = self.md_run(x)
         ce = F.cross_entropy(logits, torch.zeros(len(x), dtype=torch.long, device=x.device), reduction="none")
         return dist - weight * ce
 
@@ -127,6 +141,13 @@ class Attack:
         if regions.shape[0] != images.shape[0] or regions.shape[-2:] != images.shape[-2:] or regions.shape[1] != 1:
             raise ValueError(f"regions {tuple(regions.shape)} do not match images {tuple(images.shape)}")
         return images.float(), (regions > 0).to(images.device, torch.float32)
+
+
+def _device_of(module: torch.nn.Module) -> str:
+    """The device of a module's first parameter or buffer (``cpu`` for a module without any)."""
+    for t in list(module.parameters()) + list(module.buffers()):
+        return str(t.device)
+    return "cpu"
 
 
 def _frozen(module: torch.nn.Module) -> torch.nn.Module:

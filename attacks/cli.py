@@ -57,6 +57,11 @@ def register(sub, formatter_class) -> None:
     p.add_argument("--md", default="mf2m-maskdet", help="white-box mask detector (differentiable) from the model registry")
     p.add_argument("--out", required=True, help="output folder (created; reused to resume)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="arithmetic of the FR and MD forward+backward (images, gradients, updates and projections "
+                        "stay float32): auto = float32 until reduced precision is shown to keep the attack's "
+                        "outcome (BENCHMARKS.md, 'Attack precision'); bf16 runs on any CPU (emulated and slower "
+                        "without AMX/AVX512-BF16 units); fp16 needs CUDA. Recorded in manifest.json")
     p.add_argument("--batch-size", type=int, default=16, help="probes per batch")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (random start, DI, random colour)")
     p.add_argument("--limit", type=int, default=None, help="only the first N probes (sorted by key)")
@@ -98,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
                     md=args.md, device=resolve_device(args.device), batch_size=args.batch_size, seed=args.seed,
                     params=params, mask_colour=args.mask_colour, seamless=args.seamless,
                     region=RegionSpec(feather=args.feather), limit=args.limit,
-                    template_max_residual=args.template_max_residual or None)
+                    template_max_residual=args.template_max_residual or None, precision=args.precision)
     job.check()
     fr, md = load_models(args.fr, args.md, job.device)
     summary = run_attack(job, fr, md, progress=not args.no_progress)

@@ -48,8 +48,8 @@ class FGSMFamily(Attack):
 
     def __init__(self, fr, md=None, *, eps: float = 0.04, steps: int | None = None, step: float | None = None,
                  momentum: float | None = None, ti_kernel: int | None = None, ti_nsig: float = 3.0,
-                 di_prob: float | None = None, di_scale: float = 1.1, alpha: float = 1.0, seed: int = 0):
-        super().__init__(fr, md, alpha=alpha, seed=seed)
+                 di_prob: float | None = None, di_scale: float = 1.1, alpha: float = 1.0, seed: int = 0, precision: str = "fp32"):
+        super().__init__(fr, md, alpha=alpha, seed=seed, precision=precision)
         d = {"steps": 40, "momentum": 0.0, "ti_kernel": 0, "di_prob": 0.0, **self.defaults}
         self.eps = float(eps)
         self.steps = int(d["steps"] if steps is None else steps)

@@ -76,8 +76,8 @@ class MF2M(Attack):
     def __init__(self, fr, md=None, *, noise_eps: float = 0.01, noise_step: float = 0.001, noise_steps: int = 40,
                  alpha: float = 1.0, kernel_size: int = 5, kernel_lr: float = 0.1, kernel_steps: int = 160,
                  beta: float = 1.0, kernel_update: str = "raw", kernel_batch: int = 32, kernel_norm: str = "none",
-                 kernel_bound: float = 0.0, random_start: bool = False, seed: int = 0):
-        super().__init__(fr, md, alpha=alpha, seed=seed)
+                 kernel_bound: float = 0.0, random_start: bool = False, seed: int = 0, precision: str = "fp32"):
+        super().__init__(fr, md, alpha=alpha, seed=seed, precision=precision)
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd and positive, not {kernel_size}")
         if kernel_update not in KERNEL_UPDATES:

@@ -59,6 +59,13 @@ class AttackJob:
     region: RegionSpec = RegionSpec()
     limit: int | None = None                                # only the first N probes (by key)
     template_max_residual: float | None = MAX_ALIGNMENT_RESIDUAL   # reject misaligned templates (px; None: off)
+    precision: str = "auto"                                 # FR+MD forward+backward: auto|fp32|bf16|fp16
+
+    def precision_plan(self):
+        """The attack's :class:`~benchmark.precision.PrecisionPlan` on ``device`` (auto → float32 unless
+        parity with float32 was shown: ``benchmark.precision.ATTACK_AUTO_REDUCED``)."""
+        from benchmark.precision import attack_plan
+        return attack_plan(self.precision, self.device)
 
     def check(self) -> None:
         """Reject impossible settings with a clear message."""
@@ -77,6 +84,7 @@ class AttackJob:
             raise ValueError("--batch-size must be ≥ 1")
         if self.params and attack_class(self.method) is None:
             raise ValueError(f"--method {self.method} has no attack hyper-parameters: {sorted(self.params)}")
+        self.precision_plan()     # unknown names and fp16 on a CPU fail here, with the reason
 
     def config(self) -> dict[str, Any]:
         """The settings that must match for a resume (paths resolved)."""
@@ -86,13 +94,14 @@ class AttackJob:
         d.pop("out")
         d.pop("batch_size")   # batching does not change which probes are done
         d.pop("limit")
+        d["precision_resolved"] = self.precision_plan().precision   # what ran, not only what was asked
         return d
 
 
 def build_attack(job: AttackJob, fr_module, md_module):
     """The attack object of ``job`` (``None`` for the plain masks)."""
     cls = attack_class(job.method)
-    return None if cls is None else cls(fr_module, md_module, seed=job.seed, **job.params)
+    return None if cls is None else cls(fr_module, md_module, seed=job.seed, precision=job.precision, **job.params)
 
 
 def run_attack(job: AttackJob, fr, md, landmarker=None, progress: bool = True) -> dict[str, Any]:
@@ -123,6 +132,9 @@ def run_attack(job: AttackJob, fr, md, landmarker=None, progress: bool = True) -
     fr_module = fr.torch_module(job.device)
     md_module = md.torch_module(job.device) if md is not None else None
     attack = build_attack(job, fr_module, md_module)
+    if attack is not None:
+        log.info("attack %s: FR+MD forward+backward in %s (--precision %s: %s); images, updates and "
+                 "projections in float32", job.method, attack.precision.form, job.precision, attack.precision.reason)
     bank = None
     if BASE_OF[job.method] == "dm":
         bank = TemplateBank.build(job.templates, fr_module, f"{fr.name}:{fr.weights_hash()}",
@@ -154,13 +166,14 @@ def run_attack(job: AttackJob, fr, md, landmarker=None, progress: bool = True) -
                "images_per_second": round(len(pending) / elapsed, 3) if elapsed > 0 and pending else None,
                "attack": repr(attack) if attack else job.method,
                "attack_config": attack.config() if attack else {"method": job.method},
+               "precision": attack.precision.describe() if attack else None,
                "skipped_reasons": _reason_counts(ordered),
                "templates": ({"count": len(bank.keys), "skipped": len(bank.skipped),
                               "skipped_reasons": _reason_counts([{"status": v} for v in bank.skipped.values()])}
                              if bank else None)}
     manifest = build_manifest("attack", job.config(), models={"fr": fr.identity(), "md": md.identity() if md is not None else None},
                               outputs={"images": "images/", "regions": "regions/", "probes": "probes.csv"},
-                              summary=summary)
+                              precision=summary["precision"], summary=summary)
     write_json(out / "manifest.json", manifest)
     return summary
 

@@ -4,14 +4,21 @@ For the same batch and the same number of gradient evaluations, the "bare" time 
 backward (to the input) of the recognizer and the mask detector alone; the attack's overhead is
 ``attack_time / bare_time − 1`` (target ≤ 30 %): projection, sign, unfold/filtering and bookkeeping.
 
+``--precisions fp32,bf16`` (CPU) or ``fp32,fp16`` (CUDA) times each precision of the attacks'
+forward+backward (``--precision`` of ``mf2m attack``; images, updates and projections stay float32) in
+one run, and prints the image-iterations/s relative to the first (issue 12 target: ≥ 1.5×). Speed only:
+the outcome (cosine, detection rate, PSNR) on real faces is ``benchmarks/attack_precision.py``'s.
+
     python benchmarks/attack_speed.py --batch-size 8 --iters 10            # SFace + MaskNet on CPU
-    python benchmarks/attack_speed.py --device cuda --fr iresnet50-random --batch-size 64 --iters 40
+    python benchmarks/attack_speed.py --batch-size 8 --iters 5 --precisions fp32,bf16
+    python benchmarks/attack_speed.py --device cuda --fr iresnet50-random --batch-size 64 --iters 40 --precisions fp32,fp16
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import torch
@@ -82,6 +89,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8, help="images per batch")
     p.add_argument("--iters", type=int, default=10, help="gradient iterations per attack (paper: 40 / 40+160)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--precisions", default="fp32",
+                   help="comma-separated --precision values of the FR+MD forward+backward, each timed in this run")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -93,18 +102,26 @@ def main() -> None:
     r[:, :, 60:105, 20:92] = 1
     with torch.no_grad():
         ref = fr(torch.rand(args.batch_size, 3, 112, 112, generator=g).to(args.device))
-    bare(fr, md, x, ref, 1, args.device)   # warm-up
     n = args.iters
-    runs = {"advnoise-dm": (create("advnoise-dm", fr, md, steps=n), n),
-            "mf2m": (create("mf2m", fr, md, noise_steps=n // 5, kernel_steps=n - n // 5), n)}
-    for name, (attack, iters) in runs.items():
-        t_attack = timed(attack, x, r, ref, args.device)
-        t_bare = bare(fr, md, x, ref, iters, args.device)
-        print(json.dumps({"method": name, "device": args.device, "fr": args.fr, "md": args.md,
-                          "batch_size": args.batch_size, "iters": iters,
-                          "images_per_s": round(args.batch_size / t_attack, 3),
-                          "bare_images_per_s": round(args.batch_size / t_bare, 3),
-                          "overhead": round(t_attack / t_bare - 1, 3)}), flush=True)
+    first: dict[str, float] = {}
+    for precision in args.precisions.split(","):
+        runs = {"advnoise-dm": (create("advnoise-dm", fr, md, steps=n, precision=precision), n),
+                "mf2m": (create("mf2m", fr, md, noise_steps=n // 5, kernel_steps=n - n // 5, precision=precision), n)}
+        for name, (attack, iters) in runs.items():
+            bare(attack.fr_run, attack.md_run, x, ref, 1, args.device)   # warm-up (cuDNN autotuning)
+            t_attack = timed(attack, x, r, ref, args.device)
+            t_bare = bare(attack.fr_run, attack.md_run, x, ref, iters, args.device)
+            rate = args.batch_size * iters / t_attack
+            first.setdefault(name, rate)
+            print(json.dumps({"method": name, "device": args.device, "fr": args.fr, "md": args.md,
+                              "precision": attack.precision.precision, "form": attack.precision.form,
+                              "batch_size": args.batch_size, "iters": iters,
+                              "images_per_s": round(args.batch_size / t_attack, 3),
+                              "image_iterations_per_s": round(rate, 3),
+                              "speedup_vs_first": round(rate / first[name], 3),
+                              "bare_images_per_s": round(args.batch_size / t_bare, 3),
+                              "overhead": round(t_attack / t_bare - 1, 3),
+                              "load_average": round(os.getloadavg()[0], 2)}), flush=True)
 
 
 if __name__ == "__main__":

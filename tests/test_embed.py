@@ -57,7 +57,8 @@ def _read_set(out: Path) -> tuple[dict, np.ndarray, list[str], np.ndarray]:
 
 
 def _cfg(data: str, out: Path, **kw) -> EmbedConfig:
-    base = dict(model=MODEL, batch_size=4, workers=0, device="cpu", progress=False)
+    # float32 whatever the CPU (auto is bf16 on CPUs with bf16 units; tests/test_precision.py covers that)
+    base = dict(model=MODEL, batch_size=4, workers=0, device="cpu", progress=False, precision="fp32")
     base.update(kw)
     return EmbedConfig(data=data, out=str(out), **base)
 
@@ -241,7 +242,7 @@ def test_gpu_benchmark_cpu_smoke(tmp_path):
     """benchmarks/gpu_embed.py's CPU path at tiny size (the GPU run needs a lent CUDA machine)."""
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_embed.py"
     res = subprocess.run([sys.executable, str(script), "--device", "cpu", "--images", "8", "--unique", "4",
-                          "--batch-size", "4", "--workers", "0", "--bare-seconds", "0.1",
+                          "--batch-size", "4", "--workers", "0", "--bare-seconds", "0.1", "--precision", "fp32",
                           "--out", str(tmp_path / "gpu.md")], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     result = json.loads(res.stdout.strip().splitlines()[-1])
@@ -263,8 +264,8 @@ def test_torch_runtime_matches_native_path():
         rec = IResNetRecognizer(weights=Path(d) / "backbone.pth", device="cpu")
     faces = np.random.default_rng(0).integers(0, 256, (3, 112, 112, 3), dtype=np.uint8)
     for flip in (False, True):
-        via_torch = Forward(rec, device="cpu", flip=flip, half=False, prefer_torch=True)
-        native = Forward(rec, device="cpu", flip=flip)
+        via_torch = Forward(rec, device="cpu", flip=flip, precision="fp32", prefer_torch=True)
+        native = Forward(rec, device="cpu", flip=flip, precision="fp32")
         assert via_torch.runtime == "torch-fp32" and native.runtime == "native"
         got = [f for _, f in via_torch.stream(iter([(0, torch.from_numpy(faces))]))][0]
         assert np.allclose(got, native.embed_numpy(faces), atol=1e-4)
@@ -281,9 +282,9 @@ def test_sface_embeds_through_torch_on_cpu_in_chunks():
     rec = create("sface")
     faces = np.random.default_rng(3).integers(0, 256, (CPU_TORCH_CHUNK * 2 + 5, 112, 112, 3), dtype=np.uint8)
     for flip in (False, True):
-        forward = Forward(rec, device="cpu", flip=flip)
+        forward = Forward(rec, device="cpu", flip=flip, precision="fp32")   # auto is bf16 on CPUs with bf16 units
         assert forward.runtime == "torch-fp32"
         got = forward.embed_tensor(torch.from_numpy(faces))
-        native = Forward(rec, device="cpu", flip=flip, prefer_torch=False)
+        native = Forward(rec, device="cpu", flip=flip, precision="fp32", prefer_torch=False)
         assert native.runtime == "native"
         np.testing.assert_allclose(got, native.embed_numpy(faces), atol=1e-5)

@@ -75,6 +75,10 @@ def register(sub, formatter) -> None:
     q.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     q.add_argument("--batch-size", type=int, default=64, help="images per embedding / preparation batch")
     q.add_argument("--limit-folds", type=int, default=None, help="use only the first N folds (quick runs)")
+    q.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="as for `mf2m embed`: auto = bf16 on CPUs with bf16 units, fp16 on CUDA, else fp32; "
+                        "reduced precision embeds through the torch module, float32 through the model's own "
+                        "runtime; recorded in the report (precision)")
     _add_face_options(q)
     q.set_defaults(func=_run_lfw)
 
@@ -130,7 +134,8 @@ def _run_lfw(args: argparse.Namespace) -> int:
     chips = args.landmarker == "dlib68"
     res = run_lfw_check(args.data, args.model, args.out, pairs_file=args.pairs, cache_dir=args.cache,
                         device=args.device, batch_size=args.batch_size, limit_folds=args.limit_folds,
-                        workers=args.workers, config=_config(args, chips), progress=not args.no_progress)
+                        workers=args.workers, config=_config(args, chips), progress=not args.no_progress,
+                        precision=args.precision)
     print(f"LFW {args.model}: {100 * res['mean_accuracy']:.2f}% ± {100 * res['std_accuracy']:.2f} "
           f"over {len(res['folds'])} folds; pairs used {res['pairs_used']}, skipped {res['pairs_skipped']} "
           f"{json.dumps(res['skipped_by_reason'])}; report: {args.out}")

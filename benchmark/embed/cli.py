@@ -30,7 +30,12 @@ def add_embed_arguments(p: argparse.ArgumentParser) -> None:
                         "at most 16; 0: decode in the main process)")
     p.add_argument("--device", default="auto",
                    help="auto | cpu | cuda | cuda:N (auto picks CUDA when present; CUDA runs the torch "
-                        "module in half precision, CPU the model's fastest runtime, e.g. onnxruntime)")
+                        "module, CPU the model's fastest runtime, e.g. SFace's torch module or onnxruntime)")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="arithmetic of the recognizer: auto = bf16 on a CPU with bf16 units (AMX/AVX512-BF16), "
+                        "fp16 on CUDA, else fp32; bf16 runs on any CPU but is emulated (slower) without such "
+                        "units; fp16 needs CUDA. Features are always float32 and unit-norm; models without a "
+                        "torch module (dlib) run float32. Recorded in the manifest (precision)")
     p.add_argument("--shard-size", type=int, default=100_000,
                    help="images per HDF5 shard (also the unit of resume and of the split across ranks)")
     p.add_argument("--max-failure-fraction", type=float, default=0.05,
@@ -78,7 +83,7 @@ def config_from_args(args: argparse.Namespace):
                        batch_size=args.batch_size, workers=args.workers, device=args.device,
                        shard_size=args.shard_size, max_failure_fraction=args.max_failure_fraction,
                        dtype=args.dtype, prepared_dir=args.prepared_dir, weights=args.weights,
-                       progress=not args.no_progress)
+                       precision=args.precision, progress=not args.no_progress)
 
 
 def _embed(args: argparse.Namespace) -> int:

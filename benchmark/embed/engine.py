@@ -45,6 +45,7 @@ class EmbedConfig:
     dtype: str = "float32"
     prepared_dir: str | None = None    # where photos needing alignment are prepared (default OUT/prepared)
     weights: str | None = None         # weight file of the model (default: the registry's)
+    precision: str = "auto"            # auto | fp32 | bf16 | fp16 (benchmark.precision)
     progress: bool = True
 
 
@@ -108,6 +109,8 @@ def run_embed(cfg: EmbedConfig, recognizer: Any = None) -> dict[str, Any] | None
     if device == "cuda" and info.world > 1:
         device = f"cuda:{info.local_rank}"
     info = _init_distributed(info, device)
+    from ..precision import plan
+    plan(cfg.precision, device)        # unknown names and fp16 on a CPU fail before any work, with the reason
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -116,12 +119,15 @@ def run_embed(cfg: EmbedConfig, recognizer: Any = None) -> dict[str, Any] | None
     if not items:
         raise ValueError(f"{cfg.data}: the dataset holds no images")
     recognizer = recognizer or create(cfg.model, weights=cfg.weights, device=device)
-    forward = Forward(recognizer, device=device, flip=cfg.flip)
+    forward = Forward(recognizer, device=device, flip=cfg.flip, precision=cfg.precision)
+    log.info("embed %s: %s runtime, %s (--precision %s: %s)", recognizer.name, forward.runtime,
+             forward.precision.form if forward.module is not None else "its own float32 runtime",
+             cfg.precision, forward.precision.reason)
     total = S.n_shards(len(items), cfg.shard_size)
     fingerprint = {
         "data": cfg.data, "model": recognizer.name, "weights_sha256": recognizer.weights_hash(),
         "flip": cfg.flip, "dtype": cfg.dtype, "shard_size": cfg.shard_size, "batch_size": cfg.batch_size,
-        "runtime": forward.runtime, "items": len(items),
+        "runtime": forward.runtime, "precision": forward.precision.precision, "items": len(items),
         "items_sha256": S.items_digest([it.key for it in items], [it.path for it in items]),
     }
     S.check_run_config(out, fingerprint)
@@ -270,7 +276,8 @@ def merge(out: Path, total: int, cfg: EmbedConfig, dataset, recognizer, forward,
     count = sum(r["count"] for r in shards)
     extra = build_manifest("embed", {k: v for k, v in asdict(cfg).items() if k != "progress"},
                            data=dataset.describe(), model_identity=recognizer.identity(),
-                           runtime=forward.describe(), identities=dataset.identities,
+                           runtime=forward.describe(), precision=forward.precision.describe(),
+                           identities=dataset.identities,
                            items=len(dataset.items),
                            failures={"count": len(failures), "by_reason": dict(sorted(by_reason.items())),
                                      "items": failures},

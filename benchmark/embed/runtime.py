@@ -2,9 +2,15 @@
 
 * CPU: the recognizer's own ``embed`` (its native runtime, e.g. onnxruntime or dlib), or its torch module
   in float32 chunks of ``CPU_TORCH_CHUNK`` images where the model says that is faster
-  (``prefer_torch_on_cpu``: SFace, ≈ 3× onnxruntime on 2 cores).
-* CUDA: the recognizer's ``torch_module`` in half precision, channels-last, fed from pinned memory with
-  non-blocking copies; results come back one batch late so the GPU never waits for the host.
+  (``prefer_torch_on_cpu``: SFace, ≈ 3× onnxruntime on 2 cores); in bf16 (``--precision bf16``, or
+  ``auto`` on a CPU with bf16 units) the torch module with bf16 weights and input.
+* CUDA: the recognizer's ``torch_module`` in half precision (``auto``/``fp16``; ``fp32`` on request),
+  channels-last, fed from pinned memory with non-blocking copies; results come back one batch late so
+  the GPU never waits for the host.
+
+Reduced precision is :mod:`benchmark.precision`'s: the model's outputs are cast to float32 before the
+L2 normalisation. A recognizer without a torch module (dlib) runs its native float32 runtime whatever
+was asked, and its plan says so.
 
 Flip test-time augmentation (insightface's convention): features of the image and of its mirror are
 summed, then L2-normalised.
@@ -13,9 +19,12 @@ summed, then L2-normalised.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ..precision import PrecisionPlan
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
@@ -29,44 +38,46 @@ CPU_TORCH_CHUNK = 16   # images per torch forward on the CPU
 
 
 class Forward:
-    """One recognizer on one device. ``runtime`` is ``"torch-fp16"``, ``"torch-fp32"`` or ``"native"``."""
+    """One recognizer on one device. ``runtime`` is ``"torch-fp32"``, ``"torch-bf16"``, ``"torch-fp16"`` or
+    ``"native"``; ``precision`` is the :class:`~benchmark.precision.PrecisionPlan` that ran."""
 
-    def __init__(self, recognizer: Any, device: str = "cpu", flip: bool = False, half: bool | None = None,
-                 prefer_torch: bool | None = None):
-        """``prefer_torch`` (default: on CUDA, and on the CPU where the model sets ``prefer_torch_on_cpu``)
-        runs the torch module instead of ``embed``;
-        ``half`` (default: on CUDA only) casts it to float16."""
+    def __init__(self, recognizer: Any, device: str = "cpu", flip: bool = False,
+                 precision: "str | PrecisionPlan" = "auto", prefer_torch: bool | None = None):
+        """``precision``: ``auto``/``fp32``/``bf16``/``fp16`` (resolved for ``device``) or a plan.
+        ``prefer_torch`` (default: on CUDA, in reduced precision, and on the CPU where the model sets
+        ``prefer_torch_on_cpu``) runs the torch module instead of ``embed``."""
+        from ..precision import plan, reduce_module
         self.recognizer = recognizer
         self.device = device
         self.flip = flip
         self.module = None
+        p = plan(precision, device) if isinstance(precision, str) else precision
         on_gpu = device.startswith("cuda")
         if prefer_torch is None:
-            prefer_torch = on_gpu or bool(getattr(recognizer, "prefer_torch_on_cpu", False))
+            prefer_torch = on_gpu or p.reduced or bool(getattr(recognizer, "prefer_torch_on_cpu", False))
+        module = None
         if prefer_torch:
             try:
-                self.module = recognizer.torch_module(device)
+                module = recognizer.torch_module(device)
             except NotImplementedError:
-                self.module = None
-        if self.module is not None:
-            import copy
-
+                module = None
+        if module is not None:
             import torch
-            half = on_gpu if half is None else half
-            # a private copy: casting to half must not change the recognizer's own (shared) module
-            self.memory_format = torch.channels_last if on_gpu else torch.contiguous_format
-            self.module = copy.deepcopy(self.module).eval().to(device=device, memory_format=self.memory_format)
-            if half:
-                self.module = self.module.half()
-            self.dtype = torch.float16 if half else torch.float32
-            self.runtime = "torch-fp16" if half else "torch-fp32"
+            # a private copy: casting must not change the recognizer's own (shared) module
+            self.module = reduce_module(module, p).eval()
+            self.runtime = f"torch-{p.precision}"
             torch.backends.cudnn.benchmark = on_gpu
         else:
+            if p.reduced:
+                p = p.fallback(f"{getattr(recognizer, 'name', 'this model')} has no torch module "
+                               f"(native runtime only): float32, although {p.precision} was resolved ({p.reason})")
             self.runtime = "native"
+        self.precision = p
 
     def describe(self) -> dict[str, Any]:
         """What a manifest records about the runtime."""
-        return {"runtime": self.runtime, "device": self.device, "flip": self.flip}
+        return {"runtime": self.runtime, "device": self.device, "flip": self.flip,
+                "precision": self.precision.describe()}
 
     # -- CPU / native path -------------------------------------------------------------------------
     def embed_numpy(self, faces: np.ndarray) -> np.ndarray:
@@ -87,8 +98,7 @@ class Forward:
             # CPU: small chunks keep the activations in cache (batch 16 ≈ 2× batch 64 for SFace)
             return torch.cat([self._launch(faces[i:i + CPU_TORCH_CHUNK])
                               for i in range(0, len(faces), CPU_TORCH_CHUNK)])
-        x = faces.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
-        x = x.to(self.dtype).div_(255.0).contiguous(memory_format=self.memory_format)
+        x = faces.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
         with torch.inference_mode():
             if self.flip:
                 y = self.module(torch.cat([x, x.flip(3)])).float()

@@ -70,8 +70,12 @@ def uses_chips(recognizer, prepared) -> bool:
     return hasattr(recognizer, "embed_chips") and prepared.chip_paths is not None
 
 
-def embed_prepared(recognizer, prepared, batch_size: int = 64, progress: bool = True) -> np.ndarray:
-    """Features of every item of a :class:`PreparedSet` (dlib chips when the recognizer takes them)."""
+def embed_prepared(recognizer, prepared, batch_size: int = 64, progress: bool = True, forward=None) -> np.ndarray:
+    """Features of every item of a :class:`PreparedSet` (dlib chips when the recognizer takes them).
+
+    ``forward`` (a :class:`benchmark.embed.runtime.Forward` in reduced precision) embeds the crops
+    instead of ``recognizer.embed``.
+    """
     from tqdm import tqdm
     use_chips = uses_chips(recognizer, prepared)
     feats = []
@@ -80,6 +84,9 @@ def embed_prepared(recognizer, prepared, batch_size: int = 64, progress: bool = 
         idx = list(range(start, min(start + batch_size, len(prepared))))
         if use_chips:
             feats.append(recognizer.embed_chips(prepared.load_chips(idx)))
+        elif forward is not None:
+            import torch
+            feats.append(forward.embed_tensor(torch.from_numpy(np.ascontiguousarray(prepared.load_crops(idx)))))
         else:
             feats.append(recognizer.embed(prepared.load_crops(idx)))
     dim = getattr(recognizer, "dim", 0)
@@ -90,8 +97,12 @@ def embed_prepared(recognizer, prepared, batch_size: int = 64, progress: bool = 
 def run_lfw_check(data_dir: str | os.PathLike, model: str, out: str | os.PathLike | None = None, *,
                   pairs_file: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
                   device: str = "auto", batch_size: int = 64, limit_folds: int | None = None,
-                  workers: int = 1, config=None, progress: bool = True, recognizer=None) -> dict[str, Any]:
+                  workers: int = 1, config=None, progress: bool = True, recognizer=None,
+                  precision: str = "auto") -> dict[str, Any]:
     """Run LFW verification for ``model`` (a registry name) and write the JSON report to ``out``.
+
+    ``precision`` as for ``mf2m embed``: where it resolves to bf16/fp16 the crops go through the embed
+    stage's torch runtime in that precision; in float32 through ``recognizer.embed`` (unchanged).
 
     ``cache_dir`` holds the prepared crops (default: ``<out>.prepared``) so a second model reuses the
     detections. ``config`` is a :class:`PrepareConfig` (default dlib HOG + 68 points, with dlib chips).
@@ -117,7 +128,19 @@ def run_lfw_check(data_dir: str | os.PathLike, model: str, out: str | os.PathLik
     if recognizer is None:
         from .registry import create
         recognizer = create(model, device=device)
-    feats = embed_prepared(recognizer, prepared, batch_size=batch_size, progress=progress)
+    from ..embed.runtime import Forward
+    from ..precision import plan
+    prec = plan(precision, device)
+    forward = None
+    if prec.reduced and not uses_chips(recognizer, prepared):
+        forward = Forward(recognizer, device=device, precision=prec)
+        prec = forward.precision
+    elif prec.reduced:
+        prec = prec.fallback(f"{recognizer.name} embeds dlib chips natively: float32")
+    log.info("lfw %s: %s (--precision %s: %s)", recognizer.name,
+             f"{forward.runtime}, {prec.form}" if forward is not None else "recognizer.embed, float32",
+             precision, prec.reason)
+    feats = embed_prepared(recognizer, prepared, batch_size=batch_size, progress=progress, forward=forward)
     row = {k: i for i, k in enumerate(prepared.keys)}
     reason_of = {f["key"]: f["reason"] for f in prepared.failures}
 
@@ -158,6 +181,7 @@ def run_lfw_check(data_dir: str | os.PathLike, model: str, out: str | os.PathLik
         "skipped": skipped,
         "missing_files_report": pairs.report(),
         "folds": per_fold,
+        "precision": {**prec.describe(), "runtime": forward.runtime if forward is not None else "recognizer.embed"},
         "images_prepared": len(prepared),
         "images_failed": len(prepared.failures),
         "preparation": {"cache": str(cache_dir), **prepared.config},
@@ -165,7 +189,7 @@ def run_lfw_check(data_dir: str | os.PathLike, model: str, out: str | os.PathLik
     }
     result["manifest"] = build_manifest("lfw", {
         "data": str(data_dir), "pairs_file": str(pairs_file or Path(data_dir) / "pairs.txt"), "model": model,
-        "device": device, "batch_size": batch_size, "limit_folds": limit_folds})
+        "device": device, "batch_size": batch_size, "limit_folds": limit_folds, "precision": precision})
     if out is not None:
         write_json(out, result)
     return result

@@ -55,12 +55,17 @@ def _masknet_class():
             self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
                                       nn.Linear(w[-1], 2))
 
+        #: takes float32 input and casts it to the weights' dtype itself, after the resize
+        #: (the antialiased bilinear resize has no bf16 kernel; ``benchmark.precision``)
+        casts_input = True
+
         def forward(self, x: "torch.Tensor") -> "torch.Tensor":
             if x.ndim != 4 or x.shape[1] != 3:
                 raise ValueError(f"MaskNet expects (n, 3, H, W) RGB in [0, 1], got {tuple(x.shape)}")
             if x.shape[-1] != self.internal_size or x.shape[-2] != self.internal_size:
-                x = F.interpolate(x, size=(self.internal_size, self.internal_size), mode="bilinear",
+                x = F.interpolate(x.float(), size=(self.internal_size, self.internal_size), mode="bilinear",
                                   align_corners=False, antialias=True)
+            x = x.to(self.mean.dtype)
             return self.head(self.features((x - self.mean) / self.std))
 
     return MaskNet

@@ -58,6 +58,7 @@ class AttackSettings:
     mask_colour: str = "blue"
     seed: int = 0
     params: dict[str, dict[str, Any]] = field(default_factory=dict)   # method → hyper-parameter overrides
+    precision: str = "auto"            # FR+MD forward+backward (auto → float32 until parity is shown)
 
 
 @dataclass
@@ -69,6 +70,7 @@ class EvalSettings:
     distractor_sizes: list[int] = field(default_factory=list)
     flip: bool = False
     batch_size: int = 64
+    precision: str = "auto"            # embed arithmetic: auto → bf16 on CPUs with bf16 units, fp16 on CUDA
 
 
 @dataclass
@@ -344,7 +346,7 @@ def attack_stage(cfg: RunConfig, method: str, split_dir: Path, folder: Path, dev
     job = AttackJob(method=method, probes=str(split_dir / "probes.csv"),
                     templates=str(split_dir / "templates.csv") if BASE_OF[method] == "dm" else None,
                     out=str(folder), fr=a.fr, md=a.md, device=device, batch_size=a.batch_size, seed=a.seed,
-                    params=dict(a.params.get(method, {})), mask_colour=a.mask_colour)
+                    params=dict(a.params.get(method, {})), mask_colour=a.mask_colour, precision=a.precision)
     job.check()
     fr, md = models.get(a.fr), models.get(a.md)
     for model, what in ((fr, "attack.fr"), (md, "attack.md")):
@@ -369,7 +371,7 @@ def embed_stage(cfg: RunConfig, model: str, csv_path: Path, folder: Path, device
     from ..embed.engine import EmbedConfig, run_embed
     run_embed(EmbedConfig(data=f"csv:{csv_path}?aligned=1", model=model, out=str(folder / "features"),
                           flip=cfg.evaluate.flip, batch_size=cfg.evaluate.batch_size, device=device,
-                          workers=0, progress=progress), recognizer=models.get(model))
+                          workers=0, precision=cfg.evaluate.precision, progress=progress), recognizer=models.get(model))
 
 
 class Models:
@@ -422,7 +424,11 @@ def run_pipeline(cfg: RunConfig, progress: bool = True, model_factory: Callable[
     from .build import ReportOptions, build_report
     if not cfg.data.spec:
         raise ValueError(f"no data: give --data DIR (or set ${DATA_ENV}) or data.spec in {cfg.source}")
+    from ..precision import attack_plan, plan
     device = resolve_device(cfg.device)
+    # resolved precisions are part of the cache keys: a bf16 result is never reused as a float32 one
+    attack_precision = attack_plan(cfg.attack.precision, device).precision
+    embed_precision = plan(cfg.evaluate.precision, device).precision
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     cache = Cache(cfg.cache)
@@ -441,12 +447,12 @@ def run_pipeline(cfg: RunConfig, progress: bool = True, model_factory: Callable[
             continue
         a = cfg.attack
         conf = {"method": method, "fr": models.identity(a.fr), "md": models.identity(a.md), "seed": a.seed, "mask_colour": a.mask_colour,
-                "params": a.params.get(method, {})}
+                "params": a.params.get(method, {}), "precision": attack_precision}
         attacks[method] = cache.run("attack", method, conf, split_fp,
                                     lambda f, m=method: attack_stage(cfg, m, split.dir, f, device, progress, models))
 
     def embed(model: str, csv_path: Path, label: str, upstream: str) -> StageResult:
-        conf = {"model": models.identity(model), "flip": cfg.evaluate.flip}
+        conf = {"model": models.identity(model), "flip": cfg.evaluate.flip, "precision": embed_precision}
         return cache.run("embed", f"{label} on {model}", conf, {"csv": sha256_file(csv_path), "from": upstream},
                          lambda f: embed_stage(cfg, model, csv_path, f, device, progress, models), "features/manifest.json")
 
