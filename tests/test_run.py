@@ -66,6 +66,28 @@ def test_config_errors_name_the_file(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
+def test_unknown_attack_parameter_is_rejected_when_the_config_loads(tmp_path):
+    """A misspelt hyper-parameter stops ``load_config`` (before any stage), naming it and the likely intent."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("attack: {params: {mf2m: {kernel_step: 80}}}\n")
+    with pytest.raises(ValueError, match=r"bad.yaml: attack.params.mf2m: unknown mf2m hyper-parameter "
+                                         r"'kernel_step' \(did you mean 'kernel_steps'\?\)"):
+        load_config(bad)
+    bad.write_text("attack: {params: {solid: {eps: 0.1}}}\n")
+    with pytest.raises(ValueError, match="solid is a plain mask"):
+        load_config(bad)
+    bad.write_text("attack: {params: {fgsm: {seed: 3}}}\n")
+    with pytest.raises(ValueError, match="set the attack's seed instead"):
+        load_config(bad)
+    bad.write_text("attack: {params: {mf2n: {kernel_steps: 3}}}\n")
+    with pytest.raises(ValueError, match="unknown method 'mf2n'"):
+        load_config(bad)
+    with pytest.raises(ValueError, match="unknown mf2m hyper-parameter 'kernel_step'"):   # --set is checked too
+        load_config(tmp_path / "bad.yaml", overrides=["attack.params={mf2m: {kernel_step: 1}}"])
+    bad.write_text("attack: {params: {mf2m: {kernel_steps: 3, noise_steps: 2}, i-fgsm: {steps: 2}}}\n")
+    assert load_config(bad).attack.params["mf2m"] == {"kernel_steps": 3, "noise_steps": 2}
+
+
 def test_shipped_configs_load():
     root = Path(__file__).resolve().parents[1] / "configs"
     t1 = load_config(root / "table1.yaml", data="lfw:/x")

@@ -145,6 +145,12 @@ def load_config(path: str | os.PathLike, data: str | None = None, out: str | Non
     bad = [m for m in cfg.attack.methods if m not in ALL_METHODS]
     if bad:
         raise ValueError(f"{path}: unknown method(s) {', '.join(bad)}; choose from {', '.join(ALL_METHODS)}")
+    from attacks import check_params
+    for method, params in cfg.attack.params.items():
+        if method not in ALL_METHODS or method == "none":
+            raise ValueError(f"{path}: attack.params: unknown method {method!r}; choose from "
+                             f"{', '.join(ALL_METHODS[1:])}")
+        check_params(method, params or {}, f"{path}: attack.params.{method}")
     if not cfg.evaluate.models:
         raise ValueError(f"{path}: evaluate.models is empty")
     if cfg.report.far not in cfg.evaluate.fars:
