@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -64,3 +65,41 @@ def build_manifest(stage: str, config: dict[str, Any], **extra: Any) -> dict[str
                  "argv": [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv else []},
         **extra,
     }
+
+
+# an absolute POSIX path: "/" at the start or after a separator such as ':' (``lfw:/data/lfw``), '=' or a space
+_ABS = re.compile(r"(?:(?<=^)|(?<=[\s:=,;(\[{'\"]))/(?!/)[^\s:,;'\"()\[\]{}<>]+")
+
+
+def portable(obj: Any, base: str | os.PathLike | None = None, hide_temp: bool = False) -> Any:
+    """``obj`` (JSON-like) with absolute paths rewritten relative to ``base`` (default: the working directory).
+
+    Only paths that share a folder with ``base`` (``/data/shared/lfw`` from ``/data/repo``: ``../shared/lfw``)
+    are rewritten.  With ``hide_temp`` (records that are results, never read back as paths), paths in the temp
+    folder become ``$TMPDIR/…`` and paths in the home folder ``~/…``; any other path with nothing in common
+    with ``base`` but "/" is kept as it is.
+    """
+    import tempfile
+    root = os.path.abspath(base or os.getcwd())
+    homes = [(os.path.realpath(tempfile.gettempdir()), "$TMPDIR"), (os.path.expanduser("~"), "~")] \
+        if hide_temp else []
+
+    def fix(match: re.Match) -> str:
+        path = os.path.normpath(match.group(0))
+        if os.path.commonpath([root, path]) != os.sep:
+            return os.path.relpath(path, root)
+        for folder, name in homes:
+            if folder != os.sep and os.path.commonpath([folder, path]) == folder:
+                return name + "/" + os.path.relpath(path, folder)
+        return match.group(0)
+
+    def walk(o: Any) -> Any:
+        if isinstance(o, str):
+            return _ABS.sub(fix, o)
+        if isinstance(o, dict):
+            return {k: walk(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [walk(v) for v in o]
+        return o
+
+    return walk(obj)

@@ -17,43 +17,15 @@ import csv
 import io
 import json
 import os
-import re
 from pathlib import Path
-from typing import Any
 
 from ..atomic import write_json, write_text
+from ..manifest import portable
 from ..safepath import check_name
 
 RAW = "raw"
 SEARCH_FILES = ("metrics.json", "cmc.csv", "roc.csv")
 ATTACK_COLUMNS = ("p_masked", "psnr", "ssim")
-
-# an absolute POSIX path: "/" at the start or after a separator such as ':' (``lfw:/data/lfw``), '=' or a space
-_ABS = re.compile(r"(?:(?<=^)|(?<=[\s:=,;(\[{'\"]))/(?!/)[^\s:,;'\"()\[\]{}<>]+")
-
-
-def portable(obj: Any, base: str | os.PathLike | None = None) -> Any:
-    """``obj`` (JSON-like) with absolute paths rewritten relative to ``base`` (default: the working directory).
-
-    Only paths that share a folder with ``base`` (``/work/shared/data`` from ``/work/repo``: ``../shared/data``)
-    are rewritten; a path with nothing in common but "/" is kept as it is (a relative form would not help).
-    """
-    root = os.path.abspath(base or os.getcwd())
-
-    def fix(match: re.Match) -> str:
-        path = os.path.normpath(match.group(0))
-        if os.path.commonpath([root, path]) == os.sep:
-            return match.group(0)
-        return os.path.relpath(path, root)
-
-    if isinstance(obj, str):
-        return _ABS.sub(fix, obj)
-    if isinstance(obj, dict):
-        return {k: portable(v, root) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [portable(v, root) for v in obj]
-    return obj
-
 
 def _rows(path: Path) -> list[dict[str, str]]:
     with open(path, newline="", encoding="utf-8") as fh:
