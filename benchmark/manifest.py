@@ -74,18 +74,22 @@ _ABS = re.compile(r"(?:(?<=^)|(?<=[\s:=,;(\[{'\"]))/(?!/)[^\s:,;'\"()\[\]{}<>]+"
 def portable(obj: Any, base: str | os.PathLike | None = None, hide_temp: bool = False) -> Any:
     """``obj`` (JSON-like) with absolute paths rewritten relative to ``base`` (default: the working directory).
 
-    Only paths that share a folder with ``base`` (``/data/shared/lfw`` from ``/data/repo``: ``../shared/lfw``)
-    are rewritten.  With ``hide_temp`` (records that are results, never read back as paths), paths in the temp
-    folder become ``$TMPDIR/…`` and paths in the home folder ``~/…``; any other path with nothing in common
-    with ``base`` but "/" is kept as it is.
+    Paths inside the Python environment (``sys.prefix``: installed packages and their model files) become
+    ``$PREFIX/…``; other paths that share a folder with ``base`` (``/data/shared/lfw`` from ``/data/repo``:
+    ``../shared/lfw``) are made relative to it.  With ``hide_temp`` (records that are results, never read back
+    as paths), paths in the temp folder become ``$TMPDIR/…`` and paths in the home folder ``~/…``; any other
+    path with nothing in common with ``base`` but "/" is kept as it is.
     """
     import tempfile
     root = os.path.abspath(base or os.getcwd())
+    prefix = os.path.abspath(sys.prefix)
     homes = [(os.path.realpath(tempfile.gettempdir()), "$TMPDIR"), (os.path.expanduser("~"), "~")] \
         if hide_temp else []
 
     def fix(match: re.Match) -> str:
         path = os.path.normpath(match.group(0))
+        if prefix != os.sep and os.path.commonpath([prefix, path]) == prefix:
+            return "$PREFIX/" + os.path.relpath(path, prefix)
         if os.path.commonpath([root, path]) != os.sep:
             return os.path.relpath(path, root)
         for folder, name in homes:

@@ -8,7 +8,8 @@
 ``run.json`` names these folders relative to ``OUT``, so ``mf2m report --runs OUT`` on a fresh checkout renders
 the same tables.  ``per_probe.csv`` joins the search's per-probe columns (key, identity, source key, exact score
 to the best mate, that mate, rank) with the attack's (P(masked), PSNR, SSIM).  Absolute paths of the machine
-that ran are rewritten relative to the working directory (``portable``) before anything is kept.
+that ran are rewritten (``benchmark.manifest.portable``: relative to the working directory, ``$PREFIX/…``,
+``$TMPDIR/…``) before anything is kept.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 
 def _copy_json(src: Path, dst: Path) -> None:
-    write_json(dst, portable(json.loads(src.read_text(encoding="utf-8"))))
+    write_json(dst, portable(json.loads(src.read_text(encoding="utf-8")), hide_temp=True))
 
 
 def keep_attack(out: Path, attack_dir: Path, method: str) -> Path:
