@@ -6,7 +6,9 @@ A *spec* is one string, ``KIND:PATH`` with optional ``?option=value&…`` option
 ``folder:ROOT``                face folder ``ROOT/<identity>/<image>``; label = identity (sorted index)
 ``csv:FILE``                   CSV with ``identity,path[,key[,aligned]]`` rows (a header row naming
                                the columns is optional; relative paths are relative to the CSV's
-                               folder; key defaults to the path as written; aligned 1/0 per row
+                               folder; key defaults to the path as written, or to
+                               ``<identity>/<file name>`` for absolute paths (clashes get ``~2``, ``~3``…,
+                               reported in the notes and the log); aligned 1/0 per row
                                overrides the option; empty identity → label -1; a ``source`` column
                                names the clean image an attacked probe was made from)
 ``megaface-probes:ROOT``       insightface MegaFace testpack probes: ``ROOT/facescrub_images/<Name>/…``
