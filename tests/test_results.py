@@ -56,3 +56,20 @@ def test_no_committed_record_holds_a_machine_path():
             line = text.count("\n", 0, m.start()) + 1
             found.append(f"{name}:{line}: {text[m.start():m.start() + 60].splitlines()[0]}")
     assert not found, "\n".join(found[:20])
+
+
+def test_report_of_a_run_without_metrics_fails_and_keeps_the_report_with_numbers(tmp_path, capsys):
+    """A run.json that points into a cache that is not here: exit 1 naming the missing file; nothing overwritten."""
+    from benchmark.cli import main
+    run = tmp_path / "run"
+    (run / "report").mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"format": "mf2m.run.v1", "name": "r", "setting": {}, "entries": [
+        {"method": "dm", "attack_model": "sface", "eval_model": "sface", "search": "../../.cache/mf2m/search-x",
+         "attack": None}]}))
+    table = run / "report" / "table1.md"
+    table.write_text("| Method | Rank-1 |\n| DM | 0.500 |\n")
+    assert main(["report", "--runs", str(run), "--out", str(run / "report")]) == 1
+    err = capsys.readouterr().err
+    assert "no metrics" in err and "search-x/metrics.json" in err
+    assert table.read_text() == "| Method | Rank-1 |\n| DM | 0.500 |\n"
+    assert sorted(p.name for p in (run / "report").iterdir()) == ["table1.md"]
