@@ -37,16 +37,23 @@ def package_versions(names: tuple[str, ...] = _PACKAGES) -> dict[str, str]:
     return out
 
 
+#: what decides a result: a change to these (not to docs or committed results) makes the commit ``+dirty``
+SOURCE_PATHS = ("benchmark", "attacks", "configs", "pyproject.toml")
+
+
 def git_commit(start: str | os.PathLike | None = None) -> str | None:
-    """Commit of the mf2m source tree (``+dirty`` when it has uncommitted changes), or None."""
+    """Commit of the mf2m source tree, or None; ``+dirty`` when its code, configs or packaging have uncommitted
+    changes (``SOURCE_PATHS``) — regenerating a committed run rewrites tracked files under ``results/``, which
+    must not mark the run as made from uncommitted code."""
     where = Path(start) if start else Path(__file__).resolve().parent
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,
                              timeout=10)
         if rev.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
-                               capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                *(f":/{p}" for p in SOURCE_PATHS)], cwd=where, capture_output=True, text=True,
+                               timeout=10)
         return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
