@@ -110,7 +110,7 @@ def test_kill_9_mid_shard_then_resume_is_identical(testpack, tmp_path):
 
     out = tmp_path / "run"
     proc = subprocess.Popen(_embed_cmd(data, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    first = out / "shard-00000.h5"
+    first = out / ".progress" / "shard-00000.json"    # shard 0's completion record (written after its file)
     deadline = time.time() + 240
     while not first.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.005)
@@ -119,8 +119,8 @@ def test_kill_9_mid_shard_then_resume_is_identical(testpack, tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
-    done = sorted(out.glob("shard-*.h5"))
-    assert first in done and len(done) < 4 and not (out / "manifest.json").exists()
+    done = [out / f"{r.stem}.h5" for r in sorted((out / ".progress").glob("shard-*.json"))]
+    assert out / "shard-00000.h5" in done and len(done) < 4 and not (out / "manifest.json").exists()
     mtimes = {p.name: p.stat().st_mtime_ns for p in done}
 
     res = subprocess.run(_embed_cmd(data, out), capture_output=True, text=True, timeout=300)

@@ -88,7 +88,7 @@ def _search(tmp: Path, pr: dict) -> dict:
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning", "ignore::sklearn.exceptions.UndefinedMetricWarning")
-@settings(max_examples=15, deadline=None,
+@settings(max_examples=12, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(pr=problems())
 def test_search_equals_float64_brute_force(pr):
