@@ -42,6 +42,31 @@ def attack_class(method: str):
     return getattr(importlib.import_module(module), cls) if cls else None
 
 
+def check_params(method: str, params: dict[str, Any], where: str = "") -> None:
+    """Reject hyper-parameters ``method``'s attack class does not take (a misspelt ``kernel_step``), naming them
+    and the closest known name, before anything runs; ``seed`` is the job's, never a per-method parameter."""
+    import difflib
+    import inspect
+    place = f"{where}: " if where else ""
+    if not isinstance(params, dict):
+        raise ValueError(f"{place}expected a mapping of {method} hyper-parameters, got {type(params).__name__}")
+    cls = attack_class(method)
+    if cls is None:
+        if params:
+            raise ValueError(f"{place}{method} is a plain mask: it has no hyper-parameters ({', '.join(params)})")
+        return
+    sig = inspect.signature(cls.__init__)
+    known = sorted(n for n, p in sig.parameters.items()
+                   if p.kind == p.KEYWORD_ONLY and n != "seed")
+    for name in params:
+        if name not in known:
+            close = difflib.get_close_matches(str(name), known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            extra = "; set the attack's seed instead" if name == "seed" else ""
+            raise ValueError(f"{place}unknown {method} hyper-parameter {name!r}{hint}{extra}; "
+                             f"{method} takes: {', '.join(known)}")
+
+
 def create(method: str, fr: Any, md: Any = None, **params: Any):
     """An attack object for ``method`` on differentiable ``fr``/``md`` modules, paper defaults unless overridden."""
     cls = attack_class(method)

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from . import BASE_OF, METHODS, attack_class
+from . import BASE_OF, METHODS, attack_class, check_params
 from .masking import MASK_COLOURS, RegionSpec, delaunay_mask, solid_mask
 from .templates import MAX_ALIGNMENT_RESIDUAL, FaceItem, TemplateBank, aligned_batch, list_faces, to_tensor
 
@@ -82,8 +82,7 @@ class AttackJob:
             raise ValueError("--template-max-residual must be > 0 pixels (0 on the command line: no filter)")
         if self.batch_size < 1:
             raise ValueError("--batch-size must be ≥ 1")
-        if self.params and attack_class(self.method) is None:
-            raise ValueError(f"--method {self.method} has no attack hyper-parameters: {sorted(self.params)}")
+        check_params(self.method, self.params, f"--method {self.method}")
         self.precision_plan()     # unknown names and fp16 on a CPU fail here, with the reason
 
     def config(self) -> dict[str, Any]:

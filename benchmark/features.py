@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,6 +103,23 @@ class FeatureArrays:
 def _h5():
     import h5py
     return h5py
+
+
+# a key that is not a safe relative path (see benchmark/safepath.py), found in "\n"-joined keys at once
+_UNSAFE_KEY = re.compile(r"[\x00-\x09\x0b-\x1f\x7f\\]|^/|^[A-Za-z]:|(?:^|/)\.{0,2}(?:/|$)", re.MULTILINE)
+
+
+def check_keys(keys: np.ndarray, path: Path) -> np.ndarray:
+    """``keys`` when every one is a safe relative path (no ``..``, absolute path or control character);
+    else ``FeatureFormatError`` naming the first bad key (keys may name files a later stage writes)."""
+    joined = "\n".join(keys.tolist())
+    if keys.size and (joined.count("\n") != keys.size - 1 or _UNSAFE_KEY.search(joined)):
+        from .safepath import key_problem
+        for key in keys.tolist():
+            why = key_problem(key)
+            if why:
+                raise FeatureFormatError(f"{path}: key {key!r} {why}; refusing the feature set")
+    return keys
 
 
 def _decode_keys(raw: np.ndarray, path: Path) -> np.ndarray:
@@ -310,7 +328,7 @@ class FeatureSet:
                             into[start + lo:start + hi] = raw
                     norms = row_norms(raw, shard.path, lo)
                     feats = normalize_rows(raw, shard.path, lo, norms) if unit else None
-                    keys = _decode_keys(fh["keys"][lo:hi], shard.path)
+                    keys = check_keys(_decode_keys(fh["keys"][lo:hi], shard.path), shard.path)
                     labels = np.asarray(fh["labels"][lo:hi], dtype=np.int64)
                     cols = {c: _decode_keys(fh[c][lo:hi], shard.path) if c in self.columns else None
                             for c in NAME_COLUMNS}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -36,16 +37,23 @@ def package_versions(names: tuple[str, ...] = _PACKAGES) -> dict[str, str]:
     return out
 
 
+#: what decides a result: a change to these (not to docs or committed results) makes the commit ``+dirty``
+SOURCE_PATHS = ("benchmark", "attacks", "configs", "pyproject.toml")
+
+
 def git_commit(start: str | os.PathLike | None = None) -> str | None:
-    """Commit of the mf2m source tree (``+dirty`` when it has uncommitted changes), or None."""
+    """Commit of the mf2m source tree, or None; ``+dirty`` when its code, configs or packaging have uncommitted
+    changes (``SOURCE_PATHS``) — regenerating a committed run rewrites tracked files under ``results/``, which
+    must not mark the run as made from uncommitted code."""
     where = Path(start) if start else Path(__file__).resolve().parent
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,
                              timeout=10)
         if rev.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
-                               capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                *(f":/{p}" for p in SOURCE_PATHS)], cwd=where, capture_output=True, text=True,
+                               timeout=10)
         return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -64,3 +72,45 @@ def build_manifest(stage: str, config: dict[str, Any], **extra: Any) -> dict[str
                  "argv": [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv else []},
         **extra,
     }
+
+
+# an absolute POSIX path: "/" at the start or after a separator such as ':' (``lfw:/data/lfw``), '=' or a space
+_ABS = re.compile(r"(?:(?<=^)|(?<=[\s:=,;(\[{'\"]))/(?!/)[^\s:,;'\"()\[\]{}<>]+")
+
+
+def portable(obj: Any, base: str | os.PathLike | None = None, hide_temp: bool = False) -> Any:
+    """``obj`` (JSON-like) with absolute paths rewritten relative to ``base`` (default: the working directory).
+
+    Paths inside the Python environment (``sys.prefix``: installed packages and their model files) become
+    ``$PREFIX/…``; other paths that share a folder with ``base`` (``/data/shared/lfw`` from ``/data/repo``:
+    ``../shared/lfw``) are made relative to it.  With ``hide_temp`` (records that are results, never read back
+    as paths), paths in the temp folder become ``$TMPDIR/…`` and paths in the home folder ``~/…``; any other
+    path with nothing in common with ``base`` but "/" is kept as it is.
+    """
+    import tempfile
+    root = os.path.abspath(base or os.getcwd())
+    prefix = os.path.abspath(sys.prefix)
+    homes = [(os.path.realpath(tempfile.gettempdir()), "$TMPDIR"), (os.path.expanduser("~"), "~")] \
+        if hide_temp else []
+
+    def fix(match: re.Match) -> str:
+        path = os.path.normpath(match.group(0))
+        if prefix != os.sep and os.path.commonpath([prefix, path]) == prefix:
+            return "$PREFIX/" + os.path.relpath(path, prefix)
+        if os.path.commonpath([root, path]) != os.sep:
+            return os.path.relpath(path, root)
+        for folder, name in homes:
+            if folder != os.sep and os.path.commonpath([folder, path]) == folder:
+                return name + "/" + os.path.relpath(path, folder)
+        return match.group(0)
+
+    def walk(o: Any) -> Any:
+        if isinstance(o, str):
+            return _ABS.sub(fix, o)
+        if isinstance(o, dict):
+            return {k: walk(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [walk(v) for v in o]
+        return o
+
+    return walk(obj)

@@ -197,15 +197,15 @@ def write_tables(out: Path, table: dict, args: argparse.Namespace) -> str:
     from run_evidence import ORDER, markdown, orderings
 
     from benchmark.atomic import write_json, write_text
-    from benchmark.manifest import build_manifest
+    from benchmark.manifest import build_manifest, portable
     ordered = {m: table[m] for m in ORDER if m in table}
     models = ["sface"] + (["dlib"] if any("dlib" in r["cos"] for r in ordered.values()) else [])
     checks = orderings(ordered, "sface", "dlib" if "dlib" in models else None)
     md = markdown(ordered, models, checks)
     write_text(out / "evidence.md", md)
-    write_json(out / "evidence.json", build_manifest("attack-evidence", vars(args), table=ordered,
-                                                     checks=[{"claim": c, "holds": ok, "numbers": n}
-                                                             for c, ok, n in checks]))
+    record = build_manifest("attack-evidence", vars(args), table=ordered,
+                            checks=[{"claim": c, "holds": ok, "numbers": n} for c, ok, n in checks])
+    write_json(out / "evidence.json", portable(record))     # cache folders relative to the working directory
     return md
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from benchmark.data.synthetic import lfw_crop, variants, write_testpack
-from benchmark.embed.engine import HANG_ENV, EmbedConfig, run_embed
+from benchmark.embed.engine import EmbedConfig, run_embed
 
 MODEL = "sface"
 
@@ -103,28 +103,30 @@ def _embed_cmd(data: str, out: Path, *extra: str) -> list[str]:
 
 
 def test_kill_9_mid_shard_then_resume_is_identical(testpack, tmp_path):
+    """A real SIGKILL once the first shard is on disk (the process is frozen with SIGSTOP the moment it appears,
+    so the kill lands mid-run); the resumed run skips finished shards and writes byte-identical ones."""
     data = f"megaface-distractors:{testpack}"         # 24 items → shards of 7: 7, 7, 7, 3
     ref = tmp_path / "ref"
     subprocess.run(_embed_cmd(data, ref), check=True, capture_output=True, timeout=300)
 
     out = tmp_path / "run"
-    env = {**os.environ, HANG_ENV: "4"}               # batch 4 = the middle of shard 1 (batches of 3)
-    proc = subprocess.Popen(_embed_cmd(data, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    hang = out / ".progress" / "hang"
+    proc = subprocess.Popen(_embed_cmd(data, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    first = out / ".progress" / "shard-00000.json"    # shard 0's completion record (written after its file)
     deadline = time.time() + 240
-    while not hang.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    assert hang.exists(), proc.stderr.read().decode() if proc.poll() is not None else "never reached batch 4"
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    assert proc.poll() is None, proc.stderr.read().decode()
+    os.kill(proc.pid, signal.SIGSTOP)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
-    assert (out / "shard-00000.h5").exists() and not (out / "shard-00001.h5").exists()
-    assert not (out / "manifest.json").exists()
-    first_mtime = (out / "shard-00000.h5").stat().st_mtime_ns
+    done = [out / f"{r.stem}.h5" for r in sorted((out / ".progress").glob("shard-*.json"))]
+    assert out / "shard-00000.h5" in done and len(done) < 4 and not (out / "manifest.json").exists()
+    mtimes = {p.name: p.stat().st_mtime_ns for p in done}
 
     res = subprocess.run(_embed_cmd(data, out), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
-    assert (out / "shard-00000.h5").stat().st_mtime_ns == first_mtime        # completed shard skipped
+    assert {p: (out / p).stat().st_mtime_ns for p in mtimes} == mtimes      # completed shards skipped
     m_ref, f_ref, k_ref, l_ref = _read_set(ref)
     m_run, f_run, k_run, l_run = _read_set(out)
     assert k_run == k_ref and np.array_equal(l_run, l_ref)

@@ -33,6 +33,20 @@ def test_environment_yml_has_pyproject_dependencies():
     assert not missing, f"environment.yml lacks {missing}"
 
 
+def test_python_versions_claimed_are_the_ones_tested():
+    """requires-python's lower bound, the classifiers and environment.yml name the versions the suite runs on."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    listed = sorted(tuple(map(int, c.rsplit(":: ", 1)[1].split("."))) for c in project["classifiers"]
+                    if re.fullmatch(r"Programming Language :: Python :: 3\.\d+", c))
+    low = re.fullmatch(r">=\s*(\d+)\.(\d+)", project["requires-python"].strip())
+    assert low and listed, (project["requires-python"], project["classifiers"])
+    assert (int(low[1]), int(low[2])) == listed[0]
+    assert sys.version_info[:2] in listed, f"the suite runs on Python {sys.version_info[:2]}, not claimed in {listed}"
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pinned = next(d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python="))
+    assert tuple(map(int, pinned.split("=")[1].split(".")[:2])) in listed
+
+
 def _commands() -> list[str]:
     from benchmark.cli import build_parser
     parser = build_parser()

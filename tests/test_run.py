@@ -66,6 +66,28 @@ def test_config_errors_name_the_file(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
+def test_unknown_attack_parameter_is_rejected_when_the_config_loads(tmp_path):
+    """A misspelt hyper-parameter stops ``load_config`` (before any stage), naming it and the likely intent."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("attack: {params: {mf2m: {kernel_step: 80}}}\n")
+    with pytest.raises(ValueError, match=r"bad.yaml: attack.params.mf2m: unknown mf2m hyper-parameter "
+                                         r"'kernel_step' \(did you mean 'kernel_steps'\?\)"):
+        load_config(bad)
+    bad.write_text("attack: {params: {solid: {eps: 0.1}}}\n")
+    with pytest.raises(ValueError, match="solid is a plain mask"):
+        load_config(bad)
+    bad.write_text("attack: {params: {fgsm: {seed: 3}}}\n")
+    with pytest.raises(ValueError, match="set the attack's seed instead"):
+        load_config(bad)
+    bad.write_text("attack: {params: {mf2n: {kernel_steps: 3}}}\n")
+    with pytest.raises(ValueError, match="unknown method 'mf2n'"):
+        load_config(bad)
+    with pytest.raises(ValueError, match="unknown mf2m hyper-parameter 'kernel_step'"):   # --set is checked too
+        load_config(tmp_path / "bad.yaml", overrides=["attack.params={mf2m: {kernel_step: 1}}"])
+    bad.write_text("attack: {params: {mf2m: {kernel_steps: 3, noise_steps: 2}, i-fgsm: {steps: 2}}}\n")
+    assert load_config(bad).attack.params["mf2m"] == {"kernel_steps": 3, "noise_steps": 2}
+
+
 def test_shipped_configs_load():
     root = Path(__file__).resolve().parents[1] / "configs"
     t1 = load_config(root / "table1.yaml", data="lfw:/x")
@@ -136,7 +158,8 @@ def test_pipeline_end_to_end(first_run):
     assert metrics["counts"]["distractors"] == len(read_csv_rows(split / "distractors.csv"))
     # attacked probes keep the keys of their clean images (so the self-pair is excluded there too)
     dm = next(e for e in run["entries"] if e["method"] == "dm" and e["eval_model"] == "tiny-fr")
-    attacked = read_csv_rows(out / dm["attack"] / "attacked.csv")
+    dm_stage = next(Path(s["dir"]) for s in run["stages"] if s["stage"] == "attack" and s["label"] == "dm")
+    attacked = read_csv_rows(dm_stage / "attacked.csv")
     assert {r["key"] for r in attacked} <= {r["key"] for r in probes}
     dm_metrics = json.loads((out / dm["search"] / "metrics.json").read_text())
     assert dm_metrics["counts"]["probes"] == len(attacked)
@@ -175,7 +198,9 @@ def test_rerun_reuses_everything_and_changes_recompute_only_what_depends_on_them
     ran = [s["label"] for s in changed["stages"] if not s["cached"]]
     assert "fgsm" in ran
     assert all("fgsm" in label for label in ran), ran
-    assert first["entries"] != changed["entries"]
+    def fgsm_keys(record):
+        return {s["key"] for s in record["stages"] if "fgsm" in s["label"]}
+    assert fgsm_keys(first).isdisjoint(fgsm_keys(changed))
 
 
 def test_interrupted_stage_resumes(first_run, lfw_dir):
@@ -193,3 +218,48 @@ def test_interrupted_stage_resumes(first_run, lfw_dir):
     assert [s["label"] for s in ran] == ["solid"]
     manifest = json.loads((solid / "manifest.json").read_text())
     assert manifest["summary"]["counts"]["processed_now"] == len(lines) - 1
+
+
+def test_run_folder_keeps_raw_outputs_that_rederive_its_tables(first_run, tmp_path):
+    """run.json names raw outputs inside the run folder; a copy without the cache re-renders identical tables."""
+    import shutil
+
+    from benchmark.report.build import build_report
+    from rederive import table_files
+
+    _, cfg, _ = first_run
+    out = Path(cfg.out)
+    run = json.loads((out / "run.json").read_text())
+    for e in run["entries"]:
+        for role in ("search", "attack"):
+            if e[role] is not None:
+                assert not Path(e[role]).is_absolute() and e[role].startswith("raw/"), e[role]
+    dm = next(e for e in run["entries"] if e["method"] == "dm" and e["eval_model"] == "tiny-fr")
+    search = out / dm["search"]
+    assert {p.name for p in search.iterdir()} == {"metrics.json", "cmc.csv", "roc.csv", "per_probe.csv",
+                                                   "manifest.json"}
+    # per_probe.csv: the best mate and its rank agree with topk.csv of the cached search stage; the attack
+    # columns are the attack's own values
+    per_probe = read_csv_rows(search / "per_probe.csv")
+    assert list(per_probe[0]) == ["key", "identity", "source", "best_mate_score", "best_mate", "rank",
+                                  "p_masked", "psnr", "ssim"]
+    stage = next(Path(s["dir"]) for s in run["stages"] if s["stage"] == "search" and s["label"] == "dm on tiny-fr")
+    topk = read_csv_rows(stage / "topk.csv")
+    metrics = json.loads((search / "metrics.json").read_text())
+    assert len(per_probe) == metrics["counts"]["probes"]
+    for row in per_probe:
+        mine = [t for t in topk if t["probe"] == row["key"]]
+        first = next(t for t in mine if t["role"] == "mate" and t["same_identity"] == "1")
+        assert row["best_mate"] == first["gallery"] and float(row["best_mate_score"]) == float(first["score"])
+        assert int(row["rank"]) == 1 + sum(t["role"] == "distractor" and int(t["rank"]) < int(first["rank"])
+                                           for t in mine)
+    attack = read_csv_rows(out / dm["attack"] / "probes.csv")
+    assert sorted(float(r["p_masked"]) for r in per_probe) == \
+        sorted(float(r["p_masked"]) for r in attack if r["status"] == "ok")
+    # a copy of the run folder alone (no cache) re-renders byte-identical tables
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    build_report([str(copy)], tmp_path / "again")
+    ours, again = table_files(out / "report"), table_files(tmp_path / "again")
+    assert ours and ours.keys() == again.keys()
+    assert all(ours[k] == again[k] for k in ours), [k for k in ours if ours[k] != again[k]]

@@ -6,7 +6,9 @@ A *spec* is one string, ``KIND:PATH`` with optional ``?option=value&…`` option
 ``folder:ROOT``                face folder ``ROOT/<identity>/<image>``; label = identity (sorted index)
 ``csv:FILE``                   CSV with ``identity,path[,key[,aligned]]`` rows (a header row naming
                                the columns is optional; relative paths are relative to the CSV's
-                               folder; key defaults to the path as written; aligned 1/0 per row
+                               folder; key defaults to the path as written, or to
+                               ``<identity>/<file name>`` for absolute paths (clashes get ``~2``, ``~3``…,
+                               reported in the notes and the log); aligned 1/0 per row
                                overrides the option; empty identity → label -1; a ``source`` column
                                names the clean image an attacked probe was made from)
 ``megaface-probes:ROOT``       insightface MegaFace testpack probes: ``ROOT/facescrub_images/<Name>/…``
@@ -39,10 +41,13 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 KINDS = ("folder", "csv", "megaface-probes", "megaface-distractors", "megaface-originals",
@@ -200,8 +205,11 @@ def _labelled(entries: Iterable[tuple[str, str, str]], needs_alignment: bool,
 
 
 def _check_unique(dataset: Dataset) -> None:
+    """Keys are unique, safe relative paths (they name files under the stages' output folders)."""
+    from ..safepath import check_key
     seen: set[str] = set()
     for item in dataset.items:
+        check_key(item.key, "item key", f"dataset {dataset.spec!r}")
         if item.key in seen:
             raise ValueError(f"dataset {dataset.spec!r}: duplicate key {item.key!r}")
         seen.add(item.key)
@@ -282,7 +290,8 @@ def _folder(spec: str, root: Path, options: dict[str, str]) -> Dataset:
 def _csv(spec: str, file: Path, options: dict[str, str]) -> Dataset:
     aligned_default = _flag(options, "aligned", spec)
     base = file.parent
-    entries, extra, columns = [], {}, ["identity", "path", "key", "aligned"]
+    entries, extras, columns = [], [], ["identity", "path", "key", "aligned"]
+    derived: list[tuple[int, int]] = []      # (entry, CSV line) of rows whose key was derived from the path
     with open(file, newline="", encoding="utf-8") as fh:
         for lineno, row in enumerate(csv.reader(fh), 1):
             row = [c.strip() for c in row]
@@ -297,15 +306,59 @@ def _csv(spec: str, file: Path, options: dict[str, str]) -> Dataset:
             if not rec.get("path"):
                 raise ValueError(f"{file}:{lineno}: expected 'identity,path[,key[,aligned]]', got {row!r}")
             rel = rec["path"]
-            key = rec.get("key") or rel.replace("\\", "/")
             path = Path(rel) if os.path.isabs(rel) else base / rel
+            key = rec.get("key") or _key_of_path(rel, rec.get("identity", ""))
+            if not rec.get("key") and key != rel.replace("\\", "/"):
+                derived.append((len(entries), lineno))
             entries.append((key, rec.get("identity", ""), str(path)))
+            extra: dict[str, Any] = {}
             if rec.get("aligned"):
-                extra[key] = {"needs_alignment": rec["aligned"] not in ("1", "true", "yes")}
+                extra["needs_alignment"] = rec["aligned"] not in ("1", "true", "yes")
             if rec.get("source"):
-                extra.setdefault(key, {})["source"] = rec["source"]
-    items, names = _labelled(entries, needs_alignment=not aligned_default, extra=extra)
-    return Dataset(spec, "csv", str(file), items, names)
+                extra["source"] = rec["source"]
+            extras.append(extra)
+    notes = _disambiguate(file, entries, derived)
+    by_key = {key: e for (key, _, _), e in zip(entries, extras) if e}
+    items, names = _labelled(entries, needs_alignment=not aligned_default, extra=by_key)
+    return Dataset(spec, "csv", str(file), items, names, notes=notes)
+
+
+def _key_of_path(written: str, identity: str) -> str:
+    """The key of a CSV row without a key column: the path as written when it is a plain relative path,
+    else ``<identity>/<file name>`` (absolute paths, ``..``, ``~``, Windows drives: nothing to keep)."""
+    from ..safepath import key_problem
+    rel = written.replace("\\", "/")
+    if key_problem(rel) is None and not rel.startswith("~"):
+        return rel
+    name = rel.rstrip("/").rsplit("/", 1)[-1]
+    return f"{identity}/{name}" if identity else name
+
+
+def _disambiguate(file: Path, entries: list, derived: list[tuple[int, int]]) -> dict[str, Any]:
+    """Give derived keys (``derived``: entry index, CSV line) that clash with an earlier key ``~2``, ``~3``…
+    before the extension, in place; every renaming is in the returned notes and logged, naming the CSV line."""
+    rows = dict(derived)
+    taken = {key for i, (key, _, _) in enumerate(entries) if i not in rows}
+    renamed = []
+    for i, lineno in derived:
+        key, identity, path = entries[i]
+        if key in taken:
+            stem, dot, ext = key.rpartition(".")
+            n, new = 2, key
+            while new in taken:
+                new = f"{stem}~{n}.{ext}" if dot and "/" not in ext else f"{key}~{n}"
+                n += 1
+            renamed.append({"line": lineno, "derived": key, "key": new, "path": path})
+            entries[i] = (new, identity, path)
+            key = new
+        taken.add(key)
+    notes: dict[str, Any] = {"derived_keys": len(derived)} if derived else {}
+    if renamed:
+        notes["key_clashes"] = renamed
+        log.warning("%s: %d row(s) without a key derived an <identity>/<file name> key already taken and were "
+                    "renamed: %s", file, len(renamed), "; ".join(f"line {r['line']}: {r['derived']!r} → {r['key']!r}"
+                                                              for r in renamed[:5]) + (" …" if len(renamed) > 5 else ""))
+    return notes
 
 
 def _megaface(spec: str, root: Path, options: dict[str, str], *, probes: bool) -> Dataset:

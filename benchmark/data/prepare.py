@@ -220,12 +220,12 @@ def chip_path(out_dir: str | os.PathLike, key: str) -> Path:
 
 
 def check_keys(items: Sequence[PrepareItem]) -> None:
-    """Keys must be unique relative ``/``-separated names (no empty or ``..`` parts, no ``\\``)."""
+    """Keys must be unique safe relative ``/``-separated names (``benchmark/safepath.py``): crops are written
+    under them."""
+    from ..safepath import check_key
     seen: set[str] = set()
     for it in items:
-        parts = it.key.split("/")
-        if not it.key or any(p in ("", ".", "..") for p in parts) or "\\" in it.key or "\0" in it.key:
-            raise ValueError(f"invalid item key {it.key!r}: must be a relative '/'-separated name without '..'")
+        check_key(it.key, "item key", "prepare")
         if it.key in seen:
             raise ValueError(f"duplicate item key {it.key!r}")
         seen.add(it.key)

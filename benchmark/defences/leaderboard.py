@@ -329,7 +329,7 @@ def run_leaderboard(cfg: LeaderboardConfig, progress: bool = True, models: tuple
 
     from ..atomic import write_json, write_text
     from ..device import resolve_device
-    from ..manifest import build_manifest
+    from ..manifest import build_manifest, portable
     from ..models.landmarks import DlibLandmarker
 
     out = Path(cfg.out)
@@ -395,7 +395,8 @@ def run_leaderboard(cfg: LeaderboardConfig, progress: bool = True, models: tuple
             add(name, d, rec, det, spec.name, "adaptive", gradient, images, idx, skipped)
     add_clean_cost(rows)
     meta = {"recognizer": fr.name, "mask_detector": md.name, "far": cfg.far,
-            "pool": f"{len(keys)} probes of {len(set(ids))} identities, {len(distractors)} distractors from {cfg.data}",
+            "pool": portable(f"{len(keys)} probes of {len(set(ids))} identities, {len(distractors)} distractors "
+                             f"from {cfg.data}", hide_temp=True),
             "far_resolution": f"{rows[0]['far_resolution']:.2g}" if rows else None}
     write_text(out / "leaderboard.csv", render_csv(rows))
     write_text(out / "leaderboard.md", render_markdown(rows, meta))
@@ -407,7 +408,7 @@ def run_leaderboard(cfg: LeaderboardConfig, progress: bool = True, models: tuple
                                     "distractors": len(distractors), "distractors_skipped": skipped_dist},
                               meta=meta, cells=rows, outputs={"csv": "leaderboard.csv", "markdown": "leaderboard.md",
                                                        "html": "leaderboard.html"})
-    write_json(out / "leaderboard.json", manifest)
+    write_json(out / "leaderboard.json", portable(manifest, hide_temp=True))     # meant to be committed: no machine paths
     return {"rows": rows, "meta": meta, "out": str(out)}
 
 

@@ -12,7 +12,6 @@ import csv
 import io
 import logging
 import os
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,9 +23,6 @@ from . import shards as S
 
 log = logging.getLogger(__name__)
 
-# Test hook (used by the kill-and-resume test): after this many batches the process writes
-# OUT/.progress/hang and stops making progress until it is killed.
-HANG_ENV = "MF2M_EMBED_HANG_AFTER_BATCHES"
 
 
 @dataclass
@@ -198,7 +194,6 @@ def _embed_shards(cfg, items, todo, sources, known, forward, out, device, recogn
             remaining[s] = remaining.get(s, 0) + 1
     workers = default_workers() if cfg.workers < 0 else cfg.workers
     loader = make_loader(FaceFiles(sources, known), batches, workers, pin_memory=device.startswith("cuda"))
-    hang_after = int(os.environ.get(HANG_ENV, "0") or 0)
     buffers: dict[int, dict[str, list]] = {}
     bar = tqdm(total=sum(len(b) for b in batches), desc=f"embed {recognizer.name}", unit="img",
                disable=not cfg.progress)
@@ -221,10 +216,6 @@ def _embed_shards(cfg, items, todo, sources, known, forward, out, device, recogn
         if remaining[s] == 0:
             _write_shard(out, s, items, sources, buffers.pop(s), recognizer, cfg)
             _check_failures(stats, cfg, out)
-        if hang_after and k + 1 >= hang_after:
-            (out / S.PROGRESS / "hang").write_text(str(os.getpid()))
-            while True:              # wait to be killed (test hook)
-                time.sleep(1)
     bar.close()
 
 

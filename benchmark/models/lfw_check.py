@@ -111,7 +111,7 @@ def run_lfw_check(data_dir: str | os.PathLike, model: str, out: str | os.PathLik
     from ..data.lfw import load_pairs
     from ..data.prepare import PrepareConfig, prepare_faces
     from ..device import resolve_device
-    from ..manifest import build_manifest
+    from ..manifest import build_manifest, portable
 
     t0 = time.time()
     device = resolve_device(device)
@@ -191,5 +191,5 @@ def run_lfw_check(data_dir: str | os.PathLike, model: str, out: str | os.PathLik
         "data": str(data_dir), "pairs_file": str(pairs_file or Path(data_dir) / "pairs.txt"), "model": model,
         "device": device, "batch_size": batch_size, "limit_folds": limit_folds, "precision": precision})
     if out is not None:
-        write_json(out, result)
+        write_json(out, portable(result, hide_temp=True))       # meant to be committed: paths relative to the working directory
     return result

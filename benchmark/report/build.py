@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -38,6 +38,7 @@ class ReportOptions:
     examples: int = 3
     title: str = "MF²M benchmark report"
     warnings: tuple[str, ...] = ()   # shown above the tables (e.g. the data is too small to mean anything)
+    image_dirs: dict[Path, Path] = field(default_factory=dict)   # kept attack folder → folder with its images
 
 
 def collect(runs: Sequence[str]) -> list[tuple[Entry, Metrics]]:
@@ -259,7 +260,8 @@ def _figures(items: list[tuple[Entry, Metrics]], out: Path, options: ReportOptio
     attacked = {}
     for e, _ in items:
         if e.attack_dir is not None and e.method not in attacked:
-            attacked[e.method] = e
+            images = options.image_dirs.get(e.attack_dir.resolve())
+            attacked[e.method] = replace(e, attack_dir=images) if images is not None else e
     if attacked and options.examples > 0:
         keys = plots.example_keys(list(attacked.values()), options.examples)
         for method, e in attacked.items():

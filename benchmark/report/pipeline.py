@@ -5,7 +5,9 @@ settings, of the fingerprints of its inputs (a data listing, or upstream stages'
 output-manifest hashes) and of the source code that implements the stage (``code_fingerprint``). A stage folder with a ``.stage.json`` whose key matches is reused as is; a
 folder without one is an interrupted stage and is resumed (prepare, attack and embed are resumable
 themselves); anything whose inputs changed gets a new key and is recomputed. ``OUT/run.json``
-lists the evaluated probe sets for ``mf2m report`` and records every stage (cached or run, seconds).
+lists the evaluated probe sets for ``mf2m report`` and records every stage (cached or run, seconds); the
+outputs the report reads are copied out of the cache into ``OUT/raw/`` (``raw.py``), which ``run.json`` names,
+so a committed run folder re-renders its tables without the cache.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -22,6 +25,7 @@ from typing import Any, Callable
 
 from ..atomic import write_json, write_text
 from ..manifest import build_manifest, sha256_file
+from . import raw
 from .collect import RUN_FORMAT
 
 log = logging.getLogger(__name__)
@@ -143,6 +147,12 @@ def load_config(path: str | os.PathLike, data: str | None = None, out: str | Non
     bad = [m for m in cfg.attack.methods if m not in ALL_METHODS]
     if bad:
         raise ValueError(f"{path}: unknown method(s) {', '.join(bad)}; choose from {', '.join(ALL_METHODS)}")
+    from attacks import check_params
+    for method, params in cfg.attack.params.items():
+        if method not in ALL_METHODS or method == "none":
+            raise ValueError(f"{path}: attack.params: unknown method {method!r}; choose from "
+                             f"{', '.join(ALL_METHODS[1:])}")
+        check_params(method, params or {}, f"{path}: attack.params.{method}")
     if not cfg.evaluate.models:
         raise ValueError(f"{path}: evaluate.models is empty")
     if cfg.report.far not in cfg.evaluate.fars:
@@ -431,6 +441,7 @@ def run_pipeline(cfg: RunConfig, progress: bool = True, model_factory: Callable[
     embed_precision = plan(cfg.evaluate.precision, device).precision
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out / raw.RAW, ignore_errors=True)    # derived from the cache: rebuilt below, no stale methods
     cache = Cache(cfg.cache)
     started = time.time()
     listing, dataset = listing_fingerprint(cfg.data.spec)
@@ -456,7 +467,8 @@ def run_pipeline(cfg: RunConfig, progress: bool = True, model_factory: Callable[
         return cache.run("embed", f"{label} on {model}", conf, {"csv": sha256_file(csv_path), "from": upstream},
                          lambda f: embed_stage(cfg, model, csv_path, f, device, progress, models), "features/manifest.json")
 
-    entries = []
+    entries: list[dict[str, Any]] = []
+    image_dirs: dict[Path, Path] = {}   # kept attack folder → its cache folder (the example images)
     for model in cfg.evaluate.models:
         mates = embed(model, split.dir / "probes.csv", "clean probes", split.key)
         dist = embed(model, split.dir / "distractors.csv", "distractors", split.key)
@@ -474,14 +486,19 @@ def run_pipeline(cfg: RunConfig, progress: bool = True, model_factory: Callable[
                           lambda f, p=p, m=m: search_stage(cfg, p.dir / "features", m.dir / "features",
                                                            dist.dir / "features", f, device, progress),
                           "metrics.json")
+            kept_attack = raw.keep_attack(out, attack_dir, method) if attack_dir else None
+            if kept_attack is not None:
+                image_dirs[kept_attack.resolve()] = attack_dir
+            kept = raw.keep_search(out, s.dir, method, model, attack_dir)
             entries.append({"method": method, "attack_model": attack_model, "eval_model": model,
-                            "search": os.path.relpath(s.dir, out),
-                            "attack": os.path.relpath(attack_dir, out) if attack_dir else None})
+                            "search": raw.relative(kept, out),
+                            "attack": raw.relative(kept_attack, out) if kept_attack else None})
             _write_run(cfg, out, entries, cache, counts, started, complete=False, data_warning=data_warning)
     record = _write_run(cfg, out, entries, cache, counts, started, complete=True, data_warning=data_warning)
     r = cfg.report
     build_report([str(out)], out / "report", ReportOptions(far=r.far, paper=r.paper, examples=r.examples,
-                                                           title=f"MF²M benchmark — {cfg.name}"))
+                                                           title=f"MF²M benchmark — {cfg.name}",
+                                                           image_dirs=image_dirs))
     ran = sum(not x["cached"] for x in cache.records)
     record["summary"] = (f"{len(entries)} probe sets evaluated; {ran} stage(s) run, "
                          f"{len(cache.records) - ran} reused from the cache, {time.time() - started:.0f} s")
@@ -501,6 +518,7 @@ def _write_run(cfg: RunConfig, out: Path, entries: list, cache: Cache, counts: d
     record = build_manifest("run", _jsonable(asdict(cfg)), format=RUN_FORMAT, name=cfg.name, setting=setting,
                             entries=entries, stages=cache.records, complete=complete,
                             seconds=round(time.time() - started, 1))
+    record = raw.portable(record)     # no path of this machine in a file meant to be committed
     write_json(out / "run.json", record)
     return record
 

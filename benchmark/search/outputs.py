@@ -1,4 +1,5 @@
-"""Files written by ``mf2m search``: metrics.json, cmc.csv, roc.csv, topk.csv, cmc.png, roc.png, manifest.json."""
+"""Files written by ``mf2m search``: metrics.json, cmc.csv, roc.csv, topk.csv, per_probe.csv, cmc.png, roc.png,
+manifest.json."""
 
 from __future__ import annotations
 
@@ -51,6 +52,26 @@ def write_matches(out: Path, curves: dict, arrays: dict) -> None:
     write_text(out / "topk.csv", _csv(table, ["probe", "rank", "gallery", "role", "same_identity", "score"]))
 
 
+PER_PROBE_HEADER = ["key", "identity", "source", "best_mate_score", "best_mate", "rank"]
+
+
+def write_per_probe(out: Path, curves: dict, arrays: dict) -> None:
+    """per_probe.csv: probe key, identity name, source key, exact score to its best mate, that mate, its rank.
+
+    A probe with no mate (after noise lists, or ``allow_missing_mates``) has empty score and mate, rank 0;
+    a feature set without per-row names or sources (``mf2m.features.v1``) leaves those columns empty.
+    """
+    best, mate, rank = curves["per_probe"]
+    p, m = arrays["probes"], arrays["mates"]
+    n = len(p.keys)
+    names = p.identities if p.identities is not None else np.full(n, "", dtype=str)   # v1 sets: no names
+    sources = p.sources if p.sources is not None else np.full(n, "", dtype=str)
+    rows = ((str(p.keys[i]), str(names[i]), str(sources[i]),
+             repr(float(best[i])) if mate[i] >= 0 else "", str(m.keys[mate[i]]) if mate[i] >= 0 else "",
+             int(rank[i])) for i in range(n))
+    write_text(out / "per_probe.csv", _csv(rows, PER_PROBE_HEADER))
+
+
 def plot(out: Path, metrics: dict, curves: dict) -> None:
     """cmc.png (rank on a log axis) and roc.png (FAR on a log axis), as Fig. 5 of the paper."""
     from matplotlib.figure import Figure  # object API: no pyplot, no GUI backend
@@ -90,6 +111,7 @@ def write_all(out: Path, cfg, metrics: dict, curves: dict, arrays: dict, model: 
     out.mkdir(parents=True, exist_ok=True)
     write_curves(out, metrics, curves)
     write_matches(out, curves, arrays)
+    write_per_probe(out, curves, arrays)
     plot(out, metrics, curves)
     write_json(out / "metrics.json", metrics)
     inputs = {}
@@ -100,4 +122,4 @@ def write_all(out: Path, cfg, metrics: dict, curves: dict, arrays: dict, model: 
                                     "sha256": s.sha256 or sha256_file(s.path)} for s in fs.shards]}
     write_json(out / "manifest.json", build_manifest(
         "search", config_dict(cfg), inputs=inputs, model=model, dim=dim, device=device, processes=world,
-        timings=timings, outputs=["metrics.json", "cmc.csv", "roc.csv", "topk.csv", "cmc.png", "roc.png"]))
+        timings=timings, outputs=["metrics.json", "cmc.csv", "roc.csv", "topk.csv", "per_probe.csv", "cmc.png", "roc.png"]))

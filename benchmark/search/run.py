@@ -252,6 +252,7 @@ def compute_metrics(part: engine.Partial, problem: engine.Problem, cfg: SearchCo
         metrics["distractor_sweep"] = {"seed": cfg.seed, "sizes": sweep}
     idx, scores, uncertain = engine.exact_matches(part, problem)
     curves["matches"] = (idx, scores)
+    curves["per_probe"] = per_probe(problem, ranks)
     metrics["exactness"] = {"score": "float64 dot of float32 unit vectors",
                             "float32_error_bound": problem.eps, "refined_pairs": part.n_refined,
                             "topk_probes_not_certified": uncertain,
@@ -268,6 +269,25 @@ def compute_metrics(part: engine.Partial, problem: engine.Problem, cfg: SearchCo
                             "auc_max_error": auc_bound if auc_bound <= engine.AUC_TOLERANCE else 0.0,
                             "auc_refined_pairs": auc_refined}
     return metrics, curves
+
+
+def per_probe(problem: engine.Problem, ranks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per probe: the exact score of its best mate, that mate's index and its rank (NaN / -1 / 0 without a mate).
+
+    The best mate's rank is the probe's smallest pair rank (a higher score is beaten by fewer distractors).
+    """
+    n_p = problem.probes.shape[0]
+    best = np.full(n_p, -np.inf)
+    np.maximum.at(best, problem.pair_probe, problem.pos_scores)
+    rank = np.full(n_p, np.iinfo(np.int64).max, np.int64)
+    np.minimum.at(rank, problem.pair_probe, ranks.astype(np.int64))
+    mate = np.full(n_p, -1, np.int64)
+    is_best = problem.pos_scores == best[problem.pair_probe]
+    order = np.flatnonzero(is_best)[::-1]            # the first best pair of each probe wins
+    mate[problem.pair_probe[order]] = problem.pair_mate[order]
+    none = mate < 0
+    best[none], rank[none] = np.nan, 0
+    return best, mate, rank
 
 
 def _path_name(part: engine.Partial, n_d: int) -> str:
