@@ -94,9 +94,9 @@ class RoleCount:
         if self.requested is None:
             base = f"{self.obtained:,} {self.role}"
             return base if self.obtained == self.planned else f"{base} of {self.planned:,} planned"
-        if self.cap:
+        if self.cap and self.obtained < self.requested:
             return f"{self.obtained:,} {self.role} (up to {self.requested:,})"
-        if self.obtained == self.requested:
+        if self.obtained == self.requested or self.cap:
             return f"{self.obtained:,} {self.role}"
         return f"{self.role} {self.obtained:,} of {self.requested:,} requested"
 
@@ -166,18 +166,20 @@ def plan_split(dataset: Dataset, request: SplitRequest, templates_from: Dataset 
         templates, template_ids = _templates_from(templates_from, probe_ids, r, rng, reasons["templates"])
     chosen = set(template_ids) if templates_from is None else set()
     gallery = [it for it in rest if it.identity not in chosen]
-    held = len(rest) - len(gallery)
-    if held:
-        reasons["distractors"].append(f"{len(chosen)} template identities hold {held} images out of the gallery")
-    if leftovers:
-        reasons["distractors"].append(f"{len(leftovers)} leftover images of probe identities are never "
-                                      "distractors")
     distractors = gallery
     if r.distractors is not None and len(gallery) > r.distractors:
         idx = np.sort(rng.choice(len(gallery), size=r.distractors, replace=False))
         distractors = [gallery[i] for i in idx]
-    elif r.distractors is not None and len(gallery) < r.distractors:
-        reasons["distractors"].append(f"only {len(gallery)} images are left for the gallery")
+    else:   # the gallery is all that is left: say what else took the folder's images
+        held = len(rest) - len(gallery)
+        if held:
+            reasons["distractors"].append(f"{len(chosen)} template identities hold {held} images out of the "
+                                          "gallery")
+        if leftovers:
+            reasons["distractors"].append(f"{len(leftovers)} leftover images of probe identities are never "
+                                          "distractors")
+        if r.distractors is not None and len(gallery) < r.distractors:
+            reasons["distractors"].append(f"only {len(gallery)} images are left for the gallery")
     return SplitPlan(request=r, probes=pool.probes, templates=templates, distractors=distractors,
                      probe_identities=pool.identities, template_identities=template_ids,
                      excluded={"templates": 0, "distractors": len(leftovers)}, reasons=reasons,
@@ -189,7 +191,7 @@ def _template_reason(n_nonprobe: int, r: SplitRequest, n_t: int) -> str:
         return f"only {n_nonprobe} non-probe identities: none can be spared from the gallery"
     if n_t == n_nonprobe - 1:
         return f"only {n_nonprobe} non-probe identities and the gallery keeps at least one"
-    return (f"capped at {r.template_share:g} of the {n_nonprobe} non-probe identities (data.template_share) so "
+    return (f"capped at data.template_share = {r.template_share:g} of the {n_nonprobe} non-probe identities so "
             f"that the other {n_nonprobe - n_t} stay in the gallery")
 
 

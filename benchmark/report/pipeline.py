@@ -290,8 +290,8 @@ def check_split(cfg: RunConfig, record: dict[str, Any] | None, plan, when: str) 
     acc = SplitAccount.from_json(record) if record else account(plan)
     final = when.startswith("after")
     if cfg.data.strict and acc.warnings:
-        raise ValueError(f"--strict (data.strict): the split {when} falls short of what {cfg.source or 'the config'} "
-                         f"asks for, so no attack, embedding or search was run:\n  " + "\n  ".join(acc.warnings))
+        raise ValueError(f"--strict (data.strict): the split falls short of what {cfg.source or 'the config'} asks "
+                         f"for ({when}), so no attack, embedding or search was run:\n  " + "\n  ".join(acc.warnings))
     if final:
         for r in acc.roles:
             log.info("split: %s%s", r.text(), f" ({'; '.join(r.reasons)})" if r.reasons else "")
