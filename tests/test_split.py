@@ -193,27 +193,30 @@ def test_strict_stops_before_face_preparation(tmp_path, people_300x5, capsys):
 
 
 @pytest.fixture(scope="module")
-def celeba_folder(shared_dir, tmp_path_factory) -> Path:
-    """A user's own folder: 30 CelebA people × 5 photos (files linked from ../shared/data/celeba)."""
+def celeba_folders(shared_dir, tmp_path_factory) -> tuple[Path, Path]:
+    """A user's own folder (30 CelebA people × 5 photos) and a template folder (4 other people × 1 photo),
+    files linked from ../shared/data/celeba."""
     src = shared_dir / "data" / "celeba" / "images"
     if not src.is_dir():
         pytest.skip("../shared/data/celeba is not present")
-    root = tmp_path_factory.mktemp("celeba") / "faces"
+    base = tmp_path_factory.mktemp("celeba")
     people = sorted((p for p in src.iterdir() if p.is_dir() and len(list(p.iterdir())) >= 5), key=lambda p: p.name)
-    for person in people[:30]:
-        (root / person.name).mkdir(parents=True)
-        for photo in sorted(person.iterdir())[:5]:
-            (root / person.name / photo.name).symlink_to(photo)
-    return root
+    for root, group, n in ((base / "faces", people[:30], 5), (base / "templates", people[30:34], 1)):
+        for person in group:
+            (root / person.name).mkdir(parents=True)
+            for photo in sorted(person.iterdir())[:n]:
+                (root / person.name / photo.name).symlink_to(photo)
+    return base / "faces", base / "templates"
 
 
-def test_run_records_and_shows_the_shortfall(celeba_folder, tmp_path, caplog):
+def test_run_records_and_shows_the_shortfall(celeba_folders, tmp_path, caplog):
     """mf2m run on 30 people × 5: templates adapt to 2 of 300; split.json, run.json, caption, page and log say so."""
     pytest.importorskip("benchmark.embed.engine", reason="the embed stage is not in this checkout")
     from attack_models import TinyMaskDetector, TinyRecognizer
+    faces, template_faces = celeba_folders
     config = tmp_path / "small.yaml"
     config.write_text(TOY.format(cache=tmp_path / "cache"))
-    cfg = load_config(config, data=f"folder:{celeba_folder}", out=str(tmp_path / "out"))
+    cfg = load_config(config, data=f"folder:{faces}", out=str(tmp_path / "out"))
     models = {"tiny-fr": lambda: TinyRecognizer(1), "tiny-md": lambda: TinyMaskDetector(2)}
     with caplog.at_level(logging.INFO, logger="benchmark.report.pipeline"):
         record = run_pipeline(cfg, progress=False, model_factory=lambda name: models[name]())
@@ -233,3 +236,17 @@ def test_run_records_and_shows_the_shortfall(celeba_folder, tmp_path, caplog):
     page = (tmp_path / "out" / "report" / "report.md").read_text()
     assert f"> **Warning:** split: {t['obtained']} templates of 300 requested" in page
     assert "templates of 300 requested" in (tmp_path / "out" / "report" / "index.html").read_text()
+    # templates from another folder: the gallery is sampled from all 27 other people; the template
+    # crops come from that folder's own preparation
+    cfg = load_config(config, data=f"folder:{faces}", out=str(tmp_path / "out2"),
+                      overrides=[f"data.templates_from=folder:{template_faces}"])
+    record = run_pipeline(cfg, progress=False, model_factory=lambda name: models[name]())
+    split_dir = Path(next(s["dir"] for s in record["stages"] if s["stage"] == "split"))
+    split = json.loads((split_dir / "split.json").read_text())
+    t = split["accounting"]["roles"]["templates"]
+    assert (t["requested"], t["planned"]) == (300, 4) and "has only 4 usable identities" in t["reasons"][-1]
+    assert split["templates_dataset"]["root"] == str(template_faces)
+    rows = (split_dir / "templates.csv").read_text().splitlines()[1:]
+    assert len(rows) == t["obtained"] and {r.split(",")[0] for r in rows} <= {p.name for p in template_faces.iterdir()}
+    probe_crops = {Path(r.split(",")[1]).parent.parent for r in (split_dir / "probes.csv").read_text().splitlines()[1:]}
+    assert not probe_crops & {Path(r.split(",")[1]).parent.parent for r in rows}      # a separate prepared folder
