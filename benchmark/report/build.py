@@ -124,12 +124,13 @@ TOO_FEW_DISTRACTORS = 50
 
 
 def data_warnings(items: list[tuple[Entry, Metrics]], given: Sequence[str] = ()) -> list[str]:
-    """Warnings for the top of the page: ``given`` ones, each run's ``data_warning`` and tiny evaluations."""
+    """Warnings for the top of the page: ``given`` ones, each run's ``data_warning`` and split shortfalls
+    (``split_warnings``), and tiny evaluations."""
     out = list(given)
     for e, _ in items:
-        w = e.setting.get("data_warning")
-        if w and w not in out:
-            out.append(w)
+        for w in [e.setting.get("data_warning"), *(e.setting.get("split_warnings") or ())]:
+            if w and w not in out:
+                out.append(w)
     probes = [m.counts.get("probes") for _, m in items if m.counts.get("probes") is not None]
     dists = [m.counts.get("distractors") for _, m in items if m.counts.get("distractors") is not None]
     if probes and dists and (max(probes) < TOO_FEW_PROBES or max(dists) < TOO_FEW_DISTRACTORS):
@@ -157,7 +158,7 @@ def provenance(items: list[tuple[Entry, Metrics]], runs: Sequence[str]) -> list[
             versions = run_json.get("versions", {})
             lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
         for k, v in e.setting.items():
-            if k != "data_warning":
+            if k not in ("data_warning", "split_warnings"):
                 lines.append(f"{k}: {v}")
         sizes = {k: v for k, v in m.counts.items() if isinstance(v, int)}
         if sizes:

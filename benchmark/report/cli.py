@@ -27,6 +27,17 @@ def register(sub, formatter) -> None:
 
     r = sub.add_parser(
         "run", formatter_class=formatter, help="run an experiment config: prepare → attack → embed → search → report",
+        epilog="""\
+the split (benchmark/data/split.py):
+  probes       data.identities people with >= data.min_images images, up to data.max_images each
+  templates    DM templates, one image each of data.templates other people; they take at most
+               data.template_share (default 0.1) of the non-probe people, so a small folder keeps
+               its gallery; data.templates_from=DIR takes them from another folder instead and the
+               gallery keeps everyone
+  distractors  everyone else (a probe person's leftover images never); data.distractors caps them
+Requested vs obtained sizes and the reasons are logged, stored in split.json and run.json (split)
+and shown in the report captions; a shortfall of more than 10 % is a terminal warning and a note on
+the report page, an error with --strict (data.strict: true).""",
         description="Run every stage of a YAML experiment config (configs/table1.yaml, configs/table2.yaml, "
                     "configs/demo.yaml): prepare the faces, split probes/templates/distractors, attack each "
                     "method, embed, search, report. Each stage output is cached under the config's cache folder "
@@ -44,6 +55,12 @@ def register(sub, formatter) -> None:
     r.add_argument("--set", nargs="+", default=None, metavar="SECTION.KEY=VALUE", dest="overrides",
                    help="override config values (VALUE is YAML), e.g. --set data.identities=20 "
                         "data.max_images=2 'attack.params={mf2m: {kernel_steps: 80}}'; unknown keys are errors")
+    r.add_argument("--strict", action="store_true",
+                   help="stop with an error, before any attack, embedding or search (and, when the plan already "
+                        "falls short, before face preparation), if the split gets more than 10%% fewer probe "
+                        "identities, templates or distractors than the config asks for, or face preparation "
+                        "loses more than 10%% of a role (same as data.strict: true). Without it the run goes on, "
+                        "warns on the terminal and notes the shortfall on the report page")
     r.add_argument("--no-progress", action="store_true", help="hide progress bars")
     r.set_defaults(func=_run)
 
@@ -78,6 +95,8 @@ def _run(args: argparse.Namespace) -> int:
     from .pipeline import load_config, run_pipeline
     cfg = load_config(args.config, data=args.data, out=args.out, device=args.device, methods=args.methods,
                       overrides=args.overrides)
+    if args.strict:
+        cfg.data.strict = True
     result = run_pipeline(cfg, progress=not args.no_progress)
     print(f"run {cfg.name}: {result['summary']} → {cfg.out}/report/index.html")
     return 0

@@ -95,6 +95,7 @@ def run_demo(data: str | None = None, out: str = "results/demo", device: str | N
         # people: half as probes, two as templates, the rest as distractors
         cfg.data.identities = max(2, n // 2)
         cfg.data.templates = 2
+        cfg.data.template_share = 0.5      # two of the ~4 other people: the DM rows need templates
         cfg.data.max_images = 2
         cfg.data.distractors = None
         cfg.evaluate.distractor_sizes = []

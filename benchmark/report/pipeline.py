@@ -32,7 +32,9 @@ log = logging.getLogger(__name__)
 
 DATA_ENV = "MF2M_DATA"
 CACHE_ENV = "MF2M_CACHE"
-SPLIT_PROTOCOL = 2     # 2: leftover images of probe identities are never distractors or templates
+SPLIT_PROTOCOL = 3     # 2: leftover images of probe identities are never distractors or templates;
+                       # 3: templates drawn among non-probe identities, capped by data.template_share, and
+                       #    leftovers removed before the distractor sample (benchmark/data/split.py)
 ALL_METHODS = ("none", "solid", "fgsm", "i-fgsm", "mi-fgsm", "ti-fgsm", "ti-mi-fgsm", "di2-fgsm", "m-di2-fgsm",
                "dm", "advnoise-dm", "mf2m")
 
@@ -49,6 +51,9 @@ class DataConfig:
     distractors: int | None = None     # at most this many distractor images (seeded sample); None: all
     seed: int = 0
     detector: str = "dlib-hog"         # face preparation for photos (see `mf2m prepare`)
+    template_share: float = 0.1        # templates take at most this share of the non-probe identities
+    templates_from: str | None = None  # dataset spec of a separate template folder: the gallery keeps everyone
+    strict: bool = False               # a split shortfall (> 10 % of a requested size) is an error (--strict)
 
 
 @dataclass
@@ -157,6 +162,10 @@ def load_config(path: str | os.PathLike, data: str | None = None, out: str | Non
         raise ValueError(f"{path}: evaluate.models is empty")
     if cfg.report.far not in cfg.evaluate.fars:
         raise ValueError(f"{path}: report.far {cfg.report.far:g} is not among evaluate.fars")
+    try:
+        split_request(cfg.data).check()
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
     return cfg
 
 
@@ -272,60 +281,91 @@ def listing_fingerprint(spec: str) -> tuple[str, Any]:
     return h.hexdigest(), dataset
 
 
-def split_stage(cfg: RunConfig, dataset, folder: Path, progress: bool) -> None:
-    """Probe pool, templates and distractors; photos are prepared (aligned) once into a shared folder."""
-    import numpy as np
+def plan_split_of(cfg: RunConfig, dataset, listing: str) -> tuple[Any, dict[str, Any], dict[str, str]]:
+    """The split plan of ``cfg`` (pure, from the listings), the dataset of each role, the split stage's inputs.
 
-    from ..data.pool import build_pool
+    With ``data.strict`` a shortfall of the plan is an error here, before any face is prepared.
+    """
+    from ..data.split import plan_split
+    inputs = {"data": listing}
+    templates = dataset
+    if cfg.data.templates_from:
+        inputs["templates"], templates = listing_fingerprint(cfg.data.templates_from)
+    plan = plan_split(dataset, split_request(cfg.data), templates if cfg.data.templates_from else None)
+    check_split(cfg, None, plan, "before face preparation")
+    return plan, {"probes": dataset, "distractors": dataset, "templates": templates}, inputs
+
+
+def check_split(cfg: RunConfig, record: dict[str, Any] | None, plan, when: str) -> dict[str, Any]:
+    """The split's accounting (``record``, else the plan's); logs it; raises under ``data.strict``."""
+    from ..data.split import SplitAccount, account
+    acc = SplitAccount.from_json(record) if record else account(plan)
+    final = when.startswith("after")
+    if cfg.data.strict and acc.warnings:
+        raise ValueError(f"--strict (data.strict): the split falls short of what {cfg.source or 'the config'} asks "
+                         f"for ({when}), so no attack, embedding or search was run:\n  " + "\n  ".join(acc.warnings))
+    if final:
+        for r in acc.roles:
+            log.info("split: %s%s", r.text(), f" ({'; '.join(r.reasons)})" if r.reasons else "")
+        for w in acc.warnings:
+            log.warning("%s", w)
+    return acc.to_json()
+
+
+def split_request(d: DataConfig):
+    """The split sizes of a ``data:`` section."""
+    from ..data.split import SplitRequest
+    return SplitRequest(identities=d.identities, max_images=d.max_images, min_images=d.min_images,
+                        templates=d.templates, distractors=d.distractors, seed=d.seed,
+                        template_share=d.template_share)
+
+
+def split_stage(cfg: RunConfig, plan, datasets: dict[str, Any], folder: Path, progress: bool) -> None:
+    """Write the planned probes, templates and distractors; photos are prepared (aligned) once per dataset.
+
+    ``datasets`` maps each role to its dataset (templates may come from ``data.templates_from``); every
+    shortfall (plan or preparation) is accounted in ``split.json`` (``accounting``).
+    """
     from ..data.prepare import PrepareConfig, PrepareItem, prepare_faces
+    from ..data.split import account
     d = cfg.data
-    pool = build_pool(dataset, d.identities, d.max_images, d.seed, d.min_images)
-    rest_ids = sorted({it.identity for it in pool.rest if it.identity})
-    rng = np.random.default_rng(d.seed + 1)
-    n_t = min(d.templates, max(len(rest_ids) - 1, 0))
-    template_ids = set(rest_ids[i] for i in rng.choice(len(rest_ids), size=n_t, replace=False)) if n_t else set()
-    templates, seen = [], set()
-    for it in pool.rest:
-        if it.identity in template_ids and it.identity not in seen:
-            templates.append(it)
-            seen.add(it.identity)
-    distractors = [it for it in pool.rest if it.identity not in template_ids]
-    if d.distractors is not None and len(distractors) > d.distractors:
-        idx = np.sort(rng.choice(len(distractors), size=d.distractors, replace=False))
-        distractors = [distractors[i] for i in idx]
-    # A probe identity's images beyond max_images are in the rest: they are neither templates nor
-    # distractors (a distractor of the probe's own identity would be scored as an impostor).
-    probe_ids = set(pool.identities)
-    excluded = {"templates": sum(it.identity in probe_ids for it in templates),
-                "distractors": sum(it.identity in probe_ids for it in distractors)}
-    templates = [it for it in templates if it.identity not in probe_ids]
-    template_ids -= probe_ids
-    distractors = [it for it in distractors if it.identity not in probe_ids]
-    roles = {"probes": pool.probes, "templates": templates, "distractors": distractors}
-    failed: dict[str, str] = {}
-    paths = {it.key: it.path for items in roles.values() for it in items}
-    if dataset.needs_alignment:
-        prep_dir = Path(cfg.cache) / ("prepared-" + hashlib.sha256(
-            f"{dataset.root}|{d.detector}".encode()).hexdigest()[:16])
-        items = [PrepareItem(it.key, it.path, it.identity) for items in roles.values() for it in items
+    roles = plan.roles()
+    failed: dict[str, dict[str, str]] = {role: {} for role in roles}
+    paths = {role: {it.key: it.path for it in items} for role, items in roles.items()}
+    by_root: dict[str, list[str]] = {}
+    for role in roles:
+        by_root.setdefault(datasets[role].root, []).append(role)
+    for root, group in by_root.items():
+        items = [PrepareItem(it.key, it.path, it.identity) for role in group for it in roles[role]
                  if it.needs_alignment]
-        prepared = prepare_faces(items, prep_dir, PrepareConfig(detector=d.detector), progress=progress)
-        ok = dict(zip(prepared.keys, prepared.crop_paths))
-        failed = {f["key"]: f["reason"] for f in prepared.failures}
-        paths.update({k: str(p) for k, p in ok.items()})
-        for items in roles.values():
-            for it in items:
-                if it.needs_alignment and it.key not in ok:
-                    failed.setdefault(it.key, "not-prepared")
+        if not items:
+            continue
+        prep_dir = Path(cfg.cache) / ("prepared-" + hashlib.sha256(f"{root}|{d.detector}".encode()).hexdigest()[:16])
+        unique = list({it.key: it for it in items}.values())
+        prepared = prepare_faces(unique, prep_dir, PrepareConfig(detector=d.detector), progress=progress)
+        ok = {k: str(p) for k, p in zip(prepared.keys, prepared.crop_paths)}
+        reasons = {f["key"]: f["reason"] for f in prepared.failures}
+        for role in group:
+            for it in roles[role]:
+                if not it.needs_alignment:
+                    continue
+                if it.key in ok:
+                    paths[role][it.key] = ok[it.key]
+                else:
+                    failed[role][it.key] = reasons.get(it.key, "not-prepared")
     counts = {}
     for role, items in roles.items():
-        kept = [it for it in items if it.key not in failed]
+        kept = [it for it in items if it.key not in failed[role]]
         counts[role] = {"listed": len(items), "kept": len(kept), "identities": len({it.identity for it in kept}),
                         "skipped": len(items) - len(kept)}
-        write_csv(folder / f"{role}.csv", [(it.identity, paths[it.key], it.key) for it in kept])
+        write_csv(folder / f"{role}.csv", [(it.identity, paths[role][it.key], it.key) for it in kept])
+    accounting = account(plan, failed)
     write_json(folder / "split.json", build_manifest(
-        "split", asdict(d), dataset=dataset.describe(), counts=counts, probe_identities=pool.identities,
-        template_identities=sorted(template_ids), skipped=failed, excluded_probe_identity_images=excluded))
+        "split", {**asdict(d), "protocol": SPLIT_PROTOCOL}, dataset=datasets["probes"].describe(),
+        templates_dataset=datasets["templates"].describe() if plan.templates_from else None,
+        counts=counts, probe_identities=plan.probe_identities, template_identities=plan.template_identities,
+        skipped=failed, excluded_probe_identity_images=plan.excluded,
+        accounting=accounting.to_json()))
 
 
 def write_csv(path: Path, rows: list[tuple[str, str, str]]) -> None:
@@ -445,10 +485,13 @@ def run_pipeline(cfg: RunConfig, progress: bool = True, model_factory: Callable[
     cache = Cache(cfg.cache)
     started = time.time()
     listing, dataset = listing_fingerprint(cfg.data.spec)
-    split = cache.run("split", "probes/templates/distractors", {**asdict(cfg.data), "protocol": SPLIT_PROTOCOL},
-                      {"data": listing},
-                      lambda f: split_stage(cfg, dataset, f, progress))
-    counts = json.loads((split.dir / "split.json").read_text())["counts"]
+    plan, datasets, inputs = plan_split_of(cfg, dataset, listing)
+    split_conf = {k: v for k, v in asdict(cfg.data).items() if k != "strict"}
+    split = cache.run("split", "probes/templates/distractors", {**split_conf, "protocol": SPLIT_PROTOCOL}, inputs,
+                      lambda f: split_stage(cfg, plan, datasets, f, progress))
+    split_record = json.loads((split.dir / "split.json").read_text())
+    counts = split_record["counts"]
+    accounting = check_split(cfg, split_record.get("accounting"), plan, "after face preparation")
     # an attack reads only the probes and the templates: other split changes do not rerun it
     split_fp = {r: sha256_file(split.dir / f"{r}.csv") for r in ("probes", "templates")}
     models = Models(model_factory)
@@ -493,8 +536,10 @@ def run_pipeline(cfg: RunConfig, progress: bool = True, model_factory: Callable[
             entries.append({"method": method, "attack_model": attack_model, "eval_model": model,
                             "search": raw.relative(kept, out),
                             "attack": raw.relative(kept_attack, out) if kept_attack else None})
-            _write_run(cfg, out, entries, cache, counts, started, complete=False, data_warning=data_warning)
-    record = _write_run(cfg, out, entries, cache, counts, started, complete=True, data_warning=data_warning)
+            _write_run(cfg, out, entries, cache, counts, started, complete=False, data_warning=data_warning,
+                       split=accounting)
+    record = _write_run(cfg, out, entries, cache, counts, started, complete=True, data_warning=data_warning,
+                        split=accounting)
     r = cfg.report
     build_report([str(out)], out / "report", ReportOptions(far=r.far, paper=r.paper, examples=r.examples,
                                                            title=f"MF²M benchmark — {cfg.name}",
@@ -506,7 +551,8 @@ def run_pipeline(cfg: RunConfig, progress: bool = True, model_factory: Callable[
 
 
 def _write_run(cfg: RunConfig, out: Path, entries: list, cache: Cache, counts: dict, started: float,
-               complete: bool, data_warning: str | None = None) -> dict[str, Any]:
+               complete: bool, data_warning: str | None = None, split: dict[str, Any] | None = None
+               ) -> dict[str, Any]:
     kind = cfg.data.spec.split(":", 1)[0] if ":" in (cfg.data.spec or "") else "folder"
     setting = {"data": cfg.data.spec, "data_kind": kind, "white_box": cfg.attack.fr, "mask_detector": cfg.attack.md,
                "eval_models": ", ".join(cfg.evaluate.models),
@@ -515,9 +561,13 @@ def _write_run(cfg: RunConfig, out: Path, entries: list, cache: Cache, counts: d
                "device": cfg.device}
     if data_warning:
         setting["data_warning"] = data_warning
+    if split:
+        setting["split"] = split["summary"]
+        if split["warnings"]:
+            setting["split_warnings"] = list(split["warnings"])
     record = build_manifest("run", _jsonable(asdict(cfg)), format=RUN_FORMAT, name=cfg.name, setting=setting,
                             entries=entries, stages=cache.records, complete=complete,
-                            seconds=round(time.time() - started, 1))
+                            seconds=round(time.time() - started, 1), split=split)
     record = raw.portable(record)     # no path of this machine in a file meant to be committed
     write_json(out / "run.json", record)
     return record

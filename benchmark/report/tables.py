@@ -254,9 +254,12 @@ def _md_text(setting: dict[str, Any]) -> str:
         parts.append(f"data {setting['data']}")
     if setting.get("mask_detector"):
         parts.append(f"mask detector {setting['mask_detector']}")
-    if setting.get("templates"):
+    if setting.get("templates") and not setting.get("split"):
         parts.append(f"templates: {setting['templates']}")
-    return ("; " + "; ".join(parts)) if parts else ""
+    text = ("; " + "; ".join(parts)) if parts else ""
+    if setting.get("split"):      # requested vs obtained sizes of the run's split, with the reasons
+        text += f". {str(setting['split']).rstrip('.')}"
+    return text
 
 
 def _sizes(items: list[tuple[Entry, Metrics]]) -> str:
