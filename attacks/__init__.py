@@ -47,7 +47,9 @@ def create(method: str, fr: Any, md: Any = None, **params: Any):
     cls = attack_class(method)
     if cls is None:
         raise ValueError(f"{method!r} is a mask, not an adversarial attack: use attacks.masking")
-    return cls(fr, md, **params)
+    from .base import set_eot
+    eot = params.pop("eot_samples", 1)          # Expectation over Transformation (see Attack.eot_samples)
+    return set_eot(cls(fr, md, **params), eot)
 
 
 def __getattr__(name: str):
