@@ -202,13 +202,14 @@ def test_compare_accepts_inside_and_flags_inflated_claims():
 
 
 BENCH = {"identities": 3, "max_images": 2, "distractors": 20, "templates": 3, "batch_size": 8, "device": "cpu",
-         "attacks": [{"name": "fgsm", "method": "fgsm", "params": {"eps": 0.2}}]}
+         "attacks": ["solid"]}
+DEFENCE = "bit-depth:bits=1"     # a defence with a large clean cost: Rank-1 near 0, so an inflated claim is possible
 
 
 def _write_submission(path: Path, claim: dict, weights: list | None = None, version: str | None = None,
                       **extra) -> Path:
     from importlib.metadata import version as installed
-    doc = {"schema": "mf2m.submission.v1", "defence": "jpeg:quality=40",
+    doc = {"schema": "mf2m.submission.v1", "defence": DEFENCE,
            "package": {"name": "mf2m", "version": version or installed("mf2m")},
            "weights": weights or [], "benchmark": BENCH, "claim": claim, **extra}
     path.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
@@ -216,9 +217,9 @@ def _write_submission(path: Path, claim: dict, weights: list | None = None, vers
 
 
 def test_submission_validation_names_the_problem(tmp_path):
-    good = {"attack": "fgsm", "mode": "non-adaptive", "rank1": 0.5}
-    cases = [({"schema": "x"}, "schema must be"), ({"claim": {"attack": "fgsm", "mode": "sideways", "rank1": 0.5}}, "mode"),
-             ({"claim": {"attack": "fgsm", "mode": "adaptive"}}, "states none of"),
+    good = {"attack": "solid", "mode": "non-adaptive", "rank1": 0.5}
+    cases = [({"schema": "x"}, "schema must be"), ({"claim": {"attack": "solid", "mode": "sideways", "rank1": 0.5}}, "mode"),
+             ({"claim": {"attack": "solid", "mode": "adaptive"}}, "states none of"),
              ({"claim": {**good, "rank1": 1.5}}, r"claim.rank1 must be a number in \[0, 1\]"),
              ({"tolerance": {"rank1": 0.5}}, "tolerance.rank1 must be in"),
              ({"benchmark": {**BENCH, "seed": 3}}, "set by the verifier"), ({"extra_key": 1}, "unknown keys")]
@@ -238,7 +239,7 @@ def test_verify_rejects_a_weight_file_whose_hash_does_not_match(tmp_path):
     weights = tmp_path / "detector.pt"
     weights.write_bytes(b"the weights the submitter trained")
     pinned = hashlib.sha256(b"the weights the submitter trained").hexdigest()
-    sub = _write_submission(tmp_path / "sub.yaml", {"attack": "fgsm", "mode": "non-adaptive", "rank1": 0.5},
+    sub = _write_submission(tmp_path / "sub.yaml", {"attack": "solid", "mode": "non-adaptive", "rank1": 0.5},
                             weights=[{"path": "detector.pt", "sha256": pinned}])
     weights.write_bytes(b"other weights, same name")
     record = verify(sub, "folder:/nonexistent", tmp_path / "v", seed=1, progress=False)
@@ -250,28 +251,28 @@ def test_verify_rejects_a_weight_file_whose_hash_does_not_match(tmp_path):
     assert saved["verdict"] == "rejected" and saved["submission"]["sha256"] == hashlib.sha256(sub.read_bytes()).hexdigest()
     assert not (tmp_path / "v" / "run").exists()
     # a package pin that is not installed is rejected the same way
-    sub2 = _write_submission(tmp_path / "sub2.yaml", {"attack": "fgsm", "mode": "non-adaptive", "rank1": 0.5},
+    sub2 = _write_submission(tmp_path / "sub2.yaml", {"attack": "solid", "mode": "non-adaptive", "rank1": 0.5},
                              version="0.0.0-not-this")
     record = verify(sub2, "folder:/nonexistent", tmp_path / "v2", seed=1, progress=False)
     assert record["verdict"] == "rejected" and "pins 0.0.0-not-this" in record["reasons"][0]
 
 
 def test_verify_honest_and_inflated_submissions(tmp_path, lfw_dir, sface, maskdet):
-    """The submitter runs the leaderboard (seed 11) and claims its row; verification re-runs it on a pool
-    drawn with another seed: the honest claim is verified, the same claim with Rank-1 raised above the
-    interval is rejected as inflated. The record holds inputs, hashes, numbers and the verdict."""
+    """The submitter runs the leaderboard (seed 11) and claims its row (solid mask, 1-bit colour depth); verification
+    re-runs it on a pool drawn with another seed: the honest claim is verified, the same claim with Rank-1 raised
+    above the interval is rejected as inflated. The record holds inputs, hashes, numbers and the verdict."""
     from benchmark.defences.leaderboard import LeaderboardConfig, run_leaderboard
     data = f"folder:{lfw_dir / 'images'}"
     mine = run_leaderboard(LeaderboardConfig.from_dict({**BENCH, "data": data, "out": str(tmp_path / "mine"),
-                                                        "seed": 11, "defences": ["jpeg:quality=40"]}),
+                                                        "seed": 11, "defences": [DEFENCE]}),
                            progress=False, models=(sface, maskdet))
-    row = next(r for r in mine["rows"] if r["attack"] == "fgsm" and r["mode"] == "non-adaptive")
-    honest = {"attack": "fgsm", "mode": "non-adaptive", **{m: row[m] for m in ("rank1", "tar", "mask_rate")}}
+    row = next(r for r in mine["rows"] if r["attack"] == "solid" and r["mode"] == "non-adaptive")
+    honest = {"attack": "solid", "mode": "non-adaptive", **{m: row[m] for m in ("rank1", "tar", "mask_rate")}}
     sub = _write_submission(tmp_path / "honest.yaml", honest)
     record = verify(sub, data, tmp_path / "verify", seed=12, progress=False, models=(sface, maskdet), n_boot=500)
     assert record["verdict"] == "verified", record["reasons"]
     assert record["seed"] == 12 and record["checks"]["package"]["ok"]
-    assert record["defence"]["name"] == "jpeg" and record["row"]["defence"] == "jpeg[apply_to=both,quality=40]"
+    assert record["defence"]["name"] == "bit-depth" and record["row"]["defence"] == "bit-depth[apply_to=both,bits=1]"
     for m in ("rank1", "tar", "mask_rate"):
         got = record["measured"][m]
         assert got["low"] <= got["point"] <= got["high"] and got["point"] == pytest.approx(got["engine"], abs=1e-9)
