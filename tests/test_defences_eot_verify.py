@@ -339,3 +339,20 @@ def test_transfer_matrix_on_lfw(tmp_path, lfw_dir, capsys):
     direct = search_metrics(s.embed(images), keys, ids, s.embed(clean), keys, ids, s.embed(dist), far)
     assert float(fgsm["sface"]["rank1"]) == pytest.approx(direct["rank1"], abs=1e-6)
     assert float(fgsm["sface"]["tar"]) == pytest.approx(direct["tar"], abs=1e-6)
+
+
+def test_cli_verify_exits_1_on_rejection_and_eot_config_is_validated(tmp_path, capsys):
+    """`mf2m defend --verify` prints the verdict and exits 1 when rejected; `eot_samples` must be an integer ≥ 1."""
+    from benchmark.cli import main
+    from benchmark.defences.leaderboard import LeaderboardConfig
+    sub = _write_submission(tmp_path / "sub.yaml", {"attack": "solid", "mode": "non-adaptive", "rank1": 0.5},
+                            weights=[{"path": "missing.pt", "sha256": "0" * 64}])
+    assert main(["defend", "--verify", str(sub), "--data", "folder:/nonexistent", "--out", str(tmp_path / "v"),
+                 "--seed", "3"]) == 1
+    printed = capsys.readouterr().out
+    assert "verdict: REJECTED" in printed and "weights missing.pt: file not found" in printed
+    raw = {"data": "folder:x", "out": "o", "attacks": ["solid"]}
+    assert LeaderboardConfig.from_dict(raw).eot_samples == 20
+    for bad in (0, 1.5, "8", True):
+        with pytest.raises(ValueError, match="eot_samples must be an integer"):
+            LeaderboardConfig.from_dict({**raw, "eot_samples": bad})
