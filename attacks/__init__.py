@@ -56,8 +56,8 @@ def check_params(method: str, params: dict[str, Any], where: str = "") -> None:
             raise ValueError(f"{place}{method} is a plain mask: it has no hyper-parameters ({', '.join(params)})")
         return
     sig = inspect.signature(cls.__init__)
-    known = sorted(n for n, p in sig.parameters.items()
-                   if p.kind == p.KEYWORD_ONLY and n != "seed")
+    known = sorted({n for n, p in sig.parameters.items()
+                    if p.kind == p.KEYWORD_ONLY and n != "seed"} | {"eot_samples"})
     for name in params:
         if name not in known:
             close = difflib.get_close_matches(str(name), known, n=1)
@@ -72,7 +72,9 @@ def create(method: str, fr: Any, md: Any = None, **params: Any):
     cls = attack_class(method)
     if cls is None:
         raise ValueError(f"{method!r} is a mask, not an adversarial attack: use attacks.masking")
-    return cls(fr, md, **params)
+    from .base import set_eot
+    eot = params.pop("eot_samples", 1)          # Expectation over Transformation (see Attack.eot_samples)
+    return set_eot(cls(fr, md, **params), eot)
 
 
 def __getattr__(name: str):

@@ -77,8 +77,9 @@ class Attack:
         raise NotImplementedError
 
     def config(self) -> dict[str, Any]:
-        """Name and hyper-parameters (for manifests)."""
-        return {"method": self.name, **{p: getattr(self, p) for p in self.params},
+        """Name and hyper-parameters (for manifests; ``eot_samples`` when EOT is on)."""
+        eot = {"eot_samples": self.eot_samples} if self.eot_samples != 1 else {}
+        return {"method": self.name, **{p: getattr(self, p) for p in self.params}, **eot,
                 "precision": self.precision.describe()}
 
     def __repr__(self) -> str:
@@ -95,7 +96,18 @@ class Attack:
             raise ValueError(f"reference must be features (n, d) or images (n, 3, H, W), got {tuple(reference.shape)}")
         return reference
 
+    #: Expectation over Transformation (Athalye et al. 2018): :meth:`objective` is the mean of this many
+    #: forward passes, each drawing the models' randomness anew (a stochastic defence's torch module does).
+    #: Set with :func:`set_eot` (``eot_samples`` in an attack's params); 1 = a single pass.
+    eot_samples: int = 1
+
     def objective(self, x: torch.Tensor, ref: torch.Tensor, weight: float | None = None) -> torch.Tensor:
+        """Per-image objective ``(n,)``, averaged over ``eot_samples`` draws of the models' randomness (EOT)."""
+        if self.eot_samples == 1:
+            return self.objective_once(x, ref, weight)
+        return torch.stack([self.objective_once(x, ref, weight) for _ in range(self.eot_samples)]).mean(dim=0)
+
+    def objective_once(self, x: torch.Tensor, ref: torch.Tensor, weight: float | None = None) -> torch.Tensor:
         """Per-image objective ``(n,)``: FR distance to the original minus ``weight`` (default α) × CE(MD(x), 0)."""
         weight = self.alpha if weight is None else float(weight)
         feats = self.fr_run(x)
@@ -148,6 +160,14 @@ def _device_of(module: torch.nn.Module) -> str:
     for t in list(module.parameters()) + list(module.buffers()):
         return str(t.device)
     return "cpu"
+
+
+def set_eot(attack: Attack, samples: int) -> Attack:
+    """Turn on Expectation over Transformation with ``samples`` draws per objective (1 = off); returns ``attack``."""
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"eot_samples must be an integer ≥ 1, not {samples!r}")
+    attack.eot_samples = samples
+    return attack
 
 
 def _frozen(module: torch.nn.Module) -> torch.nn.Module:

@@ -99,8 +99,13 @@ class AttackJob:
 
 def build_attack(job: AttackJob, fr_module, md_module):
     """The attack object of ``job`` (``None`` for the plain masks)."""
+    from .base import set_eot
     cls = attack_class(job.method)
-    return None if cls is None else cls(fr_module, md_module, seed=job.seed, precision=job.precision, **job.params)
+    if cls is None:
+        return None
+    params = dict(job.params)
+    eot = params.pop("eot_samples", 1)          # Expectation over Transformation (any method)
+    return set_eot(cls(fr_module, md_module, seed=job.seed, precision=job.precision, **params), eot)
 
 
 def run_attack(job: AttackJob, fr, md, landmarker=None, progress: bool = True) -> dict[str, Any]:

@@ -23,6 +23,7 @@ STAGE_CLIS = (
     "benchmark.search.cli",       # search
     "benchmark.report.cli",       # report, run, demo
     "benchmark.defences.cli",     # defend
+    "benchmark.defences.transfer_cli",   # transfer
 )
 
 

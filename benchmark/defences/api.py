@@ -29,6 +29,7 @@ import hashlib
 import importlib
 import json
 import sys
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -64,11 +65,17 @@ class InputTransform(abc.ABC):
     ``"exact"`` (the surrogate *is* the transform, up to 8-bit rounding), ``"approximate"`` (a smooth
     stand-in) or ``"bpda-identity"`` (backward pass through the identity, Athalye et al. 2018).
     ``apply_to`` is one of ``both``, ``recognition``, ``detection``.
+
+    A transform with randomness sets ``stochastic = True``; adaptive attacks then use Expectation over
+    Transformation (the objective averaged over fresh draws). If its ``apply`` is deterministic per face
+    (seeded by the face, like :class:`~benchmark.defences.reference.RandomResizePad`), it overrides
+    :meth:`sample` to return one fresh draw of its randomness.
     """
 
     name: str = "transform"
     kind: str = "input-transform"
     gradient: str = "bpda-identity"
+    stochastic: bool = False
 
     def __init__(self, apply_to: str = "both"):
         if apply_to not in TARGETS:
@@ -94,6 +101,15 @@ class InputTransform(abc.ABC):
     def surrogate(self, x: "Any") -> "Any":
         """Differentiable version on ``(n, 3, H, W)`` float RGB in [0, 1] (default: the identity, BPDA)."""
         return x
+
+    def sample(self, rng: np.random.Generator) -> "InputTransform":
+        """One draw of this transform's randomness, as a transform whose ``apply``/``surrogate`` use it.
+
+        The default returns ``self``: right for deterministic transforms, and for stochastic ones whose
+        ``apply`` draws anew on every call. Transforms whose randomness is seeded (per face or by a
+        parameter) return a copy with the seed taken from ``rng``.
+        """
+        return self
 
     def torch_module(self) -> "Any":
         """A ``torch.nn.Module``: forward value = :meth:`apply` (on the 8-bit rounded input), gradient = :meth:`surrogate`'s."""
@@ -128,6 +144,7 @@ class ReplacementRecognizer(abc.ABC):
 
     name: str = "replacement-recognizer"
     kind: str = "replacement-recognizer"
+    stochastic: bool = False    # True: the model's torch module draws its randomness anew on each call
 
     @abc.abstractmethod
     def create(self, device: str = "auto") -> Recognizer:
@@ -143,6 +160,7 @@ class ReplacementMaskDetector(abc.ABC):
 
     name: str = "replacement-mask-detector"
     kind: str = "replacement-mask-detector"
+    stochastic: bool = False    # True: the model's torch module draws its randomness anew on each call
 
     @abc.abstractmethod
     def create(self, device: str = "auto") -> MaskDetector:
@@ -158,25 +176,35 @@ def _straight_through_class():
     from torch import nn
 
     class StraightThrough(nn.Module):
-        """Forward: the real (numpy) defence on the 8-bit rounded input. Backward: the surrogate's gradient."""
+        """Forward: the real (numpy) defence on the 8-bit rounded input. Backward: the surrogate's gradient.
+
+        For a stochastic transform every forward pass that needs a gradient uses a fresh draw
+        (``transform.sample``), the same for the forward value and the surrogate; passes without a
+        gradient (evaluation) use the transform as deployed.
+        """
 
         def __init__(self, transform: InputTransform):
             super().__init__()
             self.transform = transform
+            seed = zlib.crc32(json.dumps([transform.name, transform.params()], sort_keys=True, default=str).encode())
+            self.rng = np.random.default_rng(seed)
 
         def forward(self, x: "torch.Tensor") -> "torch.Tensor":
             if x.dim() != 4 or x.shape[1] != 3:
                 raise ValueError(f"defence {self.transform.name} expects (n, 3, H, W) RGB in [0, 1], "
                                  f"got {tuple(x.shape)}")
+            transform = self.transform
+            if transform.stochastic and x.requires_grad:
+                transform = transform.sample(self.rng)
             with torch.no_grad():
                 faces = torch.round(x.detach().float().clamp(0, 1) * 255).to(torch.uint8)
                 faces = faces.permute(0, 2, 3, 1).cpu().numpy()
-                real = self.transform.apply(faces)
+                real = transform.apply(faces)
                 exact = torch.from_numpy(np.ascontiguousarray(real)).to(x.device).permute(0, 3, 1, 2)
                 exact = exact.to(x.dtype) / 255.0
             if not x.requires_grad:
                 return exact
-            soft = self.transform.surrogate(x)
+            soft = transform.surrogate(x)
             return soft + (exact - soft).detach()
 
     return StraightThrough
@@ -207,7 +235,18 @@ class Defence:
     def record(self) -> dict[str, Any]:
         """JSON-able description for manifests."""
         return {"name": self.name, "kind": self.kind, "params": dict(self.params), "source": self.source,
+                "stochastic": self.stochastic,
                 **({"gradient": self.impl.gradient} if isinstance(self.impl, InputTransform) else {})}
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether the defence declares randomness (adaptive attacks then use EOT)."""
+        return bool(getattr(self.impl, "stochastic", False))
+
+    @property
+    def gradient(self) -> str:
+        """How adaptive attacks differentiate through it: ``exact``, ``approximate`` or ``bpda-identity``."""
+        return self.impl.gradient if isinstance(self.impl, InputTransform) else "exact"
 
     def digest(self) -> str:
         """SHA-256 of the defence's name, kind and parameters."""
@@ -416,3 +455,23 @@ def defend(defence: Defence, recognizer: Recognizer | None, mask_detector: MaskD
     if isinstance(impl, ReplacementMaskDetector):
         return recognizer, DefendedMaskDetector(impl.create(device), defence)
     raise ValueError(f"defence {defence.name!r} has an unknown kind {defence.kind!r}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Attack variants (what an adaptive cell ran)
+# --------------------------------------------------------------------------------------------------
+
+#: how each declared gradient is reached by an adaptive attack
+GRADIENT_VARIANTS = {"exact": "exact", "approximate": "BPDA (surrogate)", "bpda-identity": "BPDA (identity)"}
+
+
+def attack_variant(defence: Defence, eot_samples: int) -> str:
+    """The adaptive attack's variant against ``defence``: gradient (exact / BPDA) and EOT samples, e.g.
+    ``exact + EOT×20`` or ``BPDA (identity)``."""
+    grad = GRADIENT_VARIANTS.get(defence.gradient, defence.gradient)
+    return f"{grad} + EOT×{eot_samples}" if defence.stochastic and eot_samples > 1 else grad
+
+
+def looks_random(transform: InputTransform, faces: np.ndarray) -> bool:
+    """Whether ``transform.apply`` gives different results on two calls with the same faces (undeclared randomness)."""
+    return not np.array_equal(transform.apply(faces), transform.apply(faces))

@@ -21,7 +21,14 @@ def register(sub, formatter) -> None:
                     "RecognitionPolicy, ReplacementRecognizer or ReplacementMaskDetector; values are parsed as "
                     "int/float/bool/str) or the name of an entry point in the `mf2m.defences` group, optionally "
                     "with `:key=value,...` (built in: jpeg, median-blur, gaussian-blur, bit-depth, "
-                    "random-resize-pad, upper-face, faced-mask-aware-detector). See docs/defences.md.")
+                    "random-resize-pad, upper-face, faced-mask-aware-detector). See docs/defences.md.\n\n"
+                    "Against a stochastic defence (random-resize-pad, or any defence with stochastic=True) adaptive "
+                    "attacks use Expectation over Transformation: the objective is averaged over --eot-samples "
+                    "fresh draws of the defence's randomness per step; the Variant column says what ran.\n\n"
+                    "--verify SUBMISSION re-runs a submission (a YAML naming a defence, its pinned package version "
+                    "and weight hashes, benchmark settings and the claimed row) on a pool seeded now, and accepts "
+                    "the claim when it lies in the bootstrap interval (--confidence) plus the stated tolerance; "
+                    "it writes OUT/verification.json and exits 0 (verified) or 1 (rejected).")
     p.add_argument("--config", default=None, help="leaderboard YAML (e.g. configs/defences.yaml); required unless --list")
     p.add_argument("--defence", action="append", default=[], metavar="SPEC",
                    help="add a defence (repeatable): module:callable[:k=v,...] or ENTRY_POINT[:k=v,...]")
@@ -31,6 +38,15 @@ def register(sub, formatter) -> None:
     p.add_argument("--out", default=None, help="output folder (overrides the config)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (overrides the config)")
     p.add_argument("--seed", type=int, default=None, help="seed of the pool and the attacks (overrides the config)")
+    p.add_argument("--eot-samples", type=int, default=None, metavar="N",
+                   help="EOT draws per step against stochastic defences (overrides the config; default 20, "
+                        "AutoAttack's setting; 1 = no EOT)")
+    p.add_argument("--verify", default=None, metavar="SUBMISSION",
+                   help="verify a submission YAML (schema mf2m.submission.v1, see docs/defences.md); needs "
+                        "--data and --out; --seed reproduces an earlier verification, else a seed is drawn now")
+    p.add_argument("--confidence", type=float, default=0.95, help="--verify: level of the bootstrap intervals")
+    p.add_argument("--bootstrap", type=int, default=2000, metavar="B",
+                   help="--verify: bootstrap resamples of the probes")
     p.add_argument("--list", action="store_true", help="list the installed defence entry points and exit")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
@@ -43,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
         for name, ep in sorted(entry_point_defences().items()):
             print(f"{name}\t{ep.value}")
         return 0
+    if args.verify:
+        return _verify(args)
     if not args.config:
         raise ValueError("--config is required (e.g. --config configs/defences.yaml)")
     from .api import load_defence
@@ -50,9 +68,24 @@ def run(args: argparse.Namespace) -> int:
     for spec in args.defence:            # fail fast, before any model loads
         load_defence(spec)
     cfg = load_config(args.config, data=args.data, out=args.out, device=args.device, seed=args.seed,
-                      defences=args.defence)
+                      defences=args.defence, eot_samples=args.eot_samples)
     if args.only_cli_defences:
         cfg.defences = [d for d in args.defence if d != "none"]
     result = run_leaderboard(cfg, progress=not args.no_progress)
     print((Path(result["out"]) / "leaderboard.md").read_text(encoding="utf-8"))
     return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    """``--verify``: check, re-run and compare a submission; print the verdict (exit 1 when rejected)."""
+    from .verify import render_record, verify
+    missing = [f"--{k}" for k in ("data", "out") if not getattr(args, k)]
+    if missing:
+        raise ValueError(f"--verify needs {' and '.join(missing)} (the pool source and where the record goes)")
+    if args.config or args.defence:
+        raise ValueError("--verify takes the defence and settings from the submission; drop --config/--defence")
+    record = verify(args.verify, args.data, args.out, seed=args.seed, device=args.device or "auto",
+                    confidence=args.confidence, n_boot=args.bootstrap, progress=not args.no_progress)
+    print(render_record(record))
+    print(f"record: {Path(args.out) / 'verification.json'}")
+    return 0 if record["verdict"] == "verified" else 1

@@ -25,14 +25,17 @@ from typing import Any
 
 import numpy as np
 
-from .api import Defence, InputTransform, defend, load_defence
+from .api import Defence, InputTransform, attack_variant, defend, load_defence, looks_random
 from .metrics import mask_rate, search_metrics
 
 log = logging.getLogger(__name__)
 
 ADVERSARIAL = ("advnoise-dm", "mf2m", "fgsm", "i-fgsm", "mi-fgsm", "ti-fgsm", "ti-mi-fgsm", "di2-fgsm", "m-di2-fgsm")
 METRICS = ("rank1", "tar", "auc", "mask_rate")
-CSV_FIELDS = ("defence", "kind", "attack", "mode", "gradient", "rank1", "tar", "auc", "mask_rate",
+#: EOT samples against stochastic defences: AutoAttack's randomized-defence setting (Croce & Hein 2020, EOT over 20)
+DEFAULT_EOT_SAMPLES = 20
+CSV_FIELDS = ("defence", "kind", "attack", "mode", "gradient", "variant", "eot_samples", "rank1", "tar", "auc",
+              "mask_rate",
               "clean_cost_rank1", "clean_cost_tar", "clean_cost_auc", "clean_cost_mask_rate",
               "probes", "skipped", "positive_pairs", "negative_pairs")
 
@@ -74,6 +77,7 @@ class LeaderboardConfig:
     device: str = "auto"
     batch_size: int = 16
     far: float = 1e-6
+    eot_samples: int = DEFAULT_EOT_SAMPLES   # EOT draws per objective in adaptive attacks on stochastic defences
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "config") -> "LeaderboardConfig":
@@ -105,6 +109,9 @@ class LeaderboardConfig:
         if len(set(names)) != len(names):
             raise ValueError(f"{source}: attack names must be unique, got {names}")
         defences = [str(d) for d in (raw.get("defences") or []) if str(d) != "none"]
+        eot = raw.get("eot_samples", DEFAULT_EOT_SAMPLES)
+        if isinstance(eot, bool) or not isinstance(eot, int) or eot < 1:
+            raise ValueError(f"{source}: eot_samples must be an integer ≥ 1 (1 = no EOT), got {eot!r}")
         return cls(**{**raw, "attacks": attacks, "defences": defences})
 
 
@@ -200,21 +207,28 @@ def slug(text: str) -> str:
 
 def evaluate_cell(fr, md, probes: np.ndarray, probe_keys: list[str], probe_ids: list[str],
                   clean: np.ndarray, clean_keys: list[str], clean_ids: list[str], distractors: np.ndarray,
-                  far: float, cache: dict | None = None, device: str = "cpu") -> dict[str, Any]:
+                  far: float, cache: dict | None = None, device: str = "cpu", outcomes: bool = False
+                  ) -> dict[str, Any]:
     """Metrics of probe images ``probes`` under ``fr``/``md``: the search stage's Rank-1/TAR/AUC with the
     clean faces as mates and ``distractors`` as the gallery (see :mod:`.metrics`), plus the mask rate.
 
     A probe's key equals its clean original's key, so that original is never its mate. ``cache``
-    (optional) keeps the clean and distractor features of ``fr`` between cells.
+    (optional) keeps the clean and distractor features of ``fr`` between cells. ``outcomes``: also
+    return the per-probe outcomes (``cell["outcomes"]``, :func:`.bootstrap.probe_outcomes`) for intervals.
     """
     cache = {} if cache is None else cache
     key = (fr.name, fr.weights_hash(), id(clean), id(distractors))
     if key not in cache:
         cache[key] = (fr.embed(clean), fr.embed(distractors))
     clean_feats, dist_feats = cache[key]
-    cell = search_metrics(fr.embed(probes), probe_keys, probe_ids, clean_feats, clean_keys, clean_ids,
-                          dist_feats, far, device)
-    cell["mask_rate"] = mask_rate(md.p_masked(probes)) if md is not None else None
+    feats = fr.embed(probes)
+    cell = search_metrics(feats, probe_keys, probe_ids, clean_feats, clean_keys, clean_ids, dist_feats, far, device)
+    p_masked = md.p_masked(probes) if md is not None else None
+    cell["mask_rate"] = mask_rate(p_masked) if md is not None else None
+    if outcomes:
+        from .bootstrap import probe_outcomes
+        cell["outcomes"] = probe_outcomes(feats, probe_keys, probe_ids, clean_feats, clean_keys, clean_ids,
+                                          dist_feats, far, p_masked)
     return cell
 
 
@@ -238,7 +252,9 @@ def _fmt(v: Any, signed: bool = False) -> str:
 
 
 _LEGEND = ("Mode: *non-adaptive* = attack made against the undefended models; *adaptive* = attack run through "
-           "the defence (gradient: exact, or BPDA/straight-through where the defence is not differentiable). "
+           "the defence. Variant: the adaptive attack's gradient (exact, or BPDA: straight-through with the identity "
+           "or the defence's declared surrogate where it is not differentiable) and, against a stochastic defence, "
+           "EOT×N (objective averaged over N fresh draws of its randomness per step). "
            "Clean cost = the defended system's metric on unmasked probes minus the undefended one's. "
            "Mask rate on `clean` rows is the false-alarm rate.")
 
@@ -246,7 +262,7 @@ _LEGEND = ("Mode: *non-adaptive* = attack made against the undefended models; *a
 def render_markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     """The leaderboard as a Markdown table with a short legend."""
     far = meta.get("far", 1e-6)
-    head = ["Defence", "Attack", "Mode", "Gradient", "Rank-1", f"TAR@{far:g}", "AUC", "Mask rate",
+    head = ["Defence", "Attack", "Mode", "Variant", "Rank-1", f"TAR@{far:g}", "AUC", "Mask rate",
             "Clean cost Rank-1", f"Clean cost TAR", "Clean cost AUC", "Clean cost mask rate", "Probes", "Skipped"]
     lines = [f"# Defence leaderboard — {meta.get('recognizer')} / {meta.get('mask_detector')}", "",
              f"Pool: {meta.get('pool')}. Rank-1, TAR and AUC come from the search stage's engine "
@@ -256,7 +272,7 @@ def render_markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
              _LEGEND, "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        vals = [r["defence"], r["attack"], r["mode"], r["gradient"] or "", _fmt(r["rank1"]), _fmt(r["tar"]),
+        vals = [r["defence"], r["attack"], r["mode"], r.get("variant") or "", _fmt(r["rank1"]), _fmt(r["tar"]),
                 _fmt(r["auc"]), _fmt(r["mask_rate"])] + [_fmt(r[f"clean_cost_{m}"], True) for m in METRICS] + \
                [str(r["probes"]), str(r["skipped"])]
         lines.append("| " + " | ".join(v.replace("|", "\\|") for v in vals) + " |")
@@ -268,7 +284,7 @@ def leaderboard_table(rows: list[dict[str, Any]], meta: dict[str, Any]):
     from ..report.tables import Column, Table
     far = meta.get("far", 1e-6)
     cols = [Column("Defence", "defence", "text"), Column("Attack", "attack", "text"), Column("Mode", "mode", "text"),
-            Column("Gradient", "gradient", "text"), Column("Rank-1", "rank1"), Column(f"TAR@{far:g}", "tar"),
+            Column("Variant", "variant", "text"), Column("Rank-1", "rank1"), Column(f"TAR@{far:g}", "tar"),
             Column("AUC", "auc"), Column("Mask rate", "mask_rate"), Column("Clean cost Rank-1", "clean_cost_rank1"),
             Column("Clean cost TAR", "clean_cost_tar"), Column("Clean cost AUC", "clean_cost_auc"),
             Column("Clean cost mask rate", "clean_cost_mask_rate"), Column("Probes", "probes", "int"),
@@ -318,12 +334,13 @@ def _load_attacked(folder: Path, keys: list[str]) -> tuple[list[int], np.ndarray
     return idx, (np.stack(images) if images else np.zeros((0, 112, 112, 3), np.uint8)), skipped
 
 
-def run_leaderboard(cfg: LeaderboardConfig, progress: bool = True, models: tuple[Any, Any] | None = None
-                    ) -> dict[str, Any]:
+def run_leaderboard(cfg: LeaderboardConfig, progress: bool = True, models: tuple[Any, Any] | None = None,
+                    outcomes: dict | None = None) -> dict[str, Any]:
     """Run (or resume) every attack and evaluate every defence × attack cell; writes the outputs.
 
     ``models``: ``(recognizer, mask_detector)`` objects to use instead of ``cfg.recognizer`` /
-    ``cfg.mask_detector`` (library use with models outside the registry).
+    ``cfg.mask_detector`` (library use with models outside the registry). ``outcomes``: a dict that is
+    filled with every cell's per-probe outcomes, keyed ``(defence, attack, mode)`` (for bootstrap intervals).
     """
     from attacks.pipeline import AttackJob, run_attack
 
@@ -351,24 +368,35 @@ def run_leaderboard(cfg: LeaderboardConfig, progress: bool = True, models: tuple
     log.info("pool: %d probes aligned (%d skipped), %d distractors (%d skipped)", len(keys), len(skipped_clean),
              len(distractors), len(skipped_dist))
 
-    def attack(spec: AttackSpec, folder: Path, rec, det) -> Path:
+    def attack(spec: AttackSpec, folder: Path, rec, det, eot: int = 1) -> Path:
+        params = {**spec.params, **({"eot_samples": eot} if eot > 1 else {})}
         job = AttackJob(method=spec.method, probes=str(files["probes"]), templates=str(files["templates"]),
                         out=str(folder), device=device, batch_size=cfg.batch_size, seed=cfg.seed,
-                        params=dict(spec.params))
+                        params=params)
         run_attack(job, rec, det, landmarker=landmarker, progress=progress)
         return folder
 
+    stochastic = {name: d is not None and (d.stochastic or (isinstance(d.impl, InputTransform)
+                                                           and looks_random(d.impl, clean[:4])))
+                  for name, (d, _, _) in systems.items()}
+    for name, (d, _, _) in systems.items():
+        if stochastic[name] and not d.stochastic:
+            log.warning("%s: apply() is not repeatable but the defence does not set stochastic=True; "
+                        "its adaptive attacks use EOT anyway", name)
     cache: dict = {}
     rows: list[dict[str, Any]] = []
 
-    def add(defence_name, d, rec, det, attack_name, mode, gradient, images, idx, skipped):
+    def add(defence_name, d, rec, det, attack_name, mode, gradient, images, idx, skipped, variant=None, eot=None):
         if not idx:
             raise RuntimeError(f"{attack_name} ({mode}, defence {defence_name}): no probe was attacked "
                                f"({len(skipped)} skipped: {_counts(skipped)})")
         cell = evaluate_cell(rec, det, images, [keys[i] for i in idx], [ids[i] for i in idx], clean, keys, ids,
-                             distractors, cfg.far, cache, device)
+                             distractors, cfg.far, cache, device, outcomes=outcomes is not None)
+        if outcomes is not None:
+            outcomes[(defence_name, attack_name, mode)] = cell.pop("outcomes")
         rows.append({"defence": defence_name, "kind": d.kind if d else "", "attack": attack_name, "mode": mode,
-                     "gradient": gradient, "rank1": cell["rank1"], "tar": cell["tar"], "auc": cell["auc"],
+                     "gradient": gradient, "variant": variant, "eot_samples": eot, "rank1": cell["rank1"],
+                     "tar": cell["tar"], "auc": cell["auc"],
                      "mask_rate": cell["mask_rate"], "probes": cell["probes"], "skipped": len(skipped),
                      "positive_pairs": cell["positive_pairs"], "negative_pairs": cell["negative_pairs"],
                      "far_resolution": cell["far_resolution"],
@@ -389,10 +417,13 @@ def run_leaderboard(cfg: LeaderboardConfig, progress: bool = True, models: tuple
             if not (rec.differentiable and det.differentiable):
                 log.warning("%s: adaptive %s skipped (the defended models are not differentiable)", name, spec.name)
                 continue
-            folder = attack(spec, out / "attacks" / slug(spec.name) / slug(name), rec, det)
+            eot = cfg.eot_samples if stochastic[name] else 1
+            folder = attack(spec, out / "attacks" / slug(spec.name) / slug(name + (f"+eot{eot}" if eot > 1 else "")),
+                            rec, det, eot)
             idx, images, skipped = _load_attacked(folder, keys)
-            gradient = d.impl.gradient if isinstance(d.impl, InputTransform) else "exact"
-            add(name, d, rec, det, spec.name, "adaptive", gradient, images, idx, skipped)
+            add(name, d, rec, det, spec.name, "adaptive", d.gradient, images, idx, skipped,
+                attack_variant(d, eot) if stochastic[name] == d.stochastic else f"{attack_variant(d, 1)} + EOT×{eot} "
+                "(undeclared randomness)", eot)
     add_clean_cost(rows)
     meta = {"recognizer": fr.name, "mask_detector": md.name, "far": cfg.far,
             "pool": portable(f"{len(keys)} probes of {len(set(ids))} identities, {len(distractors)} distractors "

@@ -164,6 +164,7 @@ class RandomResizePad(InputTransform):
 
     name = "random-resize-pad"
     gradient = "exact"
+    stochastic = True
 
     def __init__(self, min_scale: float = 0.85, seed: int = 0, apply_to: str = "both"):
         super().__init__(apply_to)
@@ -174,6 +175,10 @@ class RandomResizePad(InputTransform):
     def params(self) -> dict[str, Any]:
         """``min_scale``, ``seed`` and ``apply_to``."""
         return {"min_scale": self.min_scale, "seed": self.seed, **super().params()}
+
+    def sample(self, rng: np.random.Generator) -> "RandomResizePad":
+        """The same transform with a fresh ``seed`` from ``rng`` (a new draw of every face's choices)."""
+        return RandomResizePad(self.min_scale, int(rng.integers(2 ** 31)), self.apply_to)
 
     def choices(self, face: np.ndarray) -> tuple[int, int, int]:
         """``(size, top, left)`` for one uint8 face (deterministic in ``seed`` and the face's bytes)."""
