@@ -301,14 +301,19 @@ def render_html(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 
 def render_csv(rows: list[dict[str, Any]]) -> str:
     """The leaderboard rows as CSV (floats with 6 significant digits, empty = not applicable)."""
+    return rows_csv(rows, CSV_FIELDS)
+
+
+def rows_csv(rows: list[dict[str, Any]], fields: list[str]) -> str:
+    """Dict rows as CSV over ``fields`` (floats with 6 significant digits, empty = absent)."""
     import csv
     import io
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(CSV_FIELDS)
+    w.writerow(fields)
     for r in rows:
         w.writerow(["" if r.get(f) is None else (f"{r[f]:.6g}" if isinstance(r[f], float) else r[f])
-                    for f in CSV_FIELDS])
+                    for f in fields])
     return buf.getvalue()
 
 

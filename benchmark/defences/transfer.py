@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .leaderboard import AttackSpec, LeaderboardConfig
+from .leaderboard import AttackSpec, LeaderboardConfig, rows_csv
 
 log = logging.getLogger(__name__)
 
@@ -192,15 +192,7 @@ def render_markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 
 def render_csv(rows: list[dict[str, Any]]) -> str:
     """Long-form rows (one per attack × source × target)."""
-    import csv
-    import io
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(CSV_FIELDS)
-    for r in rows:
-        w.writerow(["" if r.get(f) is None else (f"{r[f]:.6g}" if isinstance(r[f], float) else r[f])
-                    for f in CSV_FIELDS])
-    return buf.getvalue()
+    return rows_csv(rows, CSV_FIELDS)
 
 
 def write_heatmaps(rows: list[dict[str, Any]], folder: Path) -> list[Path]:
