@@ -579,7 +579,6 @@ def screened_block(part: Partial, problem: Problem, probes_dev, block_dev, col0:
                 sel = np.flatnonzero(problem.perm_pos[col0:col0 + b] < size)
                 if sel.size:
                     _screened_offer(sub, screen, scores, err, probes_dev, block_dev, sel, cols)
-    screen.kept += int(p.size)
 
 
 def _screened_offer(sub: NegTopK, screen, scores, err, probes_dev, block_dev, sel: np.ndarray,

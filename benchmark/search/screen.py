@@ -16,7 +16,7 @@ and, rounding being monotone, v ≥ floor_out(t − eps32 − E_i).  The screen 
 that, rescores them in float32 (``rescore``: error ≤ eps32, as the float32 GEMM's) and keeps those ≥ t:
 exactly what the float32 path hands to the engine, so every rank, τ and TAR decision is unchanged.
 The AUC histogram counts screened values below a split level L (each bin's window widened by
-E + ulp, ``bin_eps``) and the float32 rescored values of the entries at or above L (float32 window).
+E + ulp) and the float32 rescored values of the entries at or above L (float32 window).
 L is planned from the first block, which always runs in float32 (``plan_split``): the highest level
 whose predicted histogram error stays under a share of the AUC tolerance.  Where that would rescore
 more than ``MAX_RESCORED`` of the scores, screening is declined and the float32 path runs.
@@ -92,10 +92,6 @@ class Screen:
     probe_err: np.ndarray   # (n_p,) ‖p − p̂‖ (float64)
     probe_norm: np.ndarray  # (n_p,) ‖p̂‖
     eps32: float            # the float32 error bound of the rescored scores
-    max_err: float = 0.0    # largest E_i of any screened block (the AUC bins' window)
-    blocks: int = 0         # blocks screened
-    candidates: int = 0     # entries rescored in float32
-    kept: int = 0           # of those, entries at or above their float32 threshold
 
     @classmethod
     def build(cls, precision: str, probes_dev, eps32: float) -> "Screen":
@@ -128,8 +124,6 @@ class Screen:
             scores = torch.mm(self.probes_lp, bh.T, out_dtype=torch.float32)
         else:
             scores = self.probes_lp @ bh.T
-        self.max_err = max(self.max_err, float(err.max()))
-        self.blocks += 1
         return scores, err
 
     def thresholds(self, thr: np.ndarray, err: np.ndarray) -> np.ndarray:
@@ -160,11 +154,6 @@ class Screen:
         level = math.inf if top >= bins else float(floor_to(np.array([lo + top * width]), self.out)[0])
         return level, (f"AUC split at {level:.6g}: {100 * rescored:.3f} % of the first block's scores rescored, "
                        f"predicted screened-histogram error {float(err[top - 1]) if top else 0.0:.3g}")
-
-    def bin_eps(self, edges_lo: np.ndarray, edges_hi: np.ndarray) -> np.ndarray:
-        """Per-bin window half-width of screened histogram values: max E + the output ulp there."""
-        mag = np.maximum(np.abs(edges_lo), np.abs(edges_hi))
-        return self.max_err + ulp(mag, self.out)
 
 
 def _gpu_out(probes_lp) -> str:
