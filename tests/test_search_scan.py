@@ -72,3 +72,39 @@ def test_fused_stream_equals_torch_stream(seed):
     assert abs(auc_f - auc_p) <= bound_f + bound_p
     ref = brute_force(P, pk, pl, M, mk, ml, D, FARS)["auc"]
     assert abs(auc_f - ref) <= bound_f + 1e-12
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "fp16"])
+def test_scan_bits_equals_scan_of_values(fmt):
+    """A bf16/fp16 block scanned as bit patterns gives what the float32 scan of its values gives: the same
+    entries (row-major), the same histogram bin for bin (each value is binned by the same formula), and
+    thresholds between, on and beyond grid values (±0, ±inf, negative) honoured exactly."""
+    from benchmark.search.scan import key_values, scan_bits
+    from benchmark.search.screen import as_bits, torch_dtype, values_lut
+    rng = np.random.default_rng(7)
+    t = torch.from_numpy(np.clip(rng.normal(size=(41, 777)) * 0.3, -1, 1).astype(np.float32)).to(torch_dtype(fmt))
+    t[0, :4] = 0.0
+    t[0, 4:8] = -0.0
+    t[1, :3] = -0.25
+    vals32 = t.float().numpy()
+    thr = rng.uniform(-0.7, 0.6, 41).astype(np.float32)
+    thr[0], thr[1], thr[2], thr[3] = 0.0, -0.25, np.inf, -np.inf
+    thr[4] = np.nextafter(np.float32(vals32[4, 0]), np.float32(1))  # just above a value: that value is out
+    lut = values_lut(fmt)
+    by_key = key_values(lut)
+    assert np.all(by_key[1:] >= by_key[:-1])
+    lo, cap = engine.f32_below(-0.2), np.float32(0.5)
+    hist, outside, rows, cols, vals = scan_bits(as_bits(t), lut, by_key, lo, engine.HIST_HI, 4096, thr, cap=cap)
+    ref_rows, ref_cols = np.nonzero(vals32 >= thr[:, None])
+    np.testing.assert_array_equal(rows, ref_rows)
+    np.testing.assert_array_equal(cols, ref_cols)
+    np.testing.assert_array_equal(vals, vals32[ref_rows, ref_cols])
+    assert (rows == 0).sum() == 8 + int((vals32[0, 8:] >= 0).sum())   # −0 ≥ 0 holds
+    assert (rows == 2).sum() == 0 and (rows == 3).sum() == 777
+    v = vals32.astype(np.float64).ravel()
+    inside = (v >= lo) & (v <= engine.HIST_HI) & (v < cap)
+    q = np.minimum(((v[inside] - lo) * (4096 / (engine.HIST_HI - lo))).astype(np.int64), 4095)
+    np.testing.assert_array_equal(hist, np.bincount(q, minlength=4096))
+    assert outside == v.size - inside.sum()
+    none = scan_bits(as_bits(t), lut, by_key, lo, engine.HIST_HI, 4096, thr, with_histogram=False)
+    assert none[0] is None and np.array_equal(none[2], rows)

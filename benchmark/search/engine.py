@@ -531,7 +531,7 @@ def screened_block(part: Partial, problem: Problem, probes_dev, block_dev, col0:
     """
     import torch
 
-    from .scan import scan_block
+    from .scan import key_values, scan_bits
     from .screen import as_bits, rescore, values_lut
     screen = state["screen"]
     b = block_dev.shape[0]
@@ -554,8 +554,9 @@ def screened_block(part: Partial, problem: Problem, probes_dev, block_dev, col0:
     if scores.dtype != torch.float32 and scores.device.type == "cpu" and state.get("fused", True):
         if "lut" not in state:
             state["lut"] = values_lut(screen.out)
-        hist, outside, p, c, vlp = scan_block(as_bits(scores), problem.hist_lo_lp, HIST_HI, HIST_BINS, thr_lp,
-                                              with_hist, state["lut"], cap=split)
+            state["by_key"] = key_values(state["lut"])
+        hist, outside, p, c, vlp = scan_bits(as_bits(scores), state["lut"], state["by_key"], problem.hist_lo_lp,
+                                             HIST_HI, HIST_BINS, thr_lp, with_hist, cap=split)
     else:
         vals = scores.float()
         p, c, vlp = extract_ge(vals, thr_lp, np.arange(b))
