@@ -176,9 +176,6 @@ def _columns(path: Path) -> set[str]:
         return {name for name in NAME_COLUMNS if name in fh}
 
 
-_NORM_CHUNK = 8192  # rows per float64 norm computation
-
-
 def _float32_tensor(features: np.ndarray):
     """A new float32 torch tensor holding ``features`` (the input, maybe a read-only map, is never modified)."""
     import torch
@@ -190,19 +187,60 @@ def _float32_tensor(features: np.ndarray):
         return torch.from_numpy(arr).to(torch.float32)
 
 
-def row_norms(features: np.ndarray, path: Path | str, start: int = 0) -> np.ndarray:
-    """The load rule's float32 L2 norm of each row, ``float32(sqrt(Σ x_i²))`` with the sum in float64 (so the
-    correctly rounded norm, whatever library or batch computes it); NaN/Inf or zero rows raise an error
-    naming the file and row (``start`` = the block's first row)."""
+_F16_VALUES = None  # float64 value of every float16 bit pattern (built on first use)
+
+
+def _norm_kernels():
+    """Compiled row-norm kernels (numba): float64 sum of squares, row by row, in index order, of float32
+    rows or of float16 bit patterns read through a table of their values."""
+    import numba
+
+    @numba.njit(parallel=True, cache=True, nogil=True)
+    def norms32(x, out):  # pragma: no cover (compiled)
+        for i in numba.prange(x.shape[0]):
+            acc = 0.0
+            for j in range(x.shape[1]):
+                v = np.float64(x[i, j])
+                acc += v * v
+            out[i] = np.float32(np.sqrt(acc))
+
+    @numba.njit(parallel=True, cache=True, nogil=True)
+    def norms16(bits, lut, out):  # pragma: no cover (compiled)
+        for i in numba.prange(bits.shape[0]):
+            acc = 0.0
+            for j in range(bits.shape[1]):
+                v = lut[bits[i, j]]
+                acc += v * v
+            out[i] = np.float32(np.sqrt(acc))
+    return norms32, norms16
+
+
+_NORMS = None
+
+
+def row_norms(features, path: Path | str, start: int = 0) -> np.ndarray:
+    """The load rule's float32 L2 norm of each row, ``float32(sqrt(Σ x_i²))`` with the squares and the sum
+    in float64 (so the correctly rounded norm up to float64 rounding of the sum, whatever library or batch
+    computes it); NaN/Inf or zero rows raise an error naming the file and row (``start`` = the block's
+    first row).  float16 rows are read through a table of their float64 values (no float32 copy)."""
+    global _F16_VALUES, _NORMS
     import torch
-    x = _float32_tensor(features) if not isinstance(features, torch.Tensor) else features
-    norms = torch.empty(x.shape[0], dtype=torch.float32)
-    for lo in range(0, x.shape[0], _NORM_CHUNK):  # bounded float64 temporaries
-        norms[lo:lo + _NORM_CHUNK] = torch.linalg.vector_norm(x[lo:lo + _NORM_CHUNK], dim=1, dtype=torch.float64)
+    x = features.numpy() if isinstance(features, torch.Tensor) else np.asarray(features)
+    if _NORMS is None:
+        _NORMS = _norm_kernels()
+    out = np.empty(x.shape[0], np.float32)
+    if x.shape[0] and x.dtype == np.float16:
+        if _F16_VALUES is None:
+            with np.errstate(invalid="ignore"):  # signalling-NaN patterns
+                _F16_VALUES = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float64)
+        _NORMS[1](np.ascontiguousarray(x).view(np.uint16), _F16_VALUES, out)
+    elif x.shape[0]:
+        _NORMS[0](np.ascontiguousarray(x, dtype=np.float32), out)
+    norms = torch.from_numpy(out)
     bad = ~torch.isfinite(norms)
     if bool(bad.any()):
         rows = np.flatnonzero(bad.numpy())
-        nonfinite = ~np.isfinite(x[torch.from_numpy(rows)].numpy()).all(axis=1)
+        nonfinite = ~np.isfinite(x[rows].astype(np.float32)).all(axis=1)
         row = int(rows[np.flatnonzero(nonfinite)[0]] if nonfinite.any() else rows[0]) + start
         what = "has NaN or Inf features" if nonfinite.any() else "has values too large for float32 (norm overflows)"
         raise FeatureFormatError(f"{path}: row {row} {what} ({rows.size} such rows in this block)")
