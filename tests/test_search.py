@@ -142,6 +142,8 @@ def check(metrics: dict, ref: dict) -> None:
         tar, tau = ref["tar"][entry["far"]]
         assert entry["threshold"] == pytest.approx(tau, abs=1e-12)
         assert entry["tar"] == pytest.approx(tar, abs=1e-12)
+        # resolved iff FAR·N_neg ≥ 1 (below, τ is just the highest negative score)
+        assert entry["resolved"] == (entry["far"] * metrics["counts"]["negative_pairs"] >= 1)
 
 
 def _write_roles(tmp: Path, prob, dtype=np.float32, shards=3):
@@ -381,3 +383,19 @@ def test_attacked_like_exact_ties_and_sweep(tmp_path):
     assert results[0]["cmc"] == results[1]["cmc"] and results[0]["auc"] == results[1]["auc"]
     assert results[0]["tar_at_far"] == results[1]["tar_at_far"]
     assert results[0]["distractor_sweep"] == results[1]["distractor_sweep"]
+
+
+def test_far_below_one_over_n_neg_is_marked_unresolved(tmp_path):
+    """With 10 probes × 40 distractors (400 negatives) FAR 1e-3 is below 1/N_neg: flagged, not plotted as a
+    point of the ROC; FAR 1e-2 (4 negatives) is resolved."""
+    prob = make_problem(1, n_p=10, n_m=12, n_d=40)
+    p, m, d = _write_roles(tmp_path, prob, shards=1)
+    metrics = run_search(SearchConfig(str(p), str(m), str(d), str(tmp_path / "out"), fars=[1e-3, 1e-2],
+                                      device="cpu", progress=False))
+    n_neg = metrics["counts"]["negative_pairs"]
+    assert n_neg == 400
+    flags = {e["far"]: e["resolved"] for e in metrics["tar_at_far"]}
+    assert flags == {1e-3: False, 1e-2: True}
+    roc = (tmp_path / "out" / "roc.csv").read_text().splitlines()[1:]
+    assert min(float(r.split(",")[0]) for r in roc) < 1 / n_neg   # the CSV keeps every requested FAR …
+    assert (tmp_path / "out" / "roc.png").stat().st_size > 0      # … the plot shades them instead

@@ -7,6 +7,7 @@ output's ``images/``, ``probes.csv`` and template bank. Nothing is recomputed.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -49,14 +50,16 @@ def curve_plot(entries: Sequence[Entry], kind: str, path: Path, title: str = "")
     """CMC (``kind="cmc"``) or ROC (``"roc"``) of every entry with a curve file; None when there is none."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    drawn = 0
+    drawn, floor = 0, 0.0
     for e in _order(entries):
         f = e.search_dir / f"{kind}.csv" if e.search_dir else None
         if f is None or not f.is_file():
             continue
         names = (CMC_X, CMC_Y) if kind == "cmc" else (ROC_X, ROC_Y)
         x, y = read_curve(f, *names)
-        pts = [(a, b) for a, b in zip(x, y) if a > 0]
+        lowest = _lowest_resolved_far(e.search_dir) if kind == "roc" else 0.0
+        floor = max(floor, lowest)
+        pts = [(a, b) for a, b in zip(x, y) if a > 0 and a >= lowest]  # no ROC point below FAR = 1/N_neg
         if not pts:
             continue
         xs, ys = zip(*pts)
@@ -75,9 +78,24 @@ def curve_plot(entries: Sequence[Entry], kind: str, path: Path, title: str = "")
     else:
         ax.set_xlabel("false accept rate (FAR)")
         ax.set_ylabel("true accept rate (TAR)")
+        if floor > 0:
+            left = min(ax.get_xlim()[0], floor / 30)
+            ax.set_xlim(left=left)
+            ax.axvspan(left, floor, color="0.9", zorder=0)
+            ax.text(0.02, 0.04, f"shaded: FAR < 1/N_neg = {floor:.2g}, not resolved", transform=ax.transAxes,
+                    fontsize=7, color="0.3")
     ax.set_title(title or kind.upper())
     ax.legend(fontsize=7, loc="best", ncol=2)
     return _save(fig, path)
+
+
+def _lowest_resolved_far(search_dir: Path) -> float:
+    """1/N_neg of a search output (its metrics.json), or 0 when unknown."""
+    try:
+        n_neg = json.loads((search_dir / "metrics.json").read_text(encoding="utf-8"))["counts"]["negative_pairs"]
+    except (OSError, KeyError, TypeError, ValueError):
+        return 0.0
+    return 1.0 / n_neg if n_neg else 0.0
 
 
 def sweep_plot(items: Sequence[tuple[Entry, Metrics]], path: Path, title: str = "") -> Path | None:

@@ -21,13 +21,27 @@ from .paper_numbers import METHOD_LABELS, METHOD_ORDER, PAPER_SETTING, TABLE1, T
 DASH = "—"
 
 
+class Unresolved(float):
+    """A TAR at a FAR below 1/N_neg: the fraction of mates above the highest negative score, not a TAR at
+    that FAR; rendered in parentheses, flagged 0 in the CSV's ``*_resolved`` column."""
+
+
+def tar_cell(m: Metrics, far: float) -> float | None:
+    """The TAR of ``m`` at ``far`` for a table cell (``Unresolved`` when far·N_neg < 1)."""
+    tar = m.tar_at(far)
+    n_neg = m.counts.get("negative_pairs")
+    if tar is not None and n_neg and far * n_neg < 1:
+        return Unresolved(tar)
+    return tar
+
+
 @dataclass
 class Column:
     """A column: header text, the key of the value in a row, and how to format it."""
 
     title: str
     key: str
-    kind: str = "rate"          # rate | percent | psnr | ssim | text | int
+    kind: str = "rate"          # rate | tar | percent | psnr | ssim | text | int
 
 
 @dataclass
@@ -48,6 +62,8 @@ def fmt(value: Any, kind: str) -> str:
         return DASH
     if kind in ("text", "int"):
         return str(value)
+    if isinstance(value, Unresolved):
+        return f"({fmt(float(value), kind)})"
     v = float(value)
     if kind == "percent":
         return f"{100 * v:.2f}%"
@@ -123,7 +139,7 @@ def table1(items: list[tuple[Entry, Metrics]], far: float = 1e-6, paper: str = "
         setting = sub[0][0].setting
         diffs = setting_differences(setting, model)
         beside = paper == "always" or (paper == "auto" and not diffs)
-        cols = [Column("Method", "label", "text"), Column("Rank-1", "rank1"), Column(_tar_title(far), "tar"),
+        cols = [Column("Method", "label", "text"), Column("Rank-1", "rank1"), Column(_tar_title(far), "tar", "tar"),
                 Column("AUC", "auc"), Column("Mask rate", "mask_rate", "percent"), Column("PSNR", "psnr", "psnr"),
                 Column("SSIM", "ssim", "ssim")]
         if beside:
@@ -137,7 +153,7 @@ def table1(items: list[tuple[Entry, Metrics]], far: float = 1e-6, paper: str = "
             name = label(method)
             if m.reference == "solid" and psnr is not None:
                 name += " †"
-            row = {"method": method, "label": name, "rank1": m.rank1, "tar": m.tar_at(far), "auc": m.auc,
+            row = {"method": method, "label": name, "rank1": m.rank1, "tar": tar_cell(m, far), "auc": m.auc,
                    "mask_rate": m.mask_rate, "psnr": psnr, "ssim": ssim, "probes": m.counts.get("probes"),
                    "attacked": m.attacked, "attack_skipped": m.attack_skipped}
             if beside:
@@ -194,7 +210,7 @@ def table2(items: list[tuple[Entry, Metrics]], far: float = 1e-6, paper: str = "
             diffs = setting_differences(setting, attack_model, model)
             beside = paper == "always" or (paper == "auto" and not diffs)
             slug = _slug(model)
-            cols += [Column("Rank-1", f"{slug}:rank1"), Column(_tar_title(far), f"{slug}:tar"),
+            cols += [Column("Rank-1", f"{slug}:rank1"), Column(_tar_title(far), f"{slug}:tar", "tar"),
                      Column("AUC", f"{slug}:auc")]
             span = 3
             if beside and paper_model(model) in TABLE2:
@@ -211,7 +227,7 @@ def table2(items: list[tuple[Entry, Metrics]], far: float = 1e-6, paper: str = "
                 slug = _slug(model)
                 found = [m for e, m in sub + clean if e.method == method and e.eval_model == model]
                 m = found[0] if found else Metrics()
-                row.update({f"{slug}:rank1": m.rank1, f"{slug}:tar": m.tar_at(far), f"{slug}:auc": m.auc})
+                row.update({f"{slug}:rank1": m.rank1, f"{slug}:tar": tar_cell(m, far), f"{slug}:auc": m.auc})
                 p = TABLE2.get(paper_model(model) or "", {}).get(method, {})
                 row.update({f"{slug}:p_rank1": p.get("rank1"), f"{slug}:p_tar": p.get("tar"),
                             f"{slug}:p_auc": p.get("auc")})
@@ -278,8 +294,9 @@ def _common_notes(items: list[tuple[Entry, Metrics]], far: float, attack_columns
     notes = ["— : not run (or its stage output is missing)."]
     negs = [m.counts.get("negative_pairs") for _, m in items if m.counts.get("negative_pairs")]
     if negs and min(negs) * far < 1:
-        notes.append(f"With {min(negs):,} negative pairs, FAR {far:g} is below the resolution 1/N_neg: the "
-                     "threshold is the highest negative score (TAR = fraction of mates above every distractor).")
+        notes.append(f"(…): not resolved — with {min(negs):,} negative pairs, FAR {far:g} is below 1/N_neg, so "
+                     "the threshold is the highest negative score and the value is the fraction of mates above "
+                     "every distractor, not a TAR at this FAR.")
     if attack_columns and any(m.mask_rate is not None for _, m in items):
         notes.append("Mask rate: fraction of probes with P(masked) > 0.5 under the mask detector.")
     if attack_columns and any(m.psnr is not None for _, m in items):
@@ -321,9 +338,12 @@ def to_csv(table: Table) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     keys = ["method"] + [c.key for c in table.columns]
-    w.writerow(keys)
+    flags = [c.key for c in table.columns if c.kind == "tar"]
+    w.writerow(keys + [f"{k}_resolved" for k in flags])
     for row in table.rows:
-        w.writerow(["" if row.get(k) is None else row.get(k) for k in keys])
+        w.writerow(["" if row.get(k) is None else float(row[k]) if isinstance(row.get(k), float) else row.get(k)
+                    for k in keys] +
+                   ["" if row.get(k) is None else int(not isinstance(row[k], Unresolved)) for k in flags])
     return buf.getvalue()
 
 

@@ -22,7 +22,8 @@ def _csv(rows, header: list[str]) -> str:
 
 
 def write_curves(out: Path, metrics: dict, curves: dict) -> None:
-    """cmc.csv (every rank where the CMC steps, so CMC(k) is exact for every k) and roc.csv."""
+    """cmc.csv (every rank where the CMC steps, so CMC(k) is exact for every k) and roc.csv (``resolved``
+    0 for a FAR below 1/N_neg, whose threshold is just the highest negative score)."""
     steps, rates = curves["cmc"]
     n_d = metrics["counts"]["distractors"]
     rows = [[1, "0"]] if steps[0] != 1 else []
@@ -30,8 +31,8 @@ def write_curves(out: Path, metrics: dict, curves: dict) -> None:
     if steps[-1] != n_d + 1:
         rows.append([n_d + 1, f"{1.0:.9g}"])
     write_text(out / "cmc.csv", _csv(rows, ["rank", "identification_rate"]))
-    write_text(out / "roc.csv", _csv([[f"{r['far']:.6g}", f"{r['tar']:.9g}", repr(r["threshold"])]
-                                      for r in curves["roc"]], ["far", "tar", "threshold"]))
+    write_text(out / "roc.csv", _csv([[f"{r['far']:.6g}", f"{r['tar']:.9g}", repr(r["threshold"]), int(r["resolved"])]
+                                      for r in curves["roc"]], ["far", "tar", "threshold", "resolved"]))
 
 
 def write_matches(out: Path, curves: dict, arrays: dict) -> None:
@@ -90,11 +91,17 @@ def plot(out: Path, metrics: dict, curves: dict) -> None:
     with atomic_path(out / "cmc.png") as tmp:
         fig.savefig(tmp, format="png", dpi=120)
 
-    roc = curves["roc"]
+    roc = [r for r in curves["roc"] if r.get("resolved", True)]  # never below FAR = 1/N_neg
+    n_neg = metrics["counts"]["negative_pairs"]
     fig = Figure(figsize=(5, 4), layout="tight")
     ax = fig.subplots()
     ax.plot([r["far"] for r in roc], [r["tar"] for r in roc], marker=".")
     ax.set_xscale("log")
+    unresolved = sorted(r["far"] for r in curves["roc"] if not r.get("resolved", True))
+    if unresolved:
+        ax.axvspan(unresolved[0], 1.0 / n_neg, color="0.85", zorder=0)
+        ax.text(0.02, 0.04, f"FAR < 1/N_neg = {1.0 / n_neg:.2g}: not resolved", transform=ax.transAxes,
+                fontsize=8, color="0.3")
     ax.set(xlabel="false accept rate", ylabel="true accept rate", ylim=(0, 1.01),
            title=f"ROC, AUC {metrics['auc']:.6f}")
     ax.grid(True, which="both", alpha=0.3)

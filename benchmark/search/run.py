@@ -123,6 +123,12 @@ def load_inputs(cfg: SearchConfig) -> tuple[dict[str, FeatureArrays], dict[str, 
     return arrays, excluded, model, dim, j
 
 
+def far_resolved(far: float, n_neg: int) -> bool:
+    """True when ``far`` is measurable with ``n_neg`` negative pairs (far·N_neg ≥ 1); below that, the
+    protocol's τ is the single highest negative score and its TAR is not a TAR at ``far``."""
+    return far * n_neg >= 1.0
+
+
 def roc_grid(n_neg: int, fars: list[float], per_decade: int = 5) -> list[float]:
     """Log-spaced FARs from 1/N_neg up to the largest requested FAR, plus the requested ones."""
     top = max(fars)
@@ -232,7 +238,7 @@ def compute_metrics(part: engine.Partial, problem: engine.Problem, cfg: SearchCo
     roc = []
     for far in grid:
         tar, tau = engine.tar_at(problem, top, n_neg, far)
-        roc.append({"far": far, "tar": tar, "threshold": tau})
+        roc.append({"far": far, "tar": tar, "threshold": tau, "resolved": far_resolved(far, n_neg)})
     metrics["tar_at_far"] = [r for r in roc if r["far"] in set(cfg.fars)]
     sorted_ranks = np.sort(ranks)
     steps = np.unique(sorted_ranks)
@@ -247,7 +253,8 @@ def compute_metrics(part: engine.Partial, problem: engine.Problem, cfg: SearchCo
             entry["tar_at_far"] = []
             for far in cfg.fars:
                 tar, tau = engine.tar_at(problem, part.tops[size], n_probes * size, far)
-                entry["tar_at_far"].append({"far": far, "tar": tar, "threshold": tau})
+                entry["tar_at_far"].append({"far": far, "tar": tar, "threshold": tau,
+                                            "resolved": far_resolved(far, n_probes * size)})
             sweep.append(entry)
         metrics["distractor_sweep"] = {"seed": cfg.seed, "sizes": sweep}
     idx, scores, uncertain = engine.exact_matches(part, problem)
