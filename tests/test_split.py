@@ -250,3 +250,48 @@ def test_run_records_and_shows_the_shortfall(celeba_folders, tmp_path, caplog):
     assert len(rows) == t["obtained"] and {r.split(",")[0] for r in rows} <= {p.name for p in template_faces.iterdir()}
     probe_crops = {Path(r.split(",")[1]).parent.parent for r in (split_dir / "probes.csv").read_text().splitlines()[1:]}
     assert not probe_crops & {Path(r.split(",")[1]).parent.parent for r in rows}      # a separate prepared folder
+
+
+def test_probes_per_identity_keeps_the_other_pool_images_as_mates(tmp_path):
+    """Issue 14's pool: N probes per identity, the identity's other pool images (≤ max_images − N) its mates,
+    every identity with a mate; seeded; failures of mates accounted as mates."""
+    root = face_folder(tmp_path / "f", {**{f"a{i:02d}": 9 for i in range(10)}, **{f"b{i:03d}": 1 for i in range(50)}})
+    ds = load_dataset(f"folder:{root}")
+    req = SplitRequest(identities=6, max_images=8, min_images=6, templates=2, probes_per_identity=5)
+    plan = plan_split(ds, req)
+    assert len(plan.probes) == 30 and len(plan.mates) == 18            # 6 × 5 probes, 6 × 3 mates
+    assert Counter(it.identity for it in plan.probes) == Counter({i: 5 for i in plan.probe_identities})
+    assert Counter(it.identity for it in plan.mates) == Counter({i: 3 for i in plan.probe_identities})
+    assert not {it.key for it in plan.probes} & {it.key for it in plan.mates}
+    assert set(plan.roles()) == {"probes", "mates", "templates", "distractors"}
+    again = plan_split(ds, req)
+    assert [it.key for it in again.probes] == [it.key for it in plan.probes]
+    acc = account(plan, {"mates": {plan.mates[0].key: "no-face"}})
+    m = acc.role("mates")
+    assert (m.planned, m.obtained) == (18, 17) and m.reasons == ["1 failed face preparation"]
+    assert acc.role("probes").requested == 30
+    with pytest.raises(ValueError, match="must exceed data.probes_per_identity"):
+        plan_split(ds, SplitRequest(identities=6, max_images=8, min_images=5, probes_per_identity=5))
+    assert plan_split(ds, SplitRequest(identities=6, max_images=8, min_images=6)).mates == []  # default: as before
+
+
+def test_extra_distractor_datasets_join_the_gallery(tmp_path):
+    """``distractors_from``: every image of another folder joins the distractors, except identities named like
+    a probe identity (counted); a key both datasets hold is an error."""
+    main = face_folder(tmp_path / "main", {f"p{i}": 4 for i in range(8)})
+    extra = face_folder(tmp_path / "extra", {**{f"x{i}": 2 for i in range(5)}, "p0": 2, "p1": 2})
+    for f in [*(extra / "p0").iterdir(), *(extra / "p1").iterdir()]:   # same people, other files
+        f.rename(f.with_name("e" + f.name))
+    ds, ex = load_dataset(f"folder:{main}"), load_dataset(f"folder:{extra}")
+    plan = plan_split(ds, SplitRequest(identities=2, max_images=4, templates=0), distractors_from=[ex])
+    probe_ids = set(plan.probe_identities)
+    from_extra = [it for it in plan.distractors if it.path.startswith(str(extra))]
+    assert len(from_extra) == 10 + 2 * len({"p0", "p1"} - probe_ids)
+    assert len(plan.distractors) == 6 * 4 + len(from_extra) and not ids(plan.distractors) & probe_ids
+    every = plan_split(ds, SplitRequest(identities=8, max_images=4, templates=0), distractors_from=[ex])
+    assert len(every.distractors) == 10 and ids(every.distractors) == {f"x{i}" for i in range(5)}
+    assert every.reasons["distractors"][0].startswith("2 identities of folder:") and "p0, p1" in every.reasons["distractors"][0]
+    assert plan.distractors_from == [ex.spec]
+    with pytest.raises(ValueError, match="keys must be unique"):
+        plan_split(ds, SplitRequest(identities=1, max_images=4, templates=0),
+                   distractors_from=[load_dataset(f"folder:{main}")])

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -42,9 +42,16 @@ class SplitRequest:
     distractors: int | None = None
     seed: int = 0
     template_share: float = TEMPLATE_SHARE
+    probes_per_identity: int | None = None   # None: every pool image is a probe (mates: the other probes)
 
     def check(self) -> None:
         """Raise ``ValueError`` for sizes that cannot mean anything."""
+        if self.probes_per_identity is not None:
+            if self.probes_per_identity < 1:
+                raise ValueError(f"data.probes_per_identity must be ≥ 1 or null, got {self.probes_per_identity}")
+            if self.min_images <= self.probes_per_identity:
+                raise ValueError(f"data.min_images ({self.min_images}) must exceed data.probes_per_identity "
+                                 f"({self.probes_per_identity}) so that every probe identity keeps a mate")
         if self.templates < 0:
             raise ValueError(f"data.templates must be ≥ 0, got {self.templates}")
         if self.distractors is not None and self.distractors < 0:
@@ -66,10 +73,15 @@ class SplitPlan:
     excluded: dict[str, int]                 # probe identities' leftover images kept out of the gallery
     reasons: dict[str, list[str]] = field(default_factory=dict)
     templates_from: str | None = None        # spec of the template dataset, None: the same dataset
+    mates: list[Item] = field(default_factory=list)   # clean mates apart from the probes (probes_per_identity)
+    distractors_from: list[str] = field(default_factory=list)   # specs of extra distractor datasets
 
     def roles(self) -> dict[str, list[Item]]:
-        """The image lists written by the split stage."""
-        return {"probes": self.probes, "templates": self.templates, "distractors": self.distractors}
+        """The image lists written by the split stage (``mates`` only when they are not the probes)."""
+        roles = {"probes": self.probes, "templates": self.templates, "distractors": self.distractors}
+        if self.mates:
+            roles["mates"] = self.mates
+        return roles
 
 
 @dataclass
@@ -139,13 +151,20 @@ def template_limit(n_nonprobe: int, requested: int, share: float) -> int:
     return min(requested, max(1, math.floor(share * n_nonprobe + 1e-9)), n_nonprobe - 1)
 
 
-def plan_split(dataset: Dataset, request: SplitRequest, templates_from: Dataset | None = None) -> SplitPlan:
-    """Choose probes, templates and distractors from the listing (seeded; nothing is decoded)."""
+def plan_split(dataset: Dataset, request: SplitRequest, templates_from: Dataset | None = None,
+               distractors_from: Sequence[Dataset] = ()) -> SplitPlan:
+    """Choose probes (and mates), templates and distractors from the listing (seeded; nothing is decoded).
+
+    ``probes_per_identity`` N: N images of each pool identity are probes, its other pool images the mates.
+    ``distractors_from``: more datasets whose every image joins the gallery (identities named like a probe
+    identity are left out and counted; a key also present in the main dataset is an error).
+    """
     request.check()
     r = request
     pool = build_pool(dataset, r.identities, r.max_images, r.seed, r.min_images)
     probe_ids = set(pool.identities)
     reasons: dict[str, list[str]] = {role: [] for role in ROLES}
+    probes, mates = _probes_and_mates(pool.probes, r, np.random.default_rng(r.seed + 2))
     by_id = Counter(it.identity for it in dataset.items if it.identity in probe_ids)
     if r.max_images is not None:
         few = [n for n in (by_id[i] for i in pool.identities) if n < r.max_images]
@@ -166,6 +185,8 @@ def plan_split(dataset: Dataset, request: SplitRequest, templates_from: Dataset 
         templates, template_ids = _templates_from(templates_from, probe_ids, r, rng, reasons["templates"])
     chosen = set(template_ids) if templates_from is None else set()
     gallery = [it for it in rest if it.identity not in chosen]
+    gallery += _extra_distractors(distractors_from, probe_ids, {it.key for it in dataset.items},
+                                  reasons["distractors"])
     distractors = gallery
     if r.distractors is not None and len(gallery) > r.distractors:
         idx = np.sort(rng.choice(len(gallery), size=r.distractors, replace=False))
@@ -180,10 +201,46 @@ def plan_split(dataset: Dataset, request: SplitRequest, templates_from: Dataset 
                                           "distractors")
         if r.distractors is not None and len(gallery) < r.distractors:
             reasons["distractors"].append(f"only {len(gallery)} images are left for the gallery")
-    return SplitPlan(request=r, probes=pool.probes, templates=templates, distractors=distractors,
+    return SplitPlan(request=r, probes=probes, templates=templates, distractors=distractors,
                      probe_identities=pool.identities, template_identities=template_ids,
                      excluded={"templates": 0, "distractors": len(leftovers)}, reasons=reasons,
-                     templates_from=templates_from.spec if templates_from is not None else None)
+                     templates_from=templates_from.spec if templates_from is not None else None,
+                     mates=mates, distractors_from=[d.spec for d in distractors_from])
+
+
+def _probes_and_mates(pool_items: list[Item], r: SplitRequest, rng: np.random.Generator) -> tuple[list[Item], list[Item]]:
+    """(probes, mates): every pool image a probe (no separate mates), or N seeded probes per identity."""
+    if r.probes_per_identity is None:
+        return pool_items, []
+    by_id: dict[str, list[Item]] = {}
+    for it in pool_items:
+        by_id.setdefault(it.identity, []).append(it)
+    chosen: set[str] = set()
+    for name in sorted(by_id):
+        items = by_id[name]
+        idx = rng.choice(len(items), size=min(r.probes_per_identity, len(items)), replace=False)
+        chosen.update(items[i].key for i in idx)
+    return [it for it in pool_items if it.key in chosen], [it for it in pool_items if it.key not in chosen]
+
+
+def _extra_distractors(datasets: Sequence[Dataset], probe_ids: set[str], keys: set[str],
+                       reasons: list[str]) -> list[Item]:
+    """Every image of ``datasets`` except identities named like a probe identity (counted in ``reasons``)."""
+    out: list[Item] = []
+    for ds in datasets:
+        clash = sorted({it.identity for it in ds.items if it.identity in probe_ids})
+        if clash:
+            reasons.append(f"{len(clash)} identities of {ds.spec} share a name with a probe identity and are "
+                           f"left out ({', '.join(clash[:3])}{', …' if len(clash) > 3 else ''})")
+        for it in ds.items:
+            if it.identity in probe_ids:
+                continue
+            if it.key in keys:
+                raise ValueError(f"distractor dataset {ds.spec}: key {it.key!r} is also a key of another dataset "
+                                 "of the run; keys must be unique across the datasets")
+            keys.add(it.key)
+            out.append(it)
+    return out
 
 
 def _template_reason(n_nonprobe: int, r: SplitRequest, n_t: int) -> str:
@@ -239,13 +296,24 @@ def account(plan: SplitPlan, failures: Mapping[str, Mapping[str, str]] | None = 
     gone = len(planned_ids) - len(kept_ids)
     if gone:
         reasons["probe identities"].append(f"{gone} lost every image in face preparation")
-    mates_planned = sum(n for n in planned_ids.values() if n >= 2)
-    mates_kept = sum(n for n in kept_ids.values() if n >= 2)
-    lone = sum(1 for i, n in kept_ids.items() if n == 1 and planned_ids[i] >= 2)
-    if lone:
-        reasons["mates"].append(f"{lone} probe(s) have no other image of their identity left after face "
-                                "preparation")
-    cap = None if r.max_images is None else r.identities * r.max_images
+    if plan.mates:
+        lost = failures.get("mates", {})
+        if lost:
+            reasons["mates"].append(f"{len(lost)} failed face preparation")
+        mates_planned, mates_kept = len(plan.mates), len(kept["mates"])
+        mate_ids = {it.identity for it in kept["mates"]}
+        lone = sum(1 for i in kept_ids if i not in mate_ids)
+        if lone:
+            reasons["mates"].append(f"{lone} probe identities have no mate left after face preparation")
+    else:
+        mates_planned = sum(n for n in planned_ids.values() if n >= 2)
+        mates_kept = sum(n for n in kept_ids.values() if n >= 2)
+        lone = sum(1 for i, n in kept_ids.items() if n == 1 and planned_ids[i] >= 2)
+        if lone:
+            reasons["mates"].append(f"{lone} probe(s) have no other image of their identity left after face "
+                                    "preparation")
+    per_identity = r.probes_per_identity if r.probes_per_identity is not None else r.max_images
+    cap = None if per_identity is None else r.identities * per_identity
     roles = [RoleCount("probe identities", r.identities, False, len(planned_ids), len(kept_ids),
                        reasons["probe identities"]),
              RoleCount("probes", cap, True, len(plan.probes), len(kept["probes"]), reasons["probes"]),
