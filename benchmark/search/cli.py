@@ -15,7 +15,8 @@ def _run(args: argparse.Namespace) -> int:
                        noise_lists=args.noise_list, topk=args.topk, device=args.device,
                        block_size=args.block_size, precision=args.precision, seed=args.seed,
                        progress=not args.no_progress, join=args.join,
-                       allow_missing_mates=args.allow_missing_mates, dist_timeout=args.dist_timeout)
+                       allow_missing_mates=args.allow_missing_mates, dist_timeout=args.dist_timeout,
+                       bootstrap=args.bootstrap)
     for f in cfg.fars:
         if not 0 < f < 1:
             raise ValueError(f"--far values must be in (0, 1), got {f}")
@@ -67,7 +68,12 @@ def register(subparsers, formatter_class) -> None:
                         "that could matter in float32 (same ranks, CMC, τ, TAR; AUC within its reported "
                         "bound). auto: bf16 on CPUs with bf16 units (amx_bf16/avx512_bf16), fp16 on CUDA, "
                         "else fp32. metrics.json records which ran and why")
-    p.add_argument("--seed", type=int, default=0, help="seed of the distractor-size sweep's permutation")
+    p.add_argument("--seed", type=int, default=0, help="seed of the distractor-size sweep's permutation and of "
+                   "the bootstrap")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                   help="replicates of the bootstrap over probe identities behind the 95 %% intervals of rank-1 "
+                        "and TAR in metrics.json (0: none; TAR intervals only while the probes' top negative "
+                        "scores fit in memory)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--join", choices=("auto", "names", "labels"), default="auto",
                    help="how probes find their mates: by identity name (names; an error when a set has none), "

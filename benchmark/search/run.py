@@ -49,6 +49,7 @@ class SearchConfig:
     join: str = "auto"                 # pair by identity "names", integer "labels", or "auto" (names if present)
     allow_missing_mates: bool = False  # a probe identity absent from the mates: counted warning, not an error
     dist_timeout: float = distributed.DEFAULT_TIMEOUT_MIN   # minutes to wait for the other ranks
+    bootstrap: int = 1000              # replicates of the identity bootstrap (0: no confidence intervals)
 
 
 # ------------------------------------------------------------------------------------------- inputs
@@ -362,6 +363,8 @@ def _search(cfg: SearchConfig, device: str, rank: int, world: int) -> dict:
                                       precision)
     metrics["counts"]["noise_excluded"] = excluded
     metrics["identity_join"] = {**j.report, **identity.pair_counts(j)}
+    if cfg.bootstrap > 0:
+        metrics["bootstrap"] = bootstrap_metrics(part, problem, cfg, j.probe_labels, device)
     t_end = time.perf_counter()
     timings = {"load_s": t_load - t0, "search_s": t_search - t_load, "finalize_s": t_end - t_search,
                "total_s": t_end - t0}
@@ -370,6 +373,19 @@ def _search(cfg: SearchConfig, device: str, rank: int, world: int) -> dict:
     d.labels = np.full(len(d.keys), -1, np.int64)
     outputs.write_all(out, cfg, metrics, curves, arrays, model, dim, device, world, timings)
     return metrics
+
+
+def bootstrap_metrics(part: engine.Partial, problem: engine.Problem, cfg: SearchConfig, clusters: np.ndarray,
+                      device: str) -> dict:
+    """95 % intervals of rank-1 and TAR from ``cfg.bootstrap`` replicates over probe identities (``bootstrap.py``)."""
+    from benchmark.search import bootstrap
+    n_p, n_d = problem.probes.shape[0], problem.distractors.shape[0]
+    k = min(bootstrap.k_max_for(cfg.fars, n_p * n_d), n_d)
+    top = None
+    if n_p * k <= bootstrap.MAX_TOP_SCORES:
+        top = bootstrap.top_negatives(problem.probes, problem.distractors, k, device, cfg.block_size)
+    return bootstrap.identity_intervals(problem.pair_probe, problem.pos_scores, engine.rank_counts(part, problem) + 1,
+                                        clusters, n_d, list(cfg.fars), top, cfg.bootstrap, cfg.seed)
 
 
 def resolve_search_precision(precision: str, device: str) -> tuple[str, str]:
