@@ -68,3 +68,33 @@ def test_search_writes_intervals_that_hold_the_point_estimates(tmp_path):
     off = run_search(SearchConfig(str(p), str(m), str(d), str(tmp_path / "off"), fars=[1e-3], device="cpu",
                                   progress=False, bootstrap=0))
     assert "bootstrap" not in off
+
+
+def test_mean_interval_resamples_identities():
+    """Mask-rate interval: identities resampled as whole clusters (direct loop with the same draws)."""
+    rng = np.random.default_rng(5)
+    clusters = np.repeat(np.arange(20), 5)
+    values = rng.random(100) < np.repeat(rng.random(20), 5)          # identity-correlated detections
+    lo, hi = bootstrap.mean_interval(values, clusters, replicates=300, seed=2)
+    draw = np.random.default_rng(2)
+    means = []
+    for _ in range(300):
+        w = np.bincount(draw.integers(0, 20, 20), minlength=20)[clusters]
+        means.append((w * values).sum() / w.sum())
+    assert (lo, hi) == pytest.approx(tuple(np.quantile(means, [0.025, 0.975])), abs=1e-12)
+    assert lo <= values.mean() <= hi and bootstrap.mean_interval([], []) is None
+
+
+def test_tables_render_intervals_and_unresolved_tars():
+    from benchmark.report.collect import Metrics
+    from benchmark.report.tables import Column, Estimate, Table, fmt, tar_cell, to_csv
+    m = Metrics(rank1=0.5, tar={1e-3: 0.4, 1e-6: 0.3}, counts={"negative_pairs": 10_000},
+                intervals={"rank1": (0.4, 0.6), "tar@0.001": (0.35, 0.45)})
+    assert fmt(tar_cell(m, 1e-3), "tar") == "0.4000 [0.350, 0.450]"
+    assert fmt(tar_cell(m, 1e-6), "tar") == "(0.3000)"                 # 1e-6 · 10,000 < 1
+    assert fmt(Estimate(0.25, (0.1, 0.4)), "percent") == "25.00% [10.0, 40.0]"
+    t = Table("t", "", [Column("Rank-1", "rank1"), Column("TAR", "tar", "tar")],
+              [{"method": "dm", "rank1": Estimate(0.5, (0.4, 0.6)), "tar": tar_cell(m, 1e-6)}])
+    header, row = to_csv(t).splitlines()
+    assert header == "method,rank1,tar,tar_resolved,rank1_lo,rank1_hi"
+    assert row == "dm,0.5,0.3,0,0.4,0.6"

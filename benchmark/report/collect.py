@@ -61,6 +61,8 @@ class Metrics:
     attack_skipped: int | None = None
     identical: int = 0                    # probes with PSNR = inf (unchanged image), left out of the mean
     sweep: list[dict[str, float]] = field(default_factory=list)
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)   # "rank1", "tar@FAR", "mask_rate"
+    interval_note: str = ""               # how the intervals were obtained (for table notes)
 
     def tar_at(self, far: float) -> float | None:
         """TAR at ``far`` (matched with a relative tolerance of 1e-6), or None."""
@@ -136,9 +138,22 @@ def load_metrics(entry: Entry) -> Metrics:
             raise ValueError(f"{path}: missing or malformed field {exc}") from None
         m.counts = {k: int(v) for k, v in (data.get("counts") or {}).items() if isinstance(v, (int, float))}
         m.sweep = _sweep(data)
+        _intervals(data.get("bootstrap"), m)
     if entry.attack_dir is not None and (entry.attack_dir / "probes.csv").is_file():
         _attack_stats(entry.attack_dir / "probes.csv", m)
     return m
+
+
+def _intervals(boot: Any, m: Metrics) -> None:
+    """The search stage's bootstrap intervals (``metrics.json`` ``bootstrap``), when it wrote them."""
+    if not isinstance(boot, dict) or not boot.get("rank1"):
+        return
+    m.intervals["rank1"] = tuple(boot["rank1"])
+    for row in boot.get("tar_at_far", []):
+        if row.get("tar"):
+            m.intervals[f"tar@{float(row['far']):g}"] = tuple(row["tar"])
+    m.interval_note = (f"[lo, hi]: {100 * boot.get('level', 0.95):g} % bootstrap interval, {boot.get('replicates')} "
+                       f"replicates resampling the {boot.get('clusters')} probe identities")
 
 
 def _sweep(data: dict[str, Any]) -> list[dict[str, float]]:
@@ -163,8 +178,12 @@ def _attack_stats(path: Path, m: Metrics) -> None:
     rows = read_csv_rows(path)
     ok = [r for r in rows if r.get("status") == "ok"]
     m.attacked, m.attack_skipped = len(ok), len(rows) - len(ok)
-    p = [float(r["p_masked"]) for r in ok if r.get("p_masked") not in (None, "")]
+    scored = [r for r in ok if r.get("p_masked") not in (None, "")]
+    p = [float(r["p_masked"]) for r in scored]
     m.mask_rate = sum(v > 0.5 for v in p) / len(p) if p else None
+    if p and all(r.get("identity") for r in scored):
+        from ..search.bootstrap import mean_interval
+        m.intervals["mask_rate"] = mean_interval([v > 0.5 for v in p], [r["identity"] for r in scored])
     psnr = [float(r["psnr"]) for r in ok if r.get("psnr") not in (None, "")]
     ssim = [float(r["ssim"]) for r in ok if r.get("ssim") not in (None, "")]
     finite = [v for v in psnr if math.isfinite(v)]

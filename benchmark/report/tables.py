@@ -26,13 +26,32 @@ class Unresolved(float):
     that FAR; rendered in parentheses, flagged 0 in the CSV's ``*_resolved`` column."""
 
 
+class Estimate(float):
+    """A value with its confidence interval ``lo``–``hi`` (rendered ``value [lo, hi]``; CSV ``*_lo``/``*_hi``)."""
+
+    lo: float
+    hi: float
+
+    def __new__(cls, value: float, interval: tuple[float, float]) -> "Estimate":
+        obj = super().__new__(cls, value)
+        obj.lo, obj.hi = float(interval[0]), float(interval[1])
+        return obj
+
+
+def with_interval(value: float | None, m: Metrics, name: str) -> float | None:
+    """``value`` as an ``Estimate`` when ``m`` holds an interval ``name`` for it."""
+    if value is None or name not in m.intervals or m.intervals[name] is None:
+        return value
+    return Estimate(value, m.intervals[name])
+
+
 def tar_cell(m: Metrics, far: float) -> float | None:
-    """The TAR of ``m`` at ``far`` for a table cell (``Unresolved`` when far·N_neg < 1)."""
+    """The TAR of ``m`` at ``far`` for a table cell (``Unresolved`` when far·N_neg < 1, else with its interval)."""
     tar = m.tar_at(far)
     n_neg = m.counts.get("negative_pairs")
     if tar is not None and n_neg and far * n_neg < 1:
         return Unresolved(tar)
-    return tar
+    return with_interval(tar, m, f"tar@{far:g}")
 
 
 @dataclass
@@ -64,6 +83,10 @@ def fmt(value: Any, kind: str) -> str:
         return str(value)
     if isinstance(value, Unresolved):
         return f"({fmt(float(value), kind)})"
+    if isinstance(value, Estimate):
+        if kind == "percent":
+            return f"{100 * float(value):.2f}% [{100 * value.lo:.1f}, {100 * value.hi:.1f}]"
+        return f"{fmt(float(value), kind)} [{value.lo:.3f}, {value.hi:.3f}]"
     v = float(value)
     if kind == "percent":
         return f"{100 * v:.2f}%"
@@ -153,8 +176,8 @@ def table1(items: list[tuple[Entry, Metrics]], far: float = 1e-6, paper: str = "
             name = label(method)
             if m.reference == "solid" and psnr is not None:
                 name += " †"
-            row = {"method": method, "label": name, "rank1": m.rank1, "tar": tar_cell(m, far), "auc": m.auc,
-                   "mask_rate": m.mask_rate, "psnr": psnr, "ssim": ssim, "probes": m.counts.get("probes"),
+            row = {"method": method, "label": name, "rank1": with_interval(m.rank1, m, "rank1"), "tar": tar_cell(m, far), "auc": m.auc,
+                   "mask_rate": with_interval(m.mask_rate, m, "mask_rate"), "psnr": psnr, "ssim": ssim, "probes": m.counts.get("probes"),
                    "attacked": m.attacked, "attack_skipped": m.attack_skipped}
             if beside:
                 p = TABLE1.get(method, {})
@@ -227,7 +250,7 @@ def table2(items: list[tuple[Entry, Metrics]], far: float = 1e-6, paper: str = "
                 slug = _slug(model)
                 found = [m for e, m in sub + clean if e.method == method and e.eval_model == model]
                 m = found[0] if found else Metrics()
-                row.update({f"{slug}:rank1": m.rank1, f"{slug}:tar": tar_cell(m, far), f"{slug}:auc": m.auc})
+                row.update({f"{slug}:rank1": with_interval(m.rank1, m, "rank1"), f"{slug}:tar": tar_cell(m, far), f"{slug}:auc": m.auc})
                 p = TABLE2.get(paper_model(model) or "", {}).get(method, {})
                 row.update({f"{slug}:p_rank1": p.get("rank1"), f"{slug}:p_tar": p.get("tar"),
                             f"{slug}:p_auc": p.get("auc")})
@@ -297,6 +320,11 @@ def _common_notes(items: list[tuple[Entry, Metrics]], far: float, attack_columns
         notes.append(f"(…): not resolved — with {min(negs):,} negative pairs, FAR {far:g} is below 1/N_neg, so "
                      "the threshold is the highest negative score and the value is the fraction of mates above "
                      "every distractor, not a TAR at this FAR.")
+    boot = next((m.interval_note for _, m in items if m.interval_note), "")
+    if boot:
+        notes.append(boot + " (rank-1, TAR; mask rate: the same resampling of the attacked probes).")
+    elif any("mask_rate" in m.intervals for _, m in items):
+        notes.append("[lo, hi]: 95 % bootstrap interval of the mask rate, resampling the probe identities.")
     if attack_columns and any(m.mask_rate is not None for _, m in items):
         notes.append("Mask rate: fraction of probes with P(masked) > 0.5 under the mask detector.")
     if attack_columns and any(m.psnr is not None for _, m in items):
@@ -339,11 +367,13 @@ def to_csv(table: Table) -> str:
     w = csv.writer(buf, lineterminator="\n")
     keys = ["method"] + [c.key for c in table.columns]
     flags = [c.key for c in table.columns if c.kind == "tar"]
-    w.writerow(keys + [f"{k}_resolved" for k in flags])
+    ranged = [c.key for c in table.columns if any(isinstance(r.get(c.key), Estimate) for r in table.rows)]
+    w.writerow(keys + [f"{k}_resolved" for k in flags] + [f"{k}_{end}" for k in ranged for end in ("lo", "hi")])
     for row in table.rows:
         w.writerow(["" if row.get(k) is None else float(row[k]) if isinstance(row.get(k), float) else row.get(k)
                     for k in keys] +
-                   ["" if row.get(k) is None else int(not isinstance(row[k], Unresolved)) for k in flags])
+                   ["" if row.get(k) is None else int(not isinstance(row[k], Unresolved)) for k in flags] +
+                   [getattr(row.get(k), end, "") for k in ranged for end in ("lo", "hi")])
     return buf.getvalue()
 
 

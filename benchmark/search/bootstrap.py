@@ -119,3 +119,20 @@ def k_max_for(fars: list[float], n_neg: int) -> int:
     """Length of the per-probe negative lists that covers every replicate at the largest resolved FAR."""
     resolved = [f for f in fars if f * n_neg >= 1]
     return int(math.floor(max(resolved) * n_neg * K_MARGIN)) + 1 if resolved else 1
+
+
+def mean_interval(values: np.ndarray, clusters: np.ndarray, replicates: int = REPLICATES, seed: int = 0,
+                  level: float = LEVEL) -> tuple[float, float] | None:
+    """Percentile interval of the mean of per-probe ``values`` (e.g. 1 = detected as masked), resampling the
+    ``clusters`` (identities) with replacement; None without values."""
+    values = np.asarray(values, np.float64)
+    if values.size == 0:
+        return None
+    codes, of = np.unique(np.asarray(clusters), return_inverse=True)
+    rng = np.random.default_rng(seed)
+    draws = np.stack([np.bincount(rng.integers(0, codes.size, codes.size), minlength=codes.size)
+                      for _ in range(replicates)]).astype(np.float64)
+    sums = draws @ np.bincount(of, weights=values, minlength=codes.size)
+    sizes = draws @ np.bincount(of, minlength=codes.size).astype(np.float64)
+    means = sums[sizes > 0] / sizes[sizes > 0]
+    return float(np.quantile(means, (1 - level) / 2)), float(np.quantile(means, 1 - (1 - level) / 2))
