@@ -27,6 +27,7 @@ import numpy as np
 
 from .api import Defence, InputTransform, attack_variant, defend, load_defence, looks_random
 from .metrics import mask_rate, search_metrics
+from .raw import data_record, replace_strings, write_cell, write_leaderboard_files
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +215,8 @@ def evaluate_cell(fr, md, probes: np.ndarray, probe_keys: list[str], probe_ids: 
 
     A probe's key equals its clean original's key, so that original is never its mate. ``cache``
     (optional) keeps the clean and distractor features of ``fr`` between cells. ``outcomes``: also
-    return the per-probe outcomes (``cell["outcomes"]``, :func:`.bootstrap.probe_outcomes`) for intervals.
+    return the per-probe outcomes (``cell["outcomes"]``, :func:`.bootstrap.probe_outcomes`) for intervals
+    and the per-probe CSV, and the detector's ``cell["p_masked"]``.
     """
     cache = {} if cache is None else cache
     key = (fr.name, fr.weights_hash(), id(clean), id(distractors))
@@ -229,6 +231,7 @@ def evaluate_cell(fr, md, probes: np.ndarray, probe_keys: list[str], probe_ids: 
         from .bootstrap import probe_outcomes
         cell["outcomes"] = probe_outcomes(feats, probe_keys, probe_ids, clean_feats, clean_keys, clean_ids,
                                           dist_feats, far, p_masked)
+        cell["p_masked"] = p_masked
     return cell
 
 
@@ -349,7 +352,7 @@ def run_leaderboard(cfg: LeaderboardConfig, progress: bool = True, models: tuple
     """
     from attacks.pipeline import AttackJob, run_attack
 
-    from ..atomic import write_json, write_text
+    from ..atomic import write_json
     from ..device import resolve_device
     from ..manifest import build_manifest, portable
     from ..models.landmarks import DlibLandmarker
@@ -395,17 +398,20 @@ def run_leaderboard(cfg: LeaderboardConfig, progress: bool = True, models: tuple
         if not idx:
             raise RuntimeError(f"{attack_name} ({mode}, defence {defence_name}): no probe was attacked "
                                f"({len(skipped)} skipped: {_counts(skipped)})")
-        cell = evaluate_cell(rec, det, images, [keys[i] for i in idx], [ids[i] for i in idx], clean, keys, ids,
-                             distractors, cfg.far, cache, device, outcomes=outcomes is not None)
+        cell_keys, cell_ids = [keys[i] for i in idx], [ids[i] for i in idx]
+        cell = evaluate_cell(rec, det, images, cell_keys, cell_ids, clean, keys, ids,
+                             distractors, cfg.far, cache, device, outcomes=True)
         if outcomes is not None:
-            outcomes[(defence_name, attack_name, mode)] = cell.pop("outcomes")
-        rows.append({"defence": defence_name, "kind": d.kind if d else "", "attack": attack_name, "mode": mode,
+            outcomes[(defence_name, attack_name, mode)] = cell["outcomes"]
+        row = {"defence": defence_name, "kind": d.kind if d else "", "attack": attack_name, "mode": mode,
                      "gradient": gradient, "variant": variant, "eot_samples": eot, "rank1": cell["rank1"],
                      "tar": cell["tar"], "auc": cell["auc"],
                      "mask_rate": cell["mask_rate"], "probes": cell["probes"], "skipped": len(skipped),
                      "positive_pairs": cell["positive_pairs"], "negative_pairs": cell["negative_pairs"],
                      "far_resolution": cell["far_resolution"],
-                     "skipped_reasons": _counts(skipped)})
+                     "skipped_reasons": _counts(skipped)}
+        row["raw"] = write_cell(out, len(rows), row, cell_keys, cell_ids, cell["outcomes"], cell["p_masked"])
+        rows.append(row)
 
     plain = {}
     for spec in cfg.attacks:
@@ -430,21 +436,21 @@ def run_leaderboard(cfg: LeaderboardConfig, progress: bool = True, models: tuple
                 attack_variant(d, eot) if stochastic[name] == d.stochastic else f"{attack_variant(d, 1)} + EOT×{eot} "
                 "(undeclared randomness)", eot)
     add_clean_cost(rows)
+    data = data_record(cfg.data)
     meta = {"recognizer": fr.name, "mask_detector": md.name, "far": cfg.far,
-            "pool": portable(f"{len(keys)} probes of {len(set(ids))} identities, {len(distractors)} distractors "
-                             f"from {cfg.data}", hide_temp=True),
+            "pool": f"{len(keys)} probes of {len(set(ids))} identities, {len(distractors)} distractors from "
+                    f"{data['spec']} ({data['items']} images, listing sha256 {data['listing_sha256'][:12]})",
             "far_resolution": f"{rows[0]['far_resolution']:.2g}" if rows else None}
-    write_text(out / "leaderboard.csv", render_csv(rows))
-    write_text(out / "leaderboard.md", render_markdown(rows, meta))
-    write_text(out / "leaderboard.html", render_html(rows, meta))
-    manifest = build_manifest("defend", {**asdict(cfg), "device": device},
+    outputs = write_leaderboard_files(out, rows, meta)
+    manifest = build_manifest("defend", {**asdict(cfg), "device": device}, data=data,
                               models={n: {"defence": d.record() if d else None, "fr": r.identity(), "md": m.identity()}
                                       for n, (d, r, m) in systems.items()},
                               pool={"probes": len(keys), "probes_skipped": skipped_clean,
                                     "distractors": len(distractors), "distractors_skipped": skipped_dist},
-                              meta=meta, cells=rows, outputs={"csv": "leaderboard.csv", "markdown": "leaderboard.md",
-                                                       "html": "leaderboard.html"})
-    write_json(out / "leaderboard.json", portable(manifest, hide_temp=True))     # meant to be committed: no machine paths
+                              meta=meta, cells=rows, outputs=outputs)
+    # meant to be committed: the data set's path becomes $DATA/<name>, other paths relative or $TMPDIR/…
+    manifest = replace_strings(manifest, cfg.data, data["spec"])
+    write_json(out / "leaderboard.json", portable(manifest, hide_temp=True))
     return {"rows": rows, "meta": meta, "out": str(out)}
 
 

@@ -215,13 +215,17 @@ def _models(items: list[tuple[Entry, Metrics]], run: str) -> dict[str, str]:
 def leaderboards(runs: Sequence[str]) -> list[Table]:
     """Defence leaderboards (``mf2m defend`` outputs: ``leaderboard.json``) found directly in ``runs``."""
     from ..defences.leaderboard import leaderboard_table
+    from ..defences.raw import rows_from_raw
     tables = []
     for spec in runs:
         path = Path(spec) / "leaderboard.json"
         if path.is_file():
             record = json.loads(path.read_text())
-            meta = record.get("meta") or _leaderboard_meta(record)
-            tables.append(leaderboard_table(record["cells"], meta))
+            if record.get("cells") and all(c.get("raw") for c in record["cells"]):
+                rows, meta = rows_from_raw(spec)          # the numbers from the cells' own metrics.json
+            else:
+                rows, meta = record["cells"], record.get("meta") or _leaderboard_meta(record)
+            tables.append(leaderboard_table(rows, meta))
     return tables
 
 
