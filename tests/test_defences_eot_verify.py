@@ -339,6 +339,16 @@ def test_transfer_matrix_on_lfw(tmp_path, lfw_dir, capsys):
     direct = search_metrics(s.embed(images), keys, ids, s.embed(clean), keys, ids, s.embed(dist), far)
     assert float(fgsm["sface"]["rank1"]) == pytest.approx(direct["rank1"], abs=1e-6)
     assert float(fgsm["sface"]["tar"]) == pytest.approx(direct["tar"], abs=1e-6)
+    # `mf2m report` on the output: one source × target table and one heatmap per attack, same numbers
+    assert main(["report", "--runs", str(out), "--out", str(tmp_path / "rep")]) in (0, None)
+    cell = {(c["attack"], c["target"]): c for c in manifest["cells"]}
+    table = (tmp_path / "rep" / "transfer-tr-fgsm.md").read_text()
+    row = [c.strip() for c in next(line for line in table.splitlines() if line.startswith("| sface |")).split("|")[2:-1]]
+    assert row == [f"{cell[('fgsm', t)][m]:.4f}" for m in ("rank1", "tar") for t in ("sface", "dlib")] + \
+        [f"{cell[('fgsm', 'sface')]['mask_rate']:.4f}"]
+    assert sorted(p.name for p in (tmp_path / "rep" / "plots").glob("transfer_*.png")) == [
+        "transfer_tr_fgsm.png", "transfer_tr_solid.png"]
+    assert "Transferability heatmaps" in (tmp_path / "rep" / "index.html").read_text()
 
 
 def test_cli_verify_exits_1_on_rejection_and_eot_config_is_validated(tmp_path, capsys):
