@@ -104,9 +104,10 @@ def test_eot_lowers_random_resize_pad_robust_rank1(lfw_dir, sface):
     deployed defence, and the similarity to the clean original with it.
 
     Rank-1 is averaged over 5 deployed seeds of the defence (its expectation over the defence's randomness;
-    8 probes × 5 = 40 probe–mate pairs) with the first 300 other LFW people as distractors. Measured when written
-    (2-core CPU): rank-1 1.0 without EOT vs 0.9 with EOT×4, mean cosine to the clean original 0.642 vs 0.562. At ε=0.1
-    both rank-1s stay 1.0 (cosine 0.674 vs 0.608): the attack is too weak to move any pair below a distractor."""
+    8 probes × 5 = 40 probe–mate pairs) with the first 100 other LFW people as distractors (the gallery, embedded
+    through each deployed seed, is most of the test's time). Measured (one thread): rank-1 1.0 without EOT vs 0.825
+    with EOT×4, mean cosine to the clean original 0.636 vs 0.551; with 300 distractors 0.95 vs 0.75. ε is 0.5
+    because at ε=0.1 (measured with 300 distractors) both rank-1s stayed 1.0: too weak to move any pair."""
     import torch
 
     from attacks import create
@@ -123,7 +124,7 @@ def test_eot_lowers_random_resize_pad_robust_rank1(lfw_dir, sface):
             crops.append(crop)
             pts.append(p)
             ids.append(person.name)
-    others = [d for d in sorted((lfw_dir / "images").iterdir()) if d not in people][:300]
+    others = [d for d in sorted((lfw_dir / "images").iterdir()) if d not in people][:100]
     dist = np.stack([load_aligned(sorted(d.glob("*.jpg"))[0], marker)[0] for d in others])
     crops = np.stack(crops)
     keys = [f"{i}/{j}" for j, i in enumerate(ids)]
