@@ -350,7 +350,8 @@ def run_leaderboard(cfg: LeaderboardConfig, progress: bool = True, models: tuple
     ``cfg.mask_detector`` (library use with models outside the registry). ``outcomes``: a dict that is
     filled with every cell's per-probe outcomes, keyed ``(defence, attack, mode)`` (for bootstrap intervals).
     """
-    from attacks.pipeline import AttackJob, run_attack
+    from attacks.pipeline import AttackJob, read_rows, run_attack
+    from attacks.templates import list_faces
 
     from ..atomic import write_json
     from ..device import resolve_device
@@ -393,8 +394,10 @@ def run_leaderboard(cfg: LeaderboardConfig, progress: bool = True, models: tuple
                         "its adaptive attacks use EOT anyway", name)
     cache: dict = {}
     rows: list[dict[str, Any]] = []
+    sources = {it.key: it.source for it in list_faces(files["probes"])}    # probe key → the data set's key
 
-    def add(defence_name, d, rec, det, attack_name, mode, gradient, images, idx, skipped, variant=None, eot=None):
+    def add(defence_name, d, rec, det, attack_name, mode, gradient, images, idx, skipped, variant=None, eot=None,
+            folder=None):
         if not idx:
             raise RuntimeError(f"{attack_name} ({mode}, defence {defence_name}): no probe was attacked "
                                f"({len(skipped)} skipped: {_counts(skipped)})")
@@ -410,7 +413,8 @@ def run_leaderboard(cfg: LeaderboardConfig, progress: bool = True, models: tuple
                      "positive_pairs": cell["positive_pairs"], "negative_pairs": cell["negative_pairs"],
                      "far_resolution": cell["far_resolution"],
                      "skipped_reasons": _counts(skipped)}
-        row["raw"] = write_cell(out, len(rows), row, cell_keys, cell_ids, cell["outcomes"], cell["p_masked"])
+        made = read_rows(folder / "rows.jsonl") if folder is not None else {k: {"source": v} for k, v in sources.items()}
+        row["raw"] = write_cell(out, len(rows), row, cell_keys, cell_ids, cell["outcomes"], cell["p_masked"], made)
         rows.append(row)
 
     plain = {}
@@ -422,7 +426,7 @@ def run_leaderboard(cfg: LeaderboardConfig, progress: bool = True, models: tuple
         for spec in cfg.attacks:
             idx, images, skipped = _load_attacked(plain[spec.name], keys)
             mode = "undefended" if d is None else "non-adaptive"
-            add(name, d, rec, det, spec.name, mode, None, images, idx, skipped)
+            add(name, d, rec, det, spec.name, mode, None, images, idx, skipped, folder=plain[spec.name])
             if d is None or not spec.adaptive_for(d):
                 continue
             if not (rec.differentiable and det.differentiable):
@@ -434,7 +438,7 @@ def run_leaderboard(cfg: LeaderboardConfig, progress: bool = True, models: tuple
             idx, images, skipped = _load_attacked(folder, keys)
             add(name, d, rec, det, spec.name, "adaptive", d.gradient, images, idx, skipped,
                 attack_variant(d, eot) if stochastic[name] == d.stochastic else f"{attack_variant(d, 1)} + EOT×{eot} "
-                "(undeclared randomness)", eot)
+                "(undeclared randomness)", eot, folder)
     add_clean_cost(rows)
     data = data_record(cfg.data)
     meta = {"recognizer": fr.name, "mask_detector": md.name, "far": cfg.far,

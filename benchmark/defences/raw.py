@@ -5,7 +5,7 @@ Layout under the leaderboard's ``out/``::
     cells/NN-<defence>-<attack>-<mode>/metrics.json   the cell's metrics and counts (no clean cost)
     cells/NN-<defence>-<attack>-<mode>/per_probe.csv  key, identity, source, positive pairs, rank-1 hits,
                                                       best mate score, mate scores, best distractor score,
-                                                      rank of the best mate, P(masked)
+                                                      rank of the best mate, P(masked), PSNR, SSIM
     leaderboard.json                                  manifest: config, models, meta, cells (each with "raw")
 
 :func:`rerender` rebuilds ``leaderboard.csv``, ``.md`` and ``.html`` from ``leaderboard.json``'s meta
@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 
 PER_PROBE_FIELDS = ("key", "identity", "source", "positive_pairs", "rank1_hits", "best_mate_score", "mate_scores",
-                    "best_distractor_score", "rank", "p_masked")
+                    "best_distractor_score", "rank", "p_masked", "psnr", "ssim")
 #: row fields that are re-derived when rendering (not stored in a cell's metrics.json)
 DERIVED = ("clean_cost_rank1", "clean_cost_tar", "clean_cost_auc", "clean_cost_mask_rate")
 
@@ -68,8 +68,13 @@ def cell_folder(index: int, row: dict[str, Any]) -> str:
     return f"cells/{index:02d}-{name[:80]}"
 
 
-def per_probe_csv(keys: Sequence[str], ids: Sequence[str], outcomes, p_masked: np.ndarray | None) -> str:
-    """CSV of each probe's outcome (:class:`.bootstrap.ProbeOutcomes`); scores as exact float ``repr``."""
+def per_probe_csv(keys: Sequence[str], ids: Sequence[str], outcomes, p_masked: np.ndarray | None,
+                  attack_rows: dict[str, dict[str, Any]] | None = None) -> str:
+    """CSV of each probe's outcome (:class:`.bootstrap.ProbeOutcomes`); scores as exact float ``repr``.
+
+    ``attack_rows`` (the attack's ``rows.jsonl`` by key) give the source key and the PSNR/SSIM against the
+    attack's base image; without them (clean probes) the source is the key and PSNR/SSIM are empty.
+    """
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(PER_PROBE_FIELDS)
@@ -78,20 +83,22 @@ def per_probe_csv(keys: Sequence[str], ids: Sequence[str], outcomes, p_masked: n
         neg = outcomes.neg_scores[i]
         best = float(mates[0]) if len(mates) else None
         rank = int((neg > best).sum()) + 1 if best is not None else None
-        w.writerow([key, ident, key, int(outcomes.n_pos[i]), int(outcomes.rank1_hits[i]),
+        made = (attack_rows or {}).get(key) or {}
+        w.writerow([key, ident, made.get("source") or key, int(outcomes.n_pos[i]), int(outcomes.rank1_hits[i]),
                     "" if best is None else repr(best), ";".join(repr(float(s)) for s in mates),
                     repr(float(neg.max())), "" if rank is None else rank,
-                    "" if p_masked is None else repr(float(p_masked[i]))])
+                    "" if p_masked is None else repr(float(p_masked[i])),
+                    *("" if made.get(m) is None else repr(float(made[m])) for m in ("psnr", "ssim"))])
     return buf.getvalue()
 
 
 def write_cell(out: Path, index: int, row: dict[str, Any], keys: Sequence[str], ids: Sequence[str], outcomes,
-               p_masked: np.ndarray | None) -> str:
+               p_masked: np.ndarray | None, attack_rows: dict[str, dict[str, Any]] | None = None) -> str:
     """Write one cell's ``metrics.json`` and ``per_probe.csv``; returns its folder (relative to ``out``)."""
     from ..atomic import write_json, write_text
     folder = cell_folder(index, row)
     write_json(out / folder / "metrics.json", {k: v for k, v in row.items() if k not in DERIVED})
-    write_text(out / folder / "per_probe.csv", per_probe_csv(keys, ids, outcomes, p_masked))
+    write_text(out / folder / "per_probe.csv", per_probe_csv(keys, ids, outcomes, p_masked, attack_rows))
     return folder
 
 
@@ -137,5 +144,6 @@ def read_per_probe(path: Path) -> list[dict[str, Any]]:
             rows.append({**r, "positive_pairs": int(r["positive_pairs"]), "rank1_hits": int(r["rank1_hits"]),
                          "mate_scores": [float(s) for s in r["mate_scores"].split(";") if s],
                          "best_distractor_score": float(r["best_distractor_score"]),
-                         "p_masked": float(r["p_masked"]) if r["p_masked"] else None})
+                         "p_masked": float(r["p_masked"]) if r["p_masked"] else None,
+                         **{m: float(r[m]) if r[m] else None for m in ("psnr", "ssim")}})
     return rows
