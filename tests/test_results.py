@@ -93,11 +93,16 @@ def test_committed_defence_leaderboard_rederives(tmp_path, capsys):
     assert record["config"]["data"] == "lfw:$DATA/lfw"
     variants = {c["variant"] for c in record["cells"] if c["mode"] == "adaptive"}
     assert any("EOT×" in v for v in variants) and any("BPDA" in v for v in variants), variants
+    source: dict[str, str] = {}
     for cell in record["cells"]:
         probes = read_per_probe(DEFENCES / cell["raw"] / "per_probe.csv")
+        for p in probes:          # the data set's key of the clean image, the same in every cell
+            assert source.setdefault(p["key"], p["source"]) == p["source"] and p["source"].startswith(p["identity"])
         pos = sum(p["positive_pairs"] for p in probes)
         assert len(probes) == cell["probes"] and pos == cell["positive_pairs"], cell["raw"]
         assert sum(p["rank1_hits"] for p in probes) / pos == pytest.approx(cell["rank1"], abs=1e-9), cell["raw"]
+        adversarial = cell["attack"] in ("advnoise-dm-10", "mf2m-10+20")
+        assert all((p["psnr"] is not None and p["psnr"] > 20 and 0 < p["ssim"] <= 1) == adversarial for p in probes)
         masked = [p["p_masked"] >= 0.5 for p in probes]
         assert sum(masked) / len(masked) == pytest.approx(cell["mask_rate"], abs=1e-12), cell["raw"]
         if cell["far_resolution"] > record["config"]["far"]:      # TAR at the largest negative score
