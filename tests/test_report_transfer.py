@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
-import pytest
 
 EVIL_ATTACK = "adv<script>alert(1)</script> $\\x$"
 EVIL_TARGET = "<img src=x onerror=alert(2)>"
