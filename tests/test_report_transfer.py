@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import json
 
-
 EVIL_ATTACK = "adv<script>alert(1)</script> $\\x$"
 EVIL_TARGET = "<img src=x onerror=alert(2)>"
 
