@@ -328,6 +328,7 @@ def test_transfer_matrix_on_lfw(tmp_path, lfw_dir, capsys):
     assert "data:image/png;base64" in (out / "report.html").read_text()
     manifest = json.loads((out / "transfer.json").read_text())
     assert manifest["stage"] == "transfer" and set(manifest["models"]["targets"]) == {"sface", "dlib"}
+    assert manifest["data"]["spec"] == "folder:$DATA/images" and str(lfw_dir) not in (out / "transfer.json").read_text()
     # the white-box cell equals the engine on the cached attack images, embedded again here
     from benchmark.data.images import read_image
     from benchmark.defences.leaderboard import aligned_set, slug

@@ -266,7 +266,7 @@ def render_markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     """The leaderboard as a Markdown table with a short legend."""
     far = meta.get("far", 1e-6)
     head = ["Defence", "Attack", "Mode", "Variant", "Rank-1", f"TAR@{far:g}", "AUC", "Mask rate",
-            "Clean cost Rank-1", f"Clean cost TAR", "Clean cost AUC", "Clean cost mask rate", "Probes", "Skipped"]
+            "Clean cost Rank-1", "Clean cost TAR", "Clean cost AUC", "Clean cost mask rate", "Probes", "Skipped"]
     lines = [f"# Defence leaderboard — {meta.get('recognizer')} / {meta.get('mask_detector')}", "",
              f"Pool: {meta.get('pool')}. Rank-1, TAR and AUC come from the search stage's engine "
              "(docs/protocol.md): mates = the clean pool faces (never a probe's own original), negatives = "
@@ -407,12 +407,11 @@ def run_leaderboard(cfg: LeaderboardConfig, progress: bool = True, models: tuple
         if outcomes is not None:
             outcomes[(defence_name, attack_name, mode)] = cell["outcomes"]
         row = {"defence": defence_name, "kind": d.kind if d else "", "attack": attack_name, "mode": mode,
-                     "gradient": gradient, "variant": variant, "eot_samples": eot, "rank1": cell["rank1"],
-                     "tar": cell["tar"], "auc": cell["auc"],
-                     "mask_rate": cell["mask_rate"], "probes": cell["probes"], "skipped": len(skipped),
-                     "positive_pairs": cell["positive_pairs"], "negative_pairs": cell["negative_pairs"],
-                     "far_resolution": cell["far_resolution"],
-                     "skipped_reasons": _counts(skipped)}
+               "gradient": gradient, "variant": variant, "eot_samples": eot, "rank1": cell["rank1"],
+               "tar": cell["tar"], "auc": cell["auc"], "mask_rate": cell["mask_rate"], "probes": cell["probes"],
+               "skipped": len(skipped), "positive_pairs": cell["positive_pairs"],
+               "negative_pairs": cell["negative_pairs"], "far_resolution": cell["far_resolution"],
+               "skipped_reasons": _counts(skipped)}
         made = read_rows(folder / "rows.jsonl") if folder is not None else {k: {"source": v} for k, v in sources.items()}
         row["raw"] = write_cell(out, len(rows), row, cell_keys, cell_ids, cell["outcomes"], cell["p_masked"], made)
         rows.append(row)
