@@ -11,6 +11,7 @@ Layout of ``out/``::
     pool/probes.csv, distractors.csv, templates.csv   the seeded pool (identity,path,…)
     aligned.npz                                      clean probes + distractors, aligned (cache)
     attacks/<attack>/<defence>/                      ``mf2m attack`` outputs (resumable)
+    cells/NN-<defence>-<attack>-<mode>/              each cell's metrics.json and per_probe.csv (see :mod:`.raw`)
     leaderboard.csv, leaderboard.md, leaderboard.html, leaderboard.json (manifest + every cell with its counts)
 """
 
