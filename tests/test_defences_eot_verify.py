@@ -93,6 +93,18 @@ def test_eot_objective_is_the_mean_over_fresh_draws(sface):
     singles = [attack.objective_once(x, ref) for _ in range(3)]
     assert torch.allclose(eot, torch.stack(singles).mean(0), atol=1e-6)
     assert not torch.allclose(singles[0], singles[1])        # the draws differ
+    # the attack's gradient (one backward pass per draw) is the gradient of that mean objective, through an
+    # input transform too (here a fixed shift standing in for input diversity)
+    shift = lambda v: torch.roll(v, 3, dims=-1) * 0.9       # noqa: E731
+    for transform in (None, shift):
+        straight.rng.bit_generator.state = state
+        grad, loss = attack.gradient(x, ref, transform)
+        straight.rng.bit_generator.state = state
+        xx = x.detach().requires_grad_(True)
+        (want,) = torch.autograd.grad(attack.objective(shift(xx) if transform else xx, ref).sum(), xx)
+        straight.rng.bit_generator.state = state
+        assert torch.allclose(loss, attack.objective(shift(x) if transform else x, ref).detach(), atol=1e-6)
+        assert torch.allclose(grad, want, rtol=1e-4, atol=1e-7) and grad.abs().sum() > 0
     for bad in (0, -1, 2.5, True):
         with pytest.raises(ValueError, match="eot_samples"):
             create("advnoise-dm", fr, None, eot_samples=bad)
