@@ -123,10 +123,31 @@ class Attack:
 
         ``transform`` (e.g. input diversity) is applied to ``x`` inside the graph.
         """
-        x = x.detach().requires_grad_(True)
-        loss = self.objective(transform(x) if transform is not None else x, ref)
-        (grad,) = torch.autograd.grad(loss.sum(), x)
-        return grad, loss.detach()
+        return self.objective_gradient(x, transform if transform is not None else (lambda v: v), ref)
+
+    def objective_gradient(self, wrt: torch.Tensor, build, ref: torch.Tensor, weight: float | None = None
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(∇ Σ L(build(wrt)), L)`` with respect to ``wrt`` (images, or MF²M's kernels).
+
+        With EOT (``eot_samples`` > 1) ``build`` runs once and each draw's objective is backpropagated to its
+        input on its own, so only one draw's graph through the models is held at a time; the mean of those
+        input gradients is then carried back through ``build``: the gradient of the mean objective.
+        """
+        wrt = wrt.detach().requires_grad_(True)
+        if self.eot_samples == 1:
+            loss = self.objective_once(build(wrt), ref, weight)
+            (grad,) = torch.autograd.grad(loss.sum(), wrt)
+            return grad, loss.detach()
+        built = build(wrt)
+        inner = built.detach().requires_grad_(True)
+        grad_inner, total = torch.zeros_like(inner), torch.zeros(len(inner), device=inner.device)
+        for _ in range(self.eot_samples):
+            loss = self.objective_once(inner, ref, weight)
+            (g,) = torch.autograd.grad(loss.sum(), inner)
+            grad_inner += g
+            total += loss.detach()
+        (grad,) = torch.autograd.grad(built, wrt, grad_outputs=grad_inner / self.eot_samples)
+        return grad, total / self.eot_samples
 
     # ---------------------------------------------------------------- helpers
     @staticmethod

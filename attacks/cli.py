@@ -44,7 +44,13 @@ def register(sub, formatter_class) -> None:
                     "against a white-box recognizer and mask detector. Writes OUT/images/<identity>/<stem>.png, "
                     "OUT/regions/…, OUT/probes.csv and OUT/manifest.json; rerun the same command to resume.\n\n"
                     "Hyper-parameters default to the paper's settings; the --eps … --di-scale options override "
-                    "them for the methods they apply to.")
+                    "them for the methods they apply to.\n\n"
+                    "--eot-samples N (any adversarial method) turns on Expectation over Transformation: each "
+                    "objective is the mean of N forward passes, each drawing the models' randomness anew, for "
+                    "white-box models that are stochastic (e.g. a recognizer behind a randomized defence); "
+                    "against deterministic models it only costs N times more (a warning says so). In a `mf2m run` "
+                    "config the same setting is `eot_samples` under attack.params.<method>; `mf2m defend` "
+                    "sets it per stochastic defence (docs/defences.md).")
     p.add_argument("--method", required=True, choices=METHOD_NAMES,
                    help="solid / dm: masks only; advnoise-dm, mf2m: attacks on DM; the rest: attacks on the solid mask")
     p.add_argument("--probes", required=True,
@@ -77,6 +83,10 @@ def register(sub, formatter_class) -> None:
     group = p.add_argument_group("attack hyper-parameters (defaults: the paper's)")
     for name, (typ, text) in HYPER.items():
         group.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None, help=text)
+    group.add_argument("--eot-samples", dest="eot_samples", type=int, default=None, metavar="N",
+                       help="any adversarial method: Expectation over Transformation, the objective averaged "
+                            "over N forward passes with fresh draws of the models' randomness: 1 (off); "
+                            "20 is AutoAttack's setting against randomized defences")
     p.set_defaults(func=run)
 
 
@@ -91,6 +101,9 @@ def run(args: argparse.Namespace) -> int:
     from .masking import RegionSpec
     from .pipeline import AttackJob, run_attack
     params = {k: getattr(args, k) for k in HYPER if getattr(args, k) is not None}
+    eot = args.eot_samples
+    if eot is not None and eot < 1:
+        raise ValueError(f"--eot-samples must be ≥ 1 (1 = no EOT), not {eot}")
     if "random_start" in params:
         params["random_start"] = bool(params["random_start"])
     cls = attack_class(args.method)
@@ -99,6 +112,10 @@ def run(args: argparse.Namespace) -> int:
         wrong = sorted(k for k in params if k not in accepted)
         if wrong:
             raise ValueError(f"--method {args.method} does not take: {', '.join('--' + w.replace('_', '-') for w in wrong)}")
+    if eot is not None:
+        if cls is None:
+            raise ValueError(f"--method {args.method} is a plain mask: --eot-samples applies to adversarial methods")
+        params["eot_samples"] = eot
     job = AttackJob(method=args.method, probes=args.probes, templates=args.templates, out=args.out, fr=args.fr,
                     md=args.md, device=resolve_device(args.device), batch_size=args.batch_size, seed=args.seed,
                     params=params, mask_colour=args.mask_colour, seamless=args.seamless,
@@ -106,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
                     template_max_residual=args.template_max_residual or None, precision=args.precision)
     job.check()
     fr, md = load_models(args.fr, args.md, job.device)
+    if eot is not None and eot > 1:
+        warn_if_deterministic(fr, md, job.device, eot)
     summary = run_attack(job, fr, md, progress=not args.no_progress)
     print(json.dumps(summary["counts"]))
     return 0
@@ -123,3 +142,22 @@ def load_models(fr_name: str, md_name: str, device: str):
         if not getattr(model, "differentiable", False):
             raise ValueError(f"{what} {model.name} is not differentiable; the attacks need white-box models")
     return fr, md
+
+
+def warn_if_deterministic(fr, md, device: str, eot: int) -> bool:
+    """Log a warning when two forward passes of the white-box modules agree exactly (EOT would only repeat
+    the same pass ``eot`` times); returns whether they were deterministic."""
+    import logging
+
+    import torch
+    x = torch.rand(2, 3, 112, 112, generator=torch.Generator().manual_seed(0)).to(device)
+    same = True
+    with torch.no_grad():
+        for model in (fr, md):
+            module = model.torch_module(device).eval()
+            same = same and torch.equal(module(x), module(x))
+    if same:
+        logging.getLogger(__name__).warning(
+            "--eot-samples %d: %s and %s give identical outputs on repeated passes, so EOT averages %d copies of "
+            "the same objective (the same attack at %d× the cost)", eot, fr.name, md.name, eot, eot)
+    return same

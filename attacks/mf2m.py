@@ -116,10 +116,8 @@ class MF2M(Attack):
         inside = regions > 0
         ident = kernels.clone()
         for i in range(self.kernel_steps):
-            kernels = kernels.detach().requires_grad_(True)
-            filtered = self._render(stack, kernels, noised, inside)
-            loss = self.objective(filtered, ref, weight=self.beta)
-            (grad,) = torch.autograd.grad(loss.sum(), kernels)
+            grad, _ = self.objective_gradient(kernels, lambda k: self._render(stack, k, noised, inside), ref,
+                                              weight=self.beta)
             with torch.no_grad():
                 kernels = self._update(kernels, grad, regions, ident)
                 if trace is not None:

@@ -386,6 +386,27 @@ def test_leaderboard_end_to_end_and_resume(tmp_path, lfw_dir, sface):
     first = (out / "leaderboard.csv").read_text()
     again = run_leaderboard(cfg, progress=False, models=(sface, md))     # resumes: attacks are not redone
     assert (out / "leaderboard.csv").read_text() == first and len(again["rows"]) == 7
+    # raw outputs: each cell's metrics.json + per_probe.csv re-render the leaderboard byte for byte
+    from benchmark.defences.raw import read_per_probe, rerender
+    rerender(out, tmp_path / "again")
+    for name in ("leaderboard.csv", "leaderboard.md", "leaderboard.html"):
+        assert (tmp_path / "again" / name).read_bytes() == (out / name).read_bytes(), name
+    cells = json.loads((out / "leaderboard.json").read_text())["cells"]
+    source: dict[str, str] = {}
+    for cell in cells:
+        probes = read_per_probe(out / cell["raw"] / "per_probe.csv")
+        pos = sum(p["positive_pairs"] for p in probes)
+        assert len(probes) == cell["probes"] and pos == cell["positive_pairs"]
+        assert sum(p["rank1_hits"] for p in probes) / pos == pytest.approx(cell["rank1"], abs=1e-9)
+        for p in probes:          # the data set's key of the clean image, the same in every cell
+            assert source.setdefault(p["key"], p["source"]) == p["source"] and p["source"].startswith(p["identity"])
+        # PSNR/SSIM against the attack's base image: for the adversarial attack only (masks and clean: none)
+        adversarial = cell["attack"] == "adv"
+        assert all((p["psnr"] is not None and p["psnr"] > 20 and 0 < p["ssim"] <= 1) == adversarial for p in probes)
+    # the data set is recorded by name and listing hash, never by this machine's path
+    text = (out / "leaderboard.json").read_text()
+    assert str(lfw_dir) not in text and manifest["data"]["spec"] == f"folder:$DATA/images"
+    assert len(manifest["data"]["listing_sha256"]) == 64
 
 
 def test_config_adaptive_lists_select_defences():

@@ -73,3 +73,39 @@ def test_report_of_a_run_without_metrics_fails_and_keeps_the_report_with_numbers
     assert "no metrics" in err and "search-x/metrics.json" in err
     assert table.read_text() == "| Method | Rank-1 |\n| DM | 0.500 |\n"
     assert sorted(p.name for p in (run / "report").iterdir()) == ["table1.md"]
+
+
+DEFENCES = ROOT / "results" / "defences"
+
+
+def test_committed_defence_leaderboard_rederives(tmp_path, capsys):
+    """``mf2m defend --render results/defences --out X`` rebuilds leaderboard.csv/.md/.html byte for byte from the
+    committed cells (``cells/*/metrics.json``); every cell's ``per_probe.csv`` gives back its Rank-1, TAR and mask
+    rate; the manifest names a clean commit and the data set by name and listing hash, not by a path."""
+    from benchmark.cli import main
+    from benchmark.defences.raw import read_per_probe
+    assert main(["defend", "--render", str(DEFENCES), "--out", str(tmp_path / "again")]) == 0
+    for name in ("leaderboard.csv", "leaderboard.md", "leaderboard.html"):
+        assert (tmp_path / "again" / name).read_bytes() == (DEFENCES / name).read_bytes(), name
+    record = json.loads((DEFENCES / "leaderboard.json").read_text())
+    assert re.fullmatch(r"[0-9a-f]{40}", record["git_commit"] or ""), record["git_commit"]
+    assert record["data"]["spec"] == "lfw:$DATA/lfw" and len(record["data"]["listing_sha256"]) == 64
+    assert record["config"]["data"] == "lfw:$DATA/lfw"
+    variants = {c["variant"] for c in record["cells"] if c["mode"] == "adaptive"}
+    assert any("EOT×" in v for v in variants) and any("BPDA" in v for v in variants), variants
+    source: dict[str, str] = {}
+    for cell in record["cells"]:
+        probes = read_per_probe(DEFENCES / cell["raw"] / "per_probe.csv")
+        for p in probes:          # the data set's key of the clean image, the same in every cell
+            assert source.setdefault(p["key"], p["source"]) == p["source"] and p["source"].startswith(p["identity"])
+        pos = sum(p["positive_pairs"] for p in probes)
+        assert len(probes) == cell["probes"] and pos == cell["positive_pairs"], cell["raw"]
+        assert sum(p["rank1_hits"] for p in probes) / pos == pytest.approx(cell["rank1"], abs=1e-9), cell["raw"]
+        adversarial = cell["attack"] in ("advnoise-dm-10", "mf2m-10+20")
+        assert all((p["psnr"] is not None and p["psnr"] > 20 and 0 < p["ssim"] <= 1) == adversarial for p in probes)
+        masked = [p["p_masked"] >= 0.5 for p in probes]
+        assert sum(masked) / len(masked) == pytest.approx(cell["mask_rate"], abs=1e-12), cell["raw"]
+        if cell["far_resolution"] > record["config"]["far"]:      # TAR at the largest negative score
+            tau = max(p["best_distractor_score"] for p in probes)
+            above = sum(sum(s > tau for s in p["mate_scores"]) for p in probes)
+            assert above / pos == pytest.approx(cell["tar"], abs=1e-9), cell["raw"]

@@ -28,7 +28,9 @@ def register(sub, formatter) -> None:
                     "--verify SUBMISSION re-runs a submission (a YAML naming a defence, its pinned package version "
                     "and weight hashes, benchmark settings and the claimed row) on a pool seeded now, and accepts "
                     "the claim when it lies in the bootstrap interval (--confidence) plus the stated tolerance; "
-                    "it writes OUT/verification.json and exits 0 (verified) or 1 (rejected).")
+                    "it writes OUT/verification.json and exits 0 (verified) or 1 (rejected).\n\n"
+                    "Every cell's raw outputs are kept under OUT/cells/ (metrics.json, per_probe.csv); "
+                    "--render DIR --out X rebuilds the leaderboard files from them byte for byte.")
     p.add_argument("--config", default=None, help="leaderboard YAML (e.g. configs/defences.yaml); required unless --list")
     p.add_argument("--defence", action="append", default=[], metavar="SPEC",
                    help="add a defence (repeatable): module:callable[:k=v,...] or ENTRY_POINT[:k=v,...]")
@@ -47,6 +49,9 @@ def register(sub, formatter) -> None:
     p.add_argument("--confidence", type=float, default=0.95, help="--verify: level of the bootstrap intervals")
     p.add_argument("--bootstrap", type=int, default=2000, metavar="B",
                    help="--verify: bootstrap resamples of the probes")
+    p.add_argument("--render", default=None, metavar="DIR",
+                   help="re-render DIR's leaderboard.csv/.md/.html into --out from its raw cell outputs "
+                        "(DIR/leaderboard.json and DIR/cells/*/metrics.json); loads no model and no data")
     p.add_argument("--list", action="store_true", help="list the installed defence entry points and exit")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
@@ -61,6 +66,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.verify:
         return _verify(args)
+    if args.render:
+        from .raw import rerender
+        if not args.out:
+            raise ValueError("--render needs --out (where the re-rendered leaderboard files go)")
+        written = rerender(args.render, args.out)
+        print(f"re-rendered {', '.join(written.values())} from {args.render} → {args.out}")
+        return 0
     if not args.config:
         raise ValueError("--config is required (e.g. --config configs/defences.yaml)")
     from .api import load_defence

@@ -11,6 +11,7 @@ Layout of ``out/``::
     pool/probes.csv, distractors.csv, templates.csv   the seeded pool (identity,path,…)
     aligned.npz                                      clean probes + distractors, aligned (cache)
     attacks/<attack>/<defence>/                      ``mf2m attack`` outputs (resumable)
+    cells/NN-<defence>-<attack>-<mode>/              each cell's metrics.json and per_probe.csv (see :mod:`.raw`)
     leaderboard.csv, leaderboard.md, leaderboard.html, leaderboard.json (manifest + every cell with its counts)
 """
 
@@ -27,6 +28,7 @@ import numpy as np
 
 from .api import Defence, InputTransform, attack_variant, defend, load_defence, looks_random
 from .metrics import mask_rate, search_metrics
+from .raw import data_record, replace_strings, write_cell, write_leaderboard_files
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +216,8 @@ def evaluate_cell(fr, md, probes: np.ndarray, probe_keys: list[str], probe_ids: 
 
     A probe's key equals its clean original's key, so that original is never its mate. ``cache``
     (optional) keeps the clean and distractor features of ``fr`` between cells. ``outcomes``: also
-    return the per-probe outcomes (``cell["outcomes"]``, :func:`.bootstrap.probe_outcomes`) for intervals.
+    return the per-probe outcomes (``cell["outcomes"]``, :func:`.bootstrap.probe_outcomes`) for intervals
+    and the per-probe CSV, and the detector's ``cell["p_masked"]``.
     """
     cache = {} if cache is None else cache
     key = (fr.name, fr.weights_hash(), id(clean), id(distractors))
@@ -229,6 +232,7 @@ def evaluate_cell(fr, md, probes: np.ndarray, probe_keys: list[str], probe_ids: 
         from .bootstrap import probe_outcomes
         cell["outcomes"] = probe_outcomes(feats, probe_keys, probe_ids, clean_feats, clean_keys, clean_ids,
                                           dist_feats, far, p_masked)
+        cell["p_masked"] = p_masked
     return cell
 
 
@@ -263,7 +267,7 @@ def render_markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     """The leaderboard as a Markdown table with a short legend."""
     far = meta.get("far", 1e-6)
     head = ["Defence", "Attack", "Mode", "Variant", "Rank-1", f"TAR@{far:g}", "AUC", "Mask rate",
-            "Clean cost Rank-1", f"Clean cost TAR", "Clean cost AUC", "Clean cost mask rate", "Probes", "Skipped"]
+            "Clean cost Rank-1", "Clean cost TAR", "Clean cost AUC", "Clean cost mask rate", "Probes", "Skipped"]
     lines = [f"# Defence leaderboard — {meta.get('recognizer')} / {meta.get('mask_detector')}", "",
              f"Pool: {meta.get('pool')}. Rank-1, TAR and AUC come from the search stage's engine "
              "(docs/protocol.md): mates = the clean pool faces (never a probe's own original), negatives = "
@@ -347,9 +351,10 @@ def run_leaderboard(cfg: LeaderboardConfig, progress: bool = True, models: tuple
     ``cfg.mask_detector`` (library use with models outside the registry). ``outcomes``: a dict that is
     filled with every cell's per-probe outcomes, keyed ``(defence, attack, mode)`` (for bootstrap intervals).
     """
-    from attacks.pipeline import AttackJob, run_attack
+    from attacks.pipeline import AttackJob, read_rows, run_attack
+    from attacks.templates import list_faces
 
-    from ..atomic import write_json, write_text
+    from ..atomic import write_json
     from ..device import resolve_device
     from ..manifest import build_manifest, portable
     from ..models.landmarks import DlibLandmarker
@@ -390,22 +395,27 @@ def run_leaderboard(cfg: LeaderboardConfig, progress: bool = True, models: tuple
                         "its adaptive attacks use EOT anyway", name)
     cache: dict = {}
     rows: list[dict[str, Any]] = []
+    sources = {it.key: it.source for it in list_faces(files["probes"])}    # probe key → the data set's key
 
-    def add(defence_name, d, rec, det, attack_name, mode, gradient, images, idx, skipped, variant=None, eot=None):
+    def add(defence_name, d, rec, det, attack_name, mode, gradient, images, idx, skipped, variant=None, eot=None,
+            folder=None):
         if not idx:
             raise RuntimeError(f"{attack_name} ({mode}, defence {defence_name}): no probe was attacked "
                                f"({len(skipped)} skipped: {_counts(skipped)})")
-        cell = evaluate_cell(rec, det, images, [keys[i] for i in idx], [ids[i] for i in idx], clean, keys, ids,
-                             distractors, cfg.far, cache, device, outcomes=outcomes is not None)
+        cell_keys, cell_ids = [keys[i] for i in idx], [ids[i] for i in idx]
+        cell = evaluate_cell(rec, det, images, cell_keys, cell_ids, clean, keys, ids,
+                             distractors, cfg.far, cache, device, outcomes=True)
         if outcomes is not None:
-            outcomes[(defence_name, attack_name, mode)] = cell.pop("outcomes")
-        rows.append({"defence": defence_name, "kind": d.kind if d else "", "attack": attack_name, "mode": mode,
-                     "gradient": gradient, "variant": variant, "eot_samples": eot, "rank1": cell["rank1"],
-                     "tar": cell["tar"], "auc": cell["auc"],
-                     "mask_rate": cell["mask_rate"], "probes": cell["probes"], "skipped": len(skipped),
-                     "positive_pairs": cell["positive_pairs"], "negative_pairs": cell["negative_pairs"],
-                     "far_resolution": cell["far_resolution"],
-                     "skipped_reasons": _counts(skipped)})
+            outcomes[(defence_name, attack_name, mode)] = cell["outcomes"]
+        row = {"defence": defence_name, "kind": d.kind if d else "", "attack": attack_name, "mode": mode,
+               "gradient": gradient, "variant": variant, "eot_samples": eot, "rank1": cell["rank1"],
+               "tar": cell["tar"], "auc": cell["auc"], "mask_rate": cell["mask_rate"], "probes": cell["probes"],
+               "skipped": len(skipped), "positive_pairs": cell["positive_pairs"],
+               "negative_pairs": cell["negative_pairs"], "far_resolution": cell["far_resolution"],
+               "skipped_reasons": _counts(skipped)}
+        made = read_rows(folder / "rows.jsonl") if folder is not None else {k: {"source": v} for k, v in sources.items()}
+        row["raw"] = write_cell(out, len(rows), row, cell_keys, cell_ids, cell["outcomes"], cell["p_masked"], made)
+        rows.append(row)
 
     plain = {}
     for spec in cfg.attacks:
@@ -416,7 +426,7 @@ def run_leaderboard(cfg: LeaderboardConfig, progress: bool = True, models: tuple
         for spec in cfg.attacks:
             idx, images, skipped = _load_attacked(plain[spec.name], keys)
             mode = "undefended" if d is None else "non-adaptive"
-            add(name, d, rec, det, spec.name, mode, None, images, idx, skipped)
+            add(name, d, rec, det, spec.name, mode, None, images, idx, skipped, folder=plain[spec.name])
             if d is None or not spec.adaptive_for(d):
                 continue
             if not (rec.differentiable and det.differentiable):
@@ -428,23 +438,23 @@ def run_leaderboard(cfg: LeaderboardConfig, progress: bool = True, models: tuple
             idx, images, skipped = _load_attacked(folder, keys)
             add(name, d, rec, det, spec.name, "adaptive", d.gradient, images, idx, skipped,
                 attack_variant(d, eot) if stochastic[name] == d.stochastic else f"{attack_variant(d, 1)} + EOT×{eot} "
-                "(undeclared randomness)", eot)
+                "(undeclared randomness)", eot, folder)
     add_clean_cost(rows)
+    data = data_record(cfg.data)
     meta = {"recognizer": fr.name, "mask_detector": md.name, "far": cfg.far,
-            "pool": portable(f"{len(keys)} probes of {len(set(ids))} identities, {len(distractors)} distractors "
-                             f"from {cfg.data}", hide_temp=True),
+            "pool": f"{len(keys)} probes of {len(set(ids))} identities, {len(distractors)} distractors from "
+                    f"{data['spec']} ({data['items']} images, listing sha256 {data['listing_sha256'][:12]})",
             "far_resolution": f"{rows[0]['far_resolution']:.2g}" if rows else None}
-    write_text(out / "leaderboard.csv", render_csv(rows))
-    write_text(out / "leaderboard.md", render_markdown(rows, meta))
-    write_text(out / "leaderboard.html", render_html(rows, meta))
-    manifest = build_manifest("defend", {**asdict(cfg), "device": device},
+    outputs = write_leaderboard_files(out, rows, meta)
+    manifest = build_manifest("defend", {**asdict(cfg), "device": device}, data=data,
                               models={n: {"defence": d.record() if d else None, "fr": r.identity(), "md": m.identity()}
                                       for n, (d, r, m) in systems.items()},
                               pool={"probes": len(keys), "probes_skipped": skipped_clean,
                                     "distractors": len(distractors), "distractors_skipped": skipped_dist},
-                              meta=meta, cells=rows, outputs={"csv": "leaderboard.csv", "markdown": "leaderboard.md",
-                                                       "html": "leaderboard.html"})
-    write_json(out / "leaderboard.json", portable(manifest, hide_temp=True))     # meant to be committed: no machine paths
+                              meta=meta, cells=rows, outputs=outputs)
+    # meant to be committed: the data set's path becomes $DATA/<name>, other paths relative or $TMPDIR/…
+    manifest = replace_strings(manifest, cfg.data, data["spec"])
+    write_json(out / "leaderboard.json", portable(manifest, hide_temp=True))
     return {"rows": rows, "meta": meta, "out": str(out)}
 
 

@@ -85,10 +85,11 @@ def run_transfer(cfg: TransferConfig, progress: bool = True) -> dict[str, Any]:
 
     from ..atomic import write_json, write_text
     from ..device import resolve_device
-    from ..manifest import build_manifest
+    from ..manifest import build_manifest, portable
     from ..models.landmarks import DlibLandmarker
     from .leaderboard import _load_attacked, aligned_set, build_pool_files, create_model, slug
     from .metrics import mask_rate, search_metrics
+    from .raw import data_record, replace_strings
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -133,21 +134,24 @@ def run_transfer(cfg: TransferConfig, progress: bool = True) -> dict[str, Any]:
             if not idx:
                 raise RuntimeError(f"{spec.name} against {source}: no probe was attacked ({len(skipped)} skipped)")
             cell(spec.name, source, images, idx, skipped, md.p_masked(images))
+    data = data_record(cfg.data)
     meta = {"pool": f"{len(keys)} probes of {len(set(ids))} identities, {len(distractors)} distractors from "
-                    f"{cfg.data}", "far": far, "mask_detector": md.name, "sources": list(sources),
-            "targets": list(models)}
+                    f"{data['spec']} ({data['items']} images, listing sha256 {data['listing_sha256'][:12]})",
+            "far": far, "mask_detector": md.name, "sources": list(sources), "targets": list(models)}
     plots = write_heatmaps(rows, out / "plots")
     write_text(out / "transfer.csv", render_csv(rows))
     write_text(out / "transfer.md", render_markdown(rows, meta))
     write_text(out / "report.html", render_html(rows, meta, plots))
-    write_json(out / "transfer.json", build_manifest(
-        "transfer", {**asdict(cfg), "device": device}, meta=meta, cells=rows,
+    manifest = build_manifest(
+        "transfer", {**asdict(cfg), "device": device}, data=data, meta=meta, cells=rows,
         models={"sources": {n: m.identity() for n, m in sources.items()},
                 "targets": {n: m.identity() for n, m in models.items()}, "mask_detector": md.identity()},
         pool={"probes": len(keys), "probes_skipped": skipped_clean, "distractors": len(distractors),
               "distractors_skipped": skipped_dist},
         outputs={"csv": "transfer.csv", "markdown": "transfer.md", "html": "report.html",
-                 "plots": [str(p.relative_to(out)) for p in plots]}))
+                 "plots": [str(p.relative_to(out)) for p in plots]})
+    # the data set's path becomes $DATA/<name> (see .raw.data_record), other paths relative or $TMPDIR/…
+    write_json(out / "transfer.json", portable(replace_strings(manifest, cfg.data, data["spec"]), hide_temp=True))
     return {"rows": rows, "meta": meta, "out": str(out), "plots": plots}
 
 

@@ -21,7 +21,7 @@ from typing import Sequence
 
 from ..atomic import write_json, write_text
 from ..manifest import build_manifest, sha256_file
-from . import plots
+from . import plots, transfer
 from .collect import Entry, Metrics, discover, load_metrics
 from .html import render_page
 from .tables import Table, _slug, label, table1, table2, to_csv, to_latex, to_markdown
@@ -45,8 +45,8 @@ def collect(runs: Sequence[str]) -> list[tuple[Entry, Metrics]]:
     """Every entry of every ``--runs`` argument with its metrics (duplicates: the last one wins)."""
     seen: dict[tuple[str, str, str | None], tuple[Entry, Metrics]] = {}
     for spec in runs:
-        if (Path(spec) / "leaderboard.json").is_file():
-            continue   # a defence leaderboard (see leaderboards())
+        if (Path(spec) / "leaderboard.json").is_file() or (Path(spec) / "transfer.json").is_file():
+            continue   # a defence leaderboard (see leaderboards()) or a transfer output (see .transfer)
         for entry in discover(spec):
             seen[(entry.method, entry.eval_model, entry.attack_model)] = (entry, load_metrics(entry))
     return list(seen.values())
@@ -70,6 +70,8 @@ def build_report(runs: Sequence[str], out: str | Path, options: ReportOptions = 
     out = Path(out)
     items = collect(runs)
     boards = leaderboards(runs)
+    transfer_tables, transfer_figs = transfer.collect(runs, out / "plots")
+    boards += transfer_tables
     if not items and not boards:
         raise ValueError("no results found in --runs")
     empty = [e for e, m in items if m.rank1 is None]
@@ -95,6 +97,8 @@ def build_report(runs: Sequence[str], out: str | Path, options: ReportOptions = 
             written.append(f"{t.name}.{ext}")
         md_parts.append(to_markdown(t))
     figures = _figures(items, out, options) if items else []
+    if transfer_figs:
+        figures.append(("Transferability heatmaps", transfer_figs))
     for heading, figs in figures:
         md_parts.append(f"## {heading}\n")
         md_parts += [f"![{cap}]({png.relative_to(out).as_posix()})\n" for png, cap in figs]
@@ -215,13 +219,17 @@ def _models(items: list[tuple[Entry, Metrics]], run: str) -> dict[str, str]:
 def leaderboards(runs: Sequence[str]) -> list[Table]:
     """Defence leaderboards (``mf2m defend`` outputs: ``leaderboard.json``) found directly in ``runs``."""
     from ..defences.leaderboard import leaderboard_table
+    from ..defences.raw import rows_from_raw
     tables = []
     for spec in runs:
         path = Path(spec) / "leaderboard.json"
         if path.is_file():
             record = json.loads(path.read_text())
-            meta = record.get("meta") or _leaderboard_meta(record)
-            tables.append(leaderboard_table(record["cells"], meta))
+            if record.get("cells") and all(c.get("raw") for c in record["cells"]):
+                rows, meta = rows_from_raw(spec)          # the numbers from the cells' own metrics.json
+            else:
+                rows, meta = record["cells"], record.get("meta") or _leaderboard_meta(record)
+            tables.append(leaderboard_table(rows, meta))
     return tables
 
 
