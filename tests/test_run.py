@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 from benchmark.report.collect import read_csv_rows
-from benchmark.report.pipeline import load_config, run_pipeline, stage_key
+from benchmark.workflows.cache import stage_key
+from benchmark.workflows.config import load_config
+from benchmark.workflows.run import run_pipeline
 
 from attack_models import TinyMaskDetector, TinyRecognizer
 
@@ -114,11 +116,12 @@ def test_set_overrides_config_values(tmp_path):
 
 def test_stage_key_covers_the_stage_code(monkeypatch):
     """A change in the code implementing a stage gives new keys (stale results are never reused)."""
-    from benchmark.report import pipeline
-    assert pipeline.code_fingerprint("attack") != pipeline.code_fingerprint("search")
-    assert len(pipeline.code_fingerprint("embed")) == 64
+    from benchmark.manifest import code_fingerprint
+    from benchmark.workflows import cache
+    assert code_fingerprint("attack") != code_fingerprint("search")
+    assert len(code_fingerprint("embed")) == 64
     before = stage_key("attack", {"method": "dm"}, {"split": "1"})
-    monkeypatch.setattr(pipeline, "code_fingerprint", lambda stage: "edited")
+    monkeypatch.setattr(cache, "code_fingerprint", lambda stage: "edited")
     assert stage_key("attack", {"method": "dm"}, {"split": "1"}) != before
 
 

@@ -214,7 +214,7 @@ def _models(items: list[tuple[Entry, Metrics]], run: str) -> dict[str, str]:
 
 def leaderboards(runs: Sequence[str]) -> list[Table]:
     """Defence leaderboards (``mf2m defend`` outputs: ``leaderboard.json``) found directly in ``runs``."""
-    from ..defences.leaderboard import leaderboard_table
+    from .leaderboard import leaderboard_table
     tables = []
     for spec in runs:
         path = Path(spec) / "leaderboard.json"

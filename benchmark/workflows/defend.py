@@ -25,19 +25,17 @@ from typing import Any
 
 import numpy as np
 
-from .api import Defence, InputTransform, attack_variant, defend, load_defence, looks_random
-from .metrics import mask_rate, search_metrics
+from ..defences.api import Defence, InputTransform, attack_variant, defend, load_defence, looks_random
+from ..defences.metrics import mask_rate, search_metrics
+from ..report.leaderboard import METRICS, render_csv, render_html, render_markdown
+from .models import create_model
 
 log = logging.getLogger(__name__)
 
-ADVERSARIAL = ("advnoise-dm", "mf2m", "fgsm", "i-fgsm", "mi-fgsm", "ti-fgsm", "ti-mi-fgsm", "di2-fgsm", "m-di2-fgsm")
-METRICS = ("rank1", "tar", "auc", "mask_rate")
 #: EOT samples against stochastic defences: AutoAttack's randomized-defence setting (Croce & Hein 2020, EOT over 20)
+ADVERSARIAL = ("advnoise-dm", "mf2m", "fgsm", "i-fgsm", "mi-fgsm", "ti-fgsm", "ti-mi-fgsm", "di2-fgsm", "m-di2-fgsm")
 DEFAULT_EOT_SAMPLES = 20
-CSV_FIELDS = ("defence", "kind", "attack", "mode", "gradient", "variant", "eot_samples", "rank1", "tar", "auc",
-              "mask_rate",
-              "clean_cost_rank1", "clean_cost_tar", "clean_cost_auc", "clean_cost_mask_rate",
-              "probes", "skipped", "positive_pairs", "negative_pairs")
+
 
 
 @dataclass
@@ -132,23 +130,6 @@ def load_config(path: str | Path, **overrides: Any) -> LeaderboardConfig:
 # --------------------------------------------------------------------------------------------------
 
 
-def create_model(name: str, device: str):
-    """A recognizer or mask detector by registry name (``sface``/``mf2m-maskdet`` also without the registry)."""
-    try:
-        from ..models import registry
-    except ImportError:
-        registry = None
-    if registry is not None:
-        return registry.create(name)
-    if name == "sface":
-        from ..models.sface import SFaceRecognizer
-        return SFaceRecognizer(device=device)
-    if name == "mf2m-maskdet":
-        from ..models.mask_detector import CNNMaskDetector
-        return CNNMaskDetector(device=device)
-    raise ValueError(f"model {name!r}: the model registry is not available in this version")
-
-
 def build_pool_files(cfg: LeaderboardConfig, out: Path) -> dict[str, Path]:
     """Write the seeded pool: probes, distractors and DM templates (disjoint, distractors/templates from
     identities outside the probe set) as ``identity,path`` CSVs under ``out/pool``."""
@@ -210,11 +191,11 @@ def evaluate_cell(fr, md, probes: np.ndarray, probe_keys: list[str], probe_ids: 
                   far: float, cache: dict | None = None, device: str = "cpu", outcomes: bool = False
                   ) -> dict[str, Any]:
     """Metrics of probe images ``probes`` under ``fr``/``md``: the search stage's Rank-1/TAR/AUC with the
-    clean faces as mates and ``distractors`` as the gallery (see :mod:`.metrics`), plus the mask rate.
+    clean faces as mates and ``distractors`` as the gallery (see :mod:`benchmark.defences.metrics`), plus the mask rate.
 
     A probe's key equals its clean original's key, so that original is never its mate. ``cache``
     (optional) keeps the clean and distractor features of ``fr`` between cells. ``outcomes``: also
-    return the per-probe outcomes (``cell["outcomes"]``, :func:`.bootstrap.probe_outcomes`) for intervals.
+    return the per-probe outcomes (``cell["outcomes"]``, :func:`benchmark.defences.bootstrap.probe_outcomes`) for intervals.
     """
     cache = {} if cache is None else cache
     key = (fr.name, fr.weights_hash(), id(clean), id(distractors))
@@ -226,7 +207,7 @@ def evaluate_cell(fr, md, probes: np.ndarray, probe_keys: list[str], probe_ids: 
     p_masked = md.p_masked(probes) if md is not None else None
     cell["mask_rate"] = mask_rate(p_masked) if md is not None else None
     if outcomes:
-        from .bootstrap import probe_outcomes
+        from ..defences.bootstrap import probe_outcomes
         cell["outcomes"] = probe_outcomes(feats, probe_keys, probe_ids, clean_feats, clean_keys, clean_ids,
                                           dist_feats, far, p_masked)
     return cell
@@ -241,80 +222,6 @@ def add_clean_cost(rows: list[dict[str, Any]]) -> None:
         for m in METRICS:
             have = base is not None and ref is not None and ref.get(m) is not None and base.get(m) is not None
             row[f"clean_cost_{m}"] = (ref[m] - base[m]) if have else None
-
-
-def _fmt(v: Any, signed: bool = False) -> str:
-    if v is None:
-        return "n/a"
-    if isinstance(v, float):
-        return f"{v:+.4f}" if signed else f"{v:.4f}"
-    return str(v)
-
-
-_LEGEND = ("Mode: *non-adaptive* = attack made against the undefended models; *adaptive* = attack run through "
-           "the defence. Variant: the adaptive attack's gradient (exact, or BPDA: straight-through with the identity "
-           "or the defence's declared surrogate where it is not differentiable) and, against a stochastic defence, "
-           "EOT×N (objective averaged over N fresh draws of its randomness per step). "
-           "Clean cost = the defended system's metric on unmasked probes minus the undefended one's. "
-           "Mask rate on `clean` rows is the false-alarm rate.")
-
-
-def render_markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
-    """The leaderboard as a Markdown table with a short legend."""
-    far = meta.get("far", 1e-6)
-    head = ["Defence", "Attack", "Mode", "Variant", "Rank-1", f"TAR@{far:g}", "AUC", "Mask rate",
-            "Clean cost Rank-1", f"Clean cost TAR", "Clean cost AUC", "Clean cost mask rate", "Probes", "Skipped"]
-    lines = [f"# Defence leaderboard — {meta.get('recognizer')} / {meta.get('mask_detector')}", "",
-             f"Pool: {meta.get('pool')}. Rank-1, TAR and AUC come from the search stage's engine "
-             "(docs/protocol.md): mates = the clean pool faces (never a probe's own original), negatives = "
-             f"probe × distractor pairs. TAR resolution: {meta.get('far_resolution')} "
-             "(fewer negatives than 1/FAR: TAR is measured at the largest negative score).", "",
-             _LEGEND, "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        vals = [r["defence"], r["attack"], r["mode"], r.get("variant") or "", _fmt(r["rank1"]), _fmt(r["tar"]),
-                _fmt(r["auc"]), _fmt(r["mask_rate"])] + [_fmt(r[f"clean_cost_{m}"], True) for m in METRICS] + \
-               [str(r["probes"]), str(r["skipped"])]
-        lines.append("| " + " | ".join(v.replace("|", "\\|") for v in vals) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def leaderboard_table(rows: list[dict[str, Any]], meta: dict[str, Any]):
-    """The leaderboard as a ``benchmark.report.tables.Table`` (for the HTML report's renderer)."""
-    from ..report.tables import Column, Table
-    far = meta.get("far", 1e-6)
-    cols = [Column("Defence", "defence", "text"), Column("Attack", "attack", "text"), Column("Mode", "mode", "text"),
-            Column("Variant", "variant", "text"), Column("Rank-1", "rank1"), Column(f"TAR@{far:g}", "tar"),
-            Column("AUC", "auc"), Column("Mask rate", "mask_rate"), Column("Clean cost Rank-1", "clean_cost_rank1"),
-            Column("Clean cost TAR", "clean_cost_tar"), Column("Clean cost AUC", "clean_cost_auc"),
-            Column("Clean cost mask rate", "clean_cost_mask_rate"), Column("Probes", "probes", "int"),
-            Column("Skipped", "skipped", "int")]
-    return Table("defence-leaderboard", f"Defence leaderboard — {meta.get('recognizer')} / {meta.get('mask_detector')}",
-                 cols, rows, notes=[f"Pool: {meta.get('pool')}.", _LEGEND])
-
-
-def render_html(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
-    """A standalone HTML page of the leaderboard (the report stage's renderer, no scripts or links)."""
-    from ..report.html import render_page
-    return render_page("mf2m defence leaderboard", [], [leaderboard_table(rows, meta)], [])
-
-
-def render_csv(rows: list[dict[str, Any]]) -> str:
-    """The leaderboard rows as CSV (floats with 6 significant digits, empty = not applicable)."""
-    return rows_csv(rows, CSV_FIELDS)
-
-
-def rows_csv(rows: list[dict[str, Any]], fields: list[str]) -> str:
-    """Dict rows as CSV over ``fields`` (floats with 6 significant digits, empty = absent)."""
-    import csv
-    import io
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(fields)
-    for r in rows:
-        w.writerow(["" if r.get(f) is None else (f"{r[f]:.6g}" if isinstance(r[f], float) else r[f])
-                    for f in fields])
-    return buf.getvalue()
 
 
 # --------------------------------------------------------------------------------------------------

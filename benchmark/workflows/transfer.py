@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from .leaderboard import AttackSpec, LeaderboardConfig, rows_csv
+from ..report.leaderboard import rows_csv
+from .defend import AttackSpec, LeaderboardConfig
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +88,8 @@ def run_transfer(cfg: TransferConfig, progress: bool = True) -> dict[str, Any]:
     from ..device import resolve_device
     from ..manifest import build_manifest
     from ..models.landmarks import DlibLandmarker
-    from .leaderboard import _load_attacked, aligned_set, build_pool_files, create_model, slug
-    from .metrics import mask_rate, search_metrics
+    from .defend import _load_attacked, aligned_set, build_pool_files, create_model, slug
+    from ..defences.metrics import mask_rate, search_metrics
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ FORMAT = "mf2m.mask-eval.v1"
 def load_detector(name: str, device: str = "auto", weights: str | None = None,
                   providers: Sequence[str] = ()) -> tuple[Any, str]:
     """Build the detector ``name``; returns ``(detector, where it came from)``."""
-    from . import registry
+    from ..models import registry
     for module in providers:
         registry.add_provider(module)
     errors = registry.provider_errors()
@@ -53,7 +53,7 @@ def load_detector(name: str, device: str = "auto", weights: str | None = None,
 
 def mask_detector_names() -> list[str]:
     """Registered mask detectors (names to pass as ``--detector``)."""
-    from . import registry
+    from ..models import registry
     return [s.name for s in registry.list_models("mask-detector")]
 
 
