@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from attacks import METHODS, create
+from attacks import create, list_attacks
 from attacks.fgsm import FGSM_METHODS, gaussian_kernel
 from attacks.masking import (delaunay_mask, delaunay_triangles, piecewise_affine, polygon_mask, region_polygon,
                              solid_mask)
@@ -280,7 +280,7 @@ def test_repr_and_config(models):
     fr, md = models
     attack = create("mf2m", fr, md, kernel_steps=3)
     assert "kernel_steps=3" in repr(attack) and attack.config()["method"] == "mf2m"
-    assert set(METHODS) == {"solid", "dm", "advnoise-dm", "mf2m", *FGSM_METHODS}
+    assert set(list_attacks(builtin_only=True)) == {"solid", "dm", "advnoise-dm", "mf2m", *FGSM_METHODS}
     with pytest.raises(ValueError, match="kernel_update"):
         create("mf2m", fr, md, kernel_update="bogus")
     with pytest.raises(ValueError, match="mask"):

@@ -3,7 +3,7 @@
 Layers, lowest first (a module may import its own layer and the ones below):
 
 0. shared building blocks: ``benchmark.features``, ``benchmark.data``, ``benchmark.models`` and the small
-   utility modules (``atomic``, ``safepath``, ``manifest``, ``device``, ``yamlfile``, ``precision``)
+   utility modules (``atomic``, ``safepath``, ``manifest``, ``device``, ``yamlfile``, ``precision``, ``plugins``)
 1. stages: ``attacks``, ``benchmark.embed``, ``benchmark.search``, ``benchmark.defences``
 2. report rendering: ``benchmark.report`` (reads stage outputs, renders tables, plots and pages)
 3. workflows: ``benchmark.workflows`` (run, demo, defend, transfer, verify, mask-detector training, LFW check)
@@ -24,7 +24,7 @@ PACKAGES = ("benchmark", "attacks")
 LAYERS: dict[str, int] = {
     "benchmark.features": 0, "benchmark.data": 0, "benchmark.models": 0,
     "benchmark.atomic": 0, "benchmark.safepath": 0, "benchmark.manifest": 0, "benchmark.device": 0,
-    "benchmark.yamlfile": 0, "benchmark.precision": 0, "benchmark": 0,
+    "benchmark.yamlfile": 0, "benchmark.precision": 0, "benchmark.plugins": 0, "benchmark": 0,
     "attacks": 1, "benchmark.embed": 1, "benchmark.search": 1, "benchmark.defences": 1,
     "benchmark.report": 2,
     "benchmark.workflows": 3,

@@ -15,6 +15,9 @@ environment variable ``MF2M_WEIGHTS_<NAME>`` (upper case, non-alphanumerics as `
 ``MF2M_WEIGHTS_IRESNET50``), or a file named in the entry's ``files`` under ``$MF2M_MODELS_DIR``.
 Parametric names carry the path: ``arcface-onnx:/models/w600k_r50.onnx``, ``iresnet:backbone.pth``
 (relative paths are also looked up under ``$MF2M_MODELS_DIR``).
+
+Other packages add models through the entry-point group ``mf2m.models``: each entry names a provider
+module whose import registers its models, exactly like the built-in ones.
 """
 
 from __future__ import annotations
@@ -37,6 +40,10 @@ log = logging.getLogger(__name__)
 
 KINDS = ("recognizer", "mask-detector", "landmarker", "detector")
 MODELS_DIR_ENV = "MF2M_MODELS_DIR"
+
+#: entry-point group of other packages' provider modules, e.g. ``my-models = "my_package.models"`` (the
+#: module's import calls :func:`register`)
+ENTRY_POINT_GROUP = "mf2m.models"
 
 # Modules whose import registers models. Imported lazily, in this order; others may be added with
 # ``add_provider``. Entries a module does not register itself get a fallback from ``_fallbacks``.
@@ -123,6 +130,10 @@ def _load_providers() -> None:
     with _LOCK:
         if _LOADED:
             return
+        from ..plugins import entry_points_of
+        for ep in entry_points_of(ENTRY_POINT_GROUP).values():    # installed packages' provider modules
+            if ep.module not in PROVIDERS:
+                PROVIDERS.append(ep.module)
         for module_name in PROVIDERS:
             if module_name in _PROVIDER_ERRORS:
                 continue

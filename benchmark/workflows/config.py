@@ -17,8 +17,12 @@ CACHE_ENV = "MF2M_CACHE"
 SPLIT_PROTOCOL = 3     # 2: leftover images of probe identities are never distractors or templates;
                        # 3: templates drawn among non-probe identities, capped by data.template_share, and
                        #    leftovers removed before the distractor sample (benchmark/data/split.py)
-ALL_METHODS = ("none", "solid", "fgsm", "i-fgsm", "mi-fgsm", "ti-fgsm", "ti-mi-fgsm", "di2-fgsm", "m-di2-fgsm",
-               "dm", "advnoise-dm", "mf2m")
+
+
+def all_methods(builtin_only: bool = False) -> list[str]:
+    """``none`` (the clean probes) and every attack method of the registry (``attacks.list_attacks``)."""
+    from attacks import list_attacks
+    return ["none", *list_attacks(builtin_only)]
 
 
 @dataclass
@@ -44,7 +48,7 @@ class AttackSettings:
 
     fr: str = "sface"
     md: str = "mf2m-maskdet"
-    methods: list[str] = field(default_factory=lambda: list(ALL_METHODS))
+    methods: list[str] = field(default_factory=lambda: all_methods(builtin_only=True))
     batch_size: int = 16
     mask_colour: str = "blue"
     seed: int = 0
@@ -131,7 +135,7 @@ def load_config(path: str | os.PathLike, data: str | None = None, out: str | Non
         cfg.device = device
     if methods:
         cfg.attack.methods = list(methods)
-    known = list(ALL_METHODS)
+    known = all_methods()
     bad = [m for m in cfg.attack.methods if m not in known]
     if bad:
         raise ValueError(f"{path}: unknown method(s) {', '.join(bad)}; choose from {', '.join(known)}")

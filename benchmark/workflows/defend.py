@@ -33,7 +33,6 @@ from .models import create_model
 log = logging.getLogger(__name__)
 
 #: EOT samples against stochastic defences: AutoAttack's randomized-defence setting (Croce & Hein 2020, EOT over 20)
-ADVERSARIAL = ("advnoise-dm", "mf2m", "fgsm", "i-fgsm", "mi-fgsm", "ti-fgsm", "ti-mi-fgsm", "di2-fgsm", "m-di2-fgsm")
 DEFAULT_EOT_SAMPLES = 20
 
 
@@ -50,7 +49,8 @@ class AttackSpec:
 
     def adaptive_for(self, defence: Defence) -> bool:
         """Whether this attack gets an adaptive cell for ``defence`` (adversarial methods only)."""
-        if self.method not in ADVERSARIAL:
+        from attacks import is_adversarial
+        if not is_adversarial(self.method):
             return False
         if isinstance(self.adaptive, bool):
             return self.adaptive

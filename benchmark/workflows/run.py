@@ -150,12 +150,12 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 def attack_stage(cfg: RunConfig, method: str, split_dir: Path, folder: Path, device: str, progress: bool,
                  models: "Models") -> None:
     """``mf2m attack`` on the probe pool, then ``attacked.csv``/``mates.csv`` keyed like the clean probes."""
-    from attacks import BASE_OF
+    from attacks import base_of
     from attacks.pipeline import AttackJob, run_attack
     from attacks.templates import list_faces
     a = cfg.attack
     job = AttackJob(method=method, probes=str(split_dir / "probes.csv"),
-                    templates=str(split_dir / "templates.csv") if BASE_OF[method] == "dm" else None,
+                    templates=str(split_dir / "templates.csv") if base_of(method) == "dm" else None,
                     out=str(folder), fr=a.fr, md=a.md, device=device, batch_size=a.batch_size, seed=a.seed,
                     params=dict(a.params.get(method, {})), mask_colour=a.mask_colour, precision=a.precision)
     job.check()
