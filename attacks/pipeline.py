@@ -188,6 +188,7 @@ def process_batch(job: AttackJob, batch: list[FaceItem], attack, fr_module, md_m
     import torch
 
     from benchmark.data.images import write_png
+
     from .templates import features
     ok, clean, points, failed = aligned_batch(batch, landmarker)
     rows = [_row(batch[i], status=f"skipped:{reason}") for i, reason in failed.items()]

@@ -41,9 +41,9 @@ import json
 import os
 import re
 import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -472,16 +472,15 @@ def write_feature_file(path: str | os.PathLike, features: np.ndarray, keys: Sequ
                 raise ValueError(f"{path}: {n} feature rows but {len(values)} {name}")
             columns[name] = values
     h5py = _h5()
-    with atomic_path(path, suffix=".h5") as tmp:
-        with h5py.File(tmp, "w") as fh:
-            fh.create_dataset("features", data=feats.astype(dtype), chunks=(min(max(n, 1), 4096), dim))
-            fh.create_dataset("keys", data=np.asarray(keys, dtype=object),
-                              dtype=h5py.string_dtype("utf-8"))
-            fh.create_dataset("labels", data=labels)
-            for name, values in columns.items():
-                fh.create_dataset(name, data=np.asarray(values, dtype=object), dtype=h5py.string_dtype("utf-8"))
-            fh.attrs["model"] = model
-            fh.attrs["dim"] = dim
+    with atomic_path(path, suffix=".h5") as tmp, h5py.File(tmp, "w") as fh:
+        fh.create_dataset("features", data=feats.astype(dtype), chunks=(min(max(n, 1), 4096), dim))
+        fh.create_dataset("keys", data=np.asarray(keys, dtype=object),
+                          dtype=h5py.string_dtype("utf-8"))
+        fh.create_dataset("labels", data=labels)
+        for name, values in columns.items():
+            fh.create_dataset(name, data=np.asarray(values, dtype=object), dtype=h5py.string_dtype("utf-8"))
+        fh.attrs["model"] = model
+        fh.attrs["dim"] = dim
     return path
 
 
@@ -555,7 +554,7 @@ class FeatureSetWriter:
             self._flush(self._buffered)
         return write_manifest(self.directory, self.model, self.dim, self.shards)
 
-    def __enter__(self) -> "FeatureSetWriter":
+    def __enter__(self) -> FeatureSetWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -24,8 +24,9 @@ from __future__ import annotations
 import difflib
 import importlib
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 __all__ = ["Entry", "Registry", "entry_points_of"]
 

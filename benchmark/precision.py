@@ -62,7 +62,7 @@ class PrecisionPlan:
         return {"requested": self.requested, "precision": self.precision, "reason": self.reason,
                 "form": self.form, "device": self.device}
 
-    def fallback(self, reason: str) -> "PrecisionPlan":
+    def fallback(self, reason: str) -> PrecisionPlan:
         """The same request run in float32 instead, with ``reason`` (e.g. a model without a torch module)."""
         return PrecisionPlan(self.requested, "fp32", reason, self.device, "contiguous")
 
@@ -76,9 +76,7 @@ def plan(precision: str, device: str) -> PrecisionPlan:
     on_cuda = device.startswith("cuda")
     if resolved == "fp32":
         fmt = "channels_last" if on_cuda else "contiguous"
-    elif on_cuda:
-        fmt = "channels_last"
-    elif cpu_bf16_units():
+    elif on_cuda or cpu_bf16_units():
         fmt = "channels_last"
     else:
         fmt = "contiguous"

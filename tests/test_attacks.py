@@ -13,14 +13,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from attack_models import TinyNet
 
 from attacks import create, list_attacks
 from attacks.fgsm import FGSM_METHODS, gaussian_kernel
-from attacks.masking import (delaunay_mask, delaunay_triangles, piecewise_affine, polygon_mask, region_polygon,
-                             solid_mask)
-from attacks.mf2m import MF2M, identity_kernels, pixelwise_filter, project_simplex, shifted_stack
+from attacks.masking import (
+    delaunay_mask,
+    delaunay_triangles,
+    piecewise_affine,
+    polygon_mask,
+    region_polygon,
+    solid_mask,
+)
+from attacks.mf2m import identity_kernels, pixelwise_filter, project_simplex, shifted_stack
 from attacks.templates import to_tensor
-from attack_models import TinyNet
 
 NOISE_EPS = {"advnoise-dm": 0.04, **{m: 0.04 for m in FGSM_METHODS}}
 

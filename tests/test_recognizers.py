@@ -61,7 +61,7 @@ def pair_auc(feats: np.ndarray, labels: np.ndarray) -> float:
     return float(roc_auc_score(same, sims[iu]))
 
 
-def to_tensor(faces: np.ndarray) -> "torch.Tensor":
+def to_tensor(faces: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(faces).permute(0, 3, 1, 2).float() / 255.0
 
 

@@ -12,13 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from attack_models import TinyMaskDetector, TinyRecognizer
 
 from benchmark.report.collect import read_csv_rows
 from benchmark.workflows.cache import stage_key
 from benchmark.workflows.config import load_config
 from benchmark.workflows.run import run_pipeline
-
-from attack_models import TinyMaskDetector, TinyRecognizer
 
 
 class OtherRecognizer(TinyRecognizer):
@@ -227,8 +226,9 @@ def test_run_folder_keeps_raw_outputs_that_rederive_its_tables(first_run, tmp_pa
     """run.json names raw outputs inside the run folder; a copy without the cache re-renders identical tables."""
     import shutil
 
-    from benchmark.report.build import build_report
     from rederive import table_files
+
+    from benchmark.report.build import build_report
 
     _, cfg, _ = first_run
     out = Path(cfg.out)

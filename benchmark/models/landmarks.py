@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import FaceLandmarks, LandmarkError, Landmarker, ModelUnavailable
+from .base import FaceLandmarks, Landmarker, LandmarkError, ModelUnavailable
 
 # dlib 68-point scheme (iBUG 300-W): indices of the parts every stage needs.
 DLIB68_JAW = np.arange(0, 17)          # ear to ear along the chin, image-left first
@@ -153,6 +153,7 @@ class Insightface106Landmarker(Landmarker):
         if not self.model_path.is_file():
             raise ModelUnavailable(f"2d106 landmark model not found: {self.model_path}")
         from insightface.model_zoo.landmark import Landmark
+
         from .detection import YuNetDetector
         self._net = Landmark(model_file=str(self.model_path))
         if self._net.lmk_num != 106 or self._net.lmk_dim != 2:

@@ -18,8 +18,9 @@ from __future__ import annotations
 import math
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,7 @@ from .base import ModelUnavailable, Preprocessing, Recognizer, frozen_eval
 # --------------------------------------------------------------------------------------------------
 
 
-def load_onnx(path: str | os.PathLike) -> "Any":
+def load_onnx(path: str | os.PathLike) -> Any:
     """Read an ONNX file; a missing or unreadable file raises an error naming it."""
     import onnx
     path = Path(path)
@@ -42,7 +43,7 @@ def load_onnx(path: str | os.PathLike) -> "Any":
         raise ValueError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
 
 
-def prepare_for_runtime(model: "Any") -> "Any":
+def prepare_for_runtime(model: Any) -> Any:
     """A copy of ``model`` with a dynamic batch dimension and without graph inputs no node reads.
 
     Some exports (SFace) list their original float weights as graph inputs that no node uses;
@@ -66,13 +67,13 @@ def prepare_for_runtime(model: "Any") -> "Any":
     return model
 
 
-def graph_data_inputs(model: "Any") -> list:
+def graph_data_inputs(model: Any) -> list:
     """Graph inputs that are real data (not initialisers)."""
     initialisers = {i.name for i in model.graph.initializer}
     return [i for i in model.graph.input if i.name not in initialisers]
 
 
-def ort_session(model: "Any", device: str = "cpu", threads: int | None = None):
+def ort_session(model: Any, device: str = "cpu", threads: int | None = None):
     """An onnxruntime session for ``model`` (CUDA provider when ``device`` is CUDA and available)."""
     import onnxruntime as ort
     options = ort.SessionOptions()
@@ -221,7 +222,6 @@ def _op_clip(x, lo=None, hi=None, *, min=None, max=None, **_):  # noqa: A002 - O
 
 
 def _op_cast(x, *, to, **_):
-    import torch
     from onnx import TensorProto
     if to in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE):
         return x if x.is_floating_point() else x.float()
@@ -278,7 +278,7 @@ SUPPORTED_OPS = ("Conv", "BatchNormalization", "PRelu", "Relu", "LeakyRelu", "Si
                  "GlobalAveragePool", "MaxPool", "AveragePool", "Clip", "Cast", "Softmax")
 
 
-def fold_constants(model: "Any") -> tuple[dict[str, np.ndarray], list]:
+def fold_constants(model: Any) -> tuple[dict[str, np.ndarray], list]:
     """Evaluate every node whose inputs are all constants; return ``(constants, runtime_nodes)``.
 
     Constants are the initialisers, ``Constant`` nodes and everything computed from them alone (int8
@@ -385,7 +385,7 @@ def _graph_module_class():
                                          list(node.output), attrs))
             self.source = source
 
-        def forward(self, x: "torch.Tensor") -> "torch.Tensor":
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
             values: dict[str, Any] = {self.input_names[0]: x}
             for name, attr in self._const_attr.items():
                 values[name] = getattr(self, attr)
@@ -402,7 +402,7 @@ def _graph_module_class():
     return OnnxGraphModule
 
 
-def onnx_to_torch(model: "Any | str | os.PathLike") -> "Any":
+def onnx_to_torch(model: Any | str | os.PathLike) -> Any:
     """Convert an ONNX model (or file) into a torch module (eval mode, weights frozen)."""
     source = "<onnx>"
     if isinstance(model, (str, os.PathLike)):
@@ -447,7 +447,7 @@ def _normalised_module_class():
             self.register_buffer("mean", torch.tensor(float(mean)))
             self.register_buffer("scale", torch.tensor(255.0 / float(std)))
 
-        def forward(self, x: "torch.Tensor") -> "torch.Tensor":
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
             if self.bgr:
                 x = x.flip(1)
             x = x * self.scale - self.mean * (self.scale / 255.0)

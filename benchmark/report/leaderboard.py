@@ -31,7 +31,7 @@ def render_markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     """The leaderboard as a Markdown table with a short legend."""
     far = meta.get("far", 1e-6)
     head = ["Defence", "Attack", "Mode", "Variant", "Rank-1", f"TAR@{far:g}", "AUC", "Mask rate",
-            "Clean cost Rank-1", f"Clean cost TAR", "Clean cost AUC", "Clean cost mask rate", "Probes", "Skipped"]
+            "Clean cost Rank-1", "Clean cost TAR", "Clean cost AUC", "Clean cost mask rate", "Probes", "Skipped"]
     lines = [f"# Defence leaderboard — {meta.get('recognizer')} / {meta.get('mask_detector')}", "",
              f"Pool: {meta.get('pool')}. Rank-1, TAR and AUC come from the search stage's engine "
              "(docs/protocol.md): mates = the clean pool faces (never a probe's own original), negatives = "

@@ -8,8 +8,8 @@ output's ``images/``, ``probes.csv`` and template bank. Nothing is recomputed.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

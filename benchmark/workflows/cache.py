@@ -13,9 +13,10 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..atomic import write_json
 from ..manifest import code_fingerprint, sha256_file

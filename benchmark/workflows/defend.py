@@ -78,7 +78,7 @@ class LeaderboardConfig:
     eot_samples: int = DEFAULT_EOT_SAMPLES   # EOT draws per objective in adaptive attacks on stochastic defences
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> "LeaderboardConfig":
+    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> LeaderboardConfig:
         """Validate a parsed YAML mapping (unknown keys are errors naming ``source``)."""
         if not isinstance(raw, dict):
             raise ValueError(f"{source}: expected a mapping at the top level")

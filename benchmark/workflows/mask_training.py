@@ -11,15 +11,28 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from .mask_data import (ALIGN_VERSION, CLASSES, SOLID_COLOURS, AlignedSet, FacedSet, _balanced_subset,
-                        align_dataset, faced_mask_faces, identity_split, lfw_faces, list_dataset,
-                        solid_fill, split_indices)
+from .mask_data import (
+    ALIGN_VERSION,
+    CLASSES,
+    SOLID_COLOURS,
+    AlignedSet,
+    FacedSet,
+    _balanced_subset,
+    align_dataset,
+    faced_mask_faces,
+    identity_split,
+    lfw_faces,
+    list_dataset,
+    solid_fill,
+    split_indices,
+)
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +144,7 @@ def predict(model, faces: np.ndarray, device: str = "cpu", batch_size: int = 256
     """``p_masked`` ``(n,)`` of ``model`` (eval mode) on aligned faces."""
     import torch
 
-    from ..models.mask_detector import faces_to_tensor
+    from ..models.base import faces_to_tensor
     out = np.empty(len(faces), dtype=np.float32)
     model.eval()
     with torch.inference_mode():

@@ -15,9 +15,10 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..atomic import write_json, write_text
 from ..manifest import build_manifest, sha256_file
@@ -148,7 +149,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def attack_stage(cfg: RunConfig, method: str, split_dir: Path, folder: Path, device: str, progress: bool,
-                 models: "Models") -> None:
+                 models: Models) -> None:
     """``mf2m attack`` on the probe pool, then ``attacked.csv``/``mates.csv`` keyed like the clean probes."""
     from attacks import base_of
     from attacks.pipeline import AttackJob, run_attack
@@ -177,7 +178,7 @@ def attack_stage(cfg: RunConfig, method: str, split_dir: Path, folder: Path, dev
 
 
 def embed_stage(cfg: RunConfig, model: str, csv_path: Path, folder: Path, device: str, progress: bool,
-                models: "Models") -> None:
+                models: Models) -> None:
     """``mf2m embed`` of an aligned-crop CSV."""
     from ..embed.engine import EmbedConfig, run_embed
     run_embed(EmbedConfig(data=f"csv:{csv_path}?aligned=1", model=model, out=str(folder / "features"),
@@ -261,8 +262,8 @@ def run_pipeline(cfg: RunConfig, progress: bool = True, model_factory: Callable[
             conf = {"fars": cfg.evaluate.fars, "sizes": cfg.evaluate.distractor_sizes, "seed": cfg.data.seed}
             s = cache.run("search", f"{method} on {model}", conf,
                           {"probes": p.fingerprint, "mates": m.fingerprint, "distractors": dist.fingerprint},
-                          lambda f, p=p, m=m: search_stage(cfg, p.dir / "features", m.dir / "features",
-                                                           dist.dir / "features", f, device, progress),
+                          lambda f, p=p, m=m, d=dist: search_stage(cfg, p.dir / "features", m.dir / "features",
+                                                                 d.dir / "features", f, device, progress),
                           "metrics.json")
             kept_attack = raw.keep_attack(out, attack_dir, method) if attack_dir else None
             if kept_attack is not None:
