@@ -13,6 +13,18 @@ the ones below):
 * ``benchmark.workflows`` – ``mf2m run``/``demo``/``defend``/``transfer``, mask-detector training, the LFW
   self-check: config loading, model factory and the stage cache
 * the command line – ``benchmark.cli`` and each package's ``cli.py``
+
+``benchmark.evaluate(defence, data=…, attacks=[…])`` benchmarks a defence in one call
+(``benchmark.workflows.evaluate``); importing ``benchmark`` itself stays cheap.
 """
 
 __version__ = "0.1.0"
+__all__ = ["evaluate"]
+
+
+def __getattr__(name: str):
+    # the one-call defence benchmark, imported on first use (the package facade sits above every layer)
+    if name == "evaluate":
+        from .workflows.evaluate import evaluate
+        return evaluate
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,7 +7,8 @@ Layers, lowest first (a module may import its own layer and the ones below):
 1. stages: ``attacks``, ``benchmark.embed``, ``benchmark.search``, ``benchmark.defences``
 2. report rendering: ``benchmark.report`` (reads stage outputs, renders tables, plots and pages)
 3. workflows: ``benchmark.workflows`` (run, demo, defend, transfer, verify, mask-detector training, LFW check)
-4. the command line: ``benchmark.cli`` and every ``cli.py`` / ``*_cli.py`` module (argparse wrappers)
+4. the command line: ``benchmark.cli`` and every ``cli.py`` / ``*_cli.py`` module (argparse wrappers), and
+   the package facade ``benchmark/__init__.py`` (``benchmark.evaluate``)
 
 Every import counts: module level and inside functions, absolute and relative.
 """
@@ -24,11 +25,12 @@ PACKAGES = ("benchmark", "attacks")
 LAYERS: dict[str, int] = {
     "benchmark.features": 0, "benchmark.data": 0, "benchmark.models": 0,
     "benchmark.atomic": 0, "benchmark.safepath": 0, "benchmark.manifest": 0, "benchmark.device": 0,
-    "benchmark.yamlfile": 0, "benchmark.precision": 0, "benchmark.plugins": 0, "benchmark": 0,
+    "benchmark.yamlfile": 0, "benchmark.precision": 0, "benchmark.plugins": 0,
     "attacks": 1, "benchmark.embed": 1, "benchmark.search": 1, "benchmark.defences": 1,
     "benchmark.report": 2,
     "benchmark.workflows": 3,
     "cli": 4,
+    "benchmark": 4,            # the package facade: benchmark.evaluate (nothing imports the bare package)
 }
 
 
