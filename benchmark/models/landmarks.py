@@ -235,3 +235,16 @@ def _dlib_models():
     if not path.is_file():
         raise ModelUnavailable(f"dlib 68-point model missing at {path}: pip install face-recognition-models")
     return dlib.get_frontal_face_detector(), dlib.shape_predictor(str(path))
+
+
+def _register() -> None:
+    from .registry import adapt, dlib_file_check, register
+    register("dlib68", "landmarker", description="dlib HOG detector + 68-point shape predictor",
+             weights="shape_predictor_68_face_landmarks.dat from face-recognition-models",
+             check=dlib_file_check("shape_predictor_68_face_landmarks.dat"))(adapt(create_landmarker, name="dlib68"))
+    register("2d106", "landmarker", description="insightface 2d106det (106 points, the paper's landmarker) + YuNet boxes",
+             weights="user ONNX", needs_weights=True, files=("2d106det.onnx", "buffalo_l/2d106det.onnx"),
+             how_to_get="2d106det.onnx is in insightface's buffalo_l model pack.")(adapt(create_landmarker, name="2d106"))
+
+
+_register()
