@@ -29,9 +29,9 @@ __all__ = ["PRECISIONS", "PrecisionPlan", "attack_plan", "plan", "reduce_module"
 
 #: reduced precisions that ``--precision auto`` may pick for the attacks: only those shown to keep the
 #: attack's outcome (mean SFace cosine, mask detection rate, PSNR) at the paper's settings; see
-#: BENCHMARKS.md ("Attack precision"). Empty: in bf16, MF²M's PSNR moved by −0.14 dB (bound 0.1) on the
-#: 4 LFW probes measured, AdvNoise-DM stayed within the bounds on 8 (of the 40 the issue asks for), and
-#: fp16 parity on a GPU is not measured, so ``auto`` keeps the attacks in float32.
+#: BENCHMARKS.md ("Attack precision"). Empty: bf16 has not been shown to keep the outcome (BENCHMARKS.md
+#: gives the measured differences) and fp16 parity on a GPU is not measured, so ``auto`` keeps the attacks
+#: in float32.
 ATTACK_AUTO_REDUCED: frozenset[str] = frozenset()
 
 

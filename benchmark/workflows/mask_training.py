@@ -339,7 +339,7 @@ def render_card(report: dict[str, Any], weights_name: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Faced-mask-aware retraining (`mf2m train-mask-detector --with-faced-masks`, issue 7)
+# Faced-mask-aware retraining (`mf2m train-mask-detector --with-faced-masks`)
 # ----------------------------------------------------------------------------------------------------
 
 def _rates(model, sets: dict[str, tuple[np.ndarray, int]], device: str) -> dict[str, dict[str, Any]]:
