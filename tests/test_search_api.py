@@ -73,3 +73,18 @@ def test_evaluate_checks_its_inputs():
     with pytest.raises(ValueError):
         evaluate(probes=bad, mates=M, distractors=D, probe_keys=pk, mate_keys=mk, probe_identities=pid,
                  mate_identities=mid)
+
+
+def test_evaluate_agrees_with_the_defence_cells_search_metrics():
+    """The leaderboard's in-memory cell metrics (``defences.metrics.search_metrics``) are the same numbers."""
+    from benchmark.defences.metrics import search_metrics
+    from benchmark.search import evaluate
+    (P, pk, pid), (M, mk, mid), D = _problem(5, n_d=300)
+    pk = [k.rsplit(".", 1)[0] for k in pk]                    # search_metrics compares keys as given
+    mk = [k.rsplit(".", 1)[0] for k in mk]
+    cell = search_metrics(P, pk, pid, M, mk, mid, D, far=1e-2)
+    result = evaluate(probes=P, mates=M, distractors=D, probe_keys=pk, mate_keys=mk, probe_identities=pid,
+                      mate_identities=mid, fars=[1e-2])
+    assert (result.rank1, result.tar_at_far[1e-2], result.thresholds[1e-2], result.auc) == \
+        (cell["rank1"], cell["tar"], cell["threshold"], cell["auc"])
+    assert result.counts["positive_pairs"] == cell["positive_pairs"]
