@@ -104,6 +104,23 @@ def typed_section(cls, raw: dict[str, Any] | None, where: str):
     return cls(**raw)
 
 
+def read_config(path: str | os.PathLike, what: str = "config", overrides: list[str] | None = None) -> dict[str, Any]:
+    """The top-level mapping of a YAML config file, with ``--set`` overrides (``SECTION.KEY=VALUE``) applied."""
+    from ..yamlfile import read_yaml_mapping
+    raw = read_yaml_mapping(Path(path), what)
+    for item in overrides or ():
+        _apply_override(raw, item, Path(path))
+    return raw
+
+
+def check_attack(method: str, params: dict[str, Any] | None, where: str) -> None:
+    """An attack method of the registry with hyper-parameters its class takes (errors name ``where``)."""
+    from attacks import ATTACKS, check_params, list_attacks
+    if method not in ATTACKS:
+        raise ValueError(f"{where}: unknown attack method {method!r}; choose from {', '.join(list_attacks())}")
+    check_params(method, params or {}, where)
+
+
 def load_config(path: str | os.PathLike, data: str | None = None, out: str | None = None,
                 device: str | None = None, methods: list[str] | None = None,
                 overrides: list[str] | None = None) -> RunConfig:
@@ -112,11 +129,8 @@ def load_config(path: str | os.PathLike, data: str | None = None, out: str | Non
     ``overrides`` are ``SECTION.KEY=VALUE`` strings (VALUE parsed as YAML), e.g. ``data.identities=20``
     or ``attack.params={mf2m: {kernel_steps: 80}}``; they are applied before validation.
     """
-    from ..yamlfile import read_yaml_mapping
     path = Path(path)
-    raw = read_yaml_mapping(path, "config")
-    for item in overrides or ():
-        _apply_override(raw, item, path)
+    raw = read_config(path, "config", overrides)
     sections = {"data": DataConfig, "attack": AttackSettings, "evaluate": EvalSettings, "report": ReportSettings}
     top = {k: v for k, v in raw.items() if k not in sections}
     unknown = sorted(set(top) - {"name", "out", "cache", "device"})
@@ -139,12 +153,11 @@ def load_config(path: str | os.PathLike, data: str | None = None, out: str | Non
     bad = [m for m in cfg.attack.methods if m not in known]
     if bad:
         raise ValueError(f"{path}: unknown method(s) {', '.join(bad)}; choose from {', '.join(known)}")
-    from attacks import check_params
     for method, params in cfg.attack.params.items():
         if method not in known or method == "none":
             raise ValueError(f"{path}: attack.params: unknown method {method!r}; choose from "
                              f"{', '.join(known[1:])}")
-        check_params(method, params or {}, f"{path}: attack.params.{method}")
+        check_attack(method, params, f"{path}: attack.params.{method}")
     if not cfg.evaluate.models:
         raise ValueError(f"{path}: evaluate.models is empty")
     if cfg.report.far not in cfg.evaluate.fars:

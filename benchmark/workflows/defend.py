@@ -28,6 +28,7 @@ import numpy as np
 from ..defences.api import Defence, InputTransform, attack_variant, defend, load_defence, looks_random
 from ..defences.metrics import mask_rate, search_metrics
 from ..report.leaderboard import METRICS, render_csv, render_html, render_markdown
+from .config import check_attack
 from .models import create_model
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,7 @@ class LeaderboardConfig:
             if not isinstance(ad, bool) and not (isinstance(ad, list) and all(isinstance(x, str) for x in ad)):
                 raise ValueError(f"{source}: attacks[{i}].adaptive must be true, false or a list of defence names, "
                                  f"got {ad!r}")
+            check_attack(a["method"], a.get("params"), f"{source}: attacks[{i}]")
             attacks.append(AttackSpec(**a))
         if not attacks:
             raise ValueError(f"{source}: list at least one attack under 'attacks'")
@@ -115,9 +117,9 @@ class LeaderboardConfig:
 
 def load_config(path: str | Path, **overrides: Any) -> LeaderboardConfig:
     """Read a leaderboard YAML file; non-None ``overrides`` replace its keys (``defences`` are appended)."""
-    from ..yamlfile import read_yaml_mapping
+    from .config import read_config
     path = Path(path)
-    raw = read_yaml_mapping(path, "leaderboard config")
+    raw = read_config(path, "leaderboard config")
     extra = overrides.pop("defences", None) or []
     raw = {**raw, **{k: v for k, v in overrides.items() if v is not None}}
     if extra:
