@@ -1,4 +1,4 @@
-"""Rendering of the defence leaderboard rows: Markdown, CSV and a standalone HTML page."""
+"""The defence leaderboard rows: their clean-cost columns and their rendering (Markdown, CSV, HTML page)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,17 @@ CSV_FIELDS = ("defence", "kind", "attack", "mode", "gradient", "variant", "eot_s
               "mask_rate",
               "clean_cost_rank1", "clean_cost_tar", "clean_cost_auc", "clean_cost_mask_rate",
               "probes", "skipped", "positive_pairs", "negative_pairs")
+
+
+def add_clean_cost(rows: list[dict[str, Any]]) -> None:
+    """Fill ``clean_cost_*``: the defence's clean metric minus the undefended system's (same pool)."""
+    base = next((r for r in rows if r["defence"] == "none" and r["attack"] == "clean"), None)
+    clean = {r["defence"]: r for r in rows if r["attack"] == "clean"}
+    for row in rows:
+        ref = clean.get(row["defence"])
+        for m in METRICS:
+            have = base is not None and ref is not None and ref.get(m) is not None and base.get(m) is not None
+            row[f"clean_cost_{m}"] = (ref[m] - base[m]) if have else None
 
 
 def _fmt(v: Any, signed: bool = False) -> str:

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..defences.api import Defence, InputTransform, attack_variant, defend, load_defence, looks_random
 from ..defences.metrics import mask_rate, search_metrics
-from ..report.leaderboard import METRICS, render_csv, render_html, render_markdown
+from ..report.leaderboard import add_clean_cost, render_csv, render_html, render_markdown
 from .config import check_attack
 from .models import create_model
 
@@ -213,17 +213,6 @@ def evaluate_cell(fr, md, probes: np.ndarray, probe_keys: list[str], probe_ids: 
         cell["outcomes"] = probe_outcomes(feats, probe_keys, probe_ids, clean_feats, clean_keys, clean_ids,
                                           dist_feats, far, p_masked)
     return cell
-
-
-def add_clean_cost(rows: list[dict[str, Any]]) -> None:
-    """Fill ``clean_cost_*``: the defence's clean metric minus the undefended system's (same pool)."""
-    base = next((r for r in rows if r["defence"] == "none" and r["attack"] == "clean"), None)
-    clean = {r["defence"]: r for r in rows if r["attack"] == "clean"}
-    for row in rows:
-        ref = clean.get(row["defence"])
-        for m in METRICS:
-            have = base is not None and ref is not None and ref.get(m) is not None and base.get(m) is not None
-            row[f"clean_cost_{m}"] = (ref[m] - base[m]) if have else None
 
 
 # --------------------------------------------------------------------------------------------------
