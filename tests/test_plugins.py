@@ -142,3 +142,44 @@ def test_registry_lazy_entries_duplicates_and_unknown_names():
         reg.register("square", "json:loads")
     with pytest.raises(ValueError, match="did you mean 'square'"):
         reg.entry("sqare")
+
+
+TOY_MODELS = '''
+"""A provider module of another package: importing it registers a recognizer."""
+import numpy as np
+from benchmark.models.registry import register
+
+
+@register("toy-rec", kind="recognizer", description="a 4-D colour-mean recognizer (plug-in test)")
+class ToyRecognizer:
+    name, dim = "toy-rec", 4
+
+    def __init__(self, device="cpu"):
+        self.device = device
+
+    def embed(self, faces):
+        x = np.asarray(faces, np.float32).mean(axis=(1, 2))
+        return np.concatenate([x, np.ones((len(x), 1), np.float32)], axis=1)
+'''
+
+
+def test_third_party_models_come_from_entry_points(tmp_path):
+    site = tmp_path / "site"
+    (site / "toy_mf2m_models").mkdir(parents=True)
+    (site / "toy_mf2m_models" / "__init__.py").write_text(TOY_MODELS)
+    info = site / "toy_mf2m_models-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-mf2m-models\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[mf2m.models]\ntoy = toy_mf2m_models\n")
+    code = textwrap.dedent("""
+        import numpy as np
+        from benchmark.models import registry
+        assert "toy-rec" in [s.name for s in registry.list_models("recognizer")]
+        model = registry.create("toy-rec", device="cpu")
+        assert model.embed(np.zeros((2, 112, 112, 3), np.uint8)).shape == (2, 4)
+        print("ok")
+    """)
+    res = _run(["-c", code], site, tmp_path)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-3000:]
+    listing = _run(["-m", "benchmark.cli", "models", "--kind", "recognizer"], site, tmp_path)
+    assert listing.returncode == 0 and "toy-rec" in listing.stdout, listing.stderr[-2000:]
