@@ -32,7 +32,7 @@ STAGE_CODE: dict[str, tuple[str, ...]] = {
     "split": ("benchmark/data",),
     "attack": ("attacks", "benchmark/models", "benchmark/data"),
     "embed": ("benchmark/embed", "benchmark/models", "benchmark/data"),
-    "search": ("benchmark/search", "benchmark/features.py"),
+    "search": ("benchmark/search", "benchmark/features"),
 }
 
 
