@@ -13,33 +13,67 @@ from __future__ import annotations
 
 from typing import Any
 
-#: every ``--method`` of ``mf2m attack``: name → (module, class name or None for the non-adversarial masks)
-METHODS: dict[str, tuple[str, str | None]] = {
-    "solid": ("attacks.masking", None),
-    "dm": ("attacks.masking", None),
-    "advnoise-dm": ("attacks.advnoise", "AdvNoise"),
-    "mf2m": ("attacks.mf2m", "MF2M"),
-    "fgsm": ("attacks.fgsm", "FGSM"),
-    "i-fgsm": ("attacks.fgsm", "IFGSM"),
-    "mi-fgsm": ("attacks.fgsm", "MIFGSM"),
-    "ti-fgsm": ("attacks.fgsm", "TIFGSM"),
-    "ti-mi-fgsm": ("attacks.fgsm", "TIMIFGSM"),
-    "di2-fgsm": ("attacks.fgsm", "DI2FGSM"),
-    "m-di2-fgsm": ("attacks.fgsm", "MDI2FGSM"),
-}
+from benchmark.plugins import Registry
 
-#: which masked image each method starts from
-BASE_OF = {"solid": "solid", "dm": "dm", "advnoise-dm": "dm", "mf2m": "dm",
-           **{m: "solid" for m in ("fgsm", "i-fgsm", "mi-fgsm", "ti-fgsm", "ti-mi-fgsm", "di2-fgsm", "m-di2-fgsm")}}
+__all__ = ["ATTACKS", "attack_class", "base_of", "check_params", "create", "is_adversarial", "list_attacks",
+           "register"]
+
+#: every ``--method`` of ``mf2m attack``: the built-ins below, then those of installed packages (entry-point
+#: group ``mf2m.attacks``, each naming an :class:`attacks.base.Attack` subclass)
+ATTACKS = Registry("attack method", group="mf2m.attacks")
+
+
+def register(name: str, target: Any = None, *, base: str | None = None, replace: bool = False):
+    """Register an attack class under ``name`` (a decorator without ``target``).
+
+    ``base`` is the masked image the attack starts from: ``"solid"`` (a solid-colour mask) or ``"dm"``
+    (a faced mask cut from a template); by default the class's ``base`` attribute.
+    """
+    if base is not None and base not in ("solid", "dm"):
+        raise ValueError(f"attack {name!r}: base must be 'solid' or 'dm', not {base!r}")
+    info = {"base": base} if base else {}
+    return ATTACKS.register(name, target, replace=replace, **info)
+
+
+# the plain masks, then the attacks in the order of the paper's tables
+ATTACKS.register("solid", "attacks.masking:solid_mask", base="solid", mask=True)
+for _name, _cls in (("fgsm", "FGSM"), ("i-fgsm", "IFGSM"), ("mi-fgsm", "MIFGSM"), ("ti-fgsm", "TIFGSM"),
+                    ("ti-mi-fgsm", "TIMIFGSM"), ("di2-fgsm", "DI2FGSM"), ("m-di2-fgsm", "MDI2FGSM")):
+    register(_name, f"attacks.fgsm:{_cls}", base="solid")
+ATTACKS.register("dm", "attacks.masking:delaunay_mask", base="dm", mask=True)
+register("advnoise-dm", "attacks.advnoise:AdvNoise", base="dm")
+register("mf2m", "attacks.mf2m:MF2M", base="dm")
+del _name, _cls
+
+
+def list_attacks(builtin_only: bool = False) -> list[str]:
+    """Every ``--method`` name: built-ins first, then installed plug-ins (``builtin_only``: built-ins only)."""
+    return ATTACKS.names(builtin_only)
 
 
 def attack_class(method: str):
-    """The attack class of an adversarial ``method`` (``None`` for ``solid`` and ``dm``)."""
-    import importlib
-    if method not in METHODS:
-        raise ValueError(f"unknown attack method {method!r}; choose from {', '.join(METHODS)}")
-    module, cls = METHODS[method]
-    return getattr(importlib.import_module(module), cls) if cls else None
+    """The attack class of an adversarial ``method`` (``None`` for the plain masks ``solid`` and ``dm``)."""
+    entry = ATTACKS.entry(method)
+    if entry.info.get("mask"):
+        return None
+    cls = entry.load()
+    if not isinstance(cls, type) or not callable(getattr(cls, "forward", None)):
+        raise ValueError(f"attack {method!r} ({entry.origin}) is {cls!r}, not an attacks.base.Attack subclass")
+    return cls
+
+
+def base_of(method: str) -> str:
+    """The masked image ``method`` starts from: ``"solid"`` or ``"dm"``."""
+    entry = ATTACKS.entry(method)
+    base = entry.info.get("base") or getattr(attack_class(method), "base", "solid")
+    if base not in ("solid", "dm"):
+        raise ValueError(f"attack {method!r} ({entry.origin}): base must be 'solid' or 'dm', not {base!r}")
+    return base
+
+
+def is_adversarial(method: str) -> bool:
+    """Whether ``method`` is an attack on the models (not a plain mask)."""
+    return not ATTACKS.entry(method).info.get("mask")
 
 
 def check_params(method: str, params: dict[str, Any], where: str = "") -> None:

@@ -19,7 +19,8 @@ and the perturbation never leaves the region: pixels outside it are returned unc
 from __future__ import annotations
 
 import zlib
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F

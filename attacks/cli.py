@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-METHOD_NAMES = ("solid", "dm", "advnoise-dm", "mf2m", "fgsm", "i-fgsm", "mi-fgsm", "ti-fgsm", "ti-mi-fgsm",
-                "di2-fgsm", "m-di2-fgsm")
-
 # --option → (attack keyword, type, help). Only options given on the command line are passed on.
 HYPER = {
     "eps": (float, "L∞ bound of the noise (images in [0,1]); advnoise-dm and FGSM family: 0.04"),
@@ -44,15 +41,19 @@ def register(sub, formatter_class) -> None:
                     "against a white-box recognizer and mask detector. Writes OUT/images/<identity>/<stem>.png, "
                     "OUT/regions/…, OUT/probes.csv and OUT/manifest.json; rerun the same command to resume.\n\n"
                     "Hyper-parameters default to the paper's settings; the --eps … --di-scale options override "
-                    "them for the methods they apply to.\n\n"
+                    "them for the methods they apply to.
+
+"
                     "--eot-samples N (any adversarial method) turns on Expectation over Transformation: each "
                     "objective is the mean of N forward passes, each drawing the models' randomness anew, for "
                     "white-box models that are stochastic (e.g. a recognizer behind a randomized defence); "
                     "against deterministic models it only costs N times more (a warning says so). In a `mf2m run` "
                     "config the same setting is `eot_samples` under attack.params.<method>; `mf2m defend` "
                     "sets it per stochastic defence (docs/defences.md).")
-    p.add_argument("--method", required=True, choices=METHOD_NAMES,
-                   help="solid / dm: masks only; advnoise-dm, mf2m: attacks on DM; the rest: attacks on the solid mask")
+    from attacks import list_attacks
+    p.add_argument("--method", required=True, choices=list_attacks(),
+                   help="solid / dm: masks only; advnoise-dm, mf2m: attacks on DM; the FGSM family: attacks on the "
+                        "solid mask; further methods come from installed packages (entry points mf2m.attacks)")
     p.add_argument("--probes", required=True,
                    help="face folder (root/<identity>/<image>) or identity,path CSV; 112×112 images are taken "
                         "as aligned, others are detected and aligned")

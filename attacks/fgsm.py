@@ -18,7 +18,6 @@ M-DI²-FGSM     40     1         –                p = 0.5
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 

@@ -9,7 +9,7 @@ about as much as one extra element-wise pass. Outside the region the kernels sta
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

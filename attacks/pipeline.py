@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from . import BASE_OF, METHODS, attack_class, check_params
+from . import ATTACKS, attack_class, base_of, check_params, list_attacks
 from .masking import MASK_COLOURS, RegionSpec, delaunay_mask, solid_mask
 from .templates import MAX_ALIGNMENT_RESIDUAL, FaceItem, TemplateBank, aligned_batch, list_faces, to_tensor
 
@@ -69,9 +69,9 @@ class AttackJob:
 
     def check(self) -> None:
         """Reject impossible settings with a clear message."""
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
-        if BASE_OF[self.method] == "dm" and not self.templates:
+        if self.method not in ATTACKS:
+            raise ValueError(f"unknown method {self.method!r}; choose from {', '.join(list_attacks())}")
+        if base_of(self.method) == "dm" and not self.templates:
             raise ValueError(f"--method {self.method} needs --templates DIR (the faces DM cuts masks from)")
         for what, path in (("--probes", self.probes), ("--templates", self.templates)):
             if path and not Path(path).exists():
@@ -140,7 +140,7 @@ def run_attack(job: AttackJob, fr, md, landmarker=None, progress: bool = True) -
         log.info("attack %s: FR+MD forward+backward in %s (--precision %s: %s); images, updates and "
                  "projections in float32", job.method, attack.precision.form, job.precision, attack.precision.reason)
     bank = None
-    if BASE_OF[job.method] == "dm":
+    if base_of(job.method) == "dm":
         bank = TemplateBank.build(job.templates, fr_module, f"{fr.name}:{fr.weights_hash()}",
                                   out / "template_bank.npz", landmarker, job.device, job.batch_size,
                                   progress=(lambda it, **kw: tqdm(it, **kw)) if progress else None,
@@ -188,6 +188,7 @@ def process_batch(job: AttackJob, batch: list[FaceItem], attack, fr_module, md_m
     import torch
 
     from benchmark.data.images import write_png
+
     from .templates import features
     ok, clean, points, failed = aligned_batch(batch, landmarker)
     rows = [_row(batch[i], status=f"skipped:{reason}") for i, reason in failed.items()]
@@ -201,7 +202,7 @@ def process_batch(job: AttackJob, batch: list[FaceItem], attack, fr_module, md_m
         templates, tsims = [bank.keys[b] for b in best], [float(s) for s in sims]
     bases, regions = [], []
     for j in range(len(ok)):
-        if BASE_OF[job.method] == "dm":
+        if base_of(job.method) == "dm":
             b = best[j]
             img, reg = delaunay_mask(clean[j], points[j], bank.faces[b], bank.points[b], spec=job.region,
                                      seamless=job.seamless)
@@ -223,7 +224,7 @@ def process_batch(job: AttackJob, batch: list[FaceItem], attack, fr_module, md_m
     cos = (feats * ref_feats).sum(axis=1)
     p_masked = (mask_probability(md_module, final, job.device, job.batch_size) if md_module is not None
                 else np.full(len(final), np.nan))
-    reference = BASE_OF[job.method] if attack is not None else ""
+    reference = base_of(job.method) if attack is not None else ""
     for j, i in enumerate(ok):
         write_png(out / "images" / f"{keys[j]}.png", final[j])
         write_png(out / "regions" / f"{keys[j]}.png", regions_arr[j] * 255)

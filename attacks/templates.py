@@ -17,9 +17,9 @@ import csv
 import hashlib
 import json
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -193,7 +193,7 @@ class TemplateBank:
     def build(cls, source: str | os.PathLike, fr_module, fr_id: str, cache: str | os.PathLike | None,
               landmarker, device: str = "cpu", batch_size: int = 64,
               progress: Callable | None = None,
-              max_residual: float | None = MAX_ALIGNMENT_RESIDUAL) -> "TemplateBank":
+              max_residual: float | None = MAX_ALIGNMENT_RESIDUAL) -> TemplateBank:
         """Load (or build and cache) the bank of ``source`` for the recognizer identified by ``fr_id``.
 
         Templates whose ``alignment_errors`` exceed ``max_residual`` pixels (``None``: no filter)
@@ -237,14 +237,13 @@ class TemplateBank:
     def save(self, path: str | os.PathLike, signature: str) -> None:
         """Write the bank atomically as ``.npz`` with its signature."""
         from benchmark.atomic import atomic_path
-        with atomic_path(path, suffix=".npz") as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, keys=np.array(self.keys), identities=np.array(self.identities), faces=self.faces,
-                         points=self.points, feats=self.feats, signature=np.array(signature),
-                         skipped=np.array(json.dumps(self.skipped)))
+        with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, keys=np.array(self.keys), identities=np.array(self.identities), faces=self.faces,
+                     points=self.points, feats=self.feats, signature=np.array(signature),
+                     skipped=np.array(json.dumps(self.skipped)))
 
     @classmethod
-    def load(cls, path: str | os.PathLike, signature: str) -> "TemplateBank | None":
+    def load(cls, path: str | os.PathLike, signature: str) -> TemplateBank | None:
         """The cached bank, or ``None`` when the cache was built from other files or another recognizer."""
         with np.load(path, allow_pickle=False) as z:
             if str(z["signature"]) != signature:

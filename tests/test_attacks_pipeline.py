@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from attack_models import TinyMaskDetector, TinyRecognizer
+
 from attacks.pipeline import AttackJob, run_attack
 from attacks.templates import list_faces, load_aligned
 from benchmark.data.images import read_image, write_png

@@ -322,7 +322,8 @@ def test_cell_metrics_come_from_the_search_engine_and_match_a_brute_force():
 def test_leaderboard_cells_on_real_masked_faces(faces, sface):
     """Cells on real faces: solid masks cost SFace accuracy, the clean cost of a defence is computed, tables render."""
     from attacks.masking import solid_mask
-    from benchmark.defences.leaderboard import add_clean_cost, evaluate_cell, render_csv, render_markdown
+    from benchmark.report.leaderboard import render_csv, render_markdown
+    from benchmark.workflows.defend import add_clean_cost, evaluate_cell
     crops, points, ids = faces
     masked = np.stack([solid_mask(c, p)[0] for c, p in zip(crops, points)])
     keys = [f"{n}/{i}" for i, n in enumerate(ids)]
@@ -357,7 +358,7 @@ def test_leaderboard_end_to_end_and_resume(tmp_path, lfw_dir, sface):
     here; the default detector's weights are not needed to check the orchestration)."""
     import torch
 
-    from benchmark.defences.leaderboard import LeaderboardConfig, run_leaderboard
+    from benchmark.workflows.defend import LeaderboardConfig, run_leaderboard
     from benchmark.models.mask_detector import CNNMaskDetector, build_masknet, save_weights
     torch.manual_seed(0)
     save_weights(tmp_path / "md.pt", build_masknet(), {"note": "random init, orchestration test"})
@@ -387,7 +388,8 @@ def test_leaderboard_end_to_end_and_resume(tmp_path, lfw_dir, sface):
     again = run_leaderboard(cfg, progress=False, models=(sface, md))     # resumes: attacks are not redone
     assert (out / "leaderboard.csv").read_text() == first and len(again["rows"]) == 7
     # raw outputs: each cell's metrics.json + per_probe.csv re-render the leaderboard byte for byte
-    from benchmark.defences.raw import read_per_probe, rerender
+    from benchmark.defences.raw import read_per_probe
+    from benchmark.report.leaderboard import rerender
     rerender(out, tmp_path / "again")
     for name in ("leaderboard.csv", "leaderboard.md", "leaderboard.html"):
         assert (tmp_path / "again" / name).read_bytes() == (out / name).read_bytes(), name
@@ -411,7 +413,7 @@ def test_leaderboard_end_to_end_and_resume(tmp_path, lfw_dir, sface):
 
 def test_config_adaptive_lists_select_defences():
     """``adaptive: [names]`` runs an attack adaptively only through those defences; masks never adaptively."""
-    from benchmark.defences.leaderboard import LeaderboardConfig
+    from benchmark.workflows.defend import LeaderboardConfig
     cfg = LeaderboardConfig.from_dict({"data": "folder:x", "out": "o", "attacks": [
         "dm", {"name": "a", "method": "advnoise-dm", "adaptive": ["jpeg", "median-blur[apply_to=both,k=5]"]},
         {"name": "b", "method": "mf2m", "adaptive": False}, {"name": "c", "method": "i-fgsm"}]})
@@ -437,7 +439,7 @@ def test_train_mask_detector_with_faced_masks_tiny(shared_dir, lfw_dir, tmp_path
 
     from benchmark.cli import main
     from benchmark.models.mask_detector import load_weights
-    from benchmark.models.mask_training import faced_mask_faces
+    from benchmark.workflows.mask_training import faced_mask_faces
     facemask = shared_dir / "data" / "facemask"
     if not (facemask / "with_mask").is_dir():
         pytest.skip("../shared/data/facemask is not present")

@@ -17,7 +17,7 @@ import yaml
 from benchmark.defences.api import attack_variant, load_defence, looks_random
 from benchmark.defences.bootstrap import bootstrap, probe_outcomes
 from benchmark.defences.metrics import search_metrics
-from benchmark.defences.verify import compare, load_submission, verify
+from benchmark.workflows.verify import compare, load_submission, verify
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def sface():
 
 @pytest.fixture(scope="module")
 def maskdet():
-    from benchmark.defences.leaderboard import create_model
+    from benchmark.workflows.defend import create_model
     return create_model("mf2m-maskdet", "cpu")
 
 
@@ -281,7 +281,7 @@ def test_verify_honest_and_inflated_submissions(tmp_path, lfw_dir, sface, maskde
     """The submitter runs the leaderboard (seed 11) and claims its row (solid mask, 1-bit colour depth); verification
     re-runs it on a pool drawn with another seed: the honest claim is verified, the same claim with Rank-1 raised
     above the interval is rejected as inflated. The record holds inputs, hashes, numbers and the verdict."""
-    from benchmark.defences.leaderboard import LeaderboardConfig, run_leaderboard
+    from benchmark.workflows.defend import LeaderboardConfig, run_leaderboard
     data = f"folder:{lfw_dir / 'images'}"
     mine = run_leaderboard(LeaderboardConfig.from_dict({**BENCH, "data": data, "out": str(tmp_path / "mine"),
                                                         "seed": 11, "defences": [DEFENCE]}),
@@ -343,7 +343,7 @@ def test_transfer_matrix_on_lfw(tmp_path, lfw_dir, capsys):
     assert manifest["data"]["spec"] == "folder:$DATA/images" and str(lfw_dir) not in (out / "transfer.json").read_text()
     # the white-box cell equals the engine on the cached attack images, embedded again here
     from benchmark.data.images import read_image
-    from benchmark.defences.leaderboard import aligned_set, slug
+    from benchmark.workflows.defend import aligned_set, slug
     from benchmark.models.sface import SFaceRecognizer
     keys, ids, clean, _ = aligned_set(out / "pool" / "probes.csv", None, out / "aligned_probes.npz")
     _, _, dist, _ = aligned_set(out / "pool" / "distractors.csv", None, out / "aligned_distractors.npz")
@@ -368,7 +368,7 @@ def test_transfer_matrix_on_lfw(tmp_path, lfw_dir, capsys):
 def test_cli_verify_exits_1_on_rejection_and_eot_config_is_validated(tmp_path, capsys):
     """`mf2m defend --verify` prints the verdict and exits 1 when rejected; `eot_samples` must be an integer ≥ 1."""
     from benchmark.cli import main
-    from benchmark.defences.leaderboard import LeaderboardConfig
+    from benchmark.workflows.defend import LeaderboardConfig
     sub = _write_submission(tmp_path / "sub.yaml", {"attack": "solid", "mode": "non-adaptive", "rank1": 0.5},
                             weights=[{"path": "missing.pt", "sha256": "0" * 64}])
     assert main(["defend", "--verify", str(sub), "--data", "folder:/nonexistent", "--out", str(tmp_path / "v"),

@@ -167,7 +167,7 @@ def _bad_inputs(root: Path, good: np.ndarray) -> dict[str, str]:
     from PIL import Image
     cases: dict[str, str] = {}
 
-    def save(key: str, im: "Image.Image", fmt: str, reason: str) -> None:
+    def save(key: str, im: Image.Image, fmt: str, reason: str) -> None:
         (root / key).parent.mkdir(parents=True, exist_ok=True)
         im.save(root / key, format=fmt)
         cases[key] = reason

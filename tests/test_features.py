@@ -13,8 +13,17 @@ import numpy as np
 import pytest
 
 from benchmark.cli import main
-from benchmark.features import (FeatureFormatError, FeatureSet, FeatureSetWriter, check_compatible, import_megaface,
-                                UnitRows, import_npy, read_megaface_bin, write_feature_file, write_manifest)
+from benchmark.features import (
+    FeatureFormatError,
+    FeatureSet,
+    FeatureSetWriter,
+    UnitRows,
+    check_compatible,
+    import_megaface,
+    read_megaface_bin,
+    write_feature_file,
+    write_manifest,
+)
 
 
 def raw_file(path: Path, feats, keys, labels=None, model="m", dim=None, dtype=np.float32) -> Path:

@@ -40,6 +40,7 @@ def test_safe_keys_pass_and_symlinks_cannot_escape(tmp_path):
 
 def _face() -> np.ndarray:
     import insightface
+
     from benchmark.data.images import read_image
     return read_image(Path(insightface.__file__).parent / "data" / "images" / "Tom_Hanks_54745.png")
 

@@ -12,9 +12,8 @@ import json
 import numpy as np
 import pytest
 
-from benchmark.data.lfw import (LfwImage, list_images, list_people, load_pairs, make_pairs, parse_pairs,
-                                parse_people)
-from benchmark.models.lfw_check import accuracy_at, best_threshold, cross_validate
+from benchmark.data.lfw import LfwImage, list_images, list_people, load_pairs, make_pairs, parse_pairs, parse_people
+from benchmark.workflows.lfw_check import accuracy_at, best_threshold, cross_validate
 
 
 def _brute_threshold(scores, same):

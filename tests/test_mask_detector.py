@@ -87,7 +87,7 @@ def test_bad_weights_files_fail_clearly(tmp_path):
 @pytest.mark.shared
 def test_committed_weights_accuracy_on_held_out_sample(detector, facemask_dir, tmp_path):
     """≥ 0.9 accuracy on 80 files the training report lists as held out (needs ../shared)."""
-    from benchmark.models.mask_training import align_dataset, classification_metrics
+    from benchmark.workflows.mask_training import align_dataset, classification_metrics
     report = json.loads(DEFAULT_WEIGHTS.with_suffix(".json").read_text())
     held = report["held_out_paths"]
     pick = [held[i] for i in np.linspace(0, len(held) - 1, 80).round().astype(int)]
@@ -162,7 +162,7 @@ def test_missing_class_folder_is_a_clear_error(tmp_path):
     from benchmark.cli import main
     (tmp_path / "with_mask").mkdir()
     with pytest.raises(FileNotFoundError, match="without_mask"):
-        from benchmark.models.mask_training import list_dataset
+        from benchmark.workflows.mask_training import list_dataset
         list_dataset(tmp_path)
     assert main(["train-mask-detector", "--data", str(tmp_path), "--out", str(tmp_path / "x.pt")]) == 1
 

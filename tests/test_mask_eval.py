@@ -105,8 +105,8 @@ def test_plugin_detectors_from_a_user_module(small_set, tmp_path):
 
 def test_aligned_crops(small_set, tmp_path):
     from benchmark.data.images import write_png
-    from benchmark.models.mask_eval import evaluate
-    from benchmark.models.mask_training import align_dataset, list_dataset
+    from benchmark.workflows.mask_eval import evaluate
+    from benchmark.workflows.mask_training import align_dataset, list_dataset
     items = list_dataset(small_set, limit_per_class=3)
     faces = align_dataset(items, small_set, tmp_path / "cache", progress=False)
     for face, label, path in zip(faces.faces, faces.labels, faces.paths):

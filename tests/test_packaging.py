@@ -13,7 +13,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 # pip names whose conda/GPU counterpart has another name in environment.yml
-CONDA_NAMES = {"torch": "pytorch", "faiss-cpu": "faiss-gpu", "onnxruntime": "onnxruntime-gpu"}
+CONDA_NAMES = {"torch": "pytorch", "onnxruntime": "onnxruntime-gpu"}
 
 
 def _name(req: str) -> str:
@@ -70,3 +70,46 @@ def test_every_command_has_help(command):
             idx = out.stdout.splitlines().index(line)
             nxt = out.stdout.splitlines()[idx + 1] if idx + 1 < len(out.stdout.splitlines()) else ""
             assert nxt.startswith(" " * 8), f"option without help in `mf2m {command}`: {line.strip()}"
+
+
+# dependencies used without an import of their own name: distribution → (module it provides, why)
+INDIRECT = {
+    "dlib-bin": "dlib",                          # the wheel's top-level module is dlib (metadata lists _dlib_pybind11)
+    "setuptools": "face_recognition_models",     # its pkg_resources is imported by face_recognition_models
+}
+
+
+def test_every_declared_dependency_is_used():
+    """No declared-but-unused dependency: each one's module is imported (or looked up) by the packages."""
+    import ast
+    from importlib.metadata import packages_distributions
+    modules_of: dict[str, set[str]] = {}
+    for module, dists in packages_distributions().items():
+        for dist in dists:
+            modules_of.setdefault(dist.lower().replace("_", "-"), set()).add(module)
+    used: set[str] = set()
+    for path in [*(ROOT / "benchmark").rglob("*.py"), *(ROOT / "attacks").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                used |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                used.add(node.module.split(".")[0])
+            elif (isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "find_spec" and node.args
+                  and isinstance(node.args[0], ast.Constant)):
+                used.add(str(node.args[0].value).split(".")[0])
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    unused = []
+    for dep in project["dependencies"]:
+        name = _name(dep)
+        provided = modules_of.get(name, set()) | ({INDIRECT[name]} if name in INDIRECT else set())
+        if not provided & used:
+            unused.append(name)
+    assert not unused, f"declared in pyproject.toml but never imported: {unused}"
+
+
+def test_demo_config_has_one_source():
+    """``configs/demo.yaml`` is a link to the copy inside the package (the one ``mf2m demo`` reads)."""
+    from benchmark.workflows.demo import demo_config_path
+    link = ROOT / "configs" / "demo.yaml"
+    assert link.is_symlink() and link.resolve() == demo_config_path().resolve()
+    assert demo_config_path().is_file()

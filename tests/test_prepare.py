@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmark.data.prepare import (PrepareConfig, PrepareItem, crop_path, load_prepared, prepare_faces)
+from benchmark.data.prepare import PrepareConfig, PrepareItem, crop_path, load_prepared, prepare_faces
 from benchmark.models.align import arcface_template, transform_points
 
 NAMES = ["Aaron_Eckhart/Aaron_Eckhart_0001.jpg", "Abdullah_Gul/Abdullah_Gul_0001.jpg",
@@ -72,6 +72,7 @@ def test_crops_and_landmarks_are_consistent(prepared):
     assert err.mean() < 4.0, err
     # the crop on disk is the warp of the original with the stored matrix
     import cv2
+
     from benchmark.data.images import read_image
     i = prepared.index(NAMES[0])
     again = cv2.warpAffine(read_image(prepared.paths[i]), prepared.matrix[i], (112, 112), flags=cv2.INTER_LINEAR)

@@ -61,7 +61,7 @@ def pair_auc(feats: np.ndarray, labels: np.ndarray) -> float:
     return float(roc_auc_score(same, sims[iu]))
 
 
-def to_tensor(faces: np.ndarray) -> "torch.Tensor":
+def to_tensor(faces: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(faces).permute(0, 3, 1, 2).float() / 255.0
 
 
@@ -279,7 +279,8 @@ def build_test_graph(path, *, mxnet_names: bool, seed: int = 0, out_dim: int = 1
 
 @pytest.mark.parametrize("mxnet_names", [False, True])
 def test_converter_matches_onnxruntime_and_insightface_rule(tmp_path, mxnet_names):
-    from benchmark.models.onnx_recognizer import InsightfaceOnnxRecognizer, insightface_normalisation, load_onnx
+    from benchmark.models.onnx_recognizer import InsightfaceOnnxRecognizer, insightface_normalisation
+    from benchmark.models.onnx_torch import load_onnx
     path = build_test_graph(tmp_path / "rec.onnx", mxnet_names=mxnet_names)
     assert insightface_normalisation(load_onnx(path)) == ((0.0, 1.0) if mxnet_names else (127.5, 127.5))
     rec = InsightfaceOnnxRecognizer(path, device="cpu", batch_size=3)
@@ -309,7 +310,7 @@ def test_converter_rejects_unknown_ops_and_bad_files(tmp_path):
     from onnx import TensorProto, helper
 
     from benchmark.models.base import ModelUnavailable
-    from benchmark.models.onnx_recognizer import load_onnx, onnx_to_torch
+    from benchmark.models.onnx_torch import load_onnx, onnx_to_torch
     graph = helper.make_graph([helper.make_node("Hardmax", ["x"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])

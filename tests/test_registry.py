@@ -154,16 +154,14 @@ def test_iresnet_state_dict_matches_arcface_torch_layout(arch):
     assert ours == arcface_torch_layout(ARCFACE_TORCH_LAYERS[arch])
 
 
-def random_arcface_state(arch: str = "r18", seed: int = 0, prefix: str = "") -> dict[str, "torch.Tensor"]:
+def random_arcface_state(arch: str = "r18", seed: int = 0, prefix: str = "") -> dict[str, torch.Tensor]:
     """A state dict in arcface_torch's layout with random values (BN statistics included)."""
     gen = torch.Generator().manual_seed(seed)
     state = {}
     for key, shape in arcface_torch_layout(ARCFACE_TORCH_LAYERS[arch]).items():
         if key.endswith("num_batches_tracked"):
             t = torch.tensor(100)
-        elif key.endswith("running_var"):
-            t = torch.rand(shape, generator=gen) + 0.5
-        elif key.endswith(".weight") and len(shape) == 1 and "prelu" not in key:   # BN scale
+        elif key.endswith("running_var") or key.endswith(".weight") and len(shape) == 1 and "prelu" not in key:
             t = torch.rand(shape, generator=gen) + 0.5
         elif key.endswith("prelu.weight"):
             t = torch.rand(shape, generator=gen) * 0.25
@@ -179,7 +177,7 @@ def save_random_iresnet(path, arch: str = "r18", prefix: str = ""):
     return path
 
 
-def reference_forward(state: dict, x: "torch.Tensor", layers) -> "torch.Tensor":
+def reference_forward(state: dict, x: torch.Tensor, layers) -> torch.Tensor:
     """arcface_torch's IResNet forward written directly with torch.nn.functional on the state dict."""
     import torch.nn.functional as F
 

@@ -258,7 +258,6 @@ def test_search_folders_without_run_json(run_dir, tmp_path):
 
 def test_defence_leaderboard_joins_the_html_report(tmp_path):
     """The committed LFW leaderboard (``mf2m defend`` output) becomes a table of the report and its page."""
-    import json
 
     from benchmark.report.build import build_report
     board = Path(__file__).resolve().parents[1] / "results" / "defences"

@@ -23,7 +23,7 @@ DRIVER = shutil.which("chromedriver")
 @pytest.fixture(scope="module")
 def demo_report(tmp_path_factory) -> Path:
     """A real demo run on the bundled faces (methods none, solid, dm): its report folder."""
-    from benchmark.report.demo import run_demo
+    from benchmark.workflows.demo import run_demo
     root = tmp_path_factory.mktemp("demo")
     old = {k: os.environ.get(k) for k in ("MF2M_CACHE", "MF2M_DATA")}
     os.environ["MF2M_CACHE"] = str(root / "cache")

@@ -9,7 +9,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from rederive import table_files
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from attack_models import TinyMaskDetector, TinyRecognizer
 
 from benchmark.report.collect import read_csv_rows
-from benchmark.report.pipeline import load_config, run_pipeline, stage_key
-
-from attack_models import TinyMaskDetector, TinyRecognizer
+from benchmark.workflows.cache import stage_key
+from benchmark.workflows.config import load_config
+from benchmark.workflows.run import run_pipeline
 
 
 class OtherRecognizer(TinyRecognizer):
@@ -114,11 +115,12 @@ def test_set_overrides_config_values(tmp_path):
 
 def test_stage_key_covers_the_stage_code(monkeypatch):
     """A change in the code implementing a stage gives new keys (stale results are never reused)."""
-    from benchmark.report import pipeline
-    assert pipeline.code_fingerprint("attack") != pipeline.code_fingerprint("search")
-    assert len(pipeline.code_fingerprint("embed")) == 64
+    from benchmark.manifest import code_fingerprint
+    from benchmark.workflows import cache
+    assert code_fingerprint("attack") != code_fingerprint("search")
+    assert len(code_fingerprint("embed")) == 64
     before = stage_key("attack", {"method": "dm"}, {"split": "1"})
-    monkeypatch.setattr(pipeline, "code_fingerprint", lambda stage: "edited")
+    monkeypatch.setattr(cache, "code_fingerprint", lambda stage: "edited")
     assert stage_key("attack", {"method": "dm"}, {"split": "1"}) != before
 
 
@@ -224,8 +226,9 @@ def test_run_folder_keeps_raw_outputs_that_rederive_its_tables(first_run, tmp_pa
     """run.json names raw outputs inside the run folder; a copy without the cache re-renders identical tables."""
     import shutil
 
-    from benchmark.report.build import build_report
     from rederive import table_files
+
+    from benchmark.report.build import build_report
 
     _, cfg, _ = first_run
     out = Path(cfg.out)

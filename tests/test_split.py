@@ -19,7 +19,8 @@ import pytest
 from benchmark.data.datasets import load_dataset
 from benchmark.data.images import write_png
 from benchmark.data.split import SplitRequest, account, plan_split, template_limit
-from benchmark.report.pipeline import load_config, run_pipeline
+from benchmark.workflows.config import load_config
+from benchmark.workflows.run import run_pipeline
 
 
 def face_folder(root: Path, photos: dict[str, int]) -> Path:
@@ -218,7 +219,7 @@ def test_run_records_and_shows_the_shortfall(celeba_folders, tmp_path, caplog):
     config.write_text(TOY.format(cache=tmp_path / "cache"))
     cfg = load_config(config, data=f"folder:{faces}", out=str(tmp_path / "out"))
     models = {"tiny-fr": lambda: TinyRecognizer(1), "tiny-md": lambda: TinyMaskDetector(2)}
-    with caplog.at_level(logging.INFO, logger="benchmark.report.pipeline"):
+    with caplog.at_level(logging.INFO, logger="benchmark.workflows.run"):
         record = run_pipeline(cfg, progress=False, model_factory=lambda name: models[name]())
     split_dir = Path(next(s["dir"] for s in record["stages"] if s["stage"] == "split"))
     roles = json.loads((split_dir / "split.json").read_text())["accounting"]["roles"]

@@ -128,7 +128,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
 
 def _run_lfw(args: argparse.Namespace) -> int:
     """Run the LFW self-check."""
-    from ..models.lfw_check import run_lfw_check
+    from ..workflows.lfw_check import run_lfw_check
     if args.batch_size < 1 or args.workers < 1:
         raise ValueError("--batch-size and --workers must be ≥ 1")
     chips = args.landmarker == "dlib68"

@@ -34,8 +34,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 def decode_image(data: bytes, name: str | os.PathLike = "<bytes>") -> np.ndarray:
     """Decode encoded image bytes (JPEG, PNG, BMP, TIFF, WebP…) into RGB uint8; raises ``ImageError``."""
-    from PIL import Image, UnidentifiedImageError
     import io
+
+    from PIL import Image, UnidentifiedImageError
     if not data:
         raise ImageError(name, "empty-file")
     try:
@@ -56,7 +57,6 @@ def decode_image(data: bytes, name: str | os.PathLike = "<bytes>") -> np.ndarray
 
 def _to_rgb8(im, name) -> np.ndarray:
     """Convert any PIL mode to an RGB uint8 array."""
-    from PIL import Image
     mode = im.mode
     if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(im, dtype=np.float64)

@@ -23,10 +23,11 @@ import io
 import json
 import logging
 import os
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -390,9 +391,8 @@ def load_prepared(out_dir: str | os.PathLike, keys: Sequence[str] | None = None)
                 failed[rec["key"]] = {k: rec.get(k, "") for k in ("key", "path", "identity", "reason", "detail")}
     wanted = sorted(set(ok) | set(failed)) if keys is None else list(keys)
     chosen = [k for k in wanted if k in ok]
-    failures = [failed[k] if k in failed else {"key": k, "path": "", "identity": "", "reason": "not-prepared",
-                                               "detail": "not in this prepared folder"}
-                for k in wanted if k not in ok]
+    missing = {"path": "", "identity": "", "reason": "not-prepared", "detail": "not in this prepared folder"}
+    failures = [failed.get(k, {"key": k, **missing}) for k in wanted if k not in ok]
     arrays: dict[str, np.ndarray] = {}
     cache: dict[str, Any] = {}
     rows: dict[str, list[np.ndarray]] = {}

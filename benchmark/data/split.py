@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -138,7 +139,7 @@ class SplitAccount:
                 "warnings": list(self.warnings), "summary": self.summary(), "tolerance": TOLERANCE}
 
     @classmethod
-    def from_json(cls, record: Mapping[str, Any]) -> "SplitAccount":
+    def from_json(cls, record: Mapping[str, Any]) -> SplitAccount:
         """Read back :meth:`to_json`."""
         roles = [RoleCount(role=name, **values) for name, values in record["roles"].items()]
         return cls(roles, list(record.get("warnings", ())))

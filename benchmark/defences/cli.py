@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     if args.verify:
         return _verify(args)
     if args.render:
-        from .raw import rerender
+        from ..report.leaderboard import rerender
         if not args.out:
             raise ValueError("--render needs --out (where the re-rendered leaderboard files go)")
         written = rerender(args.render, args.out)
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.config:
         raise ValueError("--config is required (e.g. --config configs/defences.yaml)")
     from .api import load_defence
-    from .leaderboard import load_config, run_leaderboard
+    from ..workflows.defend import load_config, run_leaderboard
     for spec in args.defence:            # fail fast, before any model loads
         load_defence(spec)
     cfg = load_config(args.config, data=args.data, out=args.out, device=args.device, seed=args.seed,
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     """``--verify``: check, re-run and compare a submission; print the verdict (exit 1 when rejected)."""
-    from .verify import render_record, verify
+    from ..workflows.verify import render_record, verify
     missing = [f"--{k}" for k in ("data", "out") if not getattr(args, k)]
     if missing:
         raise ValueError(f"--verify needs {' and '.join(missing)} (the pool source and where the record goes)")

@@ -8,7 +8,7 @@ Layout under the leaderboard's ``out/``::
                                                       rank of the best mate, P(masked), PSNR, SSIM
     leaderboard.json                                  manifest: config, models, meta, cells (each with "raw")
 
-:func:`rerender` rebuilds ``leaderboard.csv``, ``.md`` and ``.html`` from ``leaderboard.json``'s meta
+:func:`benchmark.report.leaderboard.rerender` rebuilds ``leaderboard.csv``, ``.md`` and ``.html`` from ``leaderboard.json``'s meta
 and the cells' ``metrics.json`` (the clean cost is re-derived), so a committed leaderboard can be
 checked byte for byte against the raw numbers it was rendered from. :func:`data_record` describes the
 pool's data set without the machine's path (kind, folder name and a hash of its file listing).
@@ -100,40 +100,6 @@ def write_cell(out: Path, index: int, row: dict[str, Any], keys: Sequence[str], 
     write_json(out / folder / "metrics.json", {k: v for k, v in row.items() if k not in DERIVED})
     write_text(out / folder / "per_probe.csv", per_probe_csv(keys, ids, outcomes, p_masked, attack_rows))
     return folder
-
-
-def write_leaderboard_files(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, str]:
-    """Render ``rows`` (with clean cost) as ``leaderboard.csv``, ``.md`` and ``.html`` under ``out``."""
-    from ..atomic import write_text
-    from .leaderboard import render_csv, render_html, render_markdown
-    write_text(out / "leaderboard.csv", render_csv(rows))
-    write_text(out / "leaderboard.md", render_markdown(rows, meta))
-    write_text(out / "leaderboard.html", render_html(rows, meta))
-    return {"csv": "leaderboard.csv", "markdown": "leaderboard.md", "html": "leaderboard.html"}
-
-
-def rows_from_raw(folder: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """``(rows with clean cost, meta)`` of a leaderboard folder, read from its cells' ``metrics.json``."""
-    from .leaderboard import add_clean_cost
-    folder = Path(folder)
-    record = json.loads((folder / "leaderboard.json").read_text(encoding="utf-8"))
-    cells = record.get("cells") or []
-    missing = [c.get("raw") for c in cells if not c.get("raw") or not (folder / c["raw"] / "metrics.json").is_file()]
-    if not cells or missing:
-        raise FileNotFoundError(f"{folder}: leaderboard.json lists {len(cells)} cells, {len(missing)} without a "
-                                f"cells/…/metrics.json (e.g. {missing[:1]}); it was written before raw cell outputs "
-                                "existed: rerun mf2m defend")
-    rows = [json.loads((folder / c["raw"] / "metrics.json").read_text(encoding="utf-8")) for c in cells]
-    add_clean_cost(rows)
-    return rows, record["meta"]
-
-
-def rerender(folder: str | Path, out: str | Path) -> dict[str, str]:
-    """Re-render a leaderboard folder's ``leaderboard.csv``/``.md``/``.html`` into ``out`` from its raw cells."""
-    rows, meta = rows_from_raw(folder)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    return write_leaderboard_files(out, rows, meta)
 
 
 def read_per_probe(path: Path) -> list[dict[str, Any]]:

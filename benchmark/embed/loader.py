@@ -4,7 +4,7 @@ model runs. Each batch is ``(indices, faces, failures)``: the item indices that 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -19,7 +19,8 @@ summed, then L2-normalised.
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -42,7 +43,7 @@ class Forward:
     ``"native"``; ``precision`` is the :class:`~benchmark.precision.PrecisionPlan` that ran."""
 
     def __init__(self, recognizer: Any, device: str = "cpu", flip: bool = False,
-                 precision: "str | PrecisionPlan" = "auto", prefer_torch: bool | None = None):
+                 precision: str | PrecisionPlan = "auto", prefer_torch: bool | None = None):
         """``precision``: ``auto``/``fp32``/``bf16``/``fp16`` (resolved for ``device``) or a plan.
         ``prefer_torch`` (default: on CUDA, in reduced precision, and on the CPU where the model sets
         ``prefer_torch_on_cpu``) runs the torch module instead of ``embed``."""

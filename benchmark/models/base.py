@@ -48,13 +48,13 @@ class Recognizer(abc.ABC):
     def embed(self, faces: np.ndarray) -> np.ndarray:
         """Features ``(n, dim)`` float32, unit L2 norm, for aligned faces ``(n, 112, 112, 3)`` uint8 RGB."""
 
-    weights_path: "Any" = None   # the weight file whose SHA-256 identifies the model
+    weights_path: Any = None   # the weight file whose SHA-256 identifies the model
 
     def weights_hash(self) -> str:
         """SHA-256 of the weight file(s): the model's identity in manifests."""
         return _cached_sha256(self)
 
-    def torch_module(self, device: str = "cpu") -> "Any":
+    def torch_module(self, device: str = "cpu") -> Any:
         """A ``torch.nn.Module`` mapping ``(n,3,112,112)`` float RGB in [0,1] to unit-norm features.
 
         Gradients reach the input. Raises ``NotImplementedError`` for non-differentiable models.
@@ -77,13 +77,13 @@ class MaskDetector(abc.ABC):
     def p_masked(self, faces: np.ndarray) -> np.ndarray:
         """Probability ``(n,)`` that each aligned face ``(n,112,112,3)`` uint8 RGB wears a mask."""
 
-    weights_path: "Any" = None   # the weight file whose SHA-256 identifies the model
+    weights_path: Any = None   # the weight file whose SHA-256 identifies the model
 
     def weights_hash(self) -> str:
         """SHA-256 of the weight file(s)."""
         return _cached_sha256(self)
 
-    def torch_module(self, device: str = "cpu") -> "Any":
+    def torch_module(self, device: str = "cpu") -> Any:
         """``torch.nn.Module``: ``(n,3,112,112)`` float RGB in [0,1] → logits ``(n,2)``; class 1 = masked."""
         raise NotImplementedError(f"{self.name} is not differentiable")
 
@@ -103,7 +103,7 @@ def _cached_sha256(model: Any) -> str:
     return sha
 
 
-def faces_to_tensor(faces: np.ndarray, device: str = "cpu") -> "Any":
+def faces_to_tensor(faces: np.ndarray, device: str = "cpu") -> Any:
     """Aligned faces ``(n,112,112,3)`` uint8 RGB → float tensor ``(n,3,112,112)`` in [0, 1] on ``device``."""
     import torch
     faces = np.asarray(faces)

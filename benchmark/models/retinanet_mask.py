@@ -33,7 +33,7 @@ RESNET_LAYERS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 
 
 @lru_cache(maxsize=1)
-def _classes():
+def _classes():  # noqa: C901  (a factory of nested module classes, each simple)
     """Define the torch modules on first use (keeps ``import torch`` out of module import)."""
     import torch
     from torch import nn
@@ -177,9 +177,7 @@ def _restricted_pickle_module():
             if (module, name) in {("collections", "OrderedDict"), ("collections", "deque"),
                                   ("torch._tensor", "_rebuild_from_type_v2"), ("torch", "Size"),
                                   ("torch", "Tensor"), ("torch.nn.parameter", "Parameter"),
-                                  ("torch", "device"), ("torch.storage", "UntypedStorage")}:
-                obj = super().find_class(module, name)
-            elif module == "torch._utils" and name.startswith("_rebuild_"):
+                                  ("torch", "device"), ("torch.storage", "UntypedStorage")} or module == "torch._utils" and name.startswith("_rebuild_"):
                 obj = super().find_class(module, name)
             elif module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
                 obj = getattr(torch, name)

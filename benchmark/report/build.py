@@ -13,11 +13,10 @@ Output folder::
 from __future__ import annotations
 
 import json
-
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
 
 from ..atomic import write_json, write_text
 from ..manifest import build_manifest, sha256_file
@@ -63,8 +62,9 @@ def _inputs(items: list[tuple[Entry, Metrics]]) -> dict[str, str]:
     return files
 
 
-def build_report(runs: Sequence[str], out: str | Path, options: ReportOptions = ReportOptions()) -> dict:
-    """Write the whole report for ``runs`` into ``out``; returns the report manifest."""
+def build_report(runs: Sequence[str], out: str | Path, options: ReportOptions | None = None) -> dict:
+    """Write the whole report for ``runs`` into ``out`` (default ``ReportOptions()``); returns the report manifest."""
+    options = options or ReportOptions()
     if options.paper not in ("auto", "always", "never"):
         raise ValueError("--paper must be auto, always or never")
     out = Path(out)
@@ -218,8 +218,7 @@ def _models(items: list[tuple[Entry, Metrics]], run: str) -> dict[str, str]:
 
 def leaderboards(runs: Sequence[str]) -> list[Table]:
     """Defence leaderboards (``mf2m defend`` outputs: ``leaderboard.json``) found directly in ``runs``."""
-    from ..defences.leaderboard import leaderboard_table
-    from ..defences.raw import rows_from_raw
+    from .leaderboard import leaderboard_table, rows_from_raw
     tables = []
     for spec in runs:
         path = Path(spec) / "leaderboard.json"

@@ -12,8 +12,9 @@ import csv
 import io
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from .collect import Entry, Metrics
 from .paper_numbers import METHOD_LABELS, METHOD_ORDER, PAPER_SETTING, TABLE1, TABLE2, TABLE2_MODELS

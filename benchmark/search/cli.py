@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-DEFAULT_FARS = (1e-6, 1e-5, 1e-4, 1e-3)
-DEFAULT_RANKS = (1, 2, 5, 10, 20, 50, 100, 1000, 10000, 100000, 1000000)
+from benchmark.search.defaults import DEFAULT_FARS, DEFAULT_RANKS
 
 
 def _run(args: argparse.Namespace) -> int:

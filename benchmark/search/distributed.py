@@ -45,7 +45,7 @@ class ProcessGroup:
         self.device, self.timeout = device, datetime.timedelta(minutes=timeout_min)
         self.backend = "nccl" if device.startswith("cuda") else "gloo"
 
-    def __enter__(self) -> "ProcessGroup":
+    def __enter__(self) -> ProcessGroup:
         import torch
         import torch.distributed as dist
         if self.backend == "nccl":

@@ -21,10 +21,9 @@ import numpy as np
 
 from benchmark.features import FeatureArrays, FeatureSet, UnitRows, check_compatible, read_lines
 from benchmark.search import distributed, engine, identity
+from benchmark.search.defaults import DEFAULT_FARS, DEFAULT_RANKS
 
 log = logging.getLogger(__name__)
-
-from benchmark.search.cli import DEFAULT_FARS, DEFAULT_RANKS  # noqa: E402  (defaults live with the CLI)
 
 
 @dataclass
@@ -400,8 +399,7 @@ def resolve_search_precision(precision: str, device: str) -> tuple[str, str]:
 
 def partial_fingerprint(cfg: SearchConfig, world: int) -> str:
     """What a partial file must match to be merged: the inputs' shard checksums, settings, world size, code."""
-    from benchmark.manifest import sha256_file
-    from benchmark.report.pipeline import code_fingerprint
+    from benchmark.manifest import code_fingerprint, sha256_file
     inputs = {}
     for role in ("probes", "mates", "distractors"):
         fs = FeatureSet(getattr(cfg, role), verify_checksums=False)

@@ -126,7 +126,7 @@ def run_lfw_check(data_dir: str | os.PathLike, model: str, out: str | os.PathLik
     prepared = prepare_faces(pairs.items(), cache_dir, config, batch_size=batch_size, workers=workers,
                              progress=progress)
     if recognizer is None:
-        from .registry import create
+        from ..models.registry import create
         recognizer = create(model, device=device)
     from ..embed.runtime import Forward
     from ..precision import plan

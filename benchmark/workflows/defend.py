@@ -26,20 +26,18 @@ from typing import Any
 
 import numpy as np
 
-from .api import Defence, InputTransform, attack_variant, defend, load_defence, looks_random
-from .metrics import mask_rate, search_metrics
-from .raw import data_record, replace_strings, write_cell, write_leaderboard_files
+from ..defences.api import Defence, InputTransform, attack_variant, defend, load_defence, looks_random
+from ..defences.metrics import mask_rate, search_metrics
+from ..defences.raw import data_record, replace_strings, write_cell
+from ..report.leaderboard import add_clean_cost, write_leaderboard_files
+from .config import check_attack
+from .models import create_model
 
 log = logging.getLogger(__name__)
 
-ADVERSARIAL = ("advnoise-dm", "mf2m", "fgsm", "i-fgsm", "mi-fgsm", "ti-fgsm", "ti-mi-fgsm", "di2-fgsm", "m-di2-fgsm")
-METRICS = ("rank1", "tar", "auc", "mask_rate")
 #: EOT samples against stochastic defences: AutoAttack's randomized-defence setting (Croce & Hein 2020, EOT over 20)
 DEFAULT_EOT_SAMPLES = 20
-CSV_FIELDS = ("defence", "kind", "attack", "mode", "gradient", "variant", "eot_samples", "rank1", "tar", "auc",
-              "mask_rate",
-              "clean_cost_rank1", "clean_cost_tar", "clean_cost_auc", "clean_cost_mask_rate",
-              "probes", "skipped", "positive_pairs", "negative_pairs")
+
 
 
 @dataclass
@@ -54,7 +52,8 @@ class AttackSpec:
 
     def adaptive_for(self, defence: Defence) -> bool:
         """Whether this attack gets an adaptive cell for ``defence`` (adversarial methods only)."""
-        if self.method not in ADVERSARIAL:
+        from attacks import is_adversarial
+        if not is_adversarial(self.method):
             return False
         if isinstance(self.adaptive, bool):
             return self.adaptive
@@ -82,7 +81,7 @@ class LeaderboardConfig:
     eot_samples: int = DEFAULT_EOT_SAMPLES   # EOT draws per objective in adaptive attacks on stochastic defences
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> "LeaderboardConfig":
+    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> LeaderboardConfig:
         """Validate a parsed YAML mapping (unknown keys are errors naming ``source``)."""
         if not isinstance(raw, dict):
             raise ValueError(f"{source}: expected a mapping at the top level")
@@ -104,6 +103,7 @@ class LeaderboardConfig:
             if not isinstance(ad, bool) and not (isinstance(ad, list) and all(isinstance(x, str) for x in ad)):
                 raise ValueError(f"{source}: attacks[{i}].adaptive must be true, false or a list of defence names, "
                                  f"got {ad!r}")
+            check_attack(a["method"], a.get("params"), f"{source}: attacks[{i}]")
             attacks.append(AttackSpec(**a))
         if not attacks:
             raise ValueError(f"{source}: list at least one attack under 'attacks'")
@@ -119,9 +119,9 @@ class LeaderboardConfig:
 
 def load_config(path: str | Path, **overrides: Any) -> LeaderboardConfig:
     """Read a leaderboard YAML file; non-None ``overrides`` replace its keys (``defences`` are appended)."""
-    from ..yamlfile import read_yaml_mapping
+    from .config import read_config
     path = Path(path)
-    raw = read_yaml_mapping(path, "leaderboard config")
+    raw = read_config(path, "leaderboard config")
     extra = overrides.pop("defences", None) or []
     raw = {**raw, **{k: v for k, v in overrides.items() if v is not None}}
     if extra:
@@ -132,23 +132,6 @@ def load_config(path: str | Path, **overrides: Any) -> LeaderboardConfig:
 # --------------------------------------------------------------------------------------------------
 # Models and pool
 # --------------------------------------------------------------------------------------------------
-
-
-def create_model(name: str, device: str):
-    """A recognizer or mask detector by registry name (``sface``/``mf2m-maskdet`` also without the registry)."""
-    try:
-        from ..models import registry
-    except ImportError:
-        registry = None
-    if registry is not None:
-        return registry.create(name)
-    if name == "sface":
-        from ..models.sface import SFaceRecognizer
-        return SFaceRecognizer(device=device)
-    if name == "mf2m-maskdet":
-        from ..models.mask_detector import CNNMaskDetector
-        return CNNMaskDetector(device=device)
-    raise ValueError(f"model {name!r}: the model registry is not available in this version")
 
 
 def build_pool_files(cfg: LeaderboardConfig, out: Path) -> dict[str, Path]:
@@ -212,12 +195,12 @@ def evaluate_cell(fr, md, probes: np.ndarray, probe_keys: list[str], probe_ids: 
                   far: float, cache: dict | None = None, device: str = "cpu", outcomes: bool = False
                   ) -> dict[str, Any]:
     """Metrics of probe images ``probes`` under ``fr``/``md``: the search stage's Rank-1/TAR/AUC with the
-    clean faces as mates and ``distractors`` as the gallery (see :mod:`.metrics`), plus the mask rate.
+    clean faces as mates and ``distractors`` as the gallery (see :mod:`benchmark.defences.metrics`), plus the mask rate.
 
     A probe's key equals its clean original's key, so that original is never its mate. ``cache``
     (optional) keeps the clean and distractor features of ``fr`` between cells. ``outcomes``: also
-    return the per-probe outcomes (``cell["outcomes"]``, :func:`.bootstrap.probe_outcomes`) for intervals
-    and the per-probe CSV, and the detector's ``cell["p_masked"]``.
+    return the per-probe outcomes (``cell["outcomes"]``, :func:`benchmark.defences.bootstrap.probe_outcomes`) for
+    intervals and the per-probe CSV, and the detector's ``cell["p_masked"]``.
     """
     cache = {} if cache is None else cache
     key = (fr.name, fr.weights_hash(), id(clean), id(distractors))
@@ -229,96 +212,11 @@ def evaluate_cell(fr, md, probes: np.ndarray, probe_keys: list[str], probe_ids: 
     p_masked = md.p_masked(probes) if md is not None else None
     cell["mask_rate"] = mask_rate(p_masked) if md is not None else None
     if outcomes:
-        from .bootstrap import probe_outcomes
+        from ..defences.bootstrap import probe_outcomes
         cell["outcomes"] = probe_outcomes(feats, probe_keys, probe_ids, clean_feats, clean_keys, clean_ids,
                                           dist_feats, far, p_masked)
         cell["p_masked"] = p_masked
     return cell
-
-
-def add_clean_cost(rows: list[dict[str, Any]]) -> None:
-    """Fill ``clean_cost_*``: the defence's clean metric minus the undefended system's (same pool)."""
-    base = next((r for r in rows if r["defence"] == "none" and r["attack"] == "clean"), None)
-    clean = {r["defence"]: r for r in rows if r["attack"] == "clean"}
-    for row in rows:
-        ref = clean.get(row["defence"])
-        for m in METRICS:
-            have = base is not None and ref is not None and ref.get(m) is not None and base.get(m) is not None
-            row[f"clean_cost_{m}"] = (ref[m] - base[m]) if have else None
-
-
-def _fmt(v: Any, signed: bool = False) -> str:
-    if v is None:
-        return "n/a"
-    if isinstance(v, float):
-        return f"{v:+.4f}" if signed else f"{v:.4f}"
-    return str(v)
-
-
-_LEGEND = ("Mode: *non-adaptive* = attack made against the undefended models; *adaptive* = attack run through "
-           "the defence. Variant: the adaptive attack's gradient (exact, or BPDA: straight-through with the identity "
-           "or the defence's declared surrogate where it is not differentiable) and, against a stochastic defence, "
-           "EOT×N (objective averaged over N fresh draws of its randomness per step). "
-           "Clean cost = the defended system's metric on unmasked probes minus the undefended one's. "
-           "Mask rate on `clean` rows is the false-alarm rate.")
-
-
-def render_markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
-    """The leaderboard as a Markdown table with a short legend."""
-    far = meta.get("far", 1e-6)
-    head = ["Defence", "Attack", "Mode", "Variant", "Rank-1", f"TAR@{far:g}", "AUC", "Mask rate",
-            "Clean cost Rank-1", "Clean cost TAR", "Clean cost AUC", "Clean cost mask rate", "Probes", "Skipped"]
-    lines = [f"# Defence leaderboard — {meta.get('recognizer')} / {meta.get('mask_detector')}", "",
-             f"Pool: {meta.get('pool')}. Rank-1, TAR and AUC come from the search stage's engine "
-             "(docs/protocol.md): mates = the clean pool faces (never a probe's own original), negatives = "
-             f"probe × distractor pairs. TAR resolution: {meta.get('far_resolution')} "
-             "(fewer negatives than 1/FAR: TAR is measured at the largest negative score).", "",
-             _LEGEND, "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        vals = [r["defence"], r["attack"], r["mode"], r.get("variant") or "", _fmt(r["rank1"]), _fmt(r["tar"]),
-                _fmt(r["auc"]), _fmt(r["mask_rate"])] + [_fmt(r[f"clean_cost_{m}"], True) for m in METRICS] + \
-               [str(r["probes"]), str(r["skipped"])]
-        lines.append("| " + " | ".join(v.replace("|", "\\|") for v in vals) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def leaderboard_table(rows: list[dict[str, Any]], meta: dict[str, Any]):
-    """The leaderboard as a ``benchmark.report.tables.Table`` (for the HTML report's renderer)."""
-    from ..report.tables import Column, Table
-    far = meta.get("far", 1e-6)
-    cols = [Column("Defence", "defence", "text"), Column("Attack", "attack", "text"), Column("Mode", "mode", "text"),
-            Column("Variant", "variant", "text"), Column("Rank-1", "rank1"), Column(f"TAR@{far:g}", "tar"),
-            Column("AUC", "auc"), Column("Mask rate", "mask_rate"), Column("Clean cost Rank-1", "clean_cost_rank1"),
-            Column("Clean cost TAR", "clean_cost_tar"), Column("Clean cost AUC", "clean_cost_auc"),
-            Column("Clean cost mask rate", "clean_cost_mask_rate"), Column("Probes", "probes", "int"),
-            Column("Skipped", "skipped", "int")]
-    return Table("defence-leaderboard", f"Defence leaderboard — {meta.get('recognizer')} / {meta.get('mask_detector')}",
-                 cols, rows, notes=[f"Pool: {meta.get('pool')}.", _LEGEND])
-
-
-def render_html(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
-    """A standalone HTML page of the leaderboard (the report stage's renderer, no scripts or links)."""
-    from ..report.html import render_page
-    return render_page("mf2m defence leaderboard", [], [leaderboard_table(rows, meta)], [])
-
-
-def render_csv(rows: list[dict[str, Any]]) -> str:
-    """The leaderboard rows as CSV (floats with 6 significant digits, empty = not applicable)."""
-    return rows_csv(rows, CSV_FIELDS)
-
-
-def rows_csv(rows: list[dict[str, Any]], fields: list[str]) -> str:
-    """Dict rows as CSV over ``fields`` (floats with 6 significant digits, empty = absent)."""
-    import csv
-    import io
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(fields)
-    for r in rows:
-        w.writerow(["" if r.get(f) is None else (f"{r[f]:.6g}" if isinstance(r[f], float) else r[f])
-                    for f in fields])
-    return buf.getvalue()
 
 
 # --------------------------------------------------------------------------------------------------

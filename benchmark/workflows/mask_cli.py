@@ -96,7 +96,7 @@ def _register_eval(sub, formatter) -> None:
 def _run_eval(args: argparse.Namespace) -> int:
     """Evaluate, print the table, write the JSON."""
     from ..atomic import write_json
-    from .base import ModelUnavailable
+    from ..models.base import ModelUnavailable
     from .mask_eval import evaluate, summary_table
     if args.limit_per_class is not None and args.limit_per_class < 1:
         raise ValueError("--limit-per-class must be ≥ 1")
@@ -132,7 +132,7 @@ def _run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=lr, seed=args.seed, held_out=args.held_out)
     command = "mf2m " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if Path(sys.argv[0]).name == "mf2m" else ""
     if faced:
-        from .mask_detector import DEFAULT_WEIGHTS
+        from ..models.mask_detector import DEFAULT_WEIGHTS
         from .mask_training import run_faced_training
         init = {"default": DEFAULT_WEIGHTS, "none": None}.get(args.init, args.init)
         report = run_faced_training(args.data, args.lfw, args.out, cfg, init_weights=init,

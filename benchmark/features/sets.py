@@ -1,38 +1,6 @@
-"""The mf2m feature-set format (``mf2m.features.v2``; ``v1`` is read too): reading, validation, writing.
+"""Feature sets: the ``mf2m.features.v2`` format (``v1`` is read too), reading and validation.
 
-A *feature set* is either one HDF5 file or a directory holding ``manifest.json`` plus HDF5 shards.
-Every HDF5 file holds
-
-* ``features``: (n, D) float16 or float32, one row per image (re-normalised to unit L2 on load, in float32:
-  each row divided by ``float32(sqrt(Σ x_i²))``, the sum taken in float64 — see ``row_norms``);
-* ``keys``: (n,) UTF-8 strings, the image's relative path or unique name;
-* ``labels``: (n,) int64 identity index, -1 where unknown;
-* file attributes ``model`` (string) and ``dim`` (int);
-* (v2, optional) ``identities``: (n,) UTF-8 identity name of each row ("" where unknown), and ``sources``:
-  (n,) UTF-8 key of the clean image an attacked probe was made from ("" where none).  ``mf2m search``
-  pairs probes with mates by these names and never pairs a probe with its own source.
-
-``manifest.json``::
-
-    {"format": "mf2m.features.v2", "model": "...", "dim": 512, "count": 1000000,
-     "shards": [{"path": "part-00000.h5", "count": 100000, "sha256": "..."}, ...]}
-
-Shard paths are relative to the manifest's directory.
-
-Writer API (used by the embed stage)::
-
-    from benchmark.features import write_feature_file, write_manifest, FeatureSetWriter
-
-    write_feature_file("probes.h5", feats, keys, labels, model="arcface-r100")   # one atomic file
-    with FeatureSetWriter("gallery/", model="arcface-r100", dim=512, shard_size=100_000) as w:
-        for feats, keys, labels in batches:      # any batch size; shards are cut at shard_size
-            w.add(feats, keys, labels)
-    # -> gallery/part-00000.h5, ..., gallery/manifest.json (written last, atomically)
-    write_manifest("gallery/", model, dim, ["part-00000.h5", ...])   # (re)build a manifest
-
-Reading: ``FeatureSet(path)`` checks the manifest (format, counts, checksums, model/dim of every
-shard) and streams rows with ``iter_blocks``; ``load`` returns everything as arrays.  Every
-problem raises ``FeatureFormatError`` (a ``ValueError``) naming the offending file.
+See the package docstring (``benchmark.features``) for the format.
 """
 
 from __future__ import annotations
@@ -41,13 +9,12 @@ import json
 import os
 import re
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from benchmark.atomic import atomic_path, write_json
 from benchmark.manifest import sha256_file
 
 FORMAT = "mf2m.features.v2"
@@ -114,7 +81,7 @@ def check_keys(keys: np.ndarray, path: Path) -> np.ndarray:
     else ``FeatureFormatError`` naming the first bad key (keys may name files a later stage writes)."""
     joined = "\n".join(keys.tolist())
     if keys.size and (joined.count("\n") != keys.size - 1 or _UNSAFE_KEY.search(joined)):
-        from .safepath import key_problem
+        from ..safepath import key_problem
         for key in keys.tolist():
             why = key_problem(key)
             if why:
@@ -479,231 +446,10 @@ def check_compatible(sets: dict[str, FeatureSet]) -> tuple[str, int]:
     return fs0.model, fs0.dim
 
 
-# ----------------------------------------------------------------------------------------- writing
-
-def write_feature_file(path: str | os.PathLike, features: np.ndarray, keys: Sequence[str],
-                       labels: Sequence[int] | np.ndarray | None, model: str, dim: int | None = None,
-                       dtype: str = "float32", identities: Sequence[str] | None = None,
-                       sources: Sequence[str] | None = None) -> Path:
-    """Atomically write one feature file (labels default to -1; ``identities``/``sources``: optional per-row
-    identity names and clean source keys, "" where unknown); returns its path."""
-    path = Path(path)
-    feats = np.asarray(features)
-    if feats.ndim != 2:
-        raise ValueError(f"{path}: features must be 2-D, got shape {feats.shape}")
-    dim = int(feats.shape[1] if dim is None else dim)
-    if feats.shape[1] != dim:
-        raise ValueError(f"{path}: features have {feats.shape[1]} columns, dim says {dim}")
-    n = feats.shape[0]
-    keys = [str(k) for k in keys]
-    labels = np.full(n, -1, np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
-    if len(keys) != n or labels.shape != (n,):
-        raise ValueError(f"{path}: {n} feature rows but {len(keys)} keys and {labels.shape[0]} labels")
-    normalize_rows(feats, path)  # refuse NaN/Inf/zero rows before writing anything
-    if len(set(keys)) != n:
-        raise ValueError(f"{path}: duplicate keys in the rows to write")
-    columns = {}
-    for name, values in (("identities", identities), ("sources", sources)):
-        if values is not None:
-            values = ["" if v is None else str(v) for v in values]
-            if len(values) != n:
-                raise ValueError(f"{path}: {n} feature rows but {len(values)} {name}")
-            columns[name] = values
-    h5py = _h5()
-    with atomic_path(path, suffix=".h5") as tmp:
-        with h5py.File(tmp, "w") as fh:
-            fh.create_dataset("features", data=feats.astype(dtype), chunks=(min(max(n, 1), 4096), dim))
-            fh.create_dataset("keys", data=np.asarray(keys, dtype=object),
-                              dtype=h5py.string_dtype("utf-8"))
-            fh.create_dataset("labels", data=labels)
-            for name, values in columns.items():
-                fh.create_dataset(name, data=np.asarray(values, dtype=object), dtype=h5py.string_dtype("utf-8"))
-            fh.attrs["model"] = model
-            fh.attrs["dim"] = dim
-    return path
-
-
-def write_manifest(directory: str | os.PathLike, model: str, dim: int,
-                   shards: Iterable[str | os.PathLike]) -> Path:
-    """Write ``directory/manifest.json`` for the given shard files (counts and sha256 are computed)."""
-    directory = Path(directory)
-    entries = []
-    for shard in shards:
-        spath = Path(shard) if Path(shard).is_absolute() else directory / shard
-        s_model, s_dim, n = _file_header(spath)
-        if s_model != model or s_dim != dim:
-            raise FeatureFormatError(f"{spath}: model/dim {s_model!r}/{s_dim} differ from {model!r}/{dim}")
-        entries.append({"path": os.path.relpath(spath, directory), "count": n, "sha256": sha256_file(spath)})
-    man = {"format": FORMAT, "model": model, "dim": int(dim), "count": sum(e["count"] for e in entries),
-           "shards": entries}
-    write_json(directory / MANIFEST, man)
-    return directory / MANIFEST
-
-
-class FeatureSetWriter:
-    """Write a sharded feature set incrementally: ``add`` batches, shards cut at ``shard_size``, manifest on close."""
-
-    def __init__(self, directory: str | os.PathLike, model: str, dim: int, shard_size: int = 100_000,
-                 dtype: str = "float32"):
-        self.directory, self.model, self.dim = Path(directory), model, int(dim)
-        self.shard_size, self.dtype = int(shard_size), dtype
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._buf: list[tuple[np.ndarray, list[str], np.ndarray, list[str] | None, list[str] | None]] = []
-        self._buffered = 0
-        self.shards: list[str] = []
-        self._seen: set[str] = set()
-
-    def add(self, features: np.ndarray, keys: Sequence[str], labels: Sequence[int] | np.ndarray | None = None,
-            identities: Sequence[str] | None = None, sources: Sequence[str] | None = None):
-        """Append rows (duplicate keys across the whole set are refused); ``identities``/``sources`` must be
-        given for every batch or for none."""
-        keys = [str(k) for k in keys]
-        dup = self._seen.intersection(keys)
-        if dup or len(set(keys)) != len(keys):
-            raise ValueError(f"{self.directory}: duplicate key(s) {sorted(dup)[:3] or 'within the batch'}")
-        self._seen.update(keys)
-        labels = np.full(len(keys), -1, np.int64) if labels is None else np.asarray(labels, np.int64)
-        for name, values in (("identities", identities), ("sources", sources)):
-            if self._buf and (values is None) != (self._buf[0][3 if name == "identities" else 4] is None):
-                raise ValueError(f"{self.directory}: {name} given for some batches but not for others")
-        self._buf.append((np.asarray(features), keys, labels,
-                          None if identities is None else [str(v) for v in identities],
-                          None if sources is None else [str(v) for v in sources]))
-        self._buffered += len(keys)
-        while self._buffered >= self.shard_size:
-            self._flush(self.shard_size)
-
-    def _flush(self, n: int) -> None:
-        feats = np.concatenate([b[0] for b in self._buf])
-        keys = [k for b in self._buf for k in b[1]]
-        labels = np.concatenate([b[2] for b in self._buf])
-        ids = None if self._buf[0][3] is None else [v for b in self._buf for v in b[3]]
-        srcs = None if self._buf[0][4] is None else [v for b in self._buf for v in b[4]]
-        name = f"part-{len(self.shards):05d}.h5"
-        write_feature_file(self.directory / name, feats[:n], keys[:n], labels[:n], self.model, self.dim,
-                           self.dtype, None if ids is None else ids[:n], None if srcs is None else srcs[:n])
-        self.shards.append(name)
-        self._buf = [(feats[n:], keys[n:], labels[n:], None if ids is None else ids[n:],
-                      None if srcs is None else srcs[n:])] if len(keys) > n else []
-        self._buffered = len(keys) - n
-
-    def close(self) -> Path:
-        """Write the last shard and the manifest; returns the manifest path."""
-        if self._buffered:
-            self._flush(self._buffered)
-        return write_manifest(self.directory, self.model, self.dim, self.shards)
-
-    def __enter__(self) -> "FeatureSetWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-
-
-# --------------------------------------------------------------------------------------- importers
-
 def read_lines(path: str | os.PathLike) -> list[str]:
     """Non-empty, non-comment (#) lines of a UTF-8 text file, stripped."""
     return [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines()
             if ln.strip() and not ln.lstrip().startswith("#")]
-
-
-def _read_labels(path: Path, n: int) -> np.ndarray:
-    labels = np.load(path) if path.suffix == ".npy" else np.asarray([int(x) for x in read_lines(path)])
-    labels = np.asarray(labels).reshape(-1)
-    if labels.shape[0] != n:
-        raise FeatureFormatError(f"{path}: {labels.shape[0]} labels for {n} feature rows")
-    return labels.astype(np.int64)
-
-
-def import_npy(npy: str | os.PathLike, keys_file: str | os.PathLike, out: str | os.PathLike, model: str,
-               labels_file: str | os.PathLike | None = None, shard_size: int = 100_000,
-               dtype: str = "float32") -> Path:
-    """Convert an (n, D) ``.npy`` (memory-mapped) + one-key-per-line text file into a feature-set directory."""
-    npy, keys_file = Path(npy), Path(keys_file)
-    arr = np.load(npy, mmap_mode="r")
-    if arr.ndim != 2:
-        raise FeatureFormatError(f"{npy}: expected a 2-D array, got shape {arr.shape}")
-    keys = read_lines(keys_file)
-    if len(keys) != arr.shape[0]:
-        raise FeatureFormatError(f"{keys_file}: {len(keys)} keys for {arr.shape[0]} rows of {npy}")
-    labels = _read_labels(Path(labels_file), arr.shape[0]) if labels_file else np.full(arr.shape[0], -1, np.int64)
-    with FeatureSetWriter(out, model, arr.shape[1], shard_size, dtype) as writer:
-        for lo in range(0, arr.shape[0], shard_size):
-            hi = min(lo + shard_size, arr.shape[0])
-            normalize_rows(arr[lo:hi], npy, lo)  # errors name the .npy file and row
-            writer.add(np.asarray(arr[lo:hi]), keys[lo:hi], labels[lo:hi])
-    return Path(out)
-
-
-def read_megaface_bin(path: str | os.PathLike) -> np.ndarray:
-    """One MegaFace devkit feature file: int32 header (rows, cols, stride, type=5 float32) + float32 data."""
-    path = Path(path)
-    raw = path.read_bytes()
-    if len(raw) < 16:
-        raise FeatureFormatError(f"{path}: too short for a MegaFace .bin header")
-    rows, cols, _stride, typ = np.frombuffer(raw[:16], dtype="<i4")
-    if typ != 5:
-        raise FeatureFormatError(f"{path}: matrix type {typ} is not float32 (5)")
-    n = int(rows) * int(cols)
-    if n <= 0 or len(raw) != 16 + 4 * n:
-        raise FeatureFormatError(f"{path}: header says {rows}x{cols} floats but the file has {len(raw) - 16} "
-                                 f"data bytes")
-    return np.frombuffer(raw[16:], dtype="<f4").astype(np.float32)
-
-
-def import_megaface(root: str | os.PathLike, out: str | os.PathLike, model: str, suffix: str = ".bin",
-                    identities: str | os.PathLike | None = None, shard_size: int = 100_000,
-                    dtype: str = "float32", progress: bool = True) -> tuple[Path, int]:
-    """Import every ``*<suffix>`` file under ``root`` (devkit per-image features) into a feature-set dir.
-
-    Key = path relative to ``root`` with ``suffix`` removed (e.g. ``Aaron_Eckhart/Aaron_Eckhart_1.png``).
-    With ``identities`` (a text file, one identity name per line, index = label; created/extended as
-    needed so probes and mates share it), labels come from each file's parent directory name; else -1.
-    Returns (output directory, number of files).
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"MegaFace feature directory not found: {root}")
-    files = sorted(p for p in root.rglob(f"*{suffix}") if p.is_file())
-    if not files:
-        raise FeatureFormatError(f"{root}: no files ending in {suffix!r}")
-    names: list[str] = read_lines(identities) if identities and Path(identities).is_file() else []
-    index = {n: i for i, n in enumerate(names)}
-    writer = None
-    iterator = files
-    if progress:
-        from tqdm import tqdm
-        iterator = tqdm(files, desc="import .bin", unit="file")
-    batch_f, batch_k, batch_l = [], [], []
-    for path in iterator:
-        vec = read_megaface_bin(path)
-        if writer is None:
-            writer = FeatureSetWriter(out, model, vec.shape[0], shard_size, dtype)
-        elif vec.shape[0] != writer.dim:
-            raise FeatureFormatError(f"{path}: {vec.shape[0]} values, earlier files had {writer.dim}")
-        rel = path.relative_to(root).as_posix()
-        batch_k.append(rel[: -len(suffix)])
-        batch_f.append(vec)
-        label = -1
-        if identities:
-            ident = path.parent.name
-            if ident not in index:
-                index[ident] = len(names)
-                names.append(ident)
-            label = index[ident]
-        batch_l.append(label)
-        if len(batch_k) >= 8192:
-            writer.add(np.stack(batch_f), batch_k, batch_l)
-            batch_f, batch_k, batch_l = [], [], []
-    if batch_k:
-        writer.add(np.stack(batch_f), batch_k, batch_l)
-    writer.close()
-    if identities:
-        from benchmark.atomic import write_text
-        write_text(identities, "\n".join(names) + "\n")
-    return Path(out), len(files)
 
 
 def describe(fs: FeatureSet) -> dict:

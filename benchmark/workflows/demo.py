@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .pipeline import DATA_ENV, load_config, run_pipeline
+from .config import DATA_ENV, load_config
+from .run import run_pipeline
 
 log = logging.getLogger(__name__)
 

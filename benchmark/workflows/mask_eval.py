@@ -11,8 +11,9 @@ and the images where no face was found.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +25,7 @@ FORMAT = "mf2m.mask-eval.v1"
 def load_detector(name: str, device: str = "auto", weights: str | None = None,
                   providers: Sequence[str] = ()) -> tuple[Any, str]:
     """Build the detector ``name``; returns ``(detector, where it came from)``."""
-    from . import registry
+    from ..models import registry
     for module in providers:
         registry.add_provider(module)
     errors = registry.provider_errors()
@@ -53,7 +54,7 @@ def load_detector(name: str, device: str = "auto", weights: str | None = None,
 
 def mask_detector_names() -> list[str]:
     """Registered mask detectors (names to pass as ``--detector``)."""
-    from . import registry
+    from ..models import registry
     return [s.name for s in registry.list_models("mask-detector")]
 
 

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from .leaderboard import AttackSpec, LeaderboardConfig, rows_csv
+from ..report.leaderboard import rows_csv
+from .defend import AttackSpec, LeaderboardConfig
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +88,9 @@ def run_transfer(cfg: TransferConfig, progress: bool = True) -> dict[str, Any]:
     from ..device import resolve_device
     from ..manifest import build_manifest, portable
     from ..models.landmarks import DlibLandmarker
-    from .leaderboard import _load_attacked, aligned_set, build_pool_files, create_model, slug
-    from .metrics import mask_rate, search_metrics
-    from .raw import data_record, replace_strings
+    from ..defences.metrics import mask_rate, search_metrics
+    from ..defences.raw import data_record, replace_strings
+    from .defend import _load_attacked, aligned_set, build_pool_files, create_model, slug
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

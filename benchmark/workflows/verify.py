@@ -175,9 +175,9 @@ def verify(submission: str | Path, data: str, out: str | Path, seed: int | None 
     """
     from ..atomic import write_json
     from ..manifest import build_manifest
-    from .api import load_defence
-    from .bootstrap import bootstrap
-    from .leaderboard import LeaderboardConfig, run_leaderboard
+    from ..defences.api import load_defence
+    from ..defences.bootstrap import bootstrap
+    from .defend import LeaderboardConfig, run_leaderboard
 
     sub = load_submission(submission)
     out = Path(out)

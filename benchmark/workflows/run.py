@@ -1,266 +1,36 @@
-"""``mf2m run CONFIG``: split → prepare → attack → embed → search → report, with a content-addressed cache.
+"""``mf2m run CONFIG``: split → prepare → attack → embed → search → report, through the stage cache.
 
-Every stage output lives in ``CACHE/<stage>-<key>/`` where ``key`` is the SHA-256 of the stage's
-settings, of the fingerprints of its inputs (a data listing, or upstream stages' keys and
-output-manifest hashes) and of the source code that implements the stage (``code_fingerprint``). A stage folder with a ``.stage.json`` whose key matches is reused as is; a
-folder without one is an interrupted stage and is resumed (prepare, attack and embed are resumable
-themselves); anything whose inputs changed gets a new key and is recomputed. ``OUT/run.json``
-lists the evaluated probe sets for ``mf2m report`` and records every stage (cached or run, seconds); the
-outputs the report reads are copied out of the cache into ``OUT/raw/`` (``raw.py``), which ``run.json`` names,
-so a committed run folder re-renders its tables without the cache.
+Each stage output is a content-addressed folder of the cache (``cache.py``); anything whose inputs
+changed gets a new key and is recomputed. ``OUT/run.json`` lists the evaluated probe sets for
+``mf2m report`` and records every stage (cached or run, seconds); the outputs the report reads are
+copied out of the cache into ``OUT/raw/`` (``benchmark.report.raw``), which ``run.json`` names, so a
+committed run folder re-renders its tables without the cache.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..atomic import write_json, write_text
 from ..manifest import build_manifest, sha256_file
-from . import raw
-from .collect import RUN_FORMAT
+from ..report import raw
+from ..report.collect import RUN_FORMAT
+from .cache import Cache, StageResult
+from .config import DATA_ENV, SPLIT_PROTOCOL, DataConfig, RunConfig, load_config, split_request
+from .models import Models
+
+__all__ = ["DATA_ENV", "DataConfig", "RunConfig", "load_config", "run_pipeline"]
 
 log = logging.getLogger(__name__)
-
-DATA_ENV = "MF2M_DATA"
-CACHE_ENV = "MF2M_CACHE"
-SPLIT_PROTOCOL = 3     # 2: leftover images of probe identities are never distractors or templates;
-                       # 3: templates drawn among non-probe identities, capped by data.template_share, and
-                       #    leftovers removed before the distractor sample (benchmark/data/split.py)
-ALL_METHODS = ("none", "solid", "fgsm", "i-fgsm", "mi-fgsm", "ti-fgsm", "ti-mi-fgsm", "di2-fgsm", "m-di2-fgsm",
-               "dm", "advnoise-dm", "mf2m")
-
-
-@dataclass
-class DataConfig:
-    """Where faces come from and how they are split into probes, templates and distractors."""
-
-    spec: str | None = None            # dataset spec (lfw:DIR, folder:DIR, …); None: --data or $MF2M_DATA
-    identities: int = 80               # probe identities (the paper: 80 FaceScrub celebrities)
-    max_images: int | None = 20        # probe images per identity at most
-    min_images: int = 2                # a probe identity needs a mate
-    templates: int = 200               # identities held out of the distractors as DM templates (1 image each)
-    distractors: int | None = None     # at most this many distractor images (seeded sample); None: all
-    seed: int = 0
-    detector: str = "dlib-hog"         # face preparation for photos (see `mf2m prepare`)
-    template_share: float = 0.1        # templates take at most this share of the non-probe identities
-    templates_from: str | None = None  # dataset spec of a separate template folder: the gallery keeps everyone
-    strict: bool = False               # a split shortfall (> 10 % of a requested size) is an error (--strict)
-
-
-@dataclass
-class AttackSettings:
-    """The white-box models and the methods to run."""
-
-    fr: str = "sface"
-    md: str = "mf2m-maskdet"
-    methods: list[str] = field(default_factory=lambda: list(ALL_METHODS))
-    batch_size: int = 16
-    mask_colour: str = "blue"
-    seed: int = 0
-    params: dict[str, dict[str, Any]] = field(default_factory=dict)   # method → hyper-parameter overrides
-    precision: str = "auto"            # FR+MD forward+backward (auto → float32 until parity is shown)
-
-
-@dataclass
-class EvalSettings:
-    """Models the probe sets are evaluated on, and the search settings."""
-
-    models: list[str] = field(default_factory=lambda: ["sface"])
-    fars: list[float] = field(default_factory=lambda: [1e-6, 1e-5, 1e-4, 1e-3])
-    distractor_sizes: list[int] = field(default_factory=list)
-    flip: bool = False
-    batch_size: int = 64
-    precision: str = "auto"            # embed arithmetic: auto → bf16 on CPUs with bf16 units, fp16 on CUDA
-
-
-@dataclass
-class ReportSettings:
-    """What the report shows."""
-
-    far: float = 1e-6
-    paper: str = "auto"
-    examples: int = 3
-
-
-@dataclass
-class RunConfig:
-    """A whole experiment (one YAML file)."""
-
-    name: str
-    out: str
-    cache: str = ".cache/mf2m"
-    device: str = "auto"
-    data: DataConfig = field(default_factory=DataConfig)
-    attack: AttackSettings = field(default_factory=AttackSettings)
-    evaluate: EvalSettings = field(default_factory=EvalSettings)
-    report: ReportSettings = field(default_factory=ReportSettings)
-    source: str = ""                   # the YAML file
-
-
-def _typed(cls, raw: dict[str, Any] | None, where: str):
-    """``cls(**raw)`` with a clear error naming unknown keys."""
-    raw = raw or {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(raw).__name__}")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-    return cls(**raw)
-
-
-def load_config(path: str | os.PathLike, data: str | None = None, out: str | None = None,
-                device: str | None = None, methods: list[str] | None = None,
-                overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML experiment config into typed dataclasses, with command-line overrides.
-
-    ``overrides`` are ``SECTION.KEY=VALUE`` strings (VALUE parsed as YAML), e.g. ``data.identities=20``
-    or ``attack.params={mf2m: {kernel_steps: 80}}``; they are applied before validation.
-    """
-    from ..yamlfile import read_yaml_mapping
-    path = Path(path)
-    raw = read_yaml_mapping(path, "config")
-    for item in overrides or ():
-        _apply_override(raw, item, path)
-    sections = {"data": DataConfig, "attack": AttackSettings, "evaluate": EvalSettings, "report": ReportSettings}
-    top = {k: v for k, v in raw.items() if k not in sections}
-    unknown = sorted(set(top) - {"name", "out", "cache", "device"})
-    if unknown:
-        raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)}")
-    cfg = RunConfig(name=str(top.get("name") or path.stem), out=str(top.get("out") or f"results/{path.stem}"),
-                    cache=str(os.environ.get(CACHE_ENV) or top.get("cache") or ".cache/mf2m"),
-                    device=str(top.get("device") or "auto"),
-                    **{k: _typed(c, raw.get(k), f"{path}: {k}") for k, c in sections.items()}, source=str(path))
-    if data:
-        cfg.data.spec = data
-    cfg.data.spec = cfg.data.spec or os.environ.get(DATA_ENV)
-    if out:
-        cfg.out = out
-    if device:
-        cfg.device = device
-    if methods:
-        cfg.attack.methods = list(methods)
-    bad = [m for m in cfg.attack.methods if m not in ALL_METHODS]
-    if bad:
-        raise ValueError(f"{path}: unknown method(s) {', '.join(bad)}; choose from {', '.join(ALL_METHODS)}")
-    from attacks import check_params
-    for method, params in cfg.attack.params.items():
-        if method not in ALL_METHODS or method == "none":
-            raise ValueError(f"{path}: attack.params: unknown method {method!r}; choose from "
-                             f"{', '.join(ALL_METHODS[1:])}")
-        check_params(method, params or {}, f"{path}: attack.params.{method}")
-    if not cfg.evaluate.models:
-        raise ValueError(f"{path}: evaluate.models is empty")
-    if cfg.report.far not in cfg.evaluate.fars:
-        raise ValueError(f"{path}: report.far {cfg.report.far:g} is not among evaluate.fars")
-    try:
-        split_request(cfg.data).check()
-    except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from None
-    return cfg
-
-
-def _apply_override(raw: dict[str, Any], item: str, path: Path) -> None:
-    """Set ``raw[section][key]`` (or ``raw[key]``) from one ``--set KEY=VALUE`` string."""
-    import yaml
-    name, sep, text = item.partition("=")
-    parts = name.strip().split(".")
-    if not sep or not all(parts) or len(parts) > 2:
-        raise ValueError(f"--set {item!r}: expected SECTION.KEY=VALUE (e.g. data.identities=20) or KEY=VALUE")
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ValueError(f"--set {item!r}: VALUE is not valid YAML ({exc})") from None
-    target = raw
-    if len(parts) == 2:
-        target = raw.setdefault(parts[0], {})
-        if not isinstance(target, dict):
-            raise ValueError(f"--set {item!r}: {path} has no section {parts[0]!r}")
-    target[parts[-1]] = value
-
-
-# ---------------------------------------------------------------------------------------------------
-# the cache
-
-
-# the source folders (relative to the repository root) whose code decides each stage's output
-STAGE_CODE = {"split": ("benchmark/data",), "attack": ("attacks", "benchmark/models", "benchmark/data"),
-              "embed": ("benchmark/embed", "benchmark/models", "benchmark/data"),
-              "search": ("benchmark/search", "benchmark/features.py")}
-
-
-@functools.lru_cache(maxsize=None)
-def code_fingerprint(stage: str) -> str:
-    """SHA-256 over the Python sources that implement ``stage`` (a code change invalidates its cache)."""
-    root = Path(__file__).resolve().parents[2]
-    h = hashlib.sha256()
-    for rel in STAGE_CODE.get(stage, ()):
-        base = root / rel
-        files = [base] if base.is_file() else sorted(base.rglob("*.py"))
-        for f in files:
-            h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
-    return h.hexdigest()
-
-
-def stage_key(stage: str, config: dict[str, Any], inputs: dict[str, str]) -> str:
-    """SHA-256 of the stage name, its settings, its inputs' fingerprints and its code (canonical JSON)."""
-    blob = json.dumps({"stage": stage, "config": config, "inputs": inputs, "code": code_fingerprint(stage)},
-                      sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-@dataclass
-class StageResult:
-    """Where a stage's output is, its key and what it produces for the next stages."""
-
-    stage: str
-    key: str
-    dir: Path
-    fingerprint: str          # what downstream keys are built from
-    cached: bool
-    seconds: float
-
-
-class Cache:
-    """Content-addressed stage folders under one root, with a record of every stage of this run."""
-
-    def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
-        self.records: list[dict[str, Any]] = []
-
-    def run(self, stage: str, label: str, config: dict[str, Any], inputs: dict[str, str],
-            work: Callable[[Path], None], fingerprint_file: str | None = None) -> StageResult:
-        """Reuse ``stage``'s folder for (config, inputs) when complete, else run ``work(folder)`` (resuming)."""
-        key = stage_key(stage, config, inputs)
-        folder = self.root / f"{stage}-{key[:16]}"
-        marker = folder / ".stage.json"
-        t0 = time.time()
-        cached = False
-        if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")).get("key") == key:
-            cached = True
-            fp = json.loads(marker.read_text(encoding="utf-8"))["fingerprint"]
-            log.info("%-8s %-40s cached (%s)", stage, label, folder)
-        else:
-            folder.mkdir(parents=True, exist_ok=True)
-            log.info("%-8s %-40s running → %s", stage, label, folder)
-            work(folder)
-            fp_src = folder / fingerprint_file if fingerprint_file else None
-            fp = sha256_file(fp_src) if fp_src is not None and fp_src.is_file() else key
-            write_json(marker, {"stage": stage, "label": label, "key": key, "config": config, "inputs": inputs,
-                                "fingerprint": fp, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-        res = StageResult(stage, key, folder, fp, cached, round(time.time() - t0, 2))
-        self.records.append({"stage": stage, "label": label, "key": key, "dir": str(folder), "cached": cached,
-                             "seconds": res.seconds})
-        return res
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -310,14 +80,6 @@ def check_split(cfg: RunConfig, record: dict[str, Any] | None, plan, when: str) 
         for w in acc.warnings:
             log.warning("%s", w)
     return acc.to_json()
-
-
-def split_request(d: DataConfig):
-    """The split sizes of a ``data:`` section."""
-    from ..data.split import SplitRequest
-    return SplitRequest(identities=d.identities, max_images=d.max_images, min_images=d.min_images,
-                        templates=d.templates, distractors=d.distractors, seed=d.seed,
-                        template_share=d.template_share)
 
 
 def split_stage(cfg: RunConfig, plan, datasets: dict[str, Any], folder: Path, progress: bool) -> None:
@@ -387,14 +149,14 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def attack_stage(cfg: RunConfig, method: str, split_dir: Path, folder: Path, device: str, progress: bool,
-                 models: "Models") -> None:
+                 models: Models) -> None:
     """``mf2m attack`` on the probe pool, then ``attacked.csv``/``mates.csv`` keyed like the clean probes."""
-    from attacks import BASE_OF
+    from attacks import base_of
     from attacks.pipeline import AttackJob, run_attack
     from attacks.templates import list_faces
     a = cfg.attack
     job = AttackJob(method=method, probes=str(split_dir / "probes.csv"),
-                    templates=str(split_dir / "templates.csv") if BASE_OF[method] == "dm" else None,
+                    templates=str(split_dir / "templates.csv") if base_of(method) == "dm" else None,
                     out=str(folder), fr=a.fr, md=a.md, device=device, batch_size=a.batch_size, seed=a.seed,
                     params=dict(a.params.get(method, {})), mask_colour=a.mask_colour, precision=a.precision)
     job.check()
@@ -416,38 +178,12 @@ def attack_stage(cfg: RunConfig, method: str, split_dir: Path, folder: Path, dev
 
 
 def embed_stage(cfg: RunConfig, model: str, csv_path: Path, folder: Path, device: str, progress: bool,
-                models: "Models") -> None:
+                models: Models) -> None:
     """``mf2m embed`` of an aligned-crop CSV."""
     from ..embed.engine import EmbedConfig, run_embed
     run_embed(EmbedConfig(data=f"csv:{csv_path}?aligned=1", model=model, out=str(folder / "features"),
                           flip=cfg.evaluate.flip, batch_size=cfg.evaluate.batch_size, device=device,
                           workers=0, precision=cfg.evaluate.precision, progress=progress), recognizer=models.get(model))
-
-
-class Models:
-    """Models by registry name, created once per run (``factory`` defaults to the model registry)."""
-
-    def __init__(self, factory: Callable[[str], Any] | None = None):
-        self.factory = factory
-        self._made: dict[str, Any] = {}
-
-    def get(self, name: str) -> Any:
-        """The model called ``name`` (created on first use)."""
-        if name not in self._made:
-            if self.factory is None:
-                try:
-                    from ..models.registry import create
-                except ImportError as exc:
-                    raise RuntimeError(f"the model registry is not available: {exc}") from None
-                self.factory = create
-            self._made[name] = self.factory(name)
-        return self._made[name]
-
-    def identity(self, name: str) -> str:
-        """Name and weights hash of a model (part of the cache keys: new weights → new results)."""
-        model = self.get(name)
-        return f"{model.name}:{model.weights_hash()}"
-
 
 def search_stage(cfg: RunConfig, probes: Path, mates: Path, distractors: Path, folder: Path, device: str,
                  progress: bool) -> None:
@@ -471,7 +207,7 @@ def run_pipeline(cfg: RunConfig, progress: bool = True, model_factory: Callable[
     top of the report page.
     """
     from ..device import resolve_device
-    from .build import ReportOptions, build_report
+    from ..report.build import ReportOptions, build_report
     if not cfg.data.spec:
         raise ValueError(f"no data: give --data DIR (or set ${DATA_ENV}) or data.spec in {cfg.source}")
     from ..precision import attack_plan, plan
@@ -526,8 +262,8 @@ def run_pipeline(cfg: RunConfig, progress: bool = True, model_factory: Callable[
             conf = {"fars": cfg.evaluate.fars, "sizes": cfg.evaluate.distractor_sizes, "seed": cfg.data.seed}
             s = cache.run("search", f"{method} on {model}", conf,
                           {"probes": p.fingerprint, "mates": m.fingerprint, "distractors": dist.fingerprint},
-                          lambda f, p=p, m=m: search_stage(cfg, p.dir / "features", m.dir / "features",
-                                                           dist.dir / "features", f, device, progress),
+                          lambda f, p=p, m=m, d=dist: search_stage(cfg, p.dir / "features", m.dir / "features",
+                                                                 d.dir / "features", f, device, progress),
                           "metrics.json")
             kept_attack = raw.keep_attack(out, attack_dir, method) if attack_dir else None
             if kept_attack is not None:
