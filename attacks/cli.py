@@ -41,9 +41,7 @@ def register(sub, formatter_class) -> None:
                     "against a white-box recognizer and mask detector. Writes OUT/images/<identity>/<stem>.png, "
                     "OUT/regions/…, OUT/probes.csv and OUT/manifest.json; rerun the same command to resume.\n\n"
                     "Hyper-parameters default to the paper's settings; the --eps … --di-scale options override "
-                    "them for the methods they apply to.
-
-"
+                    "them for the methods they apply to.\n\n"
                     "--eot-samples N (any adversarial method) turns on Expectation over Transformation: each "
                     "objective is the mean of N forward passes, each drawing the models' randomness anew, for "
                     "white-box models that are stochastic (e.g. a recognizer behind a randomized defence); "
