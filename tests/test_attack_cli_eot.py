@@ -62,7 +62,7 @@ def test_run_config_takes_eot_samples_per_method(tmp_path):
     """In a `mf2m run` config, attack.params.<method>.eot_samples is accepted; a bad value fails at load time."""
     import yaml
 
-    from benchmark.report.pipeline import load_config
+    from benchmark.workflows.config import load_config
     raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "demo.yaml").read_text())
     raw.setdefault("attack", {})["params"] = {"advnoise-dm": {"steps": 2, "eot_samples": 4}}
     path = tmp_path / "c.yaml"
