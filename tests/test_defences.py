@@ -13,8 +13,13 @@ import numpy as np
 import pytest
 
 from benchmark.defences import api
-from benchmark.defences.api import (Defence, DefendedRecognizer, InputTransform, defend, load_defence,
-                                    parse_value, split_spec)
+from benchmark.defences.api import (
+    DefendedRecognizer,
+    defend,
+    load_defence,
+    parse_value,
+    split_spec,
+)
 from benchmark.defences.metrics import mask_rate, search_metrics
 from benchmark.defences.reference import BUILTINS, UpperFace
 
@@ -358,8 +363,8 @@ def test_leaderboard_end_to_end_and_resume(tmp_path, lfw_dir, sface):
     here; the default detector's weights are not needed to check the orchestration)."""
     import torch
 
-    from benchmark.workflows.defend import LeaderboardConfig, run_leaderboard
     from benchmark.models.mask_detector import CNNMaskDetector, build_masknet, save_weights
+    from benchmark.workflows.defend import LeaderboardConfig, run_leaderboard
     torch.manual_seed(0)
     save_weights(tmp_path / "md.pt", build_masknet(), {"note": "random init, orchestration test"})
     md = CNNMaskDetector(tmp_path / "md.pt", device="cpu")
@@ -407,7 +412,7 @@ def test_leaderboard_end_to_end_and_resume(tmp_path, lfw_dir, sface):
         assert all((p["psnr"] is not None and p["psnr"] > 20 and 0 < p["ssim"] <= 1) == adversarial for p in probes)
     # the data set is recorded by name and listing hash, never by this machine's path
     text = (out / "leaderboard.json").read_text()
-    assert str(lfw_dir) not in text and manifest["data"]["spec"] == f"folder:$DATA/images"
+    assert str(lfw_dir) not in text and manifest["data"]["spec"] == "folder:$DATA/images"
     assert len(manifest["data"]["listing_sha256"]) == 64
 
 

@@ -343,8 +343,8 @@ def test_transfer_matrix_on_lfw(tmp_path, lfw_dir, capsys):
     assert manifest["data"]["spec"] == "folder:$DATA/images" and str(lfw_dir) not in (out / "transfer.json").read_text()
     # the white-box cell equals the engine on the cached attack images, embedded again here
     from benchmark.data.images import read_image
-    from benchmark.workflows.defend import aligned_set, slug
     from benchmark.models.sface import SFaceRecognizer
+    from benchmark.workflows.defend import aligned_set, slug
     keys, ids, clean, _ = aligned_set(out / "pool" / "probes.csv", None, out / "aligned_probes.npz")
     _, _, dist, _ = aligned_set(out / "pool" / "distractors.csv", None, out / "aligned_distractors.npz")
     folder = out / "attacks" / slug("fgsm") / slug("sface")

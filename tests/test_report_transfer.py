@@ -44,7 +44,8 @@ def test_report_renders_transfer_matrices_heatmaps_and_escapes_names(tmp_path):
     assert rows["arcface"] == ["0.6250", "0.7500", "0.2500", "0.5000", "0.8750"]
     assert rows["clean (no attack)"] == ["0.9000", "0.8500", "0.8000", "0.7000", "0.0000"]
     assert "| sface (Rank-1) |" in md and "| sface (TAR@0.01) |" in md and "white-box" in md
-    table = list(csv.DictReader(open(md_file.with_suffix(".csv"), newline="")))
+    with open(md_file.with_suffix(".csv"), newline="") as fh:
+        table = list(csv.DictReader(fh))
     assert float(next(r for r in table if r["source"] == "arcface")[f"tar@{EVIL_TARGET}"]) == 0.5
     assert md_file.with_suffix(".tex").is_file()
     pngs = sorted((rep / "plots").glob("transfer_*.png"))

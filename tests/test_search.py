@@ -177,8 +177,7 @@ def test_cli_end_to_end_with_noise_and_sweep(tmp_path):
     p, m, d = _write_roles(tmp_path, prob, dtype=np.float16, shards=4)
     noise = tmp_path / "noises.txt"
     # facescrub-style basename entries and megaface-style relative paths (with a comment line)
-    noise.write_text("# noise list\nimg3.jpg\nid{}/mate5.jpg\nflickr/0/7.jpg\n{}\nnot/present.jpg\n".format(
-        ml[5], dk[1234]))
+    noise.write_text(f"# noise list\nimg3.jpg\nid{ml[5]}/mate5.jpg\nflickr/0/7.jpg\n{dk[1234]}\nnot/present.jpg\n")
     out = tmp_path / "out"
     sizes = [10, 100, 1000]
     rc = main(["search", "--probes", str(p), "--mates", str(m), "--distractors", str(d), "--out", str(out),

@@ -21,9 +21,9 @@ import pytest
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+from test_search import brute_force, h5_write, sharded_write, unit32  # noqa: E402
 
 from benchmark.search.run import SearchConfig, run_search  # noqa: E402
-from test_search import brute_force, h5_write, sharded_write, unit32  # noqa: E402
 
 FARS = [1e-3, 1e-2, 0.1]
 

@@ -13,13 +13,12 @@ import functools
 import numpy as np
 import pytest
 import torch
+from test_search import FARS, _planted, _write_roles, brute_force, check, unit32
 
 from benchmark.device import resolve_precision
-from benchmark.search import engine
+from benchmark.search import engine, screen
 from benchmark.search import run as run_mod
-from benchmark.search import screen
 from benchmark.search.run import SearchConfig, run_search
-from test_search import FARS, _planted, _write_roles, brute_force, check, unit32
 
 
 def _ulp_ok(out: str) -> None:

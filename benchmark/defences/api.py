@@ -30,8 +30,9 @@ import importlib
 import json
 import sys
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -57,7 +58,7 @@ def check_faces(faces: np.ndarray) -> np.ndarray:
     return faces
 
 
-class InputTransform(abc.ABC):
+class InputTransform:
     """A transform of aligned faces applied before recognition and/or detection.
 
     Subclasses set ``name`` and implement :meth:`apply_one` (or :meth:`apply` for whole batches) and,
@@ -98,11 +99,11 @@ class InputTransform(abc.ABC):
             out[i] = self.apply_one(face)
         return out
 
-    def surrogate(self, x: "Any") -> "Any":
+    def surrogate(self, x: Any) -> Any:
         """Differentiable version on ``(n, 3, H, W)`` float RGB in [0, 1] (default: the identity, BPDA)."""
         return x
 
-    def sample(self, rng: np.random.Generator) -> "InputTransform":
+    def sample(self, rng: np.random.Generator) -> InputTransform:
         """One draw of this transform's randomness, as a transform whose ``apply``/``surrogate`` use it.
 
         The default returns ``self``: right for deterministic transforms, and for stochastic ones whose
@@ -111,7 +112,7 @@ class InputTransform(abc.ABC):
         """
         return self
 
-    def torch_module(self) -> "Any":
+    def torch_module(self) -> Any:
         """A ``torch.nn.Module``: forward value = :meth:`apply` (on the 8-bit rounded input), gradient = :meth:`surrogate`'s."""
         return _straight_through_class()(self)
 
@@ -189,7 +190,7 @@ def _straight_through_class():
             seed = zlib.crc32(json.dumps([transform.name, transform.params()], sort_keys=True, default=str).encode())
             self.rng = np.random.default_rng(seed)
 
-        def forward(self, x: "torch.Tensor") -> "torch.Tensor":
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
             if x.dim() != 4 or x.shape[1] != 3:
                 raise ValueError(f"defence {self.transform.name} expects (n, 3, H, W) RGB in [0, 1], "
                                  f"got {tuple(x.shape)}")
@@ -335,7 +336,7 @@ def load_defence(spec: str) -> Defence:
         return build_defence(factory, params, source=f"spec:{module}:{func}", name=None)
     eps = entry_point_defences()
     if name not in eps:
-        from .reference import BUILTINS   # built-ins also work from a source tree that was never installed
+        from .reference import BUILTINS  # built-ins also work from a source tree that was never installed
         if name in BUILTINS:
             mod_name, func_name = BUILTINS[name].split(":")
             factory = getattr(importlib.import_module(mod_name), func_name)
@@ -386,9 +387,9 @@ class _Defended:
 
     inner: Any
     defence: Defence
-    transform: "InputTransform | None"
+    transform: InputTransform | None
 
-    def _wrap(self, inner: Any, defence: Defence, transform: "InputTransform | None") -> None:
+    def _wrap(self, inner: Any, defence: Defence, transform: InputTransform | None) -> None:
         self.inner, self.defence, self.transform = inner, defence, transform
         self.name = f"{inner.name}+{defence.tag}"
         self.differentiable = inner.differentiable

@@ -75,8 +75,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.config:
         raise ValueError("--config is required (e.g. --config configs/defences.yaml)")
-    from .api import load_defence
     from ..workflows.defend import load_config, run_leaderboard
+    from .api import load_defence
     for spec in args.defence:            # fail fast, before any model loads
         load_defence(spec)
     cfg = load_config(args.config, data=args.data, out=args.out, device=args.device, seed=args.seed,

@@ -17,7 +17,8 @@ probe–distractor pairs. Only the defence-specific numbers live here: the **mas
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

@@ -19,10 +19,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

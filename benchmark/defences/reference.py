@@ -176,7 +176,7 @@ class RandomResizePad(InputTransform):
         """``min_scale``, ``seed`` and ``apply_to``."""
         return {"min_scale": self.min_scale, "seed": self.seed, **super().params()}
 
-    def sample(self, rng: np.random.Generator) -> "RandomResizePad":
+    def sample(self, rng: np.random.Generator) -> RandomResizePad:
         """The same transform with a fresh ``seed`` from ``rng`` (a new draw of every face's choices)."""
         return RandomResizePad(self.min_scale, int(rng.integers(2 ** 31)), self.apply_to)
 

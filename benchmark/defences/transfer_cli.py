@@ -37,8 +37,8 @@ def register(sub, formatter) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the config, run the matrices, print the Markdown."""
-    from ..yamlfile import read_yaml_mapping
     from ..workflows.transfer import TransferConfig, run_transfer
+    from ..yamlfile import read_yaml_mapping
     raw = read_yaml_mapping(Path(args.config), "transfer config")
     overrides = {"data": args.data, "out": args.out, "sources": args.sources, "targets": args.targets,
                  "device": args.device, "seed": args.seed}

@@ -33,7 +33,7 @@ class Estimate(float):
     lo: float
     hi: float
 
-    def __new__(cls, value: float, interval: tuple[float, float]) -> "Estimate":
+    def __new__(cls, value: float, interval: tuple[float, float]) -> Estimate:
         obj = super().__new__(cls, value)
         obj.lo, obj.hi = float(interval[0]), float(interval[1])
         return obj

@@ -258,7 +258,7 @@ class NegTopK:
             keep = self.vals >= self.cut
             self.vals, self.probe, self.dist = self.vals[keep], self.probe[keep], self.dist[keep]
 
-    def merged(self, other: "NegTopK") -> "NegTopK":
+    def merged(self, other: NegTopK) -> NegTopK:
         """Union of two candidate sets (for disjoint distractor shards)."""
         self.flush()
         other.flush()
@@ -313,7 +313,7 @@ class Partial:
             self.neg_hist_lp = np.zeros(HIST_BINS, np.int64)
 
     @classmethod
-    def empty(cls, problem: Problem) -> "Partial":
+    def empty(cls, problem: Problem) -> Partial:
         """State before any column is seen."""
         n_p, m = problem.probes.shape[0], problem.m_max
         tops = {size: NegTopK(problem.k_for(n_p * size, max(problem.fars)) if problem.fars else 1, problem.eps)
@@ -465,17 +465,7 @@ def process_block(part: Partial, problem: Problem, probes_dev, block_dev, col0: 
     if problem.topk > 0 and floor is not None:
         thr = np.minimum(thr, floor)
     with_hist = bool(problem.n_pos) and not dense
-    if scores.device.type == "cpu" and state.get("fused", True):  # one fused two-pass scan (scan.py)
-        from .scan import scan_block
-        hist, below, p, c, v32 = scan_block(scores.numpy(), problem.hist_lo, HIST_HI, HIST_BINS, thr, with_hist)
-        d = cols[c]
-    else:
-        if with_hist:
-            hist, below = neg_histogram(scores, problem.hist_lo)
-        if (thr < np.inf).any():
-            p, d, v32 = extract_ge(scores, thr, cols)
-        else:
-            p, d, v32 = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    hist, below, p, d, v32 = _histogram_and_extract(scores, problem, thr, cols, with_hist, state)
     if with_hist:
         part.neg_hist += hist
         part.n_below += below
@@ -490,6 +480,22 @@ def process_block(part: Partial, problem: Problem, probes_dev, block_dev, col0: 
         _offer_matches(part, problem, scores, problem.mates.shape[0] + col0, state)
     if state.get("screen") is not None and "split" not in state:
         _plan_screen(part, problem, state, block_dev, scores.numel(), dense)
+
+
+def _histogram_and_extract(scores, problem: Problem, thr: np.ndarray, cols: np.ndarray, with_hist: bool,
+                           state: dict):
+    """(AUC histogram, #below, probe rows, distractor ids, float32 scores ≥ thr) of a float32 block: one fused
+    two-pass scan on the CPU (``scan.py``), ``torch.histc`` + ``extract_ge`` elsewhere."""
+    if scores.device.type == "cpu" and state.get("fused", True):
+        from .scan import scan_block
+        hist, below, p, c, v32 = scan_block(scores.numpy(), problem.hist_lo, HIST_HI, HIST_BINS, thr, with_hist)
+        return hist, below, p, cols[c], v32
+    hist, below = neg_histogram(scores, problem.hist_lo) if with_hist else (None, 0)
+    if (thr < np.inf).any():
+        p, d, v32 = extract_ge(scores, thr, cols)
+    else:
+        p, d, v32 = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    return hist, below, p, d, v32
 
 
 def _plan_screen(part: Partial, problem: Problem, state: dict, block_dev, n_scores: int, dense: bool) -> None:

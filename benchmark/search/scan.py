@@ -15,6 +15,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _bin_and_count(scores, lo, hi, inv_width, thr, hist_parts, counts):  # pragma: no cover (compiled)
     n, b = scores.shape

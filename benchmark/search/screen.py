@@ -94,7 +94,7 @@ class Screen:
     eps32: float            # the float32 error bound of the rescored scores
 
     @classmethod
-    def build(cls, precision: str, probes_dev, eps32: float) -> "Screen":
+    def build(cls, precision: str, probes_dev, eps32: float) -> Screen:
         lp = torch_dtype(precision)
         ph, r, n = residual_norms(probes_dev, lp)
         out = precision if probes_dev.device.type == "cpu" else _gpu_out(ph)

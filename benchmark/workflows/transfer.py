@@ -50,7 +50,7 @@ class TransferConfig:
     batch_size: int = 16
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> "TransferConfig":
+    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> TransferConfig:
         """Validate a mapping (unknown keys are errors naming ``source``); attacks as in the leaderboard."""
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(raw) - known)
@@ -85,11 +85,11 @@ def run_transfer(cfg: TransferConfig, progress: bool = True) -> dict[str, Any]:
     from attacks.pipeline import AttackJob, run_attack
 
     from ..atomic import write_json, write_text
+    from ..defences.metrics import mask_rate, search_metrics
+    from ..defences.raw import data_record, replace_strings
     from ..device import resolve_device
     from ..manifest import build_manifest, portable
     from ..models.landmarks import DlibLandmarker
-    from ..defences.metrics import mask_rate, search_metrics
-    from ..defences.raw import data_record, replace_strings
     from .defend import _load_attacked, aligned_set, build_pool_files, create_model, slug
 
     out = Path(cfg.out)

@@ -65,6 +65,31 @@ def _fail(path: Path, msg: str) -> ValueError:
     return ValueError(f"submission {path}: {msg}")
 
 
+def _checked_claim(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
+    """The submission's ``claim``: attack, mode and at least one metric in [0, 1]."""
+    claim = raw.get("claim")
+    if not isinstance(claim, dict) or not claim.get("attack") or claim.get("mode") not in MODES:
+        raise _fail(path, f"'claim' needs attack, mode (one of {', '.join(MODES)}) and claimed metrics")
+    claimed = [m for m in CLAIM_METRICS if claim.get(m) is not None]
+    if not claimed:
+        raise _fail(path, f"'claim' states none of {', '.join(CLAIM_METRICS)}")
+    for m in claimed:
+        if not isinstance(claim[m], (int, float)) or not 0 <= claim[m] <= 1:
+            raise _fail(path, f"claim.{m} must be a number in [0, 1], got {claim[m]!r}")
+    return claim
+
+
+def _checked_tolerance(path: Path, raw: dict[str, Any]) -> dict[str, float]:
+    """Per-metric tolerances (defaults where not given), each in [0, MAX_TOLERANCE]."""
+    tol = raw.get("tolerance") or {}
+    if not isinstance(tol, dict) or not set(tol) <= set(CLAIM_METRICS):
+        raise _fail(path, f"'tolerance' maps {', '.join(CLAIM_METRICS)} to numbers")
+    for m, v in tol.items():
+        if not isinstance(v, (int, float)) or not 0 <= v <= MAX_TOLERANCE:
+            raise _fail(path, f"tolerance.{m} must be in [0, {MAX_TOLERANCE}], got {v!r}")
+    return {m: float(tol.get(m, DEFAULT_TOLERANCE)) for m in CLAIM_METRICS}
+
+
 def load_submission(path: str | Path) -> Submission:
     """Read and validate a submission YAML (errors name the file and the field)."""
     from ..yamlfile import read_yaml_mapping
@@ -92,24 +117,10 @@ def load_submission(path: str | Path) -> Submission:
     for key in ("data", "out", "seed", "defences"):
         if key in bench:
             raise _fail(path, f"benchmark.{key} is set by the verifier, not the submission")
-    claim = raw.get("claim")
-    if not isinstance(claim, dict) or not claim.get("attack") or claim.get("mode") not in MODES:
-        raise _fail(path, f"'claim' needs attack, mode (one of {', '.join(MODES)}) and claimed metrics")
-    claimed = [m for m in CLAIM_METRICS if claim.get(m) is not None]
-    if not claimed:
-        raise _fail(path, f"'claim' states none of {', '.join(CLAIM_METRICS)}")
-    for m in claimed:
-        if not isinstance(claim[m], (int, float)) or not 0 <= claim[m] <= 1:
-            raise _fail(path, f"claim.{m} must be a number in [0, 1], got {claim[m]!r}")
-    tol = raw.get("tolerance") or {}
-    if not isinstance(tol, dict) or not set(tol) <= set(CLAIM_METRICS):
-        raise _fail(path, f"'tolerance' maps {', '.join(CLAIM_METRICS)} to numbers")
-    for m, v in tol.items():
-        if not isinstance(v, (int, float)) or not 0 <= v <= MAX_TOLERANCE:
-            raise _fail(path, f"tolerance.{m} must be in [0, {MAX_TOLERANCE}], got {v!r}")
+    claim, tol = _checked_claim(path, raw), _checked_tolerance(path, raw)
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     return Submission(path, sha, raw["defence"].strip(), {k: str(v) for k, v in pkg.items()}, weights, bench,
-                      claim, {m: float(tol.get(m, DEFAULT_TOLERANCE)) for m in CLAIM_METRICS}, raw)
+                      claim, tol, raw)
 
 
 def check_package(sub: Submission) -> dict[str, Any]:
@@ -174,9 +185,9 @@ def verify(submission: str | Path, data: str, out: str | Path, seed: int | None 
     returns the record. ``seed`` is drawn now unless given (give it only to reproduce a record).
     """
     from ..atomic import write_json
-    from ..manifest import build_manifest
     from ..defences.api import load_defence
     from ..defences.bootstrap import bootstrap
+    from ..manifest import build_manifest
     from .defend import LeaderboardConfig, run_leaderboard
 
     sub = load_submission(submission)
