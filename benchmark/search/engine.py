@@ -21,58 +21,30 @@ partials from different gallery shards / processes / GPUs, and ``finalize`` turn
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-_REFINE_CHUNK = 1 << 13  # pairs per dot64 chunk (bounds its float64 temporaries)
-HIST_BINS = 1 << 16     # uniform bins of the negative-score histogram over [hist_lo, HIST_HI]
-HIST_HI = 1.0625        # above every float32 score of unit vectors (|s32| ≤ 1 + eps)
-HIST_FUZZ = 2           # a negative counted in bin j lies in bins j-2 … j+2 (float32 bin-index rounding)
-AUC_TOLERANCE = 1e-6    # above this histogram error bound, the AUC is recomputed exactly (float64 pass)
-DENSE_FRACTION = 0.01   # first block: more scores than this in the probes' rank bands ⇒ dense float64 path
-_F32_EXACT = 1 << 24    # float32 histogram counts are exact below this
+from .readout import auc_exact_pass, auc_from_histogram, exact_matches, first_beater, rank_counts, tar_at
+from .scores import (
+    _F32_EXACT,
+    _REFINE_CHUNK,
+    AUC_TOLERANCE,
+    DENSE_FRACTION,
+    HIST_BINS,
+    HIST_FUZZ,
+    HIST_HI,
+    dot64,
+    f32_below,
+    float64_error_bound,
+    gemm_error_bound,
+)
+from .topk import NegTopK, extract_ge, keep_top
 
-
-def f32_below(x: float) -> float:
-    """The largest float32 ≤ x (so ``float32_tensor >= f32_below(x)`` never misses a value ≥ x)."""
-    y = np.float32(x)
-    if float(y) > x:
-        y = np.nextafter(y, np.float32(-np.inf))
-    return float(y)
-
-
-def gemm_error_bound(dim: int) -> float:
-    """Rigorous bound on |float32 dot − exact dot| for unit vectors of ``dim`` components, any order.
-
-    γ_n = n·u/(1−n·u) with u = 2⁻²⁴ (Higham, Thm 3.1) times Σ|x_i y_i| ≤ ‖x‖‖y‖ ≤ 1+1e-6, plus the
-    float64 reference's own (tiny) rounding.
-    """
-    u = 2.0 ** -24
-    gamma = dim * u / (1 - dim * u)
-    return gamma * (1 + 1e-6) + 4 * dim * 2.0 ** -53
-
-
-def float64_error_bound(dim: int) -> float:
-    """Bound on |float64 GEMM − dot64| for float32 unit vectors (products are exact in float64; both sums
-    carry ≤ γ_D in float64), with a wide safety factor."""
-    return 8 * dim * 2.0 ** -53
-
-
-def dot64(a, b, ia: np.ndarray | None = None, ib: np.ndarray | None = None) -> np.ndarray:
-    """Canonical score of row pairs: float64 sum of products of the float32 components (numpy, CPU).
-
-    Pairs are ``(a[i], b[i])``, or ``(a[ia[i]], b[ib[i]])`` when index arrays are given — gathered chunk by
-    chunk, so scoring many pairs never materialises them all (``a``/``b`` may be ``UnitRows``).
-    """
-    n = (a.shape[0] if ia is None else len(ia))
-    out = np.empty(n, dtype=np.float64)
-    for lo in range(0, n, _REFINE_CHUNK):
-        hi = min(lo + _REFINE_CHUNK, n)
-        x = a[lo:hi] if ia is None else a[ia[lo:hi]]
-        y = b[lo:hi] if ib is None else b[ib[lo:hi]]
-        out[lo:hi] = np.einsum("ij,ij->i", x, y, dtype=np.float64)
-    return out
+__all__ = ["AUC_TOLERANCE", "DENSE_FRACTION", "HIST_BINS", "HIST_FUZZ", "HIST_HI", "NegTopK", "Partial", "Problem",
+           "auc_exact_pass", "auc_from_histogram", "build_problem", "dot64", "exact_matches", "extract_ge",
+           "f32_below", "first_beater", "float64_error_bound", "gemm_error_bound", "merge", "neg_histogram",
+           "process_block", "rank_counts", "tar_at"]
 
 
 @dataclass
@@ -167,118 +139,8 @@ def build_problem(probes, probe_keys, probe_labels, mates, mate_keys, mate_label
 
 # ------------------------------------------------------------------------------------ extraction
 
-def extract_ge(scores, thr, cols: np.ndarray, strict: bool = False):
-    """(probe rows, column ids, float32 scores) of entries ≥ ``thr`` (> if strict); thr scalar or (n_p,).
-
-    numpy on the CPU (a zero-copy view of the torch block), torch on a GPU; results on the CPU.
-    """
-    if scores.device.type == "cpu":
-        s = scores.numpy()
-        t = thr if np.isscalar(thr) else np.asarray(thr, np.float32)[:, None]
-        mask = s > t if strict else s >= t
-        flat = np.flatnonzero(mask)
-        b = s.shape[1]
-        return flat // b, cols[flat % b], s.reshape(-1)[flat]
-    import torch
-    t = thr if np.isscalar(thr) else torch.as_tensor(np.asarray(thr, np.float32), device=scores.device)[:, None]
-    mask = scores > t if strict else scores >= t
-    idx = mask.nonzero()
-    v = scores[idx[:, 0], idx[:, 1]].cpu().numpy()
-    idx = idx.cpu().numpy()
-    return idx[:, 0], cols[idx[:, 1]], v
-
 
 # ------------------------------------------------------------------------------------ top-K negatives
-
-@dataclass
-class NegTopK:
-    """Candidates (float32 score, probe, distractor) that surely contain the K largest exact negatives."""
-
-    k: int
-    eps: float
-    vals: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
-    probe: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
-    dist: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    cut: float = -math.inf
-    _pending: list = field(default_factory=list, repr=False)   # queued (vals, probe, dist) chunks
-    _n_pending: int = 0
-
-    def block_cut(self, scores) -> float:
-        """Lowest float32 score of this block that can matter (uses the block's K-th largest early on, unless
-        ``scores`` is None)."""
-        if self.cut == -math.inf and self.vals.size + self._n_pending >= self.k:
-            self.prune()  # K candidates are known: their K-th largest bounds what can still matter
-        cut = self.cut
-        if self.vals.size + self._n_pending < self.k and scores is not None and scores.numel() > self.k:
-            if scores.device.type == "cpu":
-                flat = scores.numpy().reshape(-1)
-                kth = float(np.partition(flat, flat.size - self.k)[flat.size - self.k])
-            else:
-                import torch
-                flat = scores.reshape(-1)
-                kth = float(torch.kthvalue(flat, flat.numel() - self.k + 1).values)
-            cut = max(cut, kth - 2 * self.eps)
-        return f32_below(cut) if math.isfinite(cut) else -math.inf
-
-    def add(self, p: np.ndarray, d: np.ndarray, v: np.ndarray, cut: float) -> None:
-        """Append the extracted entries scoring ≥ ``cut`` (from ``block_cut``)."""
-        keep = v >= cut
-        if keep.any():
-            self._append(v[keep], p[keep], d[keep])
-
-    def offer(self, scores, cols: np.ndarray) -> None:
-        """Add the candidates of a (n_p, b) torch score block whose columns are distractors ``cols``."""
-        if scores.numel() == 0:
-            return
-        cut = self.block_cut(scores)
-        p, d, v = extract_ge(scores, cut, cols)
-        if p.size:
-            self._append(v, p, d)
-
-    def _append(self, vals, probe, dist) -> None:
-        """Queue new candidates (O(new) per block); they join the arrays on ``flush``/``prune``."""
-        self._pending.append((vals.astype(np.float32), probe.astype(np.int32), dist.astype(np.int64)))
-        self._n_pending += int(vals.size)
-        if self.vals.size + self._n_pending > 2 * self.k + 1024:
-            self.prune()
-
-    def flush(self) -> None:
-        """Move the queued candidates into ``vals``/``probe``/``dist``."""
-        if self._pending:
-            parts = [(self.vals, self.probe, self.dist)] + self._pending
-            self.vals, self.probe, self.dist = (np.concatenate(c) for c in zip(*parts))
-            self._pending, self._n_pending = [], 0
-
-    def prune(self) -> None:
-        """Drop candidates that cannot reach the exact top K (more than 2·eps below the K-th float32)."""
-        self.flush()
-        if self.vals.size >= self.k:
-            theta = float(np.partition(self.vals, self.vals.size - self.k)[self.vals.size - self.k])
-            self.cut = max(self.cut, theta - 2 * self.eps)
-            keep = self.vals >= self.cut
-            self.vals, self.probe, self.dist = self.vals[keep], self.probe[keep], self.dist[keep]
-
-    def merged(self, other: NegTopK) -> NegTopK:
-        """Union of two candidate sets (for disjoint distractor shards)."""
-        self.flush()
-        other.flush()
-        out = NegTopK(max(self.k, other.k), self.eps, cut=max(self.cut, other.cut))
-        out._append(np.concatenate([self.vals, other.vals]), np.concatenate([self.probe, other.probe]),
-                    np.concatenate([self.dist, other.dist]))
-        out.prune()
-        return out
-
-    def kth_largest(self, k: int, problem: Problem) -> float:
-        """Exact k-th largest negative score (k ≤ self.k), refining only the ±2·eps window."""
-        self.flush()
-        v = self.vals
-        if k > v.size:
-            raise RuntimeError(f"internal: {k}-th largest negative asked, {v.size} candidates kept")
-        theta = float(np.partition(v, v.size - k)[v.size - k])
-        above = int((v > theta + 2 * self.eps).sum())
-        win = np.flatnonzero((v >= theta - 2 * self.eps) & (v <= theta + 2 * self.eps))
-        exact = np.sort(dot64(problem.probes, problem.distractors, self.probe[win], self.dist[win]))[::-1]
-        return float(exact[k - above - 1])
 
 
 # ------------------------------------------------------------------------------------------ partials
@@ -329,7 +191,7 @@ def merge(a: Partial, b: Partial) -> Partial:
     vals = np.concatenate([a.match_vals, b.match_vals], axis=1)
     idx = np.concatenate([a.match_idx, b.match_idx], axis=1)
     bound = np.maximum(a.match_bound, b.match_bound)
-    vals, idx, bound = _keep_top(vals, idx, bound, max(a.match_vals.shape[1], b.match_vals.shape[1]))
+    vals, idx, bound = keep_top(vals, idx, bound, max(a.match_vals.shape[1], b.match_vals.shape[1]))
     return Partial(a.n_cols + b.n_cols, a.rank_hist + b.rank_hist, a.n_below + b.n_below, a.neg_hist + b.neg_hist,
                    np.minimum(a.first_beater, b.first_beater),
                    {s: a.tops[s].merged(b.tops[s]) for s in a.tops}, vals, idx, bound,
@@ -337,25 +199,6 @@ def merge(a: Partial, b: Partial) -> Partial:
                    a.auc_refined + b.auc_refined, a.neg_hist_lp + b.neg_hist_lp, a.n_below_lp + b.n_below_lp,
                    max(a.lp_err, b.lp_err), a.lp_out or b.lp_out, a.lp_cols + b.lp_cols,
                    a.lp_rescored + b.lp_rescored, a.lp_note or b.lp_note)
-
-
-def _keep_top(vals: np.ndarray, idx: np.ndarray, bound: np.ndarray, k: int):
-    """Keep the k best float32 candidates per row (ties by lower index), raising the bound by the rest."""
-    if vals.shape[1] <= k:
-        return vals, idx, bound
-    order = _row_order(vals, idx)
-    vals = np.take_along_axis(vals, order, 1)
-    idx = np.take_along_axis(idx, order, 1)
-    bound = np.maximum(bound, vals[:, k:].max(axis=1))
-    return vals[:, :k], idx[:, :k], bound
-
-
-def _row_order(vals: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """Per-row order by descending score then ascending index."""
-    n, m = vals.shape
-    rows = np.repeat(np.arange(n), m)
-    order = np.lexsort((idx.ravel(), -vals.ravel().astype(np.float64), rows))
-    return order.reshape(n, m) - np.arange(n)[:, None] * m
 
 
 # ------------------------------------------------------------------------------------------ the block
@@ -431,6 +274,7 @@ def process_block(part: Partial, problem: Problem, probes_dev, block_dev, col0: 
     from .dense import dense_block, dense_wanted
     if state.get("screen") is not None and state.get("dense") is False and \
             (problem.topk <= 0 or state.get("floor") is not None):
+        from .screened import screened_block
         return screened_block(part, problem, probes_dev, block_dev, col0, state)
     b = block_dev.shape[0]
     buf = state.get("buf")
@@ -479,7 +323,8 @@ def process_block(part: Partial, problem: Problem, probes_dev, block_dev, col0: 
     if problem.topk > 0 and floor is None:
         _offer_matches(part, problem, scores, problem.mates.shape[0] + col0, state)
     if state.get("screen") is not None and "split" not in state:
-        _plan_screen(part, problem, state, block_dev, scores.numel(), dense)
+        from .screened import plan_screen
+        plan_screen(part, problem, state, block_dev, scores.numel(), dense)
 
 
 def _histogram_and_extract(scores, problem: Problem, thr: np.ndarray, cols: np.ndarray, with_hist: bool,
@@ -498,20 +343,6 @@ def _histogram_and_extract(scores, problem: Problem, thr: np.ndarray, cols: np.n
     return hist, below, p, d, v32
 
 
-def _plan_screen(part: Partial, problem: Problem, state: dict, block_dev, n_scores: int, dense: bool) -> None:
-    """After the first (float32) block: the screen's AUC split level, or no screening (``screen.plan_split``)."""
-    screen = state["screen"]
-    if dense:
-        state["screen"], part.lp_note = None, "screening not used: dense float64 path (positives in the bulk)"
-        return
-    expected = 1.05 * float(screen.errors(block_dev)[1].max())  # later blocks' bounds are alike
-    level, part.lp_note = screen.plan_split(part.neg_hist, n_scores, problem.hist_lo, HIST_HI, problem.sorted_pos,
-                                            expected, HIST_FUZZ, AUC_TOLERANCE)
-    if level is None:
-        state["screen"] = None
-    state["split"] = level
-
-
 def _count_extracted(part: Partial, problem: Problem, p, d, v32, cut: float, floor, dense: bool,
                      state: dict) -> None:
     """Ranks, τ candidates and matches from a block's extracted entries (float32 scores ≥ their threshold)."""
@@ -528,80 +359,6 @@ def _count_extracted(part: Partial, problem: Problem, p, d, v32, cut: float, flo
                        problem.probes.shape[0], state)
 
 
-def screened_block(part: Partial, problem: Problem, probes_dev, block_dev, col0: int, state: dict) -> None:
-    """``process_block`` for a sparse-path block scored in low precision (``screen.Screen``).
-
-    The same thresholds as the float32 path, lowered by the screen's error bound; the entries above are
-    rescored in float32 and those at or above the float32 threshold go on exactly as ``process_block``'s
-    extraction would.  The AUC histogram counts the screened values (window widened by the screen).
-    """
-    import torch
-
-    from .scan import key_values, scan_bits
-    from .screen import as_bits, rescore, values_lut
-    screen = state["screen"]
-    b = block_dev.shape[0]
-    n_d = problem.distractors.shape[0]
-    cols = np.arange(col0, col0 + b)
-    part.n_cols += b
-    part.lp_cols += b
-    part.lp_out = screen.out
-    scores, err = screen.block(block_dev)
-    part.lp_err = max(part.lp_err, float(err.max()))
-    top = part.tops.get(n_d) if problem.fars else None
-    cut = top.block_cut(None) if top is not None else math.inf
-    floor = state.get("floor")
-    thr = np.minimum(problem.row_low, np.float32(cut))
-    if problem.topk > 0:
-        thr = np.minimum(thr, floor)
-    split = np.float32(state["split"])  # screened values ≥ split: rescored and binned in float32
-    thr_lp = np.minimum(screen.thresholds(thr, err), split)
-    with_hist = bool(problem.n_pos)
-    if scores.dtype != torch.float32 and scores.device.type == "cpu" and state.get("fused", True):
-        if "lut" not in state:
-            state["lut"] = values_lut(screen.out)
-            state["by_key"] = key_values(state["lut"])
-        hist, outside, p, c, vlp = scan_bits(as_bits(scores), state["lut"], state["by_key"], problem.hist_lo_lp,
-                                             HIST_HI, HIST_BINS, thr_lp, with_hist, cap=split)
-    else:
-        vals = scores.float()
-        p, c, vlp = extract_ge(vals, thr_lp, np.arange(b))
-        hist, outside = neg_histogram(vals.masked_fill_(vals >= float(split), math.inf), problem.hist_lo_lp) \
-            if with_hist else (None, 0)
-    v32 = rescore(probes_dev, block_dev, p, c)
-    part.lp_rescored += int(p.size)
-    if with_hist:
-        high = vlp >= split
-        part.neg_hist_lp += hist
-        part.n_below_lp += outside - int(high.sum())
-        h32, below32 = histogram_values(v32[high], problem.hist_lo)
-        part.neg_hist += h32
-        part.n_below += below32
-    keep = v32 >= thr[p]
-    p, c, v32 = p[keep], c[keep], v32[keep]
-    _count_extracted(part, problem, p, cols[c], v32, cut, floor, False, state)
-    if top is not None:
-        for size, sub in part.tops.items():
-            if size != n_d:
-                sel = np.flatnonzero(problem.perm_pos[col0:col0 + b] < size)
-                if sel.size:
-                    _screened_offer(sub, screen, scores, err, probes_dev, block_dev, sel, cols)
-
-
-def _screened_offer(sub: NegTopK, screen, scores, err, probes_dev, block_dev, sel: np.ndarray,
-                    cols: np.ndarray) -> None:
-    """A sweep subset's τ candidates among block columns ``sel`` of a screened block."""
-    import torch
-
-    from .screen import rescore
-    cut = sub.block_cut(None)
-    idx = torch.as_tensor(sel, device=scores.device)
-    thr_lp = screen.thresholds(np.full(scores.shape[0], cut), err)
-    p, c, _ = extract_ge(scores[:, idx].float(), thr_lp, sel)
-    v32 = rescore(probes_dev, block_dev, p, c)
-    sub.add(p, cols[c], v32, cut)
-
-
 def _merge_matches(part: Partial, problem: Problem, p, g, v, floor, n_p: int, state: dict) -> None:
     """Merge extracted entries (all above their probe's floor) into the running top-k' candidates."""
     kk = problem.topk + 4
@@ -616,7 +373,7 @@ def _merge_matches(part: Partial, problem: Problem, p, g, v, floor, n_p: int, st
         rows = np.flatnonzero(counts)  # only rows that changed need re-ranking
         v2 = np.concatenate([part.match_vals[rows], vals[rows]], axis=1)
         i2 = np.concatenate([part.match_idx[rows], idx[rows]], axis=1)
-        v2, i2, b2 = _keep_top(v2, i2, bound[rows], kk)
+        v2, i2, b2 = keep_top(v2, i2, bound[rows], kk)
         part.match_vals[rows], part.match_idx[rows], bound[rows] = v2, i2, b2
         state["floor"][rows] = part.match_vals[rows, kk - 1]
     part.match_bound = bound
@@ -635,7 +392,7 @@ def _offer_matches(part: Partial, problem: Problem, scores, gallery0: int, state
     bound = np.maximum(part.match_bound, vals[:, -1]) if scores.shape[1] > k else part.match_bound
     vals = np.concatenate([part.match_vals, vals], axis=1)
     idx = np.concatenate([part.match_idx, idx], axis=1)
-    part.match_vals, part.match_idx, part.match_bound = _keep_top(vals, idx, bound, kk)
+    part.match_vals, part.match_idx, part.match_bound = keep_top(vals, idx, bound, kk)
     if part.match_vals.shape[1] >= kk:
         state["floor"] = part.match_vals[:, kk - 1].copy()
 
@@ -654,123 +411,4 @@ def mates_partial(problem: Problem, probes_dev, mates_dev) -> Partial:
 
 # ------------------------------------------------------------------------------------------ finalize
 
-def auc_from_histogram(part: Partial, problem: Problem, n_neg: int) -> tuple[float, float]:
-    """(AUC, rigorous bound on |AUC − exact AUC|) from the negative histograms, ½-tie treatment of near pairs.
 
-    A negative counted in bin j has a float32 score in bins j−FUZZ … j+FUZZ, so an exact score in
-    [lo_j, hi_j] (widened by eps).  Its numerator term 2·#{pos > s} + #{pos = s} lies in
-    [2·above_j, 2·(above_j + within_j)]; we take the midpoint, so the error is ≤ within_j per negative.
-    Negatives under ``hist_lo`` lie below every positive: 2·N_pos each, exactly.  Screened blocks
-    (``screen``) have their own histogram, whose windows are widened by the screen's error and ulp.
-    """
-    n_pos = problem.n_pos
-    num2 = part.auc_num2 + 2 * n_pos * (part.n_below + part.n_below_lp)
-    err2 = 0
-    hists = [(part.neg_hist, problem.hist_lo, None)]
-    if part.lp_cols:
-        hists.append((part.neg_hist_lp, problem.hist_lo_lp, part))
-    for counts, h_lo, screened in hists:
-        width = (HIST_HI - h_lo) / HIST_BINS
-        j = np.arange(HIST_BINS)
-        lo = h_lo + (j - HIST_FUZZ) * width
-        hi = h_lo + (j + 1 + HIST_FUZZ) * width
-        if screened is None:
-            eps = problem.eps
-        else:
-            from .screen import ulp
-            eps = screened.lp_err + ulp(np.maximum(np.abs(lo), np.abs(hi)), screened.lp_out)
-        lo, hi = lo - eps - 1e-12, hi + eps + 1e-12
-        below = np.searchsorted(problem.sorted_pos, lo, "left")
-        within = np.searchsorted(problem.sorted_pos, hi, "right") - below
-        num2 += int((counts * (2 * (n_pos - below) - within)).sum())
-        err2 += int((counts * within).sum())
-    denom = 2 * n_pos * n_neg
-    return num2 / denom, err2 / denom
-
-
-def auc_exact_pass(problem: Problem, probes_dev, blocks) -> tuple[float, int]:
-    """Exact AUC by a second pass in float64 (used when the histogram bound exceeds AUC_TOLERANCE).
-
-    ``blocks`` yields device tensors of consecutive distractor rows (float32).  Scores come from a float64
-    GEMM (error ≤ ``eps64``); a negative with no positive within eps64 is placed among the sorted positives
-    directly, the others are recomputed with ``dot64``.  Returns (AUC, #pairs refined).
-    """
-    import torch
-    dev = probes_dev.device
-    n_d = problem.distractors.shape[0]
-    n_p = problem.probes.shape[0]
-    eps64 = float64_error_bound(problem.probes.shape[1])
-    sp = torch.as_tensor(problem.sorted_pos, device=dev)
-    lo, hi = float(problem.sorted_pos[0]) - eps64, float(problem.sorted_pos[-1]) + eps64
-    p64 = probes_dev.double()
-    num2, refined, col0 = 0, 0, 0
-    for block in blocks:
-        b = block.shape[0]
-        s = p64 @ block.double().T
-        below = int((s < lo).sum())
-        num2 += 2 * problem.n_pos * below
-        mask = (s >= lo) & (s <= hi)
-        idx = mask.nonzero()
-        v = s[idx[:, 0], idx[:, 1]]
-        left = torch.searchsorted(sp, v - eps64, right=False)
-        right = torch.searchsorted(sp, v + eps64, right=True)
-        clean = left == right
-        num2 += int((2 * (problem.n_pos - left[clean])).sum())
-        amb = (~clean).nonzero().squeeze(1)
-        if amb.numel():
-            rows = idx[amb, 0].cpu().numpy()
-            cols = idx[amb, 1].cpu().numpy() + col0
-            exact = dot64(problem.probes, problem.distractors, rows, cols)
-            l2 = np.searchsorted(problem.sorted_pos, exact, "left")
-            r2 = np.searchsorted(problem.sorted_pos, exact, "right")
-            num2 += int((2 * (problem.n_pos - r2) + (r2 - l2)).sum())
-            refined += int(amb.numel())
-        col0 += b
-    if col0 != n_d:
-        raise RuntimeError(f"internal: exact AUC pass saw {col0} of {n_d} distractors")
-    return num2 / (2 * problem.n_pos * n_p * n_d), refined
-
-
-def rank_counts(part: Partial, problem: Problem) -> np.ndarray:
-    """#distractors scoring above each positive pair (exact), in pair order."""
-    # negatives beating exactly k lowest positives beat positive j iff k > j: suffix sums over k
-    suffix = np.cumsum(part.rank_hist[:, ::-1], axis=1)[:, ::-1]
-    return suffix[problem.pair_probe, problem.pair_slot + 1]
-
-
-def first_beater(part: Partial, problem: Problem) -> np.ndarray:
-    """Smallest sweep position of a distractor beating each positive pair (n_d if none)."""
-    suffix = np.minimum.accumulate(part.first_beater[:, ::-1], axis=1)[:, ::-1]
-    out = suffix[problem.pair_probe, problem.pair_slot + 1]
-    return np.minimum(out, problem.distractors.shape[0])
-
-
-def tar_at(problem: Problem, top: NegTopK, n_neg: int, far: float) -> tuple[float, float]:
-    """(TAR, τ) at ``far`` for ``n_neg`` negatives whose candidates are ``top``."""
-    tau = top.kth_largest(problem.k_for(n_neg, far), problem)
-    above = problem.n_pos - np.searchsorted(problem.sorted_pos, tau, "right")
-    return float(above / problem.n_pos) if problem.n_pos else float("nan"), tau
-
-
-def exact_matches(part: Partial, problem: Problem) -> tuple[np.ndarray, np.ndarray, int]:
-    """Exact top-k gallery items per probe: (indices (n_p, k), float64 scores, #probes not certified)."""
-    k = min(problem.topk, part.match_vals.shape[1])
-    n_p = problem.probes.shape[0]
-    idx = part.match_idx
-    n_m = problem.mates.shape[0]
-    rows = np.repeat(np.arange(n_p), idx.shape[1])
-    flat = idx.ravel()
-    valid = np.isfinite(part.match_vals.ravel()) & (flat >= 0)
-    exact = np.full(flat.shape, -np.inf)
-    gal = np.where(flat < n_m, 0, 1)
-    sel = np.flatnonzero(valid & (gal == 0))
-    exact[sel] = dot64(problem.probes, problem.mates, rows[sel], flat[sel])
-    sel = np.flatnonzero(valid & (gal == 1))
-    exact[sel] = dot64(problem.probes, problem.distractors, rows[sel], flat[sel] - n_m)
-    exact = exact.reshape(idx.shape)
-    order = _row_order(exact, idx)
-    exact = np.take_along_axis(exact, order, 1)[:, :k]
-    idx = np.take_along_axis(idx, order, 1)[:, :k]
-    # certified when every dropped item (float32 ≤ bound, so exact ≤ bound + eps) is below the k-th
-    uncertain = int((part.match_bound.astype(np.float64) + problem.eps >= exact[:, -1]).sum()) if k else 0
-    return idx, exact, uncertain
