@@ -1,0 +1,136 @@
+"""``mf2m run`` with issue 14's pool: ``data.probes_per_identity`` (separate clean mates) and
+``data.distractors_from`` (distractors from a second dataset).
+
+The config tests need nothing; the end-to-end test needs ../shared/data/lfw and ../shared/data/celeba
+(skipped without them): a small LFW folder and a small CelebA folder (files linked from ../shared), real
+dlib face preparation, the attack, embed and search stages, with the small torch models of
+``tests/attack_models.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from attack_models import TinyMaskDetector, TinyRecognizer
+
+from benchmark.report.collect import read_csv_rows
+from benchmark.workflows.config import load_config
+from benchmark.workflows.run import run_pipeline
+from benchmark.workflows.splits import plan_split_of
+
+POOL = """
+name: pool
+cache: {cache}
+device: cpu
+data: {{identities: 3, probes_per_identity: 2, max_images: 6, min_images: 3, templates: 1, seed: 0,
+        distractors_from: ["folder:{celeba}"]}}
+attack: {{fr: tiny-fr, md: tiny-md, methods: [none, solid, fgsm], params: {{fgsm: {{eps: 0.04}}}}}}
+evaluate: {{models: [tiny-fr], fars: [1.0e-6, 1.0e-2], distractor_sizes: [4]}}
+report: {{far: 1.0e-6, examples: 0}}
+"""
+
+
+def factory(name: str):
+    return {"tiny-fr": lambda: TinyRecognizer(1), "tiny-md": lambda: TinyMaskDetector(2)}[name]()
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("data.probes_per_identity=five", "data.probes_per_identity must be an integer"),
+    ("data.probes_per_identity=2", r"data.min_images \(2\) must exceed data.probes_per_identity \(2\)"),
+    ("data.distractors_from={a: 1}", "data.distractors_from must be a list of dataset specs"),
+    ("data.distractors_from=[folder:x, folder:x]", "names a dataset twice"),
+    ("data.distractors_from=[folder:main]", "repeats the main dataset"),
+])
+def test_pool_config_errors_name_the_key(tmp_path, value, message):
+    config = tmp_path / "c.yaml"
+    config.write_text("data: {spec: 'folder:main', min_images: 2}\n")
+    with pytest.raises(ValueError, match=message) as err:
+        load_config(config, overrides=[value])
+    assert str(config) in str(err.value)
+
+
+def test_pool_config_reads_and_passes_the_settings(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("data: {probes_per_identity: 5, min_images: 6, distractors_from: folder:b}\n")
+    cfg = load_config(config)
+    assert cfg.data.probes_per_identity == 5 and cfg.data.distractors_from == ["folder:b"]
+    from benchmark.workflows.config import split_request
+    assert split_request(cfg.data).probes_per_identity == 5
+    assert load_config(tmp_path / "c.yaml", overrides=["data.distractors_from=[]"]).data.distractors_from == []
+
+
+@pytest.fixture(scope="module")
+def small_sets(shared_dir, tmp_path_factory) -> tuple[Path, Path]:
+    """(LFW folder: 4 people × 8 photos + 6 people × 1, CelebA folder: 4 people × 2), linked from ../shared."""
+    lfw, celeba = shared_dir / "data" / "lfw" / "images", shared_dir / "data" / "celeba" / "images"
+    if not lfw.is_dir() or not celeba.is_dir():
+        pytest.skip("../shared/data/lfw or ../shared/data/celeba is not present")
+    base = tmp_path_factory.mktemp("pool")
+    people = sorted(p for p in lfw.iterdir() if p.is_dir())
+    many = [p for p in people if len(list(p.iterdir())) >= 8][:4]
+    single = [p for p in people if len(list(p.iterdir())) == 1][:6]
+    celeb = sorted(p for p in celeba.iterdir() if p.is_dir())[:4]
+    for root, group, n in ((base / "lfw", many, 8), (base / "lfw", single, 1), (base / "celeba", celeb, 2)):
+        for person in group:
+            (root / person.name).mkdir(parents=True)
+            for photo in sorted(person.iterdir())[:n]:
+                (root / person.name / photo.name).symlink_to(photo)
+    return base / "lfw", base / "celeba"
+
+
+def test_pool_run_on_lfw_and_celeba(small_sets, tmp_path):
+    """On real LFW + CelebA faces: N probes per identity attacked, mates from mates.csv, distractors from both
+    datasets, positive pairs = Σ probes × their identity's mates for the clean and the attacked probes."""
+    lfw, celeba = small_sets
+    config = tmp_path / "pool.yaml"
+    config.write_text(POOL.format(cache=tmp_path / "cache", celeba=celeba))
+    cfg = load_config(config, data=f"folder:{lfw}", out=str(tmp_path / "out"))
+    record = run_pipeline(cfg, progress=False, model_factory=factory)
+    split = Path(next(s["dir"] for s in record["stages"] if s["stage"] == "split"))
+    probes, mates = read_csv_rows(split / "probes.csv"), read_csv_rows(split / "mates.csv")
+    distractors = read_csv_rows(split / "distractors.csv")
+    pool = Counter(r["identity"] for r in probes)
+    assert len(pool) == 3 and set(pool.values()) == {2}                      # N = 2 probes per identity
+    n_mates = Counter(r["identity"] for r in mates)
+    assert set(n_mates) == set(pool) and all(1 <= n <= 4 for n in n_mates.values())   # ≤ max_images − N
+    assert not {r["key"] for r in probes} & {r["key"] for r in mates}
+    # distractors from both datasets, each prepared in its own folder; no probe identity among them
+    celeb_ids = {p.name for p in celeba.iterdir()}
+    d_ids = {r["identity"] for r in distractors}
+    assert d_ids & celeb_ids and d_ids - celeb_ids and not d_ids & set(pool)
+    assert len({Path(r["path"]).parent.parent for r in distractors}) == 2
+    split_json = json.loads((split / "split.json").read_text())
+    assert [d["spec"] for d in split_json["distractors_datasets"]] == [f"folder:{celeba}"]
+    assert split_json["accounting"]["roles"]["mates"]["obtained"] == len(mates)
+    pairs = sum(n_mates[r["identity"]] for r in probes)
+    out = Path(cfg.out)
+    for method in ("none", "solid", "fgsm"):
+        entry = next(e for e in record["entries"] if e["method"] == method)
+        metrics = json.loads((out / entry["search"] / "metrics.json").read_text())
+        c = metrics["counts"]
+        assert (c["mates"], c["distractors"]) == (len(mates), len(distractors)), method
+        if method == "none":
+            assert (c["probes"], c["positive_pairs"]) == (len(probes), pairs)
+            continue
+        # the attack ran on the probes only, and its probes are paired with the split's mates by name
+        attack = Path(next(s["dir"] for s in record["stages"] if s["stage"] == "attack" and s["label"] == method))
+        attacked = read_csv_rows(attack / "attacked.csv")
+        assert len(read_csv_rows(attack / "probes.csv")) == len(probes)
+        assert c["probes"] == len(attacked) and c["positive_pairs"] == sum(n_mates[r["identity"]] for r in attacked)
+    run = json.loads((out / "run.json").read_text())
+    assert run["setting"]["mates"] == len(mates) and "mates" in run["setting"]["split"]
+    # the extra dataset's listing is an input of the split: another CelebA folder gives another split key
+    _, _, inputs = plan_split_of(cfg, *reversed_listing(cfg))
+    cfg.data.distractors_from = []
+    _, _, without = plan_split_of(cfg, *reversed_listing(cfg))
+    assert "distractors.0" in inputs and "distractors.0" not in without
+
+
+def reversed_listing(cfg):
+    """(dataset, listing) of the main dataset, in ``plan_split_of``'s argument order."""
+    from benchmark.workflows.splits import listing_fingerprint
+    listing, dataset = listing_fingerprint(cfg.data.spec)
+    return dataset, listing
