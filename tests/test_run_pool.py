@@ -134,3 +134,19 @@ def reversed_listing(cfg):
     from benchmark.workflows.splits import listing_fingerprint
     listing, dataset = listing_fingerprint(cfg.data.spec)
     return dataset, listing
+
+
+def test_evidence_configs_load_with_the_issue_settings():
+    """configs/evidence_table{1,2}.yaml: 80 × 5 probes, ≤ 20 mates, the FAR grid, fp32 embeddings; no data path."""
+    root = Path(__file__).resolve().parents[1] / "configs"
+    t1 = load_config(root / "evidence_table1.yaml", overrides=["data.distractors_from=[folder:/celeba]"])
+    t2 = load_config(root / "evidence_table2.yaml")
+    for cfg in (t1, t2):
+        d, e = cfg.data, cfg.evaluate
+        assert (d.identities, d.probes_per_identity, d.max_images, d.min_images) == (80, 5, 25, 6)
+        assert d.spec is None and e.fars == [1e-6, 1e-5, 1e-4, 1e-3] and cfg.report.far == 1e-4
+        assert e.distractor_sizes == [10, 100, 1000, 10000] and e.precision == "fp32"
+        assert len(cfg.attack.methods) == 12
+    assert t1.data.distractors_from == ["folder:/celeba"] and t2.data.distractors_from == []
+    assert t1.evaluate.models == [t1.attack.fr] and t2.evaluate.models == ["dlib"]
+    assert (t1.attack.fr, t1.attack.md) == (t2.attack.fr, t2.attack.md)        # one attack serves both tables
