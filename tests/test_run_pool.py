@@ -150,3 +150,17 @@ def test_evidence_configs_load_with_the_issue_settings():
     assert t1.data.distractors_from == ["folder:/celeba"] and t2.data.distractors_from == []
     assert t1.evaluate.models == [t1.attack.fr] and t2.evaluate.models == ["dlib"]
     assert (t1.attack.fr, t1.attack.md) == (t2.attack.fr, t2.attack.md)        # one attack serves both tables
+
+
+def test_template_reason_counts_only_the_main_datasets_held_images(tmp_path):
+    """With extra distractor datasets the reason 'template identities hold N images' counts the main folder's."""
+    from test_split import face_folder
+
+    from benchmark.data.datasets import load_dataset
+    from benchmark.data.split import SplitRequest, plan_split
+    main = face_folder(tmp_path / "main", {**{f"p{i}": 4 for i in range(4)}, **{f"o{i}": 2 for i in range(6)}})
+    extra = load_dataset(f"folder:{face_folder(tmp_path / 'extra', {f'x{i}': 2 for i in range(3)})}")
+    plan = plan_split(load_dataset(f"folder:{main}"), SplitRequest(identities=4, max_images=4, min_images=3, templates=1),
+                      distractors_from=[extra])
+    assert len(plan.template_identities) == 1 and len(plan.distractors) == 5 * 2 + 3 * 2
+    assert "1 template identities hold 2 images out of the gallery" in plan.reasons["distractors"]
