@@ -164,3 +164,40 @@ def test_template_reason_counts_only_the_main_datasets_held_images(tmp_path):
                       distractors_from=[extra])
     assert len(plan.template_identities) == 1 and len(plan.distractors) == 5 * 2 + 3 * 2
     assert "1 template identities hold 2 images out of the gallery" in plan.reasons["distractors"]
+
+
+def test_probes_of_an_identity_whose_mates_all_fail_preparation_are_dropped(lfw_dir, tmp_path):
+    """(needs ../shared/data/lfw) Real LFW probes whose only mate is not a face: the split drops those probes
+    (``no-mate-left``) so that the search never meets a probe identity without a mate."""
+    import numpy as np
+
+    from benchmark.data.datasets import load_dataset
+    from benchmark.data.images import write_png
+    from benchmark.data.split import SplitRequest, plan_split
+    from benchmark.workflows.splits import SplitSources, split_stage
+    people = sorted(p for p in (lfw_dir / "images").iterdir() if p.is_dir() and len(list(p.iterdir())) >= 3)[:2]
+    root = tmp_path / "faces"
+    for person in people:
+        (root / person.name).mkdir(parents=True)
+        for photo in sorted(person.iterdir())[:3]:
+            (root / person.name / photo.name).symlink_to(photo)
+    lone = people[0].name
+    write_png(root / lone / "zz_not_a_face.png", np.full((64, 64, 3), 127, np.uint8))
+    ds = load_dataset(f"folder:{root}")
+    plan = plan_split(ds, SplitRequest(identities=2, max_images=None, min_images=3, templates=0,
+                                       probes_per_identity=2))
+    # the lone identity's mate is the grey square, the other's a real photo
+    by_id = {p.name: [it for it in ds.items if it.identity == p.name] for p in people}
+    plan.probes = by_id[lone][:2] + by_id[people[1].name][:2]
+    plan.mates = [by_id[lone][-1], by_id[people[1].name][2]]
+    config = tmp_path / "c.yaml"
+    config.write_text(f"cache: {tmp_path / 'cache'}\ndata: {{min_images: 3, probes_per_identity: 2}}\n")
+    cfg = load_config(config, data=f"folder:{root}")
+    (tmp_path / "split").mkdir()
+    split_stage(cfg, plan, SplitSources(ds, ds), tmp_path / "split", progress=False)
+    probes = read_csv_rows(tmp_path / "split" / "probes.csv")
+    assert {r["identity"] for r in probes} == {people[1].name} and len(probes) == 2
+    record = json.loads((tmp_path / "split" / "split.json").read_text())
+    assert record["skipped"]["probes"] == {it.key: "no-mate-left" for it in by_id[lone][:2]}
+    assert list(record["skipped"]["mates"]) == [by_id[lone][-1].key]
+    assert record["accounting"]["roles"]["probe identities"]["obtained"] == 1
