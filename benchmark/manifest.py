@@ -29,7 +29,7 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 #: the source folders and files (relative to the folder holding ``benchmark/``) whose code decides each stage's output
 STAGE_CODE: dict[str, tuple[str, ...]] = {
-    "split": ("benchmark/data",),
+    "split": ("benchmark/data", "benchmark/workflows/splits.py"),
     "attack": ("attacks", "benchmark/models", "benchmark/data"),
     "embed": ("benchmark/embed", "benchmark/models", "benchmark/data"),
     "search": ("benchmark/search", "benchmark/features"),

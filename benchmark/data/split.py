@@ -186,6 +186,7 @@ def plan_split(dataset: Dataset, request: SplitRequest, templates_from: Dataset 
         templates, template_ids = _templates_from(templates_from, probe_ids, r, rng, reasons["templates"])
     chosen = set(template_ids) if templates_from is None else set()
     gallery = [it for it in rest if it.identity not in chosen]
+    held = len(rest) - len(gallery)
     gallery += _extra_distractors(distractors_from, probe_ids, {it.key for it in dataset.items},
                                   reasons["distractors"])
     distractors = gallery
@@ -193,7 +194,6 @@ def plan_split(dataset: Dataset, request: SplitRequest, templates_from: Dataset 
         idx = np.sort(rng.choice(len(gallery), size=r.distractors, replace=False))
         distractors = [gallery[i] for i in idx]
     else:   # the gallery is all that is left: say what else took the folder's images
-        held = len(rest) - len(gallery)
         if held:
             reasons["distractors"].append(f"{len(chosen)} template identities hold {held} images out of the "
                                           "gallery")

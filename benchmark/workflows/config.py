@@ -40,6 +40,8 @@ class DataConfig:
     template_share: float = 0.1        # templates take at most this share of the non-probe identities
     templates_from: str | None = None  # dataset spec of a separate template folder: the gallery keeps everyone
     strict: bool = False               # a split shortfall (> 10 % of a requested size) is an error (--strict)
+    probes_per_identity: int | None = None   # N seeded probes per pool identity, its other pool images the mates
+    distractors_from: list[str] = field(default_factory=list)   # dataset specs whose every image is a distractor
 
 
 @dataclass
@@ -163,10 +165,30 @@ def load_config(path: str | os.PathLike, data: str | None = None, out: str | Non
     if cfg.report.far not in cfg.evaluate.fars:
         raise ValueError(f"{path}: report.far {cfg.report.far:g} is not among evaluate.fars")
     try:
+        check_data(cfg.data)
         split_request(cfg.data).check()
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
     return cfg
+
+
+def check_data(d: DataConfig) -> None:
+    """Types of the ``data:`` keys that ``SplitRequest.check`` does not see (``ValueError`` naming the key)."""
+    ppi = d.probes_per_identity
+    if ppi is not None and (isinstance(ppi, bool) or not isinstance(ppi, int)):
+        raise ValueError(f"data.probes_per_identity must be an integer or null, got {ppi!r}")
+    extra = d.distractors_from
+    if isinstance(extra, str):
+        extra = d.distractors_from = [extra]
+    if extra is None:
+        extra = d.distractors_from = []
+    if not isinstance(extra, list) or not all(isinstance(s, str) and s.strip() for s in extra):
+        raise ValueError(f"data.distractors_from must be a list of dataset specs (e.g. [folder:DIR]), got {extra!r}")
+    if len(set(extra)) != len(extra):
+        raise ValueError(f"data.distractors_from names a dataset twice: {extra!r}")
+    if d.spec and d.spec in extra:
+        raise ValueError(f"data.distractors_from repeats the main dataset {d.spec!r}; its non-probe images are "
+                         "distractors already")
 
 
 def _apply_override(raw: dict[str, Any], item: str, path: Path) -> None:
@@ -193,4 +215,4 @@ def split_request(d: DataConfig):
     from ..data.split import SplitRequest
     return SplitRequest(identities=d.identities, max_images=d.max_images, min_images=d.min_images,
                         templates=d.templates, distractors=d.distractors, seed=d.seed,
-                        template_share=d.template_share)
+                        template_share=d.template_share, probes_per_identity=d.probes_per_identity)

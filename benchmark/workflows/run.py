@@ -9,10 +9,8 @@ committed run folder re-renders its tables without the cache.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -20,132 +18,23 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..atomic import write_json, write_text
+from ..atomic import write_json
 from ..manifest import build_manifest, sha256_file
 from ..report import raw
 from ..report.collect import RUN_FORMAT
 from .cache import Cache, StageResult
-from .config import DATA_ENV, SPLIT_PROTOCOL, DataConfig, RunConfig, load_config, split_request
+from .config import DATA_ENV, SPLIT_PROTOCOL, DataConfig, RunConfig, load_config
 from .models import Models
+from .splits import check_split, listing_fingerprint, plan_split_of, read_csv, split_stage, write_csv
 
-__all__ = ["DATA_ENV", "DataConfig", "RunConfig", "load_config", "run_pipeline"]
+__all__ = ["DATA_ENV", "DataConfig", "RunConfig", "check_split", "listing_fingerprint", "load_config", "plan_split_of",
+           "read_csv", "run_pipeline", "split_stage", "write_csv"]
 
 log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------------
 # stages
-
-
-def listing_fingerprint(spec: str) -> tuple[str, Any]:
-    """A fingerprint of a dataset's listing (keys, identities, file sizes and mtimes) and the dataset."""
-    from ..data.datasets import load_dataset
-    dataset = load_dataset(spec)
-    h = hashlib.sha256(spec.encode())
-    for it in dataset.items:
-        try:
-            st = os.stat(it.path)
-            h.update(f"{it.key}|{it.identity}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-        except OSError:
-            h.update(f"{it.key}|{it.identity}|missing\n".encode())
-    return h.hexdigest(), dataset
-
-
-def plan_split_of(cfg: RunConfig, dataset, listing: str) -> tuple[Any, dict[str, Any], dict[str, str]]:
-    """The split plan of ``cfg`` (pure, from the listings), the dataset of each role, the split stage's inputs.
-
-    With ``data.strict`` a shortfall of the plan is an error here, before any face is prepared.
-    """
-    from ..data.split import plan_split
-    inputs = {"data": listing}
-    templates = dataset
-    if cfg.data.templates_from:
-        inputs["templates"], templates = listing_fingerprint(cfg.data.templates_from)
-    plan = plan_split(dataset, split_request(cfg.data), templates if cfg.data.templates_from else None)
-    check_split(cfg, None, plan, "before face preparation")
-    return plan, {"probes": dataset, "distractors": dataset, "templates": templates}, inputs
-
-
-def check_split(cfg: RunConfig, record: dict[str, Any] | None, plan, when: str) -> dict[str, Any]:
-    """The split's accounting (``record``, else the plan's); logs it; raises under ``data.strict``."""
-    from ..data.split import SplitAccount, account
-    acc = SplitAccount.from_json(record) if record else account(plan)
-    final = when.startswith("after")
-    if cfg.data.strict and acc.warnings:
-        raise ValueError(f"--strict (data.strict): the split falls short of what {cfg.source or 'the config'} asks "
-                         f"for ({when}), so no attack, embedding or search was run:\n  " + "\n  ".join(acc.warnings))
-    if final:
-        for r in acc.roles:
-            log.info("split: %s%s", r.text(), f" ({'; '.join(r.reasons)})" if r.reasons else "")
-        for w in acc.warnings:
-            log.warning("%s", w)
-    return acc.to_json()
-
-
-def split_stage(cfg: RunConfig, plan, datasets: dict[str, Any], folder: Path, progress: bool) -> None:
-    """Write the planned probes, templates and distractors; photos are prepared (aligned) once per dataset.
-
-    ``datasets`` maps each role to its dataset (templates may come from ``data.templates_from``); every
-    shortfall (plan or preparation) is accounted in ``split.json`` (``accounting``).
-    """
-    from ..data.prepare import PrepareConfig, PrepareItem, prepare_faces
-    from ..data.split import account
-    d = cfg.data
-    roles = plan.roles()
-    failed: dict[str, dict[str, str]] = {role: {} for role in roles}
-    paths = {role: {it.key: it.path for it in items} for role, items in roles.items()}
-    by_root: dict[str, list[str]] = {}
-    for role in roles:
-        by_root.setdefault(datasets[role].root, []).append(role)
-    for root, group in by_root.items():
-        items = [PrepareItem(it.key, it.path, it.identity) for role in group for it in roles[role]
-                 if it.needs_alignment]
-        if not items:
-            continue
-        prep_dir = Path(cfg.cache) / ("prepared-" + hashlib.sha256(f"{root}|{d.detector}".encode()).hexdigest()[:16])
-        unique = list({it.key: it for it in items}.values())
-        prepared = prepare_faces(unique, prep_dir, PrepareConfig(detector=d.detector), progress=progress)
-        ok = {k: str(p) for k, p in zip(prepared.keys, prepared.crop_paths)}
-        reasons = {f["key"]: f["reason"] for f in prepared.failures}
-        for role in group:
-            for it in roles[role]:
-                if not it.needs_alignment:
-                    continue
-                if it.key in ok:
-                    paths[role][it.key] = ok[it.key]
-                else:
-                    failed[role][it.key] = reasons.get(it.key, "not-prepared")
-    counts = {}
-    for role, items in roles.items():
-        kept = [it for it in items if it.key not in failed[role]]
-        counts[role] = {"listed": len(items), "kept": len(kept), "identities": len({it.identity for it in kept}),
-                        "skipped": len(items) - len(kept)}
-        write_csv(folder / f"{role}.csv", [(it.identity, paths[role][it.key], it.key) for it in kept])
-    accounting = account(plan, failed)
-    write_json(folder / "split.json", build_manifest(
-        "split", {**asdict(d), "protocol": SPLIT_PROTOCOL}, dataset=datasets["probes"].describe(),
-        templates_dataset=datasets["templates"].describe() if plan.templates_from else None,
-        counts=counts, probe_identities=plan.probe_identities, template_identities=plan.template_identities,
-        skipped=failed, excluded_probe_identity_images=plan.excluded,
-        accounting=accounting.to_json()))
-
-
-def write_csv(path: Path, rows: list[tuple[str, str, str]]) -> None:
-    """``identity,path,key,aligned`` rows (aligned crops), readable by ``csv:`` specs and ``mf2m attack``."""
-    import csv
-    import io
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["identity", "path", "key", "aligned"])
-    w.writerows([(i, str(Path(p).resolve()), k, 1) for i, p, k in rows])
-    write_text(path, buf.getvalue())
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    """Rows of a CSV with a header."""
-    import csv
-    with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
 
 
 def attack_stage(cfg: RunConfig, method: str, split_dir: Path, folder: Path, device: str, progress: bool,
@@ -221,15 +110,16 @@ def run_pipeline(cfg: RunConfig, progress: bool = True, model_factory: Callable[
     cache = Cache(cfg.cache)
     started = time.time()
     listing, dataset = listing_fingerprint(cfg.data.spec)
-    plan, datasets, inputs = plan_split_of(cfg, dataset, listing)
+    plan, sources, inputs = plan_split_of(cfg, dataset, listing)
     split_conf = {k: v for k, v in asdict(cfg.data).items() if k != "strict"}
     split = cache.run("split", "probes/templates/distractors", {**split_conf, "protocol": SPLIT_PROTOCOL}, inputs,
-                      lambda f: split_stage(cfg, plan, datasets, f, progress))
+                      lambda f: split_stage(cfg, plan, sources, f, progress))
     split_record = json.loads((split.dir / "split.json").read_text())
     counts = split_record["counts"]
     accounting = check_split(cfg, split_record.get("accounting"), plan, "after face preparation")
     # an attack reads only the probes and the templates: other split changes do not rerun it
     split_fp = {r: sha256_file(split.dir / f"{r}.csv") for r in ("probes", "templates")}
+    separate_mates = (split.dir / "mates.csv").is_file()
     models = Models(model_factory)
     attacks: dict[str, StageResult] = {}
     for method in cfg.attack.methods:
@@ -249,15 +139,18 @@ def run_pipeline(cfg: RunConfig, progress: bool = True, model_factory: Callable[
     entries: list[dict[str, Any]] = []
     image_dirs: dict[Path, Path] = {}   # kept attack folder → its cache folder (the example images)
     for model in cfg.evaluate.models:
-        mates = embed(model, split.dir / "probes.csv", "clean probes", split.key)
+        clean = embed(model, split.dir / "probes.csv", "clean probes", split.key)
         dist = embed(model, split.dir / "distractors.csv", "distractors", split.key)
+        # separate mates (data.probes_per_identity): the split's clean mates, one gallery for every method;
+        # else each probe set's mates are the clean probes (of the identities an attack kept)
+        pool_mates = embed(model, split.dir / "mates.csv", "mates", split.key) if separate_mates else None
         for method in cfg.attack.methods:
             if method == "none":
-                p, m, attack_dir, attack_model = mates, mates, None, None
+                p, m, attack_dir, attack_model = clean, pool_mates or clean, None, None
             else:
                 att = attacks[method]
                 p = embed(model, att.dir / "attacked.csv", method, att.fingerprint)
-                m = embed(model, att.dir / "mates.csv", f"mates of {method}", att.fingerprint)
+                m = pool_mates or embed(model, att.dir / "mates.csv", f"mates of {method}", att.fingerprint)
                 attack_dir, attack_model = att.dir, cfg.attack.fr
             conf = {"fars": cfg.evaluate.fars, "sizes": cfg.evaluate.distractor_sizes, "seed": cfg.data.seed}
             s = cache.run("search", f"{method} on {model}", conf,
@@ -295,6 +188,10 @@ def _write_run(cfg: RunConfig, out: Path, entries: list, cache: Cache, counts: d
                "probe_identities": counts["probes"]["identities"], "probe_images": counts["probes"]["kept"],
                "templates": counts["templates"]["kept"], "distractors": counts["distractors"]["kept"],
                "device": cfg.device}
+    if "mates" in counts:
+        setting["mates"] = counts["mates"]["kept"]
+    if cfg.data.distractors_from:
+        setting["distractors_from"] = ", ".join(cfg.data.distractors_from)
     if data_warning:
         setting["data_warning"] = data_warning
     if split:
