@@ -50,7 +50,7 @@ def curve_plot(entries: Sequence[Entry], kind: str, path: Path, title: str = "")
     """CMC (``kind="cmc"``) or ROC (``"roc"``) of every entry with a curve file; None when there is none."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    drawn, floor = 0, 0.0
+    drawn, floor, curves = 0, 0.0, 0
     for e in _order(entries):
         f = e.search_dir / f"{kind}.csv" if e.search_dir else None
         if f is None or not f.is_file():
@@ -59,6 +59,7 @@ def curve_plot(entries: Sequence[Entry], kind: str, path: Path, title: str = "")
         x, y = read_curve(f, *names)
         lowest = _lowest_resolved_far(e.search_dir) if kind == "roc" else 0.0
         floor = max(floor, lowest)
+        curves += 1
         pts = [(a, b) for a, b in zip(x, y) if a > 0 and a >= lowest]  # no ROC point below FAR = 1/N_neg
         if not pts:
             continue
@@ -66,7 +67,7 @@ def curve_plot(entries: Sequence[Entry], kind: str, path: Path, title: str = "")
         ax.plot(xs, ys, label=label(e.method), drawstyle="steps-post" if kind == "cmc" else "default",
                 linestyle="--" if e.method in ("none", "solid", "dm") else "-")
         drawn += 1
-    if not drawn:
+    if not drawn and not (kind == "roc" and curves and floor > 0):   # an all-unresolved ROC still says so
         plt.close(fig)
         return None
     ax.set_xscale("log")
@@ -79,13 +80,14 @@ def curve_plot(entries: Sequence[Entry], kind: str, path: Path, title: str = "")
         ax.set_xlabel("false accept rate (FAR)")
         ax.set_ylabel("true accept rate (TAR)")
         if floor > 0:
-            left = min(ax.get_xlim()[0], floor / 30)
-            ax.set_xlim(left=left)
+            left = min(ax.get_xlim()[0], floor / 30) if drawn else floor / 30
+            ax.set_xlim(left=left, right=max(ax.get_xlim()[1], floor * 3) if drawn else 1.0)
             ax.axvspan(left, floor, color="0.9", zorder=0)
             ax.text(0.02, 0.04, f"shaded: FAR < 1/N_neg = {floor:.2g}, not resolved", transform=ax.transAxes,
                     fontsize=7, color="0.3")
     ax.set_title(title or kind.upper())
-    ax.legend(fontsize=7, loc="best", ncol=2)
+    if drawn:
+        ax.legend(fontsize=7, loc="best", ncol=2)
     return _save(fig, path)
 
 
