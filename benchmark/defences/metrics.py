@@ -1,7 +1,7 @@
 """The metrics of one leaderboard cell.
 
-Identification and verification come from the **search stage's engine** (``benchmark.search``): the
-leaderboard hands it in-memory feature sets and reads back exactly what ``mf2m search`` reports —
+Identification and verification come from the **search stage** on arrays (:func:`benchmark.search.evaluate`):
+the leaderboard hands it in-memory feature sets and reads back exactly what ``mf2m search`` reports —
 same protocol (docs/protocol.md §2), same exact float64 decisions:
 
 * probes  = the attacked/masked faces (key = the face's key, label = its identity index),
