@@ -15,8 +15,8 @@ Kinds (subclass one and return an instance from a factory callable):
 
 A defence is named on the command line as ``module:callable[:key=value,…]`` or by its name in the registry
 ``benchmark.defences.DEFENCES`` (the built-ins, then entry points of the ``mf2m.defences`` group), optionally
-followed by ``:key=value,…``. The callable is
-called with the parsed keyword arguments (int, float, bool or str) and returns a defence object.
+followed by ``:key=value,…``. The callable is called with the parsed keyword arguments (int, float, bool or
+str) and returns a defence object.
 
 :func:`defend` applies a :class:`Defence` to a recognizer and a mask detector and returns new
 ``Recognizer``/``MaskDetector`` objects whose name and ``weights_hash`` include the defence and its
