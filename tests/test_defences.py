@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmark.defences import api
+from benchmark.defences import DEFENCES, api
 from benchmark.defences.api import (
     DefendedRecognizer,
     defend,
@@ -21,7 +21,7 @@ from benchmark.defences.api import (
     split_spec,
 )
 from benchmark.defences.metrics import mask_rate, search_metrics
-from benchmark.defences.reference import BUILTINS, UpperFace
+from benchmark.defences.reference import UpperFace
 
 # --------------------------------------------------------------------------------------------------
 # Fixtures: a handful of aligned LFW faces and SFace
@@ -90,18 +90,21 @@ def test_bad_specs_give_clear_errors():
         load_defence("benchmark.defences.reference:gaussian_kernel_size:sigma=1")
 
 
-def test_builtin_entry_points_match_the_builtin_table():
-    """pyproject.toml's [project.entry-points."mf2m.defences"] and reference.BUILTINS list the same defences."""
+def test_builtins_are_registered_once_and_load():
+    """Every built-in is in the registry (not also declared as an entry point of mf2m itself) and loads."""
     tomllib = pytest.importorskip("tomllib")      # Python ≥ 3.11
     pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
-    table = tomllib.loads(pyproject.read_text())["project"]["entry-points"]["mf2m.defences"]
-    assert table == BUILTINS
-    installed = api.entry_point_defences()
-    for name, value in BUILTINS.items():
-        if name in installed:      # an editable install made before the table existed lacks them
-            assert installed[name].value == value
+    assert DEFENCES.group not in tomllib.loads(pyproject.read_text())["project"].get("entry-points", {})
+    builtins = DEFENCES.names(builtin_only=True)
+    assert builtins == ["jpeg", "median-blur", "gaussian-blur", "bit-depth", "random-resize-pad", "upper-face",
+                        "faced-mask-aware-detector"]
+    listed = {name: (target, origin) for name, target, origin in api.list_defences()}
+    for name in builtins:
+        assert listed[name][1] == "built-in" and listed[name][0].startswith("benchmark.defences.reference:")
         d = load_defence(name)
-        assert d.name == name and d.kind in api.KINDS
+        assert d.name == name and d.kind in api.KINDS and d.source == f"builtin:{name}"
+    with pytest.raises(ValueError, match=r"did you mean 'median-blur'.*choose from jpeg, median-blur"):
+        load_defence("median-blurr:k=3")
 
 
 EXTERNAL = textwrap.dedent('''
@@ -144,7 +147,7 @@ def test_external_defence_via_spec_and_entry_point(tmp_path, monkeypatch, faces,
     by_spec = load_defence("my_defence_mod:make:strength=2,apply_to=recognition")
     assert (by_spec.name, by_spec.params) == ("swap-rb", {"strength": 2, "apply_to": "recognition"})
     assert by_spec.source == "spec:my_defence_mod:make"
-    assert "swap-rb" in api.entry_point_defences()
+    assert "swap-rb" in [name for name, _, _ in api.list_defences()]
     by_ep = load_defence("swap-rb:strength=3")
     assert by_ep.source == "entry-point:swap-rb" and by_ep.params["strength"] == 3
 

@@ -183,3 +183,73 @@ def test_third_party_models_come_from_entry_points(tmp_path):
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-3000:]
     listing = _run(["-m", "benchmark.cli", "models", "--kind", "recognizer"], site, tmp_path)
     assert listing.returncode == 0 and "toy-rec" in listing.stdout, listing.stderr[-2000:]
+
+
+TOY_DEFENCE = '''
+"""A defence written outside mf2m: colour inversion (an exact straight-through gradient)."""
+import numpy as np
+from benchmark.defences.api import InputTransform
+
+
+class Invert(InputTransform):
+    name = "toy-invert"
+    gradient = "exact"
+
+    def __init__(self, amount: int = 255, apply_to: str = "both"):
+        super().__init__(apply_to)
+        self.amount = int(amount)
+
+    def params(self):
+        return {"amount": self.amount, **super().params()}
+
+    def apply(self, faces):
+        return (self.amount - np.asarray(faces, dtype=np.int16)).clip(0, 255).astype(np.uint8)
+
+    def surrogate(self, x):
+        return (self.amount / 255.0 - x).clamp(0, 1)
+'''
+
+
+def test_third_party_defence_comes_from_the_registry(tmp_path):
+    """A defence in another installed distribution (entry-point group ``mf2m.defences``) is listed by the
+    defence registry and ``mf2m defend --list``, and ``load_defence("NAME:k=v")`` builds and applies it."""
+    site = tmp_path / "site"
+    (site / "toy_mf2m_defence").mkdir(parents=True)
+    (site / "toy_mf2m_defence" / "__init__.py").write_text(TOY_DEFENCE)
+    info = site / "toy_mf2m_defence-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-mf2m-defence\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[mf2m.defences]\ntoy-invert = toy_mf2m_defence:Invert\n")
+    code = textwrap.dedent("""
+        import numpy as np
+        from benchmark.defences import DEFENCES
+        from benchmark.defences.api import defend, load_defence
+        from benchmark.models.sface import SFaceRecognizer
+        assert "toy-invert" in DEFENCES.names() and "toy-invert" not in DEFENCES.names(builtin_only=True)
+        assert DEFENCES.entry("toy-invert").origin == "entry point (toy-mf2m-defence)"
+        assert DEFENCES.load("toy-invert").__module__ == "toy_mf2m_defence"
+        d = load_defence("toy-invert:amount=200,apply_to=recognition")
+        assert (d.name, d.kind, d.source) == ("toy-invert", "input-transform", "entry-point:toy-invert"), d
+        assert d.params == {"amount": 200, "apply_to": "recognition"}
+        faces = np.random.default_rng(0).integers(0, 256, (2, 112, 112, 3), dtype=np.uint8)
+        sface = SFaceRecognizer(device="cpu")
+        rec, md = defend(d, sface, None)
+        assert md is None and rec.name == "sface+toy-invert[amount=200,apply_to=recognition]"
+        inverted = (200 - faces.astype(np.int16)).clip(0, 255).astype(np.uint8)
+        np.testing.assert_allclose(rec.embed(faces), sface.embed(inverted), atol=1e-6)
+        assert not np.allclose(rec.embed(faces), sface.embed(faces), atol=1e-3)
+        try:
+            load_defence("toy-invrt:amount=3")
+        except ValueError as exc:
+            assert "did you mean 'toy-invert'" in str(exc) and "toy-invert" in str(exc).split("choose from")[1]
+        else:
+            raise AssertionError("an unknown defence name was accepted")
+        print("ok")
+    """)
+    res = _run(["-c", code], site, tmp_path)
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-3000:]
+    listing = _run(["-m", "benchmark.cli", "defend", "--list"], site, tmp_path)
+    assert listing.returncode == 0, listing.stderr[-3000:]
+    rows = [line.split("\t") for line in listing.stdout.splitlines()]
+    assert rows[0] == ["jpeg", "benchmark.defences.reference:JPEG", "built-in"]
+    assert rows[-1] == ["toy-invert", "toy_mf2m_defence:Invert", "entry point (toy-mf2m-defence)"]

@@ -88,3 +88,45 @@ def test_evaluate_agrees_with_the_defence_cells_search_metrics():
     assert (result.rank1, result.tar_at_far[1e-2], result.thresholds[1e-2], result.auc) == \
         (cell["rank1"], cell["tar"], cell["threshold"], cell["auc"])
     assert result.counts["positive_pairs"] == cell["positive_pairs"]
+
+
+def test_search_metrics_is_evaluate_with_keys_and_labels_as_given():
+    """``search_metrics`` returns ``evaluate``'s numbers but pairs keys and identity labels exactly as given:
+    ``a.png`` and ``a.jpg`` are two images, ``""`` and ints are ordinary labels."""
+    from benchmark.defences.metrics import search_metrics
+    from benchmark.search import evaluate
+    (P, pk, pid), (M, mk, mid), D = _problem(7, n_d=200)
+    cell = search_metrics(P, pk, pid, M, mk, mid, D, far=1e-2)
+    # every probe has both mates of its person: the own-source rule never fires for keys that differ as given
+    assert cell["positive_pairs"] == 12 * 2 * 2
+    stripped = evaluate(probes=P, mates=M, distractors=D, probe_keys=pk, mate_keys=mk, probe_identities=pid,
+                        mate_identities=mid, fars=[1e-2])
+    assert stripped.counts["positive_pairs"] == 12 * 2 * 2 - 12       # evaluate ignores image extensions
+    given = [f"{i}" for i in range(len(pk))]                           # the same pairs, keys without extensions
+    same = evaluate(probes=P, mates=M, distractors=D, probe_keys=given, mate_keys=[f"m{i}" for i in range(len(mk))],
+                    probe_identities=pid, mate_identities=mid, fars=[1e-2])
+    assert cell == {"rank1": same.rank1, "tar": same.tar_at_far[1e-2], "threshold": same.thresholds[1e-2],
+                    "auc": same.auc, "far": 1e-2, "far_resolution": 1 / (len(P) * len(D)),
+                    "positive_pairs": 48, "negative_pairs": len(P) * len(D), "probes": len(P),
+                    "auc_max_error": same.metrics["exactness"]["auc_max_error"], "genuine_mean": same.genuine_mean}
+    # labels are compared as given (str of each): "" is an identity like any other, ints work
+    codes = {n: ("" if n == pid[0] else i) for i, n in enumerate(sorted(set(pid)))}
+    relabelled = search_metrics(P, pk, [codes[n] for n in pid], M, mk, [codes[n] for n in mid], D, far=1e-2)
+    assert relabelled == cell
+
+
+def test_evaluate_genuine_mean_and_no_positive_pairs():
+    """``genuine_mean`` is the mean score of the positive pairs; sets sharing no identity are an error."""
+    from benchmark.search import evaluate
+    (P, pk, pid), (M, mk, mid), D = _problem(9, n_d=60)
+    result = evaluate(probes=P, mates=M, distractors=D, probe_keys=pk, mate_keys=mk, probe_identities=pid,
+                      mate_identities=mid, fars=[1e-1])
+    p = P / np.linalg.norm(P, axis=1, keepdims=True)
+    m = M / np.linalg.norm(M, axis=1, keepdims=True)
+    pairs = [float(p[i].astype(np.float64) @ m[j].astype(np.float64)) for i in range(len(p)) for j in range(len(m))
+             if pid[i] == mid[j] and pk[i].rsplit(".", 1)[0] != mk[j].rsplit(".", 1)[0]]
+    assert len(pairs) == result.counts["positive_pairs"]
+    assert result.genuine_mean == pytest.approx(np.mean(pairs), abs=1e-6)
+    with pytest.raises(ValueError, match="no positive pairs.*the mates"):
+        evaluate(probes=P, mates=M, distractors=D, probe_keys=pk, mate_keys=mk, probe_identities=pid,
+                 mate_identities=[f"other_{n}" for n in mid])

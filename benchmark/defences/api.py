@@ -13,9 +13,10 @@ Kinds (subclass one and return an instance from a factory callable):
 * :class:`ReplacementRecognizer` / :class:`ReplacementMaskDetector` — build another model in place
   of the benchmark's default one.
 
-A defence is named on the command line as ``module:callable[:key=value,…]`` or by the name of an
-entry point in the ``mf2m.defences`` group, optionally followed by ``:key=value,…``. The callable is
-called with the parsed keyword arguments (int, float, bool or str) and returns a defence object.
+A defence is named on the command line as ``module:callable[:key=value,…]`` or by its name in the registry
+``benchmark.defences.DEFENCES`` (the built-ins, then entry points of the ``mf2m.defences`` group), optionally
+followed by ``:key=value,…``. The callable is called with the parsed keyword arguments (int, float, bool or
+str) and returns a defence object.
 
 :func:`defend` applies a :class:`Defence` to a recognizer and a mask detector and returns new
 ``Recognizer``/``MaskDetector`` objects whose name and ``weights_hash`` include the defence and its
@@ -37,8 +38,9 @@ from typing import Any
 import numpy as np
 
 from ..models.base import MaskDetector, Recognizer
+from ..plugins import Entry
+from . import DEFENCES
 
-ENTRY_POINT_GROUP = "mf2m.defences"
 TARGETS = ("both", "recognition", "detection")
 KINDS = ("input-transform", "recognition-policy", "replacement-recognizer", "replacement-mask-detector")
 
@@ -224,7 +226,7 @@ class Defence:
     kind: str
     params: dict[str, Any]
     impl: Any = field(repr=False, default=None)
-    source: str = ""                     # "entry-point:NAME", "spec:module:callable" or "object"
+    source: str = ""          # "builtin:NAME", "entry-point:NAME", "spec:module:callable" or "object"
 
     @property
     def tag(self) -> str:
@@ -310,17 +312,38 @@ def split_spec(spec: str) -> tuple[str | None, str | None, str, dict[str, Any]]:
     return None, None, name.strip(), parse_params(rest, spec)
 
 
-def entry_point_defences() -> dict[str, Any]:
-    """Installed defences: entry-point name → ``importlib.metadata.EntryPoint`` (group ``mf2m.defences``)."""
-    from importlib.metadata import entry_points
-    found: dict[str, Any] = {}
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        found.setdefault(ep.name, ep)
-    return found
+def _target_text(entry: Entry) -> str:
+    """Where a registered defence comes from, as ``module:attribute`` (without importing it)."""
+    target = entry.target
+    if isinstance(target, str):
+        return target
+    if hasattr(target, "value") and hasattr(target, "group"):              # an EntryPoint
+        return str(target.value)
+    return f"{getattr(target, '__module__', '?')}:{getattr(target, '__qualname__', type(target).__name__)}"
+
+
+def list_defences() -> list[tuple[str, str, str]]:
+    """``(name, module:attribute, origin)`` of every registered defence: built-ins, then installed plug-ins.
+
+    Entry points are looked up afresh, so a package installed in this interpreter is listed.
+    """
+    DEFENCES.rescan()
+    return [(name, _target_text(DEFENCES.entry(name)), DEFENCES.entry(name).origin) for name in DEFENCES.names()]
+
+
+def _registered(name: str, spec: str) -> Entry:
+    """The registry entry of ``name`` (entry points looked up again before an unknown name is an error)."""
+    if name not in DEFENCES:
+        DEFENCES.rescan()
+    try:
+        return DEFENCES.entry(name)
+    except ValueError as exc:
+        raise ValueError(f"defence spec {spec!r}: {exc} (plug-ins: entry-point group {DEFENCES.group!r}); "
+                         "or name a factory as module:callable[:key=value,…]") from None
 
 
 def load_defence(spec: str) -> Defence:
-    """Load a defence from ``module:callable[:k=v,…]`` or an entry-point name ``NAME[:k=v,…]``."""
+    """Load a defence from ``module:callable[:k=v,…]`` or a registered name ``NAME[:k=v,…]``."""
     module, func, name, params = split_spec(spec)
     if module is not None:
         try:
@@ -334,21 +357,14 @@ def load_defence(spec: str) -> Defence:
             if factory is None:
                 raise ValueError(f"defence spec {spec!r}: module {module!r} has no {func!r}")
         return build_defence(factory, params, source=f"spec:{module}:{func}", name=None)
-    eps = entry_point_defences()
-    if name not in eps:
-        from .reference import BUILTINS  # built-ins also work from a source tree that was never installed
-        if name in BUILTINS:
-            mod_name, func_name = BUILTINS[name].split(":")
-            factory = getattr(importlib.import_module(mod_name), func_name)
-            return build_defence(factory, params, source=f"builtin:{name}", name=name)
-        known = ", ".join(sorted(eps)) or "none installed"
-        raise ValueError(f"unknown defence {name!r}: not an entry point in group {ENTRY_POINT_GROUP!r} "
-                         f"(installed: {known}) and not of the form module:callable")
+    entry = _registered(name, spec)
+    where = _target_text(entry)
     try:
-        factory = eps[name].load()
-    except Exception as exc:  # an entry point's import can fail in any way
-        raise ValueError(f"defence entry point {name!r} ({eps[name].value}) failed to load: {exc}") from None
-    return build_defence(factory, params, source=f"entry-point:{name}", name=name)
+        factory = entry.load()
+    except Exception as exc:  # a plug-in's import can fail in any way
+        raise ValueError(f"defence {name!r} ({where}, {entry.origin}) failed to load: {exc}") from None
+    source = f"builtin:{name}" if entry.origin == "built-in" else f"entry-point:{name}"
+    return build_defence(factory, params, source=source, name=name)
 
 
 def build_defence(factory: Callable[..., Any] | Any, params: dict[str, Any], source: str = "object",

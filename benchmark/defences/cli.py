@@ -19,9 +19,10 @@ def register(sub, formatter) -> None:
                     "(manifest). Rerun the same command to resume.\n\n"
                     "A defence is `module:callable[:key=value,...]` (the callable returns an InputTransform, "
                     "RecognitionPolicy, ReplacementRecognizer or ReplacementMaskDetector; values are parsed as "
-                    "int/float/bool/str) or the name of an entry point in the `mf2m.defences` group, optionally "
-                    "with `:key=value,...` (built in: jpeg, median-blur, gaussian-blur, bit-depth, "
-                    "random-resize-pad, upper-face, faced-mask-aware-detector). See docs/defences.md.\n\n"
+                    "int/float/bool/str) or a registered name (a built-in, or an entry point in the "
+                    "`mf2m.defences` group of an installed package; --list lists them), optionally with "
+                    "`:key=value,...` (built in: jpeg, median-blur, gaussian-blur, bit-depth, random-resize-pad, "
+                    "upper-face, faced-mask-aware-detector). See docs/defences.md.\n\n"
                     "Against a stochastic defence (random-resize-pad, or any defence with stochastic=True) adaptive "
                     "attacks use Expectation over Transformation: the objective is averaged over --eot-samples "
                     "fresh draws of the defence's randomness per step; the Variant column says what ran.\n\n"
@@ -33,7 +34,7 @@ def register(sub, formatter) -> None:
                     "--render DIR --out X rebuilds the leaderboard files from them byte for byte.")
     p.add_argument("--config", default=None, help="leaderboard YAML (e.g. configs/defences.yaml); required unless --list")
     p.add_argument("--defence", action="append", default=[], metavar="SPEC",
-                   help="add a defence (repeatable): module:callable[:k=v,...] or ENTRY_POINT[:k=v,...]")
+                   help="add a defence (repeatable): module:callable[:k=v,...] or NAME[:k=v,...] (see --list)")
     p.add_argument("--only-cli-defences", action="store_true",
                    help="evaluate only the --defence ones (plus the undefended system), not the config's list")
     p.add_argument("--data", default=None, help="dataset spec of the pool source (overrides the config), e.g. lfw:DIR")
@@ -52,17 +53,18 @@ def register(sub, formatter) -> None:
     p.add_argument("--render", default=None, metavar="DIR",
                    help="re-render DIR's leaderboard.csv/.md/.html into --out from its raw cell outputs "
                         "(DIR/leaderboard.json and DIR/cells/*/metrics.json); loads no model and no data")
-    p.add_argument("--list", action="store_true", help="list the installed defence entry points and exit")
+    p.add_argument("--list", action="store_true",
+                   help="list the registered defences (built-ins, then installed plug-ins) and exit")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Load the config and defences, run the leaderboard, print the Markdown table."""
-    from .api import entry_point_defences
     if args.list:
-        for name, ep in sorted(entry_point_defences().items()):
-            print(f"{name}\t{ep.value}")
+        from .api import list_defences
+        for name, target, origin in list_defences():
+            print(f"{name}\t{target}\t{origin}")
         return 0
     if args.verify:
         return _verify(args)

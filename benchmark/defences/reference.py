@@ -4,7 +4,7 @@ Input transforms (before recognition and/or mask detection): :class:`JPEG`, :cla
 :class:`GaussianBlur`, :class:`BitDepth`, :class:`RandomResizePad`. Recognition policy:
 :class:`UpperFace` (the recognizer sees only the face above the ArcFace template's nose line).
 Replacement mask detector: :class:`FacedMaskAwareDetector` (the default detector retrained with
-DM-masked faces as positives).
+DM-masked faces as positives). Their names are registered in ``benchmark.defences.DEFENCES``.
 
 Every transform works on ArcFace-aligned ``uint8`` faces with OpenCV and has a torch ``surrogate``
 for adaptive attacks: exact for the blurs, the resize-and-pad and the upper-face policy; the
@@ -24,17 +24,6 @@ from .api import InputTransform, RecognitionPolicy, ReplacementMaskDetector
 
 #: y of the nose tip in the ArcFace 112×112 template (``insightface.utils.face_align.arcface_dst``).
 ARCFACE_NOSE_Y = 71.7366
-
-#: built-in defences: entry-point name → ``module:callable`` (the same table is in pyproject.toml).
-BUILTINS = {
-    "jpeg": "benchmark.defences.reference:JPEG",
-    "median-blur": "benchmark.defences.reference:MedianBlur",
-    "gaussian-blur": "benchmark.defences.reference:GaussianBlur",
-    "bit-depth": "benchmark.defences.reference:BitDepth",
-    "random-resize-pad": "benchmark.defences.reference:RandomResizePad",
-    "upper-face": "benchmark.defences.reference:UpperFace",
-    "faced-mask-aware-detector": "benchmark.defences.reference:FacedMaskAwareDetector",
-}
 
 
 class JPEG(InputTransform):

@@ -38,6 +38,7 @@ class SearchSettings:
     seed: int = 0
     progress: bool = False
     probes: str = "the probes"          # how error messages name the probe set
+    mates: str = "the mates"            # … and the mate set
 
 
 @dataclass
@@ -50,6 +51,7 @@ class SearchResult:
     thresholds: dict[float, float]      # FAR → score threshold τ
     auc: float
     counts: dict[str, int]
+    genuine_mean: float                 # mean score of the positive (probe, mate) pairs
     metrics: dict[str, Any]
     curves: dict[str, Any] = field(repr=False, default_factory=dict)
 
@@ -107,4 +109,5 @@ def evaluate(*, probes: np.ndarray, mates: np.ndarray, distractors: np.ndarray, 
     tau = {float(e["far"]): float(e["threshold"]) for e in metrics["tar_at_far"]}
     cmc = dict(zip(metrics["cmc"]["ranks"], metrics["cmc"]["rates"]))
     return SearchResult(rank1=metrics["rank1"], cmc=cmc, tar_at_far=tar, thresholds=tau, auc=metrics["auc"],
-                        counts=dict(metrics["counts"]), metrics=metrics, curves=curves)
+                        counts=dict(metrics["counts"]), genuine_mean=float(problem.pos_scores.mean()),
+                        metrics=metrics, curves=curves)

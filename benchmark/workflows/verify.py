@@ -5,7 +5,7 @@ and the SHA-256 of every weight file it loads, states the benchmark settings and
 leaderboard row::
 
     schema: mf2m.submission.v1
-    defence: jpeg:quality=50              # entry-point name or module:callable, with parameters
+    defence: jpeg:quality=50              # registered name or module:callable, with parameters
     package: {name: mf2m, version: 0.1.0} # the installed distribution must have exactly this version
     weights:                              # files the defence loads (paths relative to this file)
       - {path: weights/my_detector.pt, sha256: 3f1c…}
@@ -103,7 +103,7 @@ def load_submission(path: str | Path) -> Submission:
     if raw.get("schema") != SCHEMA:
         raise _fail(path, f"schema must be {SCHEMA!r}, got {raw.get('schema')!r}")
     if not isinstance(raw.get("defence"), str) or not raw["defence"].strip():
-        raise _fail(path, "'defence' must name the defence (entry point or module:callable, with parameters)")
+        raise _fail(path, "'defence' must name the defence (registered name or module:callable, with parameters)")
     pkg = raw.get("package")
     if not isinstance(pkg, dict) or not pkg.get("name") or not pkg.get("version"):
         raise _fail(path, "'package' must give the providing distribution's name and pinned version")
