@@ -15,8 +15,7 @@ from typing import Any
 
 from benchmark.plugins import Registry
 
-__all__ = ["ATTACKS", "attack_class", "base_of", "check_params", "create", "is_adversarial", "list_attacks",
-           "register"]
+__all__ = ["ATTACKS", "attack_class", "base_of", "check_params", "create", "is_adversarial", "list_attacks", "register"]
 
 #: every ``--method`` of ``mf2m attack``: the built-ins below, then those of installed packages (entry-point
 #: group ``mf2m.attacks``, each naming an :class:`attacks.base.Attack` subclass)
@@ -37,8 +36,15 @@ def register(name: str, target: Any = None, *, base: str | None = None, replace:
 
 # the plain masks, then the attacks in the order of the paper's tables
 ATTACKS.register("solid", "attacks.masking:solid_mask", base="solid", mask=True)
-for _name, _cls in (("fgsm", "FGSM"), ("i-fgsm", "IFGSM"), ("mi-fgsm", "MIFGSM"), ("ti-fgsm", "TIFGSM"),
-                    ("ti-mi-fgsm", "TIMIFGSM"), ("di2-fgsm", "DI2FGSM"), ("m-di2-fgsm", "MDI2FGSM")):
+for _name, _cls in (
+    ("fgsm", "FGSM"),
+    ("i-fgsm", "IFGSM"),
+    ("mi-fgsm", "MIFGSM"),
+    ("ti-fgsm", "TIFGSM"),
+    ("ti-mi-fgsm", "TIMIFGSM"),
+    ("di2-fgsm", "DI2FGSM"),
+    ("m-di2-fgsm", "MDI2FGSM"),
+):
     register(_name, f"attacks.fgsm:{_cls}", base="solid")
 ATTACKS.register("dm", "attacks.masking:delaunay_mask", base="dm", mask=True)
 register("advnoise-dm", "attacks.advnoise:AdvNoise", base="dm")
@@ -81,6 +87,7 @@ def check_params(method: str, params: dict[str, Any], where: str = "") -> None:
     and the closest known name, before anything runs; ``seed`` is the job's, never a per-method parameter."""
     import difflib
     import inspect
+
     place = f"{where}: " if where else ""
     if not isinstance(params, dict):
         raise ValueError(f"{place}expected a mapping of {method} hyper-parameters, got {type(params).__name__}")
@@ -90,15 +97,15 @@ def check_params(method: str, params: dict[str, Any], where: str = "") -> None:
             raise ValueError(f"{place}{method} is a plain mask: it has no hyper-parameters ({', '.join(params)})")
         return
     sig = inspect.signature(cls.__init__)
-    known = sorted({n for n, p in sig.parameters.items()
-                    if p.kind == p.KEYWORD_ONLY and n != "seed"} | {"eot_samples"})
+    known = sorted({n for n, p in sig.parameters.items() if p.kind == p.KEYWORD_ONLY and n != "seed"} | {"eot_samples"})
     for name in params:
         if name not in known:
             close = difflib.get_close_matches(str(name), known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             extra = "; set the attack's seed instead" if name == "seed" else ""
-            raise ValueError(f"{place}unknown {method} hyper-parameter {name!r}{hint}{extra}; "
-                             f"{method} takes: {', '.join(known)}")
+            raise ValueError(
+                f"{place}unknown {method} hyper-parameter {name!r}{hint}{extra}; {method} takes: {', '.join(known)}"
+            )
 
 
 def create(method: str, fr: Any, md: Any = None, **params: Any):
@@ -107,15 +114,26 @@ def create(method: str, fr: Any, md: Any = None, **params: Any):
     if cls is None:
         raise ValueError(f"{method!r} is a mask, not an adversarial attack: use attacks.masking")
     from .base import set_eot
-    eot = params.pop("eot_samples", 1)          # Expectation over Transformation (see Attack.eot_samples)
+
+    eot = params.pop("eot_samples", 1)  # Expectation over Transformation (see Attack.eot_samples)
     return set_eot(cls(fr, md, **params), eot)
 
 
 def __getattr__(name: str):
-    lazy = {"Attack": "attacks.base", "AdvNoise": "attacks.advnoise", "MF2M": "attacks.mf2m",
-            "FGSM": "attacks.fgsm", "IFGSM": "attacks.fgsm", "MIFGSM": "attacks.fgsm", "TIFGSM": "attacks.fgsm",
-            "TIMIFGSM": "attacks.fgsm", "DI2FGSM": "attacks.fgsm", "MDI2FGSM": "attacks.fgsm"}
+    lazy = {
+        "Attack": "attacks.base",
+        "AdvNoise": "attacks.advnoise",
+        "MF2M": "attacks.mf2m",
+        "FGSM": "attacks.fgsm",
+        "IFGSM": "attacks.fgsm",
+        "MIFGSM": "attacks.fgsm",
+        "TIFGSM": "attacks.fgsm",
+        "TIMIFGSM": "attacks.fgsm",
+        "DI2FGSM": "attacks.fgsm",
+        "MDI2FGSM": "attacks.fgsm",
+    }
     if name in lazy:
         import importlib
+
         return getattr(importlib.import_module(lazy[name]), name)
     raise AttributeError(name)

@@ -18,12 +18,32 @@ class AdvNoise(Attack):
     name = "advnoise-dm"
     params = ("eps", "step", "steps", "alpha", "random_start", "seed")
 
-    def __init__(self, fr, md=None, *, eps: float = 0.04, step: float = 0.001, steps: int = 40,
-                 alpha: float = 1.0, random_start: bool = False, seed: int = 0, precision: str = "fp32"):
+    def __init__(
+        self,
+        fr,
+        md=None,
+        *,
+        eps: float = 0.04,
+        step: float = 0.001,
+        steps: int = 40,
+        alpha: float = 1.0,
+        random_start: bool = False,
+        seed: int = 0,
+        precision: str = "fp32",
+    ):
         super().__init__(fr, md, alpha=alpha, seed=seed, precision=precision)
         self.eps, self.step, self.steps, self.random_start = float(eps), float(step), int(steps), bool(random_start)
 
     def forward(self, images: torch.Tensor, regions: torch.Tensor, ref: torch.Tensor, keys: list[str]) -> torch.Tensor:
         """PGD from the DM image."""
-        return pgd(self, images, regions, ref, keys, eps=self.eps, step=self.step, steps=self.steps,
-                   random_start=self.random_start)
+        return pgd(
+            self,
+            images,
+            regions,
+            ref,
+            keys,
+            eps=self.eps,
+            step=self.step,
+            steps=self.steps,
+            random_start=self.random_start,
+        )

@@ -44,9 +44,17 @@ class Attack:
     #: hyper-parameters shown in ``repr`` and recorded in manifests (subclasses extend).
     params: tuple[str, ...] = ("alpha", "seed")
 
-    def __init__(self, fr: torch.nn.Module, md: torch.nn.Module | None = None, *, alpha: float = 1.0,
-                 seed: int = 0, precision: str = "fp32"):
+    def __init__(
+        self,
+        fr: torch.nn.Module,
+        md: torch.nn.Module | None = None,
+        *,
+        alpha: float = 1.0,
+        seed: int = 0,
+        precision: str = "fp32",
+    ):
         from benchmark.precision import attack_plan, reduce_module, strict_fp32
+
         self.fr = _frozen(fr)
         self.md = _frozen(md) if md is not None else None
         self.alpha = float(alpha)
@@ -60,8 +68,9 @@ class Attack:
             self.fr_run, self.md_run = self.fr, self.md
 
     # ---------------------------------------------------------------- public API
-    def __call__(self, images: torch.Tensor, regions: torch.Tensor, reference: torch.Tensor,
-                 keys: Sequence[str] | None = None) -> torch.Tensor:
+    def __call__(
+        self, images: torch.Tensor, regions: torch.Tensor, reference: torch.Tensor, keys: Sequence[str] | None = None
+    ) -> torch.Tensor:
         """Attacked images, same shape as ``images``; unchanged outside ``regions``."""
         images, regions = self._check(images, regions)
         ref = self.reference_features(reference.to(images.device))
@@ -72,16 +81,19 @@ class Attack:
             out = self.forward(images, regions, ref, keys)
         return torch.where(regions > 0, out, images).detach()
 
-    def forward(self, images: torch.Tensor, regions: torch.Tensor, ref: torch.Tensor,
-                keys: list[str]) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, regions: torch.Tensor, ref: torch.Tensor, keys: list[str]) -> torch.Tensor:
         """The method itself (subclasses): returns attacked images."""
         raise NotImplementedError
 
     def config(self) -> dict[str, Any]:
         """Name and hyper-parameters (for manifests; ``eot_samples`` when EOT is on)."""
         eot = {"eot_samples": self.eot_samples} if self.eot_samples != 1 else {}
-        return {"method": self.name, **{p: getattr(self, p) for p in self.params}, **eot,
-                "precision": self.precision.describe()}
+        return {
+            "method": self.name,
+            **{p: getattr(self, p) for p in self.params},
+            **eot,
+            "precision": self.precision.describe(),
+        }
 
     def __repr__(self) -> str:
         args = ", ".join(f"{p}={getattr(self, p)!r}" for p in self.params)
@@ -126,8 +138,9 @@ class Attack:
         """
         return self.objective_gradient(x, transform if transform is not None else (lambda v: v), ref)
 
-    def objective_gradient(self, wrt: torch.Tensor, build, ref: torch.Tensor, weight: float | None = None
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    def objective_gradient(
+        self, wrt: torch.Tensor, build, ref: torch.Tensor, weight: float | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(∇ Σ L(build(wrt)), L)`` with respect to ``wrt`` (images, or MF²M's kernels).
 
         With EOT (``eot_samples`` > 1) ``build`` runs once and each draw's objective is backpropagated to its
@@ -162,7 +175,7 @@ class Attack:
         gens = []
         for key in keys:
             g = torch.Generator(device="cpu")
-            g.manual_seed((self.seed * 1_000_003 + zlib.crc32(str(key).encode())) % (2 ** 63))
+            g.manual_seed((self.seed * 1_000_003 + zlib.crc32(str(key).encode())) % (2**63))
             gens.append(g)
         return gens
 
@@ -199,16 +212,31 @@ def _frozen(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-def pgd(attack: Attack, images: torch.Tensor, regions: torch.Tensor, ref: torch.Tensor, keys: list[str], *,
-        eps: float, step: float, steps: int, random_start: bool, trace=None) -> torch.Tensor:
+def pgd(
+    attack: Attack,
+    images: torch.Tensor,
+    regions: torch.Tensor,
+    ref: torch.Tensor,
+    keys: list[str],
+    *,
+    eps: float,
+    step: float,
+    steps: int,
+    random_start: bool,
+    trace=None,
+) -> torch.Tensor:
     """Projected gradient ascent with sign steps inside the region (Madry et al.), shared by methods.
 
     ``trace(i, x)`` (optional) is called with the image after every step ``i`` (for strength/PSNR curves).
     """
     x = images.clone()
     if random_start:
-        noise = torch.stack([torch.empty(images.shape[1:]).uniform_(-eps, eps, generator=g)
-                             for g in attack.generators(keys, images.device)]).to(images.device)
+        noise = torch.stack(
+            [
+                torch.empty(images.shape[1:]).uniform_(-eps, eps, generator=g)
+                for g in attack.generators(keys, images.device)
+            ]
+        ).to(images.device)
         x = attack.project(images + noise, images, regions, eps)
     for i in range(steps):
         grad, _ = attack.gradient(x, ref)

@@ -27,7 +27,7 @@ from .base import Attack
 def gaussian_kernel(size: int, nsig: float = 3.0) -> torch.Tensor:
     """Dong et al.'s TI kernel: a ``size``×``size`` Gaussian spanning ±``nsig`` σ, summing to 1."""
     x = torch.linspace(-nsig, nsig, size, dtype=torch.float64)
-    k1 = torch.exp(-0.5 * x ** 2)
+    k1 = torch.exp(-0.5 * x**2)
     k2 = torch.outer(k1, k1)
     return (k2 / k2.sum()).float()
 
@@ -45,9 +45,23 @@ class FGSMFamily(Attack):
     params = ("eps", "steps", "step", "momentum", "ti_kernel", "ti_nsig", "di_prob", "di_scale", "alpha", "seed")
     defaults: dict = {}
 
-    def __init__(self, fr, md=None, *, eps: float = 0.04, steps: int | None = None, step: float | None = None,
-                 momentum: float | None = None, ti_kernel: int | None = None, ti_nsig: float = 3.0,
-                 di_prob: float | None = None, di_scale: float = 1.1, alpha: float = 1.0, seed: int = 0, precision: str = "fp32"):
+    def __init__(
+        self,
+        fr,
+        md=None,
+        *,
+        eps: float = 0.04,
+        steps: int | None = None,
+        step: float | None = None,
+        momentum: float | None = None,
+        ti_kernel: int | None = None,
+        ti_nsig: float = 3.0,
+        di_prob: float | None = None,
+        di_scale: float = 1.1,
+        alpha: float = 1.0,
+        seed: int = 0,
+        precision: str = "fp32",
+    ):
         super().__init__(fr, md, alpha=alpha, seed=seed, precision=precision)
         d = {"steps": 40, "momentum": 0.0, "ti_kernel": 0, "di_prob": 0.0, **self.defaults}
         self.eps = float(eps)
@@ -88,10 +102,10 @@ class FGSMFamily(Attack):
         thetas, apply = [], []
         for gen in gens:
             use = torch.rand((), generator=gen).item() < self.di_prob
-            size = torch.rand((), generator=gen).item()      # fraction of the canvas the image fills
-            ox, oy = torch.rand(2, generator=gen).tolist()   # where it sits on the canvas
-            s = 1.0 / self.di_scale + size * (1.0 - 1.0 / self.di_scale)   # rnd / canvas in [1/scale, 1]
-            offx, offy = ox * (1 - s), oy * (1 - s)           # canvas-relative offsets
+            size = torch.rand((), generator=gen).item()  # fraction of the canvas the image fills
+            ox, oy = torch.rand(2, generator=gen).tolist()  # where it sits on the canvas
+            s = 1.0 / self.di_scale + size * (1.0 - 1.0 / self.di_scale)  # rnd / canvas in [1/scale, 1]
+            offx, offy = ox * (1 - s), oy * (1 - s)  # canvas-relative offsets
             thetas.append([[1 / s, 0.0, (1 - 2 * offx) / s - 1], [0.0, 1 / s, (1 - 2 * offy) / s - 1]])
             apply.append(use)
 
@@ -101,41 +115,49 @@ class FGSMFamily(Attack):
             moved = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
             mask = torch.tensor(apply, device=x.device).view(-1, 1, 1, 1)
             return torch.where(mask, moved, x)
+
         return transform
 
 
 class FGSM(FGSMFamily):
     """FGSM (Goodfellow et al.): one step of size ``eps``."""
+
     name, defaults = "fgsm", {"steps": 1}
 
 
 class IFGSM(FGSMFamily):
     """I-FGSM (Kurakin et al.): ``steps`` sign steps of ``eps/steps``."""
+
     name, defaults = "i-fgsm", {"steps": 40}
 
 
 class MIFGSM(FGSMFamily):
     """MI-FGSM (Dong et al. 2018): I-FGSM with momentum μ = 1 on L1-normalised gradients."""
+
     name, defaults = "mi-fgsm", {"steps": 40, "momentum": 1.0}
 
 
 class TIFGSM(FGSMFamily):
     """TI-FGSM (Dong et al. 2019): FGSM with the gradient smoothed by a Gaussian kernel."""
+
     name, defaults = "ti-fgsm", {"steps": 1, "ti_kernel": 7}
 
 
 class TIMIFGSM(FGSMFamily):
     """TI-MI-FGSM: momentum + translation-invariant gradient."""
+
     name, defaults = "ti-mi-fgsm", {"steps": 40, "momentum": 1.0, "ti_kernel": 7}
 
 
 class DI2FGSM(FGSMFamily):
     """DI²-FGSM (Xie et al.): I-FGSM on randomly resized-and-padded inputs (p = 0.5)."""
+
     name, defaults = "di2-fgsm", {"steps": 40, "di_prob": 0.5}
 
 
 class MDI2FGSM(FGSMFamily):
     """M-DI²-FGSM: DI²-FGSM with momentum μ = 1."""
+
     name, defaults = "m-di2-fgsm", {"steps": 40, "di_prob": 0.5, "momentum": 1.0}
 
 

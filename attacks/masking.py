@@ -45,12 +45,13 @@ def region_polygon(jaw: np.ndarray, nose: np.ndarray, spec: RegionSpec = RegionS
     nose = np.asarray(nose, dtype=np.float32)
     if not (0 <= spec.jaw_first < spec.jaw_last < len(jaw)) or not 0 <= spec.nose_index < len(nose):
         raise ValueError(f"region spec {spec} does not fit {len(jaw)} jaw / {len(nose)} nose landmarks")
-    return np.concatenate([jaw[spec.jaw_first:spec.jaw_last + 1], nose[spec.nose_index:spec.nose_index + 1]])
+    return np.concatenate([jaw[spec.jaw_first : spec.jaw_last + 1], nose[spec.nose_index : spec.nose_index + 1]])
 
 
 def polygon_mask(polygon: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Binary ``(H, W)`` uint8 mask (0/1) of a polygon rasterised with sub-pixel precision."""
     import cv2
+
     mask = np.zeros(shape, np.uint8)
     pts = np.round(np.asarray(polygon, np.float64) * 16).astype(np.int32)
     cv2.fillPoly(mask, [pts], 1, lineType=cv2.LINE_8, shift=4)
@@ -60,6 +61,7 @@ def polygon_mask(polygon: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def delaunay_triangles(points: np.ndarray) -> np.ndarray:
     """Delaunay triangulation ``(t, 3)`` int of ``points``; degenerate (zero-area) triangles are dropped."""
     from scipy.spatial import Delaunay
+
     points = np.asarray(points, np.float64)
     tri = Delaunay(points, qhull_options="QJ").simplices
     return tri[_triangle_areas(points, tri) > 1e-6]
@@ -70,14 +72,16 @@ def _triangle_areas(points: np.ndarray, tri: np.ndarray) -> np.ndarray:
     return 0.5 * np.abs((b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0]))
 
 
-def piecewise_affine(src: np.ndarray, src_pts: np.ndarray, dst_pts: np.ndarray, triangles: np.ndarray,
-                     out_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def piecewise_affine(
+    src: np.ndarray, src_pts: np.ndarray, dst_pts: np.ndarray, triangles: np.ndarray, out_shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
     """Warp ``src`` so each triangle ``src_pts[tri]`` lands on ``dst_pts[tri]`` (``f_R``).
 
     Returns ``(warped, covered)``: the ``out_shape`` image and a 0/1 map of the pixels some triangle
     covers (uncovered pixels are black). One ``cv2.remap`` for all triangles.
     """
     import cv2
+
     src_pts = np.asarray(src_pts, np.float64)
     dst_pts = np.asarray(dst_pts, np.float64)
     h, w = out_shape
@@ -89,8 +93,16 @@ def piecewise_affine(src: np.ndarray, src_pts: np.ndarray, dst_pts: np.ndarray, 
     for t, tri in enumerate(triangles):
         cv2.fillConvexPoly(label, np.round(dst_pts[tri] * 16).astype(np.int32), int(t), shift=4)
     # Inverse maps (probe → template) for every triangle, as (t, 2, 3).
-    inv = np.stack([cv2.getAffineTransform(dst_pts[tri].astype(np.float32), src_pts[tri].astype(np.float32))
-                    for tri in triangles]) if len(triangles) else np.zeros((0, 2, 3))
+    inv = (
+        np.stack(
+            [
+                cv2.getAffineTransform(dst_pts[tri].astype(np.float32), src_pts[tri].astype(np.float32))
+                for tri in triangles
+            ]
+        )
+        if len(triangles)
+        else np.zeros((0, 2, 3))
+    )
     ys, xs = np.nonzero(label >= 0)
     m = inv[label[ys, xs]]
     map_x = np.full((h, w), -1.0, np.float32)
@@ -106,21 +118,24 @@ def piecewise_affine(src: np.ndarray, src_pts: np.ndarray, dst_pts: np.ndarray, 
 def feather_alpha(region: np.ndarray, feather: float) -> np.ndarray:
     """Blend weights in [0, 1]: 0 outside ``region``, rising to 1 over ``feather`` pixels inside it."""
     import cv2
+
     region = (np.asarray(region) > 0).astype(np.uint8)
     if feather <= 0:
         return region.astype(np.float32)
-    padded = np.pad(region, 1)   # the image border is not a mask edge unless the region touches it
+    padded = np.pad(region, 1)  # the image border is not a mask edge unless the region touches it
     dist = cv2.distanceTransform(padded, cv2.DIST_L2, 3)[1:-1, 1:-1]
     return np.clip(dist / float(feather), 0.0, 1.0).astype(np.float32) * region
 
 
-def overlay(face: np.ndarray, mask_image: np.ndarray, region: np.ndarray, feather: float = 2.0,
-            seamless: bool = False) -> np.ndarray:
+def overlay(
+    face: np.ndarray, mask_image: np.ndarray, region: np.ndarray, feather: float = 2.0, seamless: bool = False
+) -> np.ndarray:
     """``f_2``: put ``mask_image`` on ``face`` inside ``region`` (feathered; optionally seamless cloning).
 
     Pixels outside ``region`` are returned unchanged, bit for bit.
     """
     import cv2
+
     face = np.asarray(face, np.uint8)
     region = (np.asarray(region) > 0).astype(np.uint8)
     source = np.asarray(mask_image, np.uint8)
@@ -129,7 +144,7 @@ def overlay(face: np.ndarray, mask_image: np.ndarray, region: np.ndarray, feathe
         center = (int((xs.min() + xs.max() + 1) // 2), int((ys.min() + ys.max() + 1) // 2))
         try:
             source = cv2.seamlessClone(source, face, region * 255, center, cv2.NORMAL_CLONE)
-        except cv2.error:   # region touching the border: fall back to the plain overlay
+        except cv2.error:  # region touching the border: fall back to the plain overlay
             pass
     alpha = feather_alpha(region, feather)[:, :, None]
     blended = np.rint(alpha * source.astype(np.float32) + (1.0 - alpha) * face.astype(np.float32))
@@ -137,9 +152,16 @@ def overlay(face: np.ndarray, mask_image: np.ndarray, region: np.ndarray, feathe
     return out
 
 
-def delaunay_mask(face: np.ndarray, face_points: np.ndarray, template: np.ndarray, template_points: np.ndarray,
-                  jaw_index: np.ndarray | None = None, nose_index: np.ndarray | None = None,
-                  spec: RegionSpec = RegionSpec(), seamless: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def delaunay_mask(
+    face: np.ndarray,
+    face_points: np.ndarray,
+    template: np.ndarray,
+    template_points: np.ndarray,
+    jaw_index: np.ndarray | None = None,
+    nose_index: np.ndarray | None = None,
+    spec: RegionSpec = RegionSpec(),
+    seamless: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
     """DM (Eq. 1–3): the probe ``face`` wearing a faced mask cut from ``template``.
 
     ``face_points``/``template_points`` are corresponding landmarks (dlib 68 by default; ``jaw_index``
@@ -147,22 +169,31 @@ def delaunay_mask(face: np.ndarray, face_points: np.ndarray, template: np.ndarra
     the masked face (uint8, same shape as ``face``) and the 0/1 region it changed.
     """
     from benchmark.models.landmarks import DLIB68_JAW, DLIB68_NOSE
+
     jaw_index = DLIB68_JAW if jaw_index is None else jaw_index
     nose_index = DLIB68_NOSE if nose_index is None else nose_index
     face_points = _check_points(face_points, "probe")
     template_points = _check_points(template_points, "template")
     if face_points.shape != template_points.shape:
-        raise ValueError(f"probe and template landmarks differ in shape: {face_points.shape} vs {template_points.shape}")
-    triangles = delaunay_triangles(face_points)                                    # f_T, shared
+        raise ValueError(
+            f"probe and template landmarks differ in shape: {face_points.shape} vs {template_points.shape}"
+        )
+    triangles = delaunay_triangles(face_points)  # f_T, shared
     warped, covered = piecewise_affine(template, template_points, face_points, triangles, face.shape[:2])  # f_R
-    region = polygon_mask(region_polygon(face_points[jaw_index], face_points[nose_index], spec),
-                          face.shape[:2]) & covered                                # f_C
-    return overlay(face, warped, region, spec.feather, seamless), region          # f_2
+    region = (
+        polygon_mask(region_polygon(face_points[jaw_index], face_points[nose_index], spec), face.shape[:2]) & covered
+    )  # f_C
+    return overlay(face, warped, region, spec.feather, seamless), region  # f_2
 
 
-def solid_mask(face: np.ndarray, face_points: np.ndarray, colour: str = "blue",
-               jaw_index: np.ndarray | None = None, nose_index: np.ndarray | None = None,
-               spec: RegionSpec = RegionSpec()) -> tuple[np.ndarray, np.ndarray]:
+def solid_mask(
+    face: np.ndarray,
+    face_points: np.ndarray,
+    colour: str = "blue",
+    jaw_index: np.ndarray | None = None,
+    nose_index: np.ndarray | None = None,
+    spec: RegionSpec = RegionSpec(),
+) -> tuple[np.ndarray, np.ndarray]:
     """A solid-colour medical mask (insightface's shipped mask texture) over the same region as DM.
 
     The rectangular texture is mapped onto the region piecewise-affinely: its top edge follows the
@@ -170,12 +201,13 @@ def solid_mask(face: np.ndarray, face_points: np.ndarray, colour: str = "blue",
     line passes the nose tip and the mouth, so the pleats bend with the face. Returns ``(image, region)``.
     """
     from benchmark.models.landmarks import DLIB68_JAW, DLIB68_NOSE
+
     jaw_index = DLIB68_JAW if jaw_index is None else jaw_index
     nose_index = DLIB68_NOSE if nose_index is None else nose_index
     face_points = _check_points(face_points, "probe")
     texture = mask_texture(colour)
     th, tw = texture.shape[:2]
-    jaw = face_points[jaw_index][spec.jaw_first:spec.jaw_last + 1].astype(np.float64)
+    jaw = face_points[jaw_index][spec.jaw_first : spec.jaw_last + 1].astype(np.float64)
     nose = face_points[nose_index].astype(np.float64)
     # Texture coordinates of the jaw chain by arc length along left side, bottom, right side.
     seg = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(jaw, axis=0), axis=1))]
@@ -204,6 +236,7 @@ def _check_points(points: np.ndarray, what: str) -> np.ndarray:
 def mask_texture(colour: str) -> np.ndarray:
     """The medical-mask texture of ``colour`` (RGB uint8) shipped with insightface."""
     from benchmark.data.images import read_image
+
     if colour not in MASK_COLOURS:
         raise ValueError(f"mask colour must be one of {', '.join(MASK_COLOURS)}, not {colour!r}")
     spec = importlib.util.find_spec("insightface")

@@ -70,13 +70,44 @@ class MF2M(Attack):
     """
 
     name = "mf2m"
-    params = ("noise_eps", "noise_step", "noise_steps", "alpha", "kernel_size", "kernel_lr", "kernel_steps",
-              "beta", "kernel_update", "kernel_batch", "kernel_norm", "kernel_bound", "random_start", "seed")
+    params = (
+        "noise_eps",
+        "noise_step",
+        "noise_steps",
+        "alpha",
+        "kernel_size",
+        "kernel_lr",
+        "kernel_steps",
+        "beta",
+        "kernel_update",
+        "kernel_batch",
+        "kernel_norm",
+        "kernel_bound",
+        "random_start",
+        "seed",
+    )
 
-    def __init__(self, fr, md=None, *, noise_eps: float = 0.01, noise_step: float = 0.001, noise_steps: int = 40,
-                 alpha: float = 1.0, kernel_size: int = 5, kernel_lr: float = 0.1, kernel_steps: int = 160,
-                 beta: float = 1.0, kernel_update: str = "raw", kernel_batch: int = 32, kernel_norm: str = "none",
-                 kernel_bound: float = 0.0, random_start: bool = False, seed: int = 0, precision: str = "fp32"):
+    def __init__(
+        self,
+        fr,
+        md=None,
+        *,
+        noise_eps: float = 0.01,
+        noise_step: float = 0.001,
+        noise_steps: int = 40,
+        alpha: float = 1.0,
+        kernel_size: int = 5,
+        kernel_lr: float = 0.1,
+        kernel_steps: int = 160,
+        beta: float = 1.0,
+        kernel_update: str = "raw",
+        kernel_batch: int = 32,
+        kernel_norm: str = "none",
+        kernel_bound: float = 0.0,
+        random_start: bool = False,
+        seed: int = 0,
+        precision: str = "fp32",
+    ):
         super().__init__(fr, md, alpha=alpha, seed=seed, precision=precision)
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd and positive, not {kernel_size}")
@@ -97,12 +128,26 @@ class MF2M(Attack):
 
     def forward(self, images: torch.Tensor, regions: torch.Tensor, ref: torch.Tensor, keys: list[str]) -> torch.Tensor:
         """Algorithm 1: Î = PGD(I_DM); optimise kernels K; return K ⊛ Î."""
-        noised = pgd(self, images, regions, ref, keys, eps=self.noise_eps, step=self.noise_step,
-                     steps=self.noise_steps, random_start=self.random_start)
+        noised = pgd(
+            self,
+            images,
+            regions,
+            ref,
+            keys,
+            eps=self.noise_eps,
+            step=self.noise_step,
+            steps=self.noise_steps,
+            random_start=self.random_start,
+        )
         return self.filter_attack(noised, regions, ref)
 
-    def filter_attack(self, noised: torch.Tensor, regions: torch.Tensor, ref: torch.Tensor,
-                      trace: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+    def filter_attack(
+        self,
+        noised: torch.Tensor,
+        regions: torch.Tensor,
+        ref: torch.Tensor,
+        trace: Callable[[int, torch.Tensor], None] | None = None,
+    ) -> torch.Tensor:
         """The kernel stage alone, on already-noised images Î.
 
         ``trace(i, image)`` (optional) is called after every update with the filtered image of the
@@ -116,8 +161,9 @@ class MF2M(Attack):
         inside = regions > 0
         ident = kernels.clone()
         for i in range(self.kernel_steps):
-            grad, _ = self.objective_gradient(kernels, lambda k: self._render(stack, k, noised, inside), ref,
-                                              weight=self.beta)
+            grad, _ = self.objective_gradient(
+                kernels, lambda k: self._render(stack, k, noised, inside), ref, weight=self.beta
+            )
             with torch.no_grad():
                 kernels = self._update(kernels, grad, regions, ident)
                 if trace is not None:
@@ -125,8 +171,9 @@ class MF2M(Attack):
         with torch.no_grad():
             return self._render(stack, kernels, noised, inside)
 
-    def _update(self, kernels: torch.Tensor, grad: torch.Tensor, regions: torch.Tensor,
-                ident: torch.Tensor) -> torch.Tensor:
+    def _update(
+        self, kernels: torch.Tensor, grad: torch.Tensor, regions: torch.Tensor, ident: torch.Tensor
+    ) -> torch.Tensor:
         """One ascent step on the kernels (inside the region), then bound and normalisation."""
         # raw: the paper's step on the mean loss of kernel_batch images; sign steps do not depend on it
         step = grad / self.kernel_batch if self.kernel_update == "raw" else grad.sign()

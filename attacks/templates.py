@@ -38,7 +38,7 @@ class FaceItem:
     key: str
     identity: str
     path: Path
-    source: str = ""    # the input's own key (the CSV's ``key`` column, else its path as written / relative path)
+    source: str = ""  # the input's own key (the CSV's ``key`` column, else its path as written / relative path)
 
 
 def list_faces(source: str | os.PathLike) -> list[FaceItem]:
@@ -63,8 +63,9 @@ def list_faces(source: str | os.PathLike) -> list[FaceItem]:
                 path = Path(written)
                 path = path if path.is_absolute() else source.parent / path
                 own = row[key_column].strip() if key_column is not None and len(row) > key_column else ""
-                items.append(FaceItem(f"{_safe(identity)}/{_safe(path.stem)}", identity, path,
-                                      own or written.replace("\\", "/")))
+                items.append(
+                    FaceItem(f"{_safe(identity)}/{_safe(path.stem)}", identity, path, own or written.replace("\\", "/"))
+                )
     else:
         for path in sorted(source.rglob("*")):
             if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("."):
@@ -94,6 +95,7 @@ def load_aligned(path: str | os.PathLike, landmarker) -> tuple[np.ndarray, np.nd
     """
     from benchmark.data.images import read_image
     from benchmark.models.align import ALIGNED_SIZE, align_face, transform_points
+
     image = read_image(path)
     if image.shape[:2] == (ALIGNED_SIZE, ALIGNED_SIZE):
         return image, landmarker.landmarks_aligned(image).points.astype(np.float32)
@@ -118,11 +120,12 @@ def alignment_errors(points: np.ndarray) -> tuple[float, float]:
 
     from benchmark.models.align import arcface_template
     from benchmark.models.landmarks import five_from_dlib68
+
     five = five_from_dlib68(np.asarray(points, np.float64)).astype(np.float64)
     target = np.asarray(arcface_template(), np.float64)
     offset = float(np.sqrt(((five - target) ** 2).sum(axis=1)).max())
     fit = SimilarityTransform()
-    with warnings.catch_warnings():   # scikit-image ≥ 0.26 deprecates estimate() for from_estimate()
+    with warnings.catch_warnings():  # scikit-image ≥ 0.26 deprecates estimate() for from_estimate()
         warnings.simplefilter("ignore", FutureWarning)
         ok = fit.estimate(five, target)
     residual = float(np.sqrt(((fit(five) - target) ** 2).sum(axis=1)).max()) if ok else float("inf")
@@ -143,6 +146,7 @@ def aligned_batch(items: Sequence[FaceItem], landmarker) -> tuple[list[int], np.
     """Align ``items``: ``(ok indices, crops (k,112,112,3), points (k,68,2), {failed index: reason})``."""
     from benchmark.data.images import ImageError
     from benchmark.models.base import LandmarkError
+
     ok, crops, points, failed = [], [], [], {}
     for i, item in enumerate(items):
         try:
@@ -164,16 +168,18 @@ def aligned_batch(items: Sequence[FaceItem], landmarker) -> tuple[list[int], np.
 def to_tensor(faces: np.ndarray, device: str = "cpu"):
     """``(n,112,112,3)`` uint8 RGB → ``(n,3,112,112)`` float32 in [0, 1] on ``device``."""
     import torch
+
     return torch.from_numpy(np.ascontiguousarray(faces)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
 
 
 def features(module, faces: np.ndarray, device: str = "cpu", batch_size: int = 64) -> np.ndarray:
     """Unit-norm features ``(n, d)`` float32 of uint8 faces under a differentiable FR module."""
     import torch
+
     out = []
     with torch.no_grad():
         for i in range(0, len(faces), batch_size):
-            out.append(module(to_tensor(faces[i:i + batch_size], device)).float().cpu().numpy())
+            out.append(module(to_tensor(faces[i : i + batch_size], device)).float().cpu().numpy())
     feats = np.concatenate(out) if out else np.zeros((0, 1), np.float32)
     return feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
 
@@ -184,16 +190,24 @@ class TemplateBank:
 
     keys: list[str]
     identities: list[str]
-    faces: np.ndarray        # (t, 112, 112, 3) uint8
-    points: np.ndarray       # (t, 68, 2) float32
-    feats: np.ndarray        # (t, d) float32, unit norm
+    faces: np.ndarray  # (t, 112, 112, 3) uint8
+    points: np.ndarray  # (t, 68, 2) float32
+    feats: np.ndarray  # (t, d) float32, unit norm
     skipped: dict[str, str]  # key → reason
 
     @classmethod
-    def build(cls, source: str | os.PathLike, fr_module, fr_id: str, cache: str | os.PathLike | None,
-              landmarker, device: str = "cpu", batch_size: int = 64,
-              progress: Callable | None = None,
-              max_residual: float | None = MAX_ALIGNMENT_RESIDUAL) -> TemplateBank:
+    def build(
+        cls,
+        source: str | os.PathLike,
+        fr_module,
+        fr_id: str,
+        cache: str | os.PathLike | None,
+        landmarker,
+        device: str = "cpu",
+        batch_size: int = 64,
+        progress: Callable | None = None,
+        max_residual: float | None = MAX_ALIGNMENT_RESIDUAL,
+    ) -> TemplateBank:
         """Load (or build and cache) the bank of ``source`` for the recognizer identified by ``fr_id``.
 
         Templates whose ``alignment_errors`` exceed ``max_residual`` pixels (``None``: no filter)
@@ -209,8 +223,8 @@ class TemplateBank:
                 return bank
         ok_keys, ids, crops, pts, skipped = [], [], [], [], {}
         chunks = range(0, len(items), batch_size)
-        for start in (progress(chunks, desc="templates", unit="batch") if progress else chunks):
-            chunk = items[start:start + batch_size]
+        for start in progress(chunks, desc="templates", unit="batch") if progress else chunks:
+            chunk = items[start : start + batch_size]
             ok, c, p, failed = aligned_batch(chunk, landmarker)
             if max_residual is not None:
                 keep = []
@@ -237,10 +251,18 @@ class TemplateBank:
     def save(self, path: str | os.PathLike, signature: str) -> None:
         """Write the bank atomically as ``.npz`` with its signature."""
         from benchmark.atomic import atomic_path
+
         with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, keys=np.array(self.keys), identities=np.array(self.identities), faces=self.faces,
-                     points=self.points, feats=self.feats, signature=np.array(signature),
-                     skipped=np.array(json.dumps(self.skipped)))
+            np.savez(
+                fh,
+                keys=np.array(self.keys),
+                identities=np.array(self.identities),
+                faces=self.faces,
+                points=self.points,
+                feats=self.feats,
+                signature=np.array(signature),
+                skipped=np.array(json.dumps(self.skipped)),
+            )
 
     @classmethod
     def load(cls, path: str | os.PathLike, signature: str) -> TemplateBank | None:
@@ -248,8 +270,14 @@ class TemplateBank:
         with np.load(path, allow_pickle=False) as z:
             if str(z["signature"]) != signature:
                 return None
-            return cls(z["keys"].tolist(), z["identities"].tolist(), z["faces"], z["points"], z["feats"],
-                       json.loads(str(z["skipped"])))
+            return cls(
+                z["keys"].tolist(),
+                z["identities"].tolist(),
+                z["faces"],
+                z["points"],
+                z["feats"],
+                json.loads(str(z["skipped"])),
+            )
 
     def choose(self, probe_feats: np.ndarray, probe_identities: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """For each probe: index of the most cosine-similar template of another identity, and that similarity."""
@@ -272,4 +300,5 @@ def _signature(items: Sequence[FaceItem], fr_id: str) -> str:
 
 def _top(reasons: dict[str, str], k: int = 3) -> str:
     from collections import Counter
+
     return ", ".join(f"{r}: {n}" for r, n in Counter(v.split(":")[0] for v in reasons.values()).most_common(k))

@@ -26,5 +26,6 @@ def __getattr__(name: str):
     # the one-call defence benchmark, imported on first use (the package facade sits above every layer)
     if name == "evaluate":
         from .workflows.evaluate import evaluate
+
         return evaluate
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

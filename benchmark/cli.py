@@ -14,17 +14,17 @@ import sys
 
 # Stage modules in the order they appear in ``mf2m --help``.
 STAGE_CLIS = (
-    "benchmark.models.cli",       # models
+    "benchmark.models.cli",  # models
     "benchmark.workflows.mask_cli",  # train-mask-detector, mask-eval
-    "benchmark.data.cli",         # prepare, lfw
-    "attacks.cli",                # attack
-    "benchmark.embed.cli",        # embed, pool
-    "benchmark.features_cli",     # features (import / validate)
-    "benchmark.search.cli",       # search
-    "benchmark.report.cli",       # report
-    "benchmark.workflows.cli",    # run, demo
-    "benchmark.defences.cli",     # defend
-    "benchmark.defences.transfer_cli",   # transfer
+    "benchmark.data.cli",  # prepare, lfw
+    "attacks.cli",  # attack
+    "benchmark.embed.cli",  # embed, pool
+    "benchmark.features_cli",  # features (import / validate)
+    "benchmark.search.cli",  # search
+    "benchmark.report.cli",  # report
+    "benchmark.workflows.cli",  # run, demo
+    "benchmark.defences.cli",  # defend
+    "benchmark.defences.transfer_cli",  # transfer
 )
 
 
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mf2m",
         description="Benchmark face recognition and mask detection against faced masks (MF²M).\n"
-                    "Stages: attack → embed → search → report. Run `mf2m <command> --help` for details.",
+        "Stages: attack → embed → search → report. Run `mf2m <command> --help` for details.",
         formatter_class=_Formatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -57,8 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``mf2m`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -13,6 +13,7 @@ def resolve_device(device: str = "auto") -> str:
         return "cpu"
     try:
         import torch
+
         has_cuda = torch.cuda.is_available()
     except ImportError:
         has_cuda = False
@@ -53,8 +54,7 @@ def resolve_precision(precision: str, device: str) -> tuple[str, str]:
     on_cuda = device.startswith("cuda")
     if precision != "auto":
         if precision == "fp16" and not on_cuda:
-            raise ValueError("--precision fp16 needs a CUDA device (float16 brings nothing on a CPU); "
-                             "use bf16 or fp32")
+            raise ValueError("--precision fp16 needs a CUDA device (float16 brings nothing on a CPU); use bf16 or fp32")
         return precision, "asked for"
     if on_cuda:
         return "fp16", "auto: CUDA device (tensor cores)"

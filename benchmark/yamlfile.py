@@ -10,6 +10,7 @@ from typing import Any
 def read_yaml_mapping(path: str | os.PathLike, what: str = "config") -> dict[str, Any]:
     """The top-level mapping of a YAML file; a missing file, invalid YAML or a non-mapping names the file."""
     import yaml
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")

@@ -33,7 +33,7 @@ def test_alignment_puts_the_five_points_near_the_template(photo, dlib68):
     crop, m = align_face(photo, marks.five)
     assert crop.shape == (112, 112, 3) and crop.dtype == np.uint8
     err = np.linalg.norm(transform_points(marks.five, m) - arcface_template(), axis=1)
-    assert err.max() < 6.0, err            # a similarity fit of a near-frontal face
+    assert err.max() < 6.0, err  # a similarity fit of a near-frontal face
     # the 68 points of the crop, found again on the crop, agree with the mapped ones
     again = dlib68.landmarks_aligned(crop)
     assert np.abs(again.five - transform_points(marks.five, m)).mean() < 3.0
@@ -44,7 +44,7 @@ def test_dlib68_parts_and_order(photo, dlib68):
     assert marks.points.shape == (68, 2) and marks.jaw.shape == (17, 2) and marks.nose.shape == (9, 2)
     x0, y0, x1, y1 = marks.box
     assert (x0 - 20 < marks.five[:, 0]).all() and (marks.five[:, 0] < x1 + 20).all()
-    assert marks.five[0, 0] < marks.five[1, 0]          # image-left eye first (ArcFace order)
+    assert marks.five[0, 0] < marks.five[1, 0]  # image-left eye first (ArcFace order)
     assert marks.jaw[0, 0] < marks.jaw[8, 0] < marks.jaw[16, 0]
     np.testing.assert_allclose(marks.five, five_from_dlib68(marks.points))
 

@@ -29,6 +29,7 @@ def test_attack_cli_eot_samples(probes, tmp_path, capsys, caplog):
     """--eot-samples N reaches the attack (manifest), warns that the registry models are deterministic, and gives
     the same images as no EOT there (the mean of N identical objectives has the same gradient)."""
     from benchmark.cli import main
+
     common = ["attack", "--method", "fgsm", "--probes", str(probes), "--no-progress", "--device", "cpu"]
     with caplog.at_level(logging.WARNING):
         assert main(common + ["--out", str(tmp_path / "eot"), "--eot-samples", "3"]) in (0, None)
@@ -46,6 +47,7 @@ def test_attack_cli_eot_samples(probes, tmp_path, capsys, caplog):
 def test_attack_cli_eot_samples_errors_and_help(probes, tmp_path, capsys):
     """0 draws and plain masks are refused before any model loads; --help documents the option."""
     from benchmark.cli import main
+
     base = ["attack", "--probes", str(probes), "--out", str(tmp_path / "o")]
     assert main(base + ["--method", "fgsm", "--eot-samples", "0"]) == 1
     assert "--eot-samples must be ≥ 1" in capsys.readouterr().err
@@ -63,6 +65,7 @@ def test_run_config_takes_eot_samples_per_method(tmp_path):
     import yaml
 
     from benchmark.workflows.config import load_config
+
     raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "demo.yaml").read_text())
     raw.setdefault("attack", {})["params"] = {"advnoise-dm": {"steps": 2, "eot_samples": 4}}
     path = tmp_path / "c.yaml"

@@ -42,6 +42,7 @@ def faces():
     from benchmark.data.images import read_image
     from benchmark.models.align import align_face, transform_points
     from benchmark.models.landmarks import DlibLandmarker
+
     lm = DlibLandmarker()
     hanks = read_image(_insightface_images() / "Tom_Hanks_54745.png")
     crops, points = [hanks], [lm.landmarks_aligned(hanks).points]
@@ -76,19 +77,21 @@ def dm_batch(faces):
 
 # ------------------------------------------------------------------------------------------ masking
 
+
 def test_piecewise_affine_matches_global_affine(faces):
     """Triangles related by one global affine map warp exactly like cv2.warpAffine (independent reference)."""
     import cv2
+
     crop, pts = faces[0][0], faces[1][0].astype(np.float64)
     a = np.array([[0.9, 0.1, 4.0], [-0.05, 1.05, -3.0]])
     dst = pts @ a[:, :2].T + a[:, 2]
     warped, covered = piecewise_affine(crop, pts, dst, delaunay_triangles(dst), crop.shape[:2])
     reference = cv2.warpAffine(crop, a, (112, 112), flags=cv2.INTER_LINEAR)
-    inner = cv2.erode(covered, np.ones((3, 3), np.uint8)) > 0   # rasterisation may differ on hull edges
+    inner = cv2.erode(covered, np.ones((3, 3), np.uint8)) > 0  # rasterisation may differ on hull edges
     ys, xs = np.mgrid[0:112, 0:112]
     inv = cv2.invertAffineTransform(a)
     sx, sy = inv[0, 0] * xs + inv[0, 1] * ys + inv[0, 2], inv[1, 0] * xs + inv[1, 1] * ys + inv[1, 2]
-    inner &= (sx >= 0) & (sx <= 111) & (sy >= 0) & (sy <= 111)   # borders are handled differently
+    inner &= (sx >= 0) & (sx <= 111) & (sy >= 0) & (sy <= 111)  # borders are handled differently
     assert inner.sum() > 3000
     diff = np.abs(warped.astype(int) - reference.astype(int))[inner]
     assert diff.max() <= 2, diff.max()
@@ -97,21 +100,22 @@ def test_piecewise_affine_matches_global_affine(faces):
 def test_delaunay_triangles_cover_hull_without_degenerates(faces):
     pts = faces[1][0]
     tri = delaunay_triangles(pts)
-    assert tri.shape[1] == 3 and len(tri) > 90      # 68 points → ~100 triangles
+    assert tri.shape[1] == 3 and len(tri) > 90  # 68 points → ~100 triangles
     a, b, c = pts[tri[:, 0]], pts[tri[:, 1]], pts[tri[:, 2]]
     area = 0.5 * np.abs((b - a)[:, 0] * (c - a)[:, 1] - (b - a)[:, 1] * (c - a)[:, 0])
     from scipy.spatial import ConvexHull
+
     assert area.min() > 0 and abs(area.sum() - ConvexHull(pts).volume) < 1.0
 
 
 def test_dm_changes_only_the_lower_face(dm_batch):
     images, regions, clean = dm_batch
     for img, reg, c in zip(images, regions, clean):
-        assert np.array_equal(img[reg == 0], c[reg == 0])            # outside: bit-exact
-        assert 0.15 < reg.mean() < 0.5                                # a mask-sized region
+        assert np.array_equal(img[reg == 0], c[reg == 0])  # outside: bit-exact
+        assert 0.15 < reg.mean() < 0.5  # a mask-sized region
         ys, xs = np.nonzero(reg)
-        assert ys.min() > 45 and ys.mean() > 70                       # below the eyes (y≈52 in the template)
-        assert np.abs(img[reg > 0].astype(int) - c[reg > 0]).mean() > 5   # and it did change
+        assert ys.min() > 45 and ys.mean() > 70  # below the eyes (y≈52 in the template)
+        assert np.abs(img[reg > 0].astype(int) - c[reg > 0]).mean() > 5  # and it did change
 
 
 def test_region_polygon_follows_jaw_and_nose(faces):
@@ -119,8 +123,8 @@ def test_region_polygon_follows_jaw_and_nose(faces):
     poly = region_polygon(pts[:17], pts[27:36])
     assert np.allclose(poly[0], pts[1]) and np.allclose(poly[-2], pts[15]) and np.allclose(poly[-1], pts[28])
     mask = polygon_mask(poly, (112, 112))
-    assert mask[int(pts[57, 1]), int(pts[57, 0])] == 1                 # lower lip inside
-    assert mask[int(pts[37, 1]), int(pts[37, 0])] == 0                 # eye outside
+    assert mask[int(pts[57, 1]), int(pts[57, 0])] == 1  # lower lip inside
+    assert mask[int(pts[37, 1]), int(pts[37, 0])] == 0  # eye outside
 
 
 @pytest.mark.parametrize("colour,channel", [("blue", 2), ("black", None)])
@@ -140,15 +144,16 @@ def test_solid_mask_covers_the_whole_region(faces):
     every pixel of it (beyond the feathered edge) is mask texture. Flat texture triangles (nose
     bridge, tip and mouth centre all lie on the texture's centre line) once left a skin wedge."""
     import cv2
+
     crops, points = faces
     for crop, pts in zip(crops, points):
         img, reg = solid_mask(crop, pts, "blue")
         poly = polygon_mask(region_polygon(pts[:17], pts[27:36]), crop.shape[:2])
         interior = cv2.erode(np.pad(poly, 1), np.ones((3, 3), np.uint8))[1:-1, 1:-1]
         assert not (interior & (1 - reg)).any(), "hole in the solid mask region"
-        core = cv2.erode(np.pad(reg, 3), np.ones((7, 7), np.uint8))[3:-3, 3:-3] > 0   # beyond the 2-px feather
+        core = cv2.erode(np.pad(reg, 3), np.ones((7, 7), np.uint8))[3:-3, 3:-3] > 0  # beyond the 2-px feather
         px = img[core].astype(int)
-        assert core.sum() > 2000 and (px[:, 2] - px[:, 0]).min() > 10              # blue texture everywhere
+        assert core.sum() > 2000 and (px[:, 2] - px[:, 0]).min() > 10  # blue texture everywhere
         assert np.array_equal(img[reg == 0], crop[reg == 0])
 
 
@@ -159,6 +164,7 @@ def test_seamless_dm_keeps_outside(faces):
 
 
 # ------------------------------------------------------------------------------------------ attacks
+
 
 def _run(method, models, dm_batch, **params):
     fr, md = models
@@ -177,14 +183,14 @@ def test_noise_attacks_stay_in_region_and_ball(method, models, dm_batch):
     assert torch.equal(adv[r.expand_as(adv) == 0], x[r.expand_as(x) == 0])
     delta = (adv - x).abs()
     assert delta.max() <= NOISE_EPS[method] + 1e-6
-    assert delta.max() > NOISE_EPS[method] * 0.5                        # and it moved
+    assert delta.max() > NOISE_EPS[method] * 0.5  # and it moved
 
 
 def test_fgsm_is_one_full_sign_step(models, dm_batch):
     _, x, r, adv = _run("fgsm", models, dm_batch)
     inside = (r.expand_as(x) > 0) & (x > 0.05) & (x < 0.95)
     moved = (adv - x)[inside].abs()
-    assert ((moved - 0.04).abs() < 1e-6).float().mean() > 0.99        # ±ε everywhere the gradient is non-zero
+    assert ((moved - 0.04).abs() < 1e-6).float().mean() > 0.99  # ±ε everywhere the gradient is non-zero
 
 
 def test_advnoise_raises_the_objective(models, dm_batch):
@@ -195,8 +201,9 @@ def test_advnoise_raises_the_objective(models, dm_batch):
 
 
 def test_mf2m_raises_the_objective_and_keeps_outside(models, dm_batch):
-    attack, x, r, adv = _run("mf2m", models, dm_batch, noise_steps=2, kernel_steps=4, kernel_update="sign",
-                             kernel_lr=0.01)
+    attack, x, r, adv = _run(
+        "mf2m", models, dm_batch, noise_steps=2, kernel_steps=4, kernel_update="sign", kernel_lr=0.01
+    )
     assert torch.equal(adv[r.expand_as(adv) == 0], x[r.expand_as(x) == 0])
     noised = _run("advnoise-dm", models, dm_batch, eps=0.01, step=0.001, steps=2)[3]
     ref = attack.reference_features(to_tensor(dm_batch[2]))
@@ -254,7 +261,7 @@ def test_mf2m_simplex_kernels_only_mix_neighbours(models, dm_batch, norm, convex
     lo = -torch.nn.functional.max_pool2d(-padded, 5, 1)
     inside = r.expand_as(x) > 0
     outside_range = ((out > hi + 1e-5) | (out < lo - 1e-5)) & inside
-    assert (out - x)[inside].abs().max() > 1e-3                      # the kernels did move
+    assert (out - x)[inside].abs().max() > 1e-3  # the kernels did move
     assert (not outside_range.any()) if convex else outside_range.any()
     with torch.no_grad():
         assert (attack.objective(out, ref) > attack.objective(x, ref)).all()
@@ -267,8 +274,10 @@ def test_gaussian_kernel():
 
 @pytest.mark.parametrize("method", ["advnoise-dm", "di2-fgsm", "m-di2-fgsm", "mf2m"])
 def test_same_seed_same_result_and_batch_independent(method, models, dm_batch):
-    params = {"mf2m": {"noise_steps": 2, "kernel_steps": 2, "random_start": True},
-              "advnoise-dm": {"steps": 3, "random_start": True}}.get(method, {"steps": 3})
+    params = {
+        "mf2m": {"noise_steps": 2, "kernel_steps": 2, "random_start": True},
+        "advnoise-dm": {"steps": 3, "random_start": True},
+    }.get(method, {"steps": 3})
     a = _run(method, models, dm_batch, seed=7, **params)[3]
     b = _run(method, models, dm_batch, seed=7, **params)[3]
     c = _run(method, models, dm_batch, seed=8, **params)[3]
@@ -277,8 +286,9 @@ def test_same_seed_same_result_and_batch_independent(method, models, dm_batch):
     # image 0 alone gives (numerically) the same result as inside the batch: randomness is per key
     fr, md = models
     images, regions, clean = dm_batch
-    single = create(method, fr, md, seed=7, **params)(to_tensor(images[:1]), torch.from_numpy(regions[:1])[:, None].float(),
-                                                   to_tensor(clean[:1]), keys=["a"])
+    single = create(method, fr, md, seed=7, **params)(
+        to_tensor(images[:1]), torch.from_numpy(regions[:1])[:, None].float(), to_tensor(clean[:1]), keys=["a"]
+    )
     assert (single - a[:1]).abs().max() < 2e-3
 
 

@@ -24,6 +24,7 @@ from benchmark.data.images import read_image, write_png
 def folders(tmp_path_factory):
     """probes/<id>/<img> (Tom Hanks aligned + two un-aligned crops, one broken file) and templates/<img>."""
     from benchmark.models.landmarks import DlibLandmarker
+
     root = tmp_path_factory.mktemp("faces")
     images = Path(list(importlib.util.find_spec("insightface").submodule_search_locations)[0]) / "data" / "images"
     group = read_image(images / "t1.jpg")
@@ -31,7 +32,7 @@ def folders(tmp_path_factory):
     crops = []
     for x0, y0, x1, y1 in boxes:
         w = x1 - x0
-        crops.append(group[max(0, y0 - w):y1 + w, max(0, x0 - w):x1 + w])
+        crops.append(group[max(0, y0 - w) : y1 + w, max(0, x0 - w) : x1 + w])
     (root / "probes" / "hanks").mkdir(parents=True)
     write_png(root / "probes" / "hanks" / "hanks_1.png", read_image(images / "Tom_Hanks_54745.png"))
     for i in (0, 1):
@@ -39,15 +40,28 @@ def folders(tmp_path_factory):
     (root / "probes" / "person0" / "broken.jpg").write_bytes(b"not an image")
     for i in range(2, len(crops)):
         write_png(root / "templates" / f"tpl{i}.png", crops[i])
-    write_png(root / "templates" / "person0.png", crops[0])   # same identity as a probe: must never be chosen
+    write_png(root / "templates" / "person0.png", crops[0])  # same identity as a probe: must never be chosen
     return root
 
 
 def _job(folders, out, method="advnoise-dm", **kw):
-    params = kw.pop("params", {"steps": 3, "step": 0.004} if method == "advnoise-dm" else
-                    {"noise_steps": 2, "kernel_steps": 2} if method == "mf2m" else {})
-    return AttackJob(method=method, probes=str(folders / "probes"), templates=str(folders / "templates"),
-                     out=str(out), batch_size=kw.pop("batch_size", 2), params=params, **kw)
+    params = kw.pop(
+        "params",
+        {"steps": 3, "step": 0.004}
+        if method == "advnoise-dm"
+        else {"noise_steps": 2, "kernel_steps": 2}
+        if method == "mf2m"
+        else {},
+    )
+    return AttackJob(
+        method=method,
+        probes=str(folders / "probes"),
+        templates=str(folders / "templates"),
+        out=str(out),
+        batch_size=kw.pop("batch_size", 2),
+        params=params,
+        **kw,
+    )
 
 
 def _rows(out):
@@ -60,6 +74,7 @@ def test_outputs_and_invariants(folders, tmp_path):
     from attacks.masking import delaunay_mask
     from attacks.templates import TemplateBank
     from benchmark.models.landmarks import DlibLandmarker
+
     out = tmp_path / "adv"
     summary = run_attack(_job(folders, out), TinyRecognizer(), TinyMaskDetector(), progress=False)
     assert summary["counts"] == {"probes": 4, "processed_now": 4, "ok": 3, "skipped": 1}
@@ -90,9 +105,9 @@ def test_resume_after_kill_gives_the_same_bytes(folders, tmp_path):
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     fr, md = TinyRecognizer(), TinyMaskDetector()
     run_attack(_job(folders, full), fr, md, progress=False)
-    run_attack(_job(folders, resumed, limit=2), fr, md, progress=False)      # "killed" after 2 probes
+    run_attack(_job(folders, resumed, limit=2), fr, md, progress=False)  # "killed" after 2 probes
     with open(resumed / "rows.jsonl", "a") as fh:
-        fh.write('{"key": "torn')                                             # torn last line of a kill
+        fh.write('{"key": "torn')  # torn last line of a kill
     summary = run_attack(_job(folders, resumed), fr, md, progress=False)
     assert summary["counts"]["processed_now"] == 2
     for png in sorted((full / "images").rglob("*.png")):
@@ -104,18 +119,24 @@ def test_other_settings_refuse_to_resume(folders, tmp_path):
     out = tmp_path / "x"
     run_attack(_job(folders, out, method="solid"), TinyRecognizer(), TinyMaskDetector(), progress=False)
     with pytest.raises(ValueError, match="other settings"):
-        run_attack(_job(folders, out, method="solid", mask_colour="white"), TinyRecognizer(), TinyMaskDetector(),
-                   progress=False)
+        run_attack(
+            _job(folders, out, method="solid", mask_colour="white"),
+            TinyRecognizer(),
+            TinyMaskDetector(),
+            progress=False,
+        )
 
 
 @pytest.mark.parametrize("method", ["solid", "dm", "mf2m", "ti-mi-fgsm"])
 def test_methods_run_and_are_deterministic(folders, tmp_path, method):
     params = {"ti-mi-fgsm": {"steps": 2}}.get(method)
     kw = {"params": params} if params else {}
-    a = run_attack(_job(folders, tmp_path / "a", method=method, seed=3, **kw), TinyRecognizer(), TinyMaskDetector(),
-                   progress=False)
-    run_attack(_job(folders, tmp_path / "b", method=method, seed=3, **kw), TinyRecognizer(), TinyMaskDetector(),
-               progress=False)
+    a = run_attack(
+        _job(folders, tmp_path / "a", method=method, seed=3, **kw), TinyRecognizer(), TinyMaskDetector(), progress=False
+    )
+    run_attack(
+        _job(folders, tmp_path / "b", method=method, seed=3, **kw), TinyRecognizer(), TinyMaskDetector(), progress=False
+    )
     assert a["counts"]["ok"] == 3
     for png in sorted((tmp_path / "a" / "images").rglob("*.png")):
         assert png.read_bytes() == (tmp_path / "b" / png.relative_to(tmp_path / "a")).read_bytes()
@@ -132,13 +153,42 @@ def test_csv_probe_list(folders, tmp_path):
 
 def test_cli_errors(folders, tmp_path, capsys):
     from benchmark.cli import main
-    assert main(["attack", "--method", "fgsm", "--probes", str(folders / "probes"), "--out", str(tmp_path / "o"),
-                 "--kernel-size", "3"]) == 1
+
+    assert (
+        main(
+            [
+                "attack",
+                "--method",
+                "fgsm",
+                "--probes",
+                str(folders / "probes"),
+                "--out",
+                str(tmp_path / "o"),
+                "--kernel-size",
+                "3",
+            ]
+        )
+        == 1
+    )
     assert "does not take: --kernel-size" in capsys.readouterr().err
     assert main(["attack", "--method", "dm", "--probes", str(folders / "probes"), "--out", str(tmp_path / "o")]) == 1
     assert "needs --templates" in capsys.readouterr().err
-    assert main(["attack", "--method", "dm", "--probes", str(tmp_path / "nope"), "--templates", "x",
-                 "--out", str(tmp_path / "o")]) == 1
+    assert (
+        main(
+            [
+                "attack",
+                "--method",
+                "dm",
+                "--probes",
+                str(tmp_path / "nope"),
+                "--templates",
+                "x",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 1
+    )
     with pytest.raises(SystemExit):
         main(["attack", "--help"])
     help_text = capsys.readouterr().out
@@ -153,20 +203,25 @@ def test_template_bank_rejects_misaligned_templates(folders, tmp_path):
 
     from attacks.templates import TemplateBank, alignment_errors
     from benchmark.models.landmarks import DlibLandmarker
+
     lm = DlibLandmarker()
     root = tmp_path / "templates"
     root.mkdir()
     hanks = read_image(folders / "probes" / "hanks" / "hanks_1.png")
-    shifted = cv2.warpAffine(hanks, cv2.getRotationMatrix2D((56, 56), 20, 1.0) + [[0, 0, 14], [0, 0, 10]], (112, 112),
-                             borderMode=cv2.BORDER_REFLECT)
+    shifted = cv2.warpAffine(
+        hanks,
+        cv2.getRotationMatrix2D((56, 56), 20, 1.0) + [[0, 0, 14], [0, 0, 10]],
+        (112, 112),
+        borderMode=cv2.BORDER_REFLECT,
+    )
     write_png(root / "shifted.png", shifted)
     for png in sorted((folders / "templates").glob("tpl*.png")):
         write_png(root / png.name, read_image(png))
     pts = lm.landmarks_aligned(hanks).points
     residual, offset = alignment_errors(pts)
-    assert residual < 10 and offset < 10                              # the well aligned face passes
+    assert residual < 10 and offset < 10  # the well aligned face passes
     moved = pts.copy()
-    moved[30] += [15.0, 0.0]                                           # nose tip found beside the nose
+    moved[30] += [15.0, 0.0]  # nose tip found beside the nose
     assert alignment_errors(moved)[0] > 10
     # a similarity transform of the points changes the offset, never the fitted residual
     rot = cv2.getRotationMatrix2D((56, 56), 15, 0.9)
@@ -189,10 +244,12 @@ def test_template_filter_rejects_lfw_misaligned_face(shared_dir, tmp_path):
     """Needs ../shared: LFW's Warren_Granados_0001 (landmarks off the face, the smeared red faced mask of
     an earlier run) is rejected; Aaron_Eckhart_0001 is kept. The skip is counted in the attack manifest."""
     from benchmark.models.landmarks import DlibLandmarker
+
     lfw = shared_dir / "data" / "lfw" / "images"
     if not (lfw / "Warren_Granados").is_dir():
         pytest.skip("LFW images not present")
     from attacks.templates import TemplateBank
+
     root = tmp_path / "templates"
     for name in ("Warren_Granados/Warren_Granados_0001.jpg", "Aaron_Eckhart/Aaron_Eckhart_0001.jpg"):
         (root / name.split("/")[0]).mkdir(parents=True)
@@ -202,11 +259,17 @@ def test_template_filter_rejects_lfw_misaligned_face(shared_dir, tmp_path):
     assert bank.skipped["Warren_Granados/Warren_Granados_0001"].startswith("misaligned:five-point residual")
     probes = tmp_path / "probes" / "hanks"
     probes.mkdir(parents=True)
-    insightface_images = Path(list(importlib.util.find_spec("insightface").submodule_search_locations)[0]) / "data" / "images"
+    insightface_images = (
+        Path(list(importlib.util.find_spec("insightface").submodule_search_locations)[0]) / "data" / "images"
+    )
     write_png(probes / "hanks_1.png", read_image(insightface_images / "Tom_Hanks_54745.png"))
     out = tmp_path / "dm"
-    summary = run_attack(AttackJob(method="dm", probes=str(tmp_path / "probes"), templates=str(root), out=str(out)),
-                         TinyRecognizer(), TinyMaskDetector(), progress=False)
+    summary = run_attack(
+        AttackJob(method="dm", probes=str(tmp_path / "probes"), templates=str(root), out=str(out)),
+        TinyRecognizer(),
+        TinyMaskDetector(),
+        progress=False,
+    )
     assert summary["templates"]["count"] == 1 and summary["templates"]["skipped"] == 1
     assert list(summary["templates"]["skipped_reasons"]) == ["misaligned:five-point residual > 10 px"]
     assert json.loads((out / "manifest.json").read_text())["summary"]["templates"]["skipped"] == 1

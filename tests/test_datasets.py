@@ -20,14 +20,21 @@ from benchmark.data.synthetic import variants, write_testpack
 def face() -> np.ndarray:
     """insightface's aligned 112×112 sample face."""
     import insightface
+
     return read_image(Path(insightface.__file__).parent / "data" / "images" / "Tom_Hanks_54745.png")
 
 
 @pytest.fixture()
 def testpack(tmp_path, face):
     faces = variants(face, 12, seed=1)
-    probes = [("Ann_A", faces[0]), ("Ann_A", faces[1]), ("Bob_B", faces[2]), ("Bob_B", faces[3]),
-              ("Bob_B", faces[4]), ("Cy_C", faces[5])]
+    probes = [
+        ("Ann_A", faces[0]),
+        ("Ann_A", faces[1]),
+        ("Bob_B", faces[2]),
+        ("Bob_B", faces[3]),
+        ("Bob_B", faces[4]),
+        ("Cy_C", faces[5]),
+    ]
     keys = write_testpack(tmp_path / "pack", probes, faces[6:], probe_noises=["Bob_B_2.png"])
     noisy = keys["distractors"][1]
     (tmp_path / "pack" / "megaface_noises.txt").write_text(f"# header\n{noisy}\n")
@@ -38,8 +45,11 @@ def test_parse_spec_kinds_and_options(tmp_path):
     assert parse_spec("folder:/a/b") == ("folder", Path("/a/b"), {})
     assert parse_spec("/a/list.csv") == ("csv", Path("/a/list.csv"), {})
     assert parse_spec("/a/dir") == ("folder", Path("/a/dir"), {})
-    assert parse_spec("megaface-probes:/m?noises=drop&limit=3") == ("megaface-probes", Path("/m"),
-                                                                   {"noises": "drop", "limit": "3"})
+    assert parse_spec("megaface-probes:/m?noises=drop&limit=3") == (
+        "megaface-probes",
+        Path("/m"),
+        {"noises": "drop", "limit": "3"},
+    )
     with pytest.raises(ValueError, match="unknown option"):
         parse_spec("folder:/a?colour=1")
     with pytest.raises(FileNotFoundError, match="does not exist"):
@@ -117,7 +127,7 @@ def test_folder_and_csv(tmp_path, face):
     assert [it.key for it in ds.items] == ["a/0.png", "a/1.png", "a/2.png", "b/0.png", "b/1.png"]
     assert [it.label for it in ds.items] == [0, 0, 0, 1, 1]
     assert not ds.needs_alignment
-    assert load_dataset(str(tmp_path / "faces")).needs_alignment    # photos by default
+    assert load_dataset(str(tmp_path / "faces")).needs_alignment  # photos by default
 
     rows = [["identity", "path"], ["x", "faces/a/0.png"], ["", str(tmp_path / "faces/b/1.png")], ["y", "gone.png"]]
     with open(tmp_path / "list.csv", "w", newline="") as fh:
@@ -125,7 +135,7 @@ def test_folder_and_csv(tmp_path, face):
     ds = load_dataset(f"csv:{tmp_path / 'list.csv'}?aligned=1")
     by_key = {it.key: it for it in ds.items}
     assert by_key["faces/a/0.png"].label == 0 and by_key["faces/a/0.png"].path == str(tmp_path / "faces/a/0.png")
-    assert by_key["1.png"].label == -1        # an absolute path with no identity: the file name is the key
+    assert by_key["1.png"].label == -1  # an absolute path with no identity: the file name is the key
     assert by_key["gone.png"].label == 1 and ds.identities == ["x", "y"]
     (tmp_path / "bad.csv").write_text("onlyone\n")
     with pytest.raises(ValueError, match="bad.csv:1"):
@@ -151,17 +161,17 @@ def test_pool_is_seeded_and_partitions(testpack, tmp_path):
     pool = build_pool(ds, n_identities=2, max_images=2, seed=3)
     again = build_pool(ds, n_identities=2, max_images=2, seed=3)
     assert [it.key for it in pool.probes] == [it.key for it in again.probes]
-    assert "Cy_C" not in pool.identities            # has a single image: cannot be a probe identity
+    assert "Cy_C" not in pool.identities  # has a single image: cannot be a probe identity
     assert len(pool.probes) == 4
     assert {it.key for it in pool.probes} | {it.key for it in pool.rest} == {it.key for it in ds.items}
     assert not {it.key for it in pool.probes} & {it.key for it in pool.rest}
     seeds = {tuple(it.key for it in build_pool(ds, 2, 2, seed=s).probes) for s in range(8)}
-    assert len(seeds) > 1                            # the seed matters (Bob_B has 3 images, 2 kept)
+    assert len(seeds) > 1  # the seed matters (Bob_B has 3 images, 2 kept)
     with pytest.raises(ValueError, match="only 2 identities"):
         build_pool(ds, n_identities=3)
 
     write_pool(pool, tmp_path / "pool", {"seed": 3})
     back = load_dataset(f"csv:{tmp_path / 'pool' / 'probes.csv'}")
-    assert [it.key for it in back.items] == [it.key for it in pool.probes]     # keys unchanged
-    assert not back.needs_alignment                                           # aligned column kept
+    assert [it.key for it in back.items] == [it.key for it in pool.probes]  # keys unchanged
+    assert not back.needs_alignment  # aligned column kept
     assert [it.path for it in back.items] == [str(Path(it.path).resolve()) for it in pool.probes]

@@ -33,6 +33,7 @@ def faces(lfw_dir: Path):
     """Aligned faces ``(n,112,112,3)`` with 68 landmarks and identities: 2 images each of 4 LFW people."""
     from attacks.templates import load_aligned
     from benchmark.models.landmarks import DlibLandmarker
+
     marker = DlibLandmarker()
     crops, points, ids = [], [], []
     people = [d for d in sorted((lfw_dir / "images").iterdir()) if len(list(d.glob("*.jpg"))) >= 2][:4]
@@ -48,6 +49,7 @@ def faces(lfw_dir: Path):
 @pytest.fixture(scope="module")
 def sface():
     from benchmark.models.sface import SFaceRecognizer
+
     return SFaceRecognizer(device="cpu")
 
 
@@ -67,7 +69,15 @@ def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def test_parse_values_and_specs():
-    assert [parse_value(v) for v in ("3", "-2", "0.5", "1e-3", "true", "No", "abc")] == [3, -2, 0.5, 1e-3, True, False, "abc"]
+    assert [parse_value(v) for v in ("3", "-2", "0.5", "1e-3", "true", "No", "abc")] == [
+        3,
+        -2,
+        0.5,
+        1e-3,
+        True,
+        False,
+        "abc",
+    ]
     assert split_spec("pkg.mod:make:q=5,on=true,name=x") == ("pkg.mod", "make", "", {"q": 5, "on": True, "name": "x"})
     assert split_spec("pkg.mod:make") == ("pkg.mod", "make", "", {})
     assert split_spec("jpeg:quality=30") == (None, None, "jpeg", {"quality": 30})
@@ -92,12 +102,19 @@ def test_bad_specs_give_clear_errors():
 
 def test_builtins_are_registered_once_and_load():
     """Every built-in is in the registry (not also declared as an entry point of mf2m itself) and loads."""
-    tomllib = pytest.importorskip("tomllib")      # Python ≥ 3.11
+    tomllib = pytest.importorskip("tomllib")  # Python ≥ 3.11
     pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
     assert DEFENCES.group not in tomllib.loads(pyproject.read_text())["project"].get("entry-points", {})
     builtins = DEFENCES.names(builtin_only=True)
-    assert builtins == ["jpeg", "median-blur", "gaussian-blur", "bit-depth", "random-resize-pad", "upper-face",
-                        "faced-mask-aware-detector"]
+    assert builtins == [
+        "jpeg",
+        "median-blur",
+        "gaussian-blur",
+        "bit-depth",
+        "random-resize-pad",
+        "upper-face",
+        "faced-mask-aware-detector",
+    ]
     listed = {name: (target, origin) for name, target, origin in api.list_defences()}
     for name in builtins:
         assert listed[name][1] == "built-in" and listed[name][0].startswith("benchmark.defences.reference:")
@@ -159,6 +176,7 @@ def test_external_defence_via_spec_and_entry_point(tmp_path, monkeypatch, faces,
     assert _cos(rec.embed(crops), sface.embed(crops)).max() < 0.999
 
     from benchmark.cli import main
+
     assert main(["defend", "--list"]) == 0
     assert "swap-rb\tmy_defence_mod:make" in capsys.readouterr().out
     assert main(["defend", "--config", str(tmp_path / "none.yaml"), "--defence", "swap-rb:strength=1"]) == 1
@@ -169,8 +187,15 @@ def test_external_defence_via_spec_and_entry_point(tmp_path, monkeypatch, faces,
 # Reference defences on real faces
 # --------------------------------------------------------------------------------------------------
 
-TRANSFORMS = ["jpeg:quality=50", "median-blur:k=3", "gaussian-blur:sigma=1.0", "bit-depth:bits=4",
-              "random-resize-pad:min_scale=0.8,seed=3", "upper-face:mode=blank", "upper-face:mode=crop"]
+TRANSFORMS = [
+    "jpeg:quality=50",
+    "median-blur:k=3",
+    "gaussian-blur:sigma=1.0",
+    "bit-depth:bits=4",
+    "random-resize-pad:min_scale=0.8,seed=3",
+    "upper-face:mode=blank",
+    "upper-face:mode=crop",
+]
 
 
 def test_jpeg_quality_orders_feature_change(faces, sface):
@@ -189,20 +214,20 @@ def test_transforms_are_deterministic_shape_preserving_and_change_pixels(spec, f
     assert a.shape == crops.shape and a.dtype == np.uint8
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, crops)
-    np.testing.assert_array_equal(t.apply(crops[1:2]), a[1:2])   # batch-independent
+    np.testing.assert_array_equal(t.apply(crops[1:2]), a[1:2])  # batch-independent
 
 
 def test_upper_face_leaves_everything_above_the_nose_line(faces, sface):
     crops = faces[0]
     policy = UpperFace(mode="blank", fill=0)
     line = policy.line()
-    assert line == 72     # ArcFace template nose tip y = 71.74
+    assert line == 72  # ArcFace template nose tip y = 71.74
     out = policy.apply(crops)
     np.testing.assert_array_equal(out[:, :line], crops[:, :line])
     assert (out[:, line:] == 0).all()
     d = load_defence("upper-face")
     rec, md = defend(d, sface, "detector-untouched")
-    assert md == "detector-untouched"     # a recognition policy leaves the mask detector alone
+    assert md == "detector-untouched"  # a recognition policy leaves the mask detector alone
     feats = rec.embed(crops)
     np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-5)
     # upper-face features still identify: each face's best match among the others is its mate
@@ -214,23 +239,25 @@ def test_upper_face_leaves_everything_above_the_nose_line(faces, sface):
 @pytest.mark.parametrize("spec", TRANSFORMS)
 def test_differentiable_versions_pass_gradients_and_match_forward(spec, faces, sface, sface_torch):
     import torch
+
     crops = faces[0][:2]
     d = load_defence(spec)
     t = d.impl
     x = torch.from_numpy(crops).permute(0, 3, 1, 2).float().div(255).requires_grad_(True)
-    if t.gradient == "exact":   # the surrogate is the transform itself, up to 8-bit rounding
+    if t.gradient == "exact":  # the surrogate is the transform itself, up to 8-bit rounding
         real = torch.from_numpy(t.apply(crops)).permute(0, 3, 1, 2).float()
         assert float((t.surrogate(x.detach()) * 255 - real).abs().max()) <= 2.0
     rec, _ = defend(d, sface, None)
     from torch import nn
-    module = nn.Sequential(t.torch_module(), sface_torch)    # what DefendedRecognizer.torch_module builds
+
+    module = nn.Sequential(t.torch_module(), sface_torch)  # what DefendedRecognizer.torch_module builds
     feats = module(x)
     ref = torch.from_numpy(sface.embed(crops[::-1].copy())[::-1].copy())
     loss = ((feats - ref) ** 2).sum()
     (grad,) = torch.autograd.grad(loss, x)
     assert torch.isfinite(grad).all() and float(grad.abs().sum()) > 0
     if spec.startswith("upper-face:mode=blank"):
-        assert float(grad[:, :, UpperFace().line():].abs().max()) == 0.0   # nothing below the line matters
+        assert float(grad[:, :, UpperFace().line() :].abs().max()) == 0.0  # nothing below the line matters
     # forward value = the real defence: torch features of the defended module ≈ onnxruntime's
     with torch.no_grad():
         np.testing.assert_allclose(module(x.detach()).numpy(), rec.embed(crops), atol=2e-2)
@@ -238,6 +265,7 @@ def test_differentiable_versions_pass_gradients_and_match_forward(spec, faces, s
 
 def test_defended_torch_module_is_transform_then_recognizer(faces, sface, sface_torch):
     import torch
+
     d = load_defence("median-blur:k=3")
     rec, _ = defend(d, sface, None)
     module = rec.torch_module("cpu")
@@ -262,10 +290,12 @@ def test_faced_mask_aware_detector_loads_a_retrained_masknet(tmp_path):
     """The replacement detector wraps a MaskNet file; a missing file is a clear ModelUnavailable."""
     from benchmark.models.base import ModelUnavailable
     from benchmark.models.mask_detector import build_masknet, save_weights
+
     d = load_defence(f"faced-mask-aware-detector:weights={tmp_path / 'missing.pt'}")
     with pytest.raises(ModelUnavailable, match="missing.pt"):
         defend(d, None, None, device="cpu")
     import torch
+
     torch.manual_seed(0)
     save_weights(tmp_path / "faced.pt", build_masknet(), {"note": "untrained, for the wrapper test"})
     d = load_defence(f"faced-mask-aware-detector:weights={tmp_path / 'faced.pt'}")
@@ -310,14 +340,15 @@ def test_cell_metrics_come_from_the_search_engine_and_match_a_brute_force():
     dist = rng.normal(size=(40, 32)) + 0.3 * centres[rng.integers(0, 5, 40)]
     norm = lambda a: (a / np.linalg.norm(a, axis=1, keepdims=True)).astype(np.float32)  # noqa: E731
     probe, clean, dist = norm(probe), norm(clean), norm(dist)
-    sub = [0, 1, 4, 6, 7, 9, 12, 13]          # some probes were skipped by the attack; every clean face is a mate
+    sub = [0, 1, 4, 6, 7, 9, 12, 13]  # some probes were skipped by the attack; every clean face is a mate
     for far in (1e-6, 0.01, 0.1):
         got = search_metrics(probe[sub], [keys[i] for i in sub], [ids[i] for i in sub], clean, keys, ids, dist, far)
-        rank1, tar, auc, n_pos, n_neg = _brute_force(probe[sub], [keys[i] for i in sub], [ids[i] for i in sub],
-                                                     clean, keys, ids, dist, far)
+        rank1, tar, auc, n_pos, n_neg = _brute_force(
+            probe[sub], [keys[i] for i in sub], [ids[i] for i in sub], clean, keys, ids, dist, far
+        )
         assert got["rank1"] == pytest.approx(rank1) and 0 < rank1 < 1
         assert got["tar"] == pytest.approx(tar)
-        assert abs(got["auc"] - auc) <= got["auc_max_error"] + 1e-12     # the engine's own certified bound
+        assert abs(got["auc"] - auc) <= got["auc_max_error"] + 1e-12  # the engine's own certified bound
         assert got["auc_max_error"] < 1e-6
         assert (got["positive_pairs"], got["negative_pairs"]) == (n_pos, n_neg) == (len(sub) * 2, len(sub) * 40)
     with pytest.raises(ValueError, match="at least one distractor"):
@@ -332,20 +363,40 @@ def test_leaderboard_cells_on_real_masked_faces(faces, sface):
     from attacks.masking import solid_mask
     from benchmark.report.leaderboard import render_csv, render_markdown
     from benchmark.workflows.defend import add_clean_cost, evaluate_cell
+
     crops, points, ids = faces
     masked = np.stack([solid_mask(c, p)[0] for c, p in zip(crops, points)])
     keys = [f"{n}/{i}" for i, n in enumerate(ids)]
-    distractors = np.stack([np.roll(c, 40, axis=1) for c in crops])     # shifted faces: real, non-matching
+    distractors = np.stack([np.roll(c, 40, axis=1) for c in crops])  # shifted faces: real, non-matching
     rows = []
     for d in (None, load_defence("jpeg:quality=10"), load_defence("upper-face")):
         rec = sface if d is None else defend(d, sface, None)[0]
         name = "none" if d is None else d.tag
         for attack, images in (("clean", crops), ("solid", masked)):
             cell = evaluate_cell(rec, None, images, keys, ids, crops, keys, ids, distractors, 1e-6)
-            rows.append({"defence": name, "kind": "", "attack": attack, "mode": "non-adaptive", "gradient": None,
-                         "probes": cell["probes"], "skipped": 0, **{
-                             k: cell[k] for k in ("rank1", "tar", "auc", "mask_rate", "genuine_mean",
-                                                  "positive_pairs", "negative_pairs")}})
+            rows.append(
+                {
+                    "defence": name,
+                    "kind": "",
+                    "attack": attack,
+                    "mode": "non-adaptive",
+                    "gradient": None,
+                    "probes": cell["probes"],
+                    "skipped": 0,
+                    **{
+                        k: cell[k]
+                        for k in (
+                            "rank1",
+                            "tar",
+                            "auc",
+                            "mask_rate",
+                            "genuine_mean",
+                            "positive_pairs",
+                            "negative_pairs",
+                        )
+                    },
+                }
+            )
     add_clean_cost(rows)
     by = {(r["defence"], r["attack"]): r for r in rows}
     assert by[("none", "clean")]["clean_cost_rank1"] == 0.0
@@ -354,7 +405,7 @@ def test_leaderboard_cells_on_real_masked_faces(faces, sface):
     jpeg = next(k for k in by if k[0].startswith("jpeg") and k[1] == "clean")
     assert by[jpeg]["clean_cost_auc"] == pytest.approx(by[jpeg]["auc"] - by[("none", "clean")]["auc"])
     md = render_markdown(rows, {"recognizer": "sface", "mask_detector": "none", "far": 1e-6, "pool": "test"})
-    assert md.count("\n| ") == len(rows) + 1 and "n/a" in md      # no mask detector → n/a
+    assert md.count("\n| ") == len(rows) + 1 and "n/a" in md  # no mask detector → n/a
     csv_text = render_csv(rows)
     assert csv_text.splitlines()[0].startswith("defence,kind,attack,mode") and len(csv_text.splitlines()) == 7
 
@@ -368,36 +419,53 @@ def test_leaderboard_end_to_end_and_resume(tmp_path, lfw_dir, sface):
 
     from benchmark.models.mask_detector import CNNMaskDetector, build_masknet, save_weights
     from benchmark.workflows.defend import LeaderboardConfig, run_leaderboard
+
     torch.manual_seed(0)
     save_weights(tmp_path / "md.pt", build_masknet(), {"note": "random init, orchestration test"})
     md = CNNMaskDetector(tmp_path / "md.pt", device="cpu")
-    raw = {"data": f"folder:{lfw_dir / 'images'}", "out": str(tmp_path / "lb"), "identities": 2, "max_images": 2,
-           "distractors": 3, "templates": 3, "device": "cpu", "batch_size": 4,
-           "attacks": ["solid", {"name": "adv", "method": "advnoise-dm", "params": {"steps": 1, "step": 0.01}}],
-           "defences": ["none", "jpeg:quality=40"]}
+    raw = {
+        "data": f"folder:{lfw_dir / 'images'}",
+        "out": str(tmp_path / "lb"),
+        "identities": 2,
+        "max_images": 2,
+        "distractors": 3,
+        "templates": 3,
+        "device": "cpu",
+        "batch_size": 4,
+        "attacks": ["solid", {"name": "adv", "method": "advnoise-dm", "params": {"steps": 1, "step": 0.01}}],
+        "defences": ["none", "jpeg:quality=40"],
+    }
     cfg = LeaderboardConfig.from_dict(raw)
     result = run_leaderboard(cfg, progress=False, models=(sface, md))
     rows = {(r["defence"], r["attack"], r["mode"]): r for r in result["rows"]}
     jpeg = "jpeg[apply_to=both,quality=40]"
-    assert set(rows) == {("none", "clean", "—"), ("none", "solid", "undefended"), ("none", "adv", "undefended"),
-                         (jpeg, "clean", "—"), (jpeg, "solid", "non-adaptive"), (jpeg, "adv", "non-adaptive"),
-                         (jpeg, "adv", "adaptive")}
+    assert set(rows) == {
+        ("none", "clean", "—"),
+        ("none", "solid", "undefended"),
+        ("none", "adv", "undefended"),
+        (jpeg, "clean", "—"),
+        (jpeg, "solid", "non-adaptive"),
+        (jpeg, "adv", "non-adaptive"),
+        (jpeg, "adv", "adaptive"),
+    }
     assert rows[(jpeg, "adv", "adaptive")]["gradient"] == "bpda-identity"
     for r in result["rows"]:
         assert r["probes"] + r["skipped"] == 4 and 0 <= r["auc"] <= 1 and 0 <= r["mask_rate"] <= 1
     out = tmp_path / "lb"
     assert (out / "attacks").is_dir() and len(list((out / "attacks").glob("*/*/manifest.json"))) == 3
     import json
+
     manifest = json.loads((out / "leaderboard.json").read_text())
     assert manifest["stage"] == "defend" and manifest["models"][jpeg]["fr"]["defence"]["params"]["quality"] == 40
     md_text = (out / "leaderboard.md").read_text()
     assert "adaptive" in md_text and "non-adaptive" in md_text
     first = (out / "leaderboard.csv").read_text()
-    again = run_leaderboard(cfg, progress=False, models=(sface, md))     # resumes: attacks are not redone
+    again = run_leaderboard(cfg, progress=False, models=(sface, md))  # resumes: attacks are not redone
     assert (out / "leaderboard.csv").read_text() == first and len(again["rows"]) == 7
     # raw outputs: each cell's metrics.json + per_probe.csv re-render the leaderboard byte for byte
     from benchmark.defences.raw import read_per_probe
     from benchmark.report.leaderboard import rerender
+
     rerender(out, tmp_path / "again")
     for name in ("leaderboard.csv", "leaderboard.md", "leaderboard.html"):
         assert (tmp_path / "again" / name).read_bytes() == (out / name).read_bytes(), name
@@ -408,7 +476,7 @@ def test_leaderboard_end_to_end_and_resume(tmp_path, lfw_dir, sface):
         pos = sum(p["positive_pairs"] for p in probes)
         assert len(probes) == cell["probes"] and pos == cell["positive_pairs"]
         assert sum(p["rank1_hits"] for p in probes) / pos == pytest.approx(cell["rank1"], abs=1e-9)
-        for p in probes:          # the data set's key of the clean image, the same in every cell
+        for p in probes:  # the data set's key of the clean image, the same in every cell
             assert source.setdefault(p["key"], p["source"]) == p["source"] and p["source"].startswith(p["identity"])
         # PSNR/SSIM against the attack's base image: for the adversarial attack only (masks and clean: none)
         adversarial = cell["attack"] == "adv"
@@ -422,9 +490,19 @@ def test_leaderboard_end_to_end_and_resume(tmp_path, lfw_dir, sface):
 def test_config_adaptive_lists_select_defences():
     """``adaptive: [names]`` runs an attack adaptively only through those defences; masks never adaptively."""
     from benchmark.workflows.defend import LeaderboardConfig
-    cfg = LeaderboardConfig.from_dict({"data": "folder:x", "out": "o", "attacks": [
-        "dm", {"name": "a", "method": "advnoise-dm", "adaptive": ["jpeg", "median-blur[apply_to=both,k=5]"]},
-        {"name": "b", "method": "mf2m", "adaptive": False}, {"name": "c", "method": "i-fgsm"}]})
+
+    cfg = LeaderboardConfig.from_dict(
+        {
+            "data": "folder:x",
+            "out": "o",
+            "attacks": [
+                "dm",
+                {"name": "a", "method": "advnoise-dm", "adaptive": ["jpeg", "median-blur[apply_to=both,k=5]"]},
+                {"name": "b", "method": "mf2m", "adaptive": False},
+                {"name": "c", "method": "i-fgsm"},
+            ],
+        }
+    )
     jpeg, med3, med5 = load_defence("jpeg:quality=50"), load_defence("median-blur:k=3"), load_defence("median-blur:k=5")
     dm, a, b, c = cfg.attacks
     assert [a.adaptive_for(x) for x in (jpeg, med3, med5)] == [True, False, True]
@@ -448,14 +526,36 @@ def test_train_mask_detector_with_faced_masks_tiny(shared_dir, lfw_dir, tmp_path
     from benchmark.cli import main
     from benchmark.models.mask_detector import load_weights
     from benchmark.workflows.mask_training import faced_mask_faces
+
     facemask = shared_dir / "data" / "facemask"
     if not (facemask / "with_mask").is_dir():
         pytest.skip("../shared/data/facemask is not present")
     out = tmp_path / "w" / "faced.pt"
-    argv = ["train-mask-detector", "--with-faced-masks", "--data", str(facemask), "--lfw", str(lfw_dir),
-            "--out", str(out), "--limit-per-class", "12", "--faced-limit", "16", "--base-per-class", "0",
-            "--epochs", "1", "--held-out", "0.25", "--cache-dir", str(tmp_path / "cache"), "--device", "cpu",
-            "--no-progress"]
+    argv = [
+        "train-mask-detector",
+        "--with-faced-masks",
+        "--data",
+        str(facemask),
+        "--lfw",
+        str(lfw_dir),
+        "--out",
+        str(out),
+        "--limit-per-class",
+        "12",
+        "--faced-limit",
+        "16",
+        "--base-per-class",
+        "0",
+        "--epochs",
+        "1",
+        "--held-out",
+        "0.25",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     assert "LFW held-out identities, DM faced mask" in capsys.readouterr().out
     assert sorted(p.name for p in out.parent.iterdir()) == ["FACED_CARD.md", "faced.json", "faced.pt"]
@@ -476,8 +576,11 @@ def test_train_mask_detector_with_faced_masks_tiny(shared_dir, lfw_dir, tmp_path
     # fine-tuned from the shipped detector: changed weights, loadable by the defence
     new, _ = load_weights(out)
     from benchmark.models.mask_detector import DEFAULT_WEIGHTS
+
     old, _ = load_weights(DEFAULT_WEIGHTS)
-    assert any(not np.allclose(a.numpy(), b.numpy()) for a, b in zip(new.state_dict().values(), old.state_dict().values()))
+    assert any(
+        not np.allclose(a.numpy(), b.numpy()) for a, b in zip(new.state_dict().values(), old.state_dict().values())
+    )
     d = load_defence(f"faced-mask-aware-detector:weights={out}")
     _, md = defend(d, None, None, device="cpu")
     assert md.p_masked(fs.faced[:2]).shape == (2,)

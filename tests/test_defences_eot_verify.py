@@ -23,12 +23,14 @@ from benchmark.workflows.verify import compare, load_submission, verify
 @pytest.fixture(scope="module")
 def sface():
     from benchmark.models.sface import SFaceRecognizer
+
     return SFaceRecognizer(device="cpu")
 
 
 @pytest.fixture(scope="module")
 def maskdet():
     from benchmark.workflows.defend import create_model
+
     return create_model("mf2m-maskdet", "cpu")
 
 
@@ -43,7 +45,7 @@ def test_variants_say_which_gradient_and_eot_ran():
     assert rrp.record()["stochastic"] is True
     assert attack_variant(rrp, 20) == "exact + EOT×20"
     assert attack_variant(rrp, 1) == "exact"
-    assert attack_variant(jpeg, 20) == "BPDA (identity)"          # deterministic: EOT does not apply
+    assert attack_variant(jpeg, 20) == "BPDA (identity)"  # deterministic: EOT does not apply
     assert attack_variant(blur, 20) == "exact"
 
 
@@ -51,13 +53,14 @@ def test_straight_through_draws_fresh_randomness_only_when_attacked():
     """With a gradient (inside an attack) each pass is a new draw of random-resize-pad, forward value and
     surrogate alike; without one (evaluation) it is exactly the deployed defence."""
     import torch
+
     rrp = load_defence("random-resize-pad").impl
     module = rrp.torch_module()
     x = torch.rand(3, 3, 112, 112, generator=torch.Generator().manual_seed(0))
     faces = torch.round(x * 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     deployed = module(x)
     assert np.array_equal(torch.round(deployed * 255).to(torch.uint8).permute(0, 2, 3, 1).numpy(), rrp.apply(faces))
-    assert not looks_random(rrp, faces)                     # deterministic per face as deployed
+    assert not looks_random(rrp, faces)  # deterministic per face as deployed
     xg = x.clone().requires_grad_(True)
     a, b = module(xg), module(xg)
     assert not torch.equal(a, b)
@@ -65,7 +68,7 @@ def test_straight_through_draws_fresh_randomness_only_when_attacked():
     assert draw.seed != rrp.seed and draw.params()["min_scale"] == rrp.min_scale
     # the straight-through value of a draw is that draw's real apply, its gradient the draw's surrogate
     again = draw.torch_module()
-    again.transform.stochastic = False          # pin this draw (a sampled copy is used as is)
+    again.transform.stochastic = False  # pin this draw (a sampled copy is used as is)
     y = again(xg)
     assert np.allclose(y.detach().numpy(), draw.torch_module()(x).numpy())
     (g,) = torch.autograd.grad(y.sum(), xg)
@@ -80,6 +83,7 @@ def test_eot_objective_is_the_mean_over_fresh_draws(sface):
 
     from attacks import create
     from benchmark.defences.api import defend
+
     rec, _ = defend(load_defence("random-resize-pad"), sface, None)
     fr = rec.torch_module("cpu")
     straight = fr[0]
@@ -92,10 +96,10 @@ def test_eot_objective_is_the_mean_over_fresh_draws(sface):
     straight.rng.bit_generator.state = state
     singles = [attack.objective_once(x, ref) for _ in range(3)]
     assert torch.allclose(eot, torch.stack(singles).mean(0), atol=1e-6)
-    assert not torch.allclose(singles[0], singles[1])        # the draws differ
+    assert not torch.allclose(singles[0], singles[1])  # the draws differ
     # the attack's gradient (one backward pass per draw) is the gradient of that mean objective, through an
     # input transform too (here a fixed shift standing in for input diversity)
-    shift = lambda v: torch.roll(v, 3, dims=-1) * 0.9       # noqa: E731
+    shift = lambda v: torch.roll(v, 3, dims=-1) * 0.9  # noqa: E731
     for transform in (None, shift):
         straight.rng.bit_generator.state = state
         grad, loss = attack.gradient(x, ref, transform)
@@ -127,6 +131,7 @@ def test_eot_lowers_random_resize_pad_robust_rank1(lfw_dir, sface):
     from attacks.templates import load_aligned
     from benchmark.defences.api import defend
     from benchmark.models.landmarks import DlibLandmarker
+
     marker = DlibLandmarker()
     people = [d for d in sorted((lfw_dir / "images").iterdir()) if len(list(d.glob("*.jpg"))) >= 2][:4]
     crops, pts, ids = [], [], []
@@ -151,7 +156,7 @@ def test_eot_lowers_random_resize_pad_robust_rank1(lfw_dir, sface):
     def robust(images: np.ndarray) -> tuple[float, float]:
         feats = [d.embed(images) for d in deployed]
         rank1 = [search_metrics(f, keys, ids, c, keys, ids, g, 1e-6)["rank1"] for f, (c, g) in zip(feats, gallery)]
-        own = [(f * c).sum(axis=1).mean() for f, (c, _) in zip(feats, gallery)]    # cosine to the clean original
+        own = [(f * c).sum(axis=1).mean() for f, (c, _) in zip(feats, gallery)]  # cosine to the clean original
         return float(np.mean(rank1)), float(np.mean(own))
 
     results = {}
@@ -176,8 +181,15 @@ def _synthetic(seed: int = 0, n_ids: int = 8, per_id: int = 3, n_dist: int = 60,
     keys = [f"id{i}/{j}" for i in range(n_ids) for j in range(per_id)]
     probes = np.repeat(centers, per_id, axis=0) + noise * rng.normal(size=(n_ids * per_id, 32))
     mates = np.repeat(centers, per_id, axis=0) + noise * rng.normal(size=(n_ids * per_id, 32))
-    return (probes.astype(np.float32), keys, ids, mates.astype(np.float32), keys, ids,
-            rng.normal(size=(n_dist, 32)).astype(np.float32))
+    return (
+        probes.astype(np.float32),
+        keys,
+        ids,
+        mates.astype(np.float32),
+        keys,
+        ids,
+        rng.normal(size=(n_dist, 32)).astype(np.float32),
+    )
 
 
 @pytest.mark.parametrize("far", [1e-6, 0.01, 0.1])
@@ -187,7 +199,7 @@ def test_probe_outcomes_reproduce_the_search_engine(far):
     engine = search_metrics(*data, far)
     outcomes = probe_outcomes(*data, far, p_masked=np.linspace(0, 1, len(data[0])))
     point = outcomes.metrics()
-    assert 0 < engine["rank1"] < 1 and 0 < engine["tar"] < 1         # not a degenerate case
+    assert 0 < engine["rank1"] < 1 and 0 < engine["tar"] < 1  # not a degenerate case
     assert point["rank1"] == pytest.approx(engine["rank1"], abs=1e-12)
     assert point["tar"] == pytest.approx(engine["tar"], abs=1e-12)
     assert point["mask_rate"] == pytest.approx(0.5, abs=0.05)
@@ -221,28 +233,47 @@ def test_compare_accepts_inside_and_flags_inflated_claims():
 # --------------------------------------------------------------------------------------------------
 
 
-BENCH = {"identities": 3, "max_images": 2, "distractors": 20, "templates": 3, "batch_size": 8, "device": "cpu",
-         "attacks": ["solid"]}
-DEFENCE = "bit-depth:bits=1"     # a defence with a large clean cost: Rank-1 near 0, so an inflated claim is possible
+BENCH = {
+    "identities": 3,
+    "max_images": 2,
+    "distractors": 20,
+    "templates": 3,
+    "batch_size": 8,
+    "device": "cpu",
+    "attacks": ["solid"],
+}
+DEFENCE = "bit-depth:bits=1"  # a defence with a large clean cost: Rank-1 near 0, so an inflated claim is possible
 
 
-def _write_submission(path: Path, claim: dict, weights: list | None = None, version: str | None = None,
-                      **extra) -> Path:
+def _write_submission(
+    path: Path, claim: dict, weights: list | None = None, version: str | None = None, **extra
+) -> Path:
     from importlib.metadata import version as installed
-    doc = {"schema": "mf2m.submission.v1", "defence": DEFENCE,
-           "package": {"name": "mf2m", "version": version or installed("mf2m")},
-           "weights": weights or [], "benchmark": BENCH, "claim": claim, **extra}
+
+    doc = {
+        "schema": "mf2m.submission.v1",
+        "defence": DEFENCE,
+        "package": {"name": "mf2m", "version": version or installed("mf2m")},
+        "weights": weights or [],
+        "benchmark": BENCH,
+        "claim": claim,
+        **extra,
+    }
     path.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
     return path
 
 
 def test_submission_validation_names_the_problem(tmp_path):
     good = {"attack": "solid", "mode": "non-adaptive", "rank1": 0.5}
-    cases = [({"schema": "x"}, "schema must be"), ({"claim": {"attack": "solid", "mode": "sideways", "rank1": 0.5}}, "mode"),
-             ({"claim": {"attack": "solid", "mode": "adaptive"}}, "states none of"),
-             ({"claim": {**good, "rank1": 1.5}}, r"claim.rank1 must be a number in \[0, 1\]"),
-             ({"tolerance": {"rank1": 0.5}}, "tolerance.rank1 must be in"),
-             ({"benchmark": {**BENCH, "seed": 3}}, "set by the verifier"), ({"extra_key": 1}, "unknown keys")]
+    cases = [
+        ({"schema": "x"}, "schema must be"),
+        ({"claim": {"attack": "solid", "mode": "sideways", "rank1": 0.5}}, "mode"),
+        ({"claim": {"attack": "solid", "mode": "adaptive"}}, "states none of"),
+        ({"claim": {**good, "rank1": 1.5}}, r"claim.rank1 must be a number in \[0, 1\]"),
+        ({"tolerance": {"rank1": 0.5}}, "tolerance.rank1 must be in"),
+        ({"benchmark": {**BENCH, "seed": 3}}, "set by the verifier"),
+        ({"extra_key": 1}, "unknown keys"),
+    ]
     for i, (change, msg) in enumerate(cases):
         path = _write_submission(tmp_path / f"s{i}.yaml", good)
         doc = yaml.safe_load(path.read_text())
@@ -259,8 +290,11 @@ def test_verify_rejects_a_weight_file_whose_hash_does_not_match(tmp_path):
     weights = tmp_path / "detector.pt"
     weights.write_bytes(b"the weights the submitter trained")
     pinned = hashlib.sha256(b"the weights the submitter trained").hexdigest()
-    sub = _write_submission(tmp_path / "sub.yaml", {"attack": "solid", "mode": "non-adaptive", "rank1": 0.5},
-                            weights=[{"path": "detector.pt", "sha256": pinned}])
+    sub = _write_submission(
+        tmp_path / "sub.yaml",
+        {"attack": "solid", "mode": "non-adaptive", "rank1": 0.5},
+        weights=[{"path": "detector.pt", "sha256": pinned}],
+    )
     weights.write_bytes(b"other weights, same name")
     record = verify(sub, "folder:/nonexistent", tmp_path / "v", seed=1, progress=False)
     assert record["verdict"] == "rejected" and record["measured"] is None
@@ -268,11 +302,14 @@ def test_verify_rejects_a_weight_file_whose_hash_does_not_match(tmp_path):
     assert check["expected"] == pinned and check["actual"] == hashlib.sha256(b"other weights, same name").hexdigest()
     assert any("SHA-256 does not match" in r for r in record["reasons"])
     saved = json.loads((tmp_path / "v" / "verification.json").read_text())
-    assert saved["verdict"] == "rejected" and saved["submission"]["sha256"] == hashlib.sha256(sub.read_bytes()).hexdigest()
+    assert (
+        saved["verdict"] == "rejected" and saved["submission"]["sha256"] == hashlib.sha256(sub.read_bytes()).hexdigest()
+    )
     assert not (tmp_path / "v" / "run").exists()
     # a package pin that is not installed is rejected the same way
-    sub2 = _write_submission(tmp_path / "sub2.yaml", {"attack": "solid", "mode": "non-adaptive", "rank1": 0.5},
-                             version="0.0.0-not-this")
+    sub2 = _write_submission(
+        tmp_path / "sub2.yaml", {"attack": "solid", "mode": "non-adaptive", "rank1": 0.5}, version="0.0.0-not-this"
+    )
     record = verify(sub2, "folder:/nonexistent", tmp_path / "v2", seed=1, progress=False)
     assert record["verdict"] == "rejected" and "pins 0.0.0-not-this" in record["reasons"][0]
 
@@ -282,10 +319,15 @@ def test_verify_honest_and_inflated_submissions(tmp_path, lfw_dir, sface, maskde
     re-runs it on a pool drawn with another seed: the honest claim is verified, the same claim with Rank-1 raised
     above the interval is rejected as inflated. The record holds inputs, hashes, numbers and the verdict."""
     from benchmark.workflows.defend import LeaderboardConfig, run_leaderboard
+
     data = f"folder:{lfw_dir / 'images'}"
-    mine = run_leaderboard(LeaderboardConfig.from_dict({**BENCH, "data": data, "out": str(tmp_path / "mine"),
-                                                        "seed": 11, "defences": [DEFENCE]}),
-                           progress=False, models=(sface, maskdet))
+    mine = run_leaderboard(
+        LeaderboardConfig.from_dict(
+            {**BENCH, "data": data, "out": str(tmp_path / "mine"), "seed": 11, "defences": [DEFENCE]}
+        ),
+        progress=False,
+        models=(sface, maskdet),
+    )
     row = next(r for r in mine["rows"] if r["attack"] == "solid" and r["mode"] == "non-adaptive")
     honest = {"attack": "solid", "mode": "non-adaptive", **{m: row[m] for m in ("rank1", "tar", "mask_rate")}}
     sub = _write_submission(tmp_path / "honest.yaml", honest)
@@ -317,26 +359,57 @@ def test_transfer_matrix_on_lfw(tmp_path, lfw_dir, capsys):
     """`mf2m transfer`: 1-step FGSM made against SFace, evaluated by SFace (white-box) and dlib (black-box):
     CSV/Markdown matrices, heatmaps and the HTML page; numbers equal a direct evaluation."""
     from benchmark.cli import main
+
     cfg = tmp_path / "transfer.yaml"
-    cfg.write_text(yaml.safe_dump({"sources": ["sface"], "targets": ["sface", "dlib"], "identities": 2,
-                                   "max_images": 2, "distractors": 6, "templates": 2, "device": "cpu",
-                                   "batch_size": 8, "attacks": ["solid", {"name": "fgsm", "method": "fgsm",
-                                                                          "params": {"eps": 0.2}}]}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "sources": ["sface"],
+                "targets": ["sface", "dlib"],
+                "identities": 2,
+                "max_images": 2,
+                "distractors": 6,
+                "templates": 2,
+                "device": "cpu",
+                "batch_size": 8,
+                "attacks": ["solid", {"name": "fgsm", "method": "fgsm", "params": {"eps": 0.2}}],
+            }
+        )
+    )
     out = tmp_path / "tr"
-    assert main(["transfer", "--config", str(cfg), "--data", f"folder:{lfw_dir / 'images'}", "--out", str(out),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "transfer",
+                "--config",
+                str(cfg),
+                "--data",
+                f"folder:{lfw_dir / 'images'}",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "## fgsm — Rank-1" in printed and "| sface |" in printed
     import csv
+
     rows = list(csv.DictReader((out / "transfer.csv").open()))
     assert {(r["attack"], r["source"], r["target"]) for r in rows} == {
-        (a, s, t) for a, s in (("clean", "—"), ("solid", "sface"), ("fgsm", "sface")) for t in ("sface", "dlib")}
+        (a, s, t) for a, s in (("clean", "—"), ("solid", "sface"), ("fgsm", "sface")) for t in ("sface", "dlib")
+    }
     far = float(rows[0]["far"])
     assert far == pytest.approx(1 / (4 * 6))
     fgsm = {r["target"]: r for r in rows if r["attack"] == "fgsm"}
     assert fgsm["sface"]["mask_rate"] == fgsm["dlib"]["mask_rate"] != ""
     assert sorted(p.name for p in (out / "plots").glob("*.png")) == [
-        "transfer_fgsm_rank1.png", "transfer_fgsm_tar.png", "transfer_solid_rank1.png", "transfer_solid_tar.png"]
+        "transfer_fgsm_rank1.png",
+        "transfer_fgsm_tar.png",
+        "transfer_solid_rank1.png",
+        "transfer_solid_tar.png",
+    ]
     assert "data:image/png;base64" in (out / "report.html").read_text()
     manifest = json.loads((out / "transfer.json").read_text())
     assert manifest["stage"] == "transfer" and set(manifest["models"]["targets"]) == {"sface", "dlib"}
@@ -345,6 +418,7 @@ def test_transfer_matrix_on_lfw(tmp_path, lfw_dir, capsys):
     from benchmark.data.images import read_image
     from benchmark.models.sface import SFaceRecognizer
     from benchmark.workflows.defend import aligned_set, slug
+
     keys, ids, clean, _ = aligned_set(out / "pool" / "probes.csv", None, out / "aligned_probes.npz")
     _, _, dist, _ = aligned_set(out / "pool" / "distractors.csv", None, out / "aligned_distractors.npz")
     folder = out / "attacks" / slug("fgsm") / slug("sface")
@@ -357,11 +431,16 @@ def test_transfer_matrix_on_lfw(tmp_path, lfw_dir, capsys):
     assert main(["report", "--runs", str(out), "--out", str(tmp_path / "rep")]) in (0, None)
     cell = {(c["attack"], c["target"]): c for c in manifest["cells"]}
     table = (tmp_path / "rep" / "transfer-tr-fgsm.md").read_text()
-    row = [c.strip() for c in next(line for line in table.splitlines() if line.startswith("| sface |")).split("|")[2:-1]]
-    assert row == [f"{cell[('fgsm', t)][m]:.4f}" for m in ("rank1", "tar") for t in ("sface", "dlib")] + \
-        [f"{cell[('fgsm', 'sface')]['mask_rate']:.4f}"]
+    row = [
+        c.strip() for c in next(line for line in table.splitlines() if line.startswith("| sface |")).split("|")[2:-1]
+    ]
+    assert row == [f"{cell[('fgsm', t)][m]:.4f}" for m in ("rank1", "tar") for t in ("sface", "dlib")] + [
+        f"{cell[('fgsm', 'sface')]['mask_rate']:.4f}"
+    ]
     assert sorted(p.name for p in (tmp_path / "rep" / "plots").glob("transfer_*.png")) == [
-        "transfer_tr_fgsm.png", "transfer_tr_solid.png"]
+        "transfer_tr_fgsm.png",
+        "transfer_tr_solid.png",
+    ]
     assert "Transferability heatmaps" in (tmp_path / "rep" / "index.html").read_text()
 
 
@@ -369,10 +448,28 @@ def test_cli_verify_exits_1_on_rejection_and_eot_config_is_validated(tmp_path, c
     """`mf2m defend --verify` prints the verdict and exits 1 when rejected; `eot_samples` must be an integer ≥ 1."""
     from benchmark.cli import main
     from benchmark.workflows.defend import LeaderboardConfig
-    sub = _write_submission(tmp_path / "sub.yaml", {"attack": "solid", "mode": "non-adaptive", "rank1": 0.5},
-                            weights=[{"path": "missing.pt", "sha256": "0" * 64}])
-    assert main(["defend", "--verify", str(sub), "--data", "folder:/nonexistent", "--out", str(tmp_path / "v"),
-                 "--seed", "3"]) == 1
+
+    sub = _write_submission(
+        tmp_path / "sub.yaml",
+        {"attack": "solid", "mode": "non-adaptive", "rank1": 0.5},
+        weights=[{"path": "missing.pt", "sha256": "0" * 64}],
+    )
+    assert (
+        main(
+            [
+                "defend",
+                "--verify",
+                str(sub),
+                "--data",
+                "folder:/nonexistent",
+                "--out",
+                str(tmp_path / "v"),
+                "--seed",
+                "3",
+            ]
+        )
+        == 1
+    )
     printed = capsys.readouterr().out
     assert "verdict: REJECTED" in printed and "weights missing.pt: file not found" in printed
     raw = {"data": "folder:x", "out": "o", "attacks": ["solid"]}

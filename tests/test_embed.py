@@ -26,7 +26,7 @@ MODEL = "sface"
 def _lfw_people(lfw_dir: Path, n: int) -> list[tuple[str, Path]]:
     """First ``n`` LFW people (sorted) with one image each."""
     out = []
-    for person in sorted((lfw_dir / "images").iterdir())[: n]:
+    for person in sorted((lfw_dir / "images").iterdir())[:n]:
         out.append((person.name, sorted(person.glob("*.jpg"))[0]))
     return out
 
@@ -88,6 +88,7 @@ def test_testpack_probes_and_distractors(testpack, tmp_path):
 def test_flip_is_sum_of_image_and_mirror(testpack, tmp_path):
     from benchmark.data.images import read_image
     from benchmark.models.registry import create
+
     run_embed(_cfg(f"megaface-probes:{testpack}?limit=3", tmp_path / "f", flip=True))
     _, feats, keys, _ = _read_set(tmp_path / "f")
     rec = create(MODEL)
@@ -98,20 +99,40 @@ def test_flip_is_sum_of_image_and_mirror(testpack, tmp_path):
 
 
 def _embed_cmd(data: str, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "benchmark.cli", "embed", "--data", data, "--model", MODEL, "--out", str(out),
-            "--batch-size", "3", "--shard-size", "7", "--workers", "1", "--device", "cpu", "--no-progress", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "benchmark.cli",
+        "embed",
+        "--data",
+        data,
+        "--model",
+        MODEL,
+        "--out",
+        str(out),
+        "--batch-size",
+        "3",
+        "--shard-size",
+        "7",
+        "--workers",
+        "1",
+        "--device",
+        "cpu",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def test_kill_9_mid_shard_then_resume_is_identical(testpack, tmp_path):
     """A real SIGKILL once the first shard is on disk (the process is frozen with SIGSTOP the moment it appears,
     so the kill lands mid-run); the resumed run skips finished shards and writes byte-identical ones."""
-    data = f"megaface-distractors:{testpack}"         # 24 items → shards of 7: 7, 7, 7, 3
+    data = f"megaface-distractors:{testpack}"  # 24 items → shards of 7: 7, 7, 7, 3
     ref = tmp_path / "ref"
     subprocess.run(_embed_cmd(data, ref), check=True, capture_output=True, timeout=300)
 
     out = tmp_path / "run"
     proc = subprocess.Popen(_embed_cmd(data, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    first = out / ".progress" / "shard-00000.json"    # shard 0's completion record (written after its file)
+    first = out / ".progress" / "shard-00000.json"  # shard 0's completion record (written after its file)
     deadline = time.time() + 240
     while not first.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.005)
@@ -126,7 +147,7 @@ def test_kill_9_mid_shard_then_resume_is_identical(testpack, tmp_path):
 
     res = subprocess.run(_embed_cmd(data, out), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
-    assert {p: (out / p).stat().st_mtime_ns for p in mtimes} == mtimes      # completed shards skipped
+    assert {p: (out / p).stat().st_mtime_ns for p in mtimes} == mtimes  # completed shards skipped
     m_ref, f_ref, k_ref, l_ref = _read_set(ref)
     m_run, f_run, k_run, l_run = _read_set(out)
     assert k_run == k_ref and np.array_equal(l_run, l_ref)
@@ -144,11 +165,11 @@ def test_ranks_split_and_merge(testpack, tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.delenv("MASTER_ADDR", raising=False)
     monkeypatch.setenv("RANK", "1")
-    assert run_embed(_cfg(data, out, shard_size=5)) is None          # rank 1: shards 1, 3
+    assert run_embed(_cfg(data, out, shard_size=5)) is None  # rank 1: shards 1, 3
     assert sorted(p.name for p in out.glob("shard-*.h5")) == ["shard-00001.h5", "shard-00003.h5"]
     assert not (out / "manifest.json").exists()
     monkeypatch.setenv("RANK", "0")
-    merged = run_embed(_cfg(data, out, shard_size=5))                  # rank 0: shards 0, 2, 4, then merge
+    merged = run_embed(_cfg(data, out, shard_size=5))  # rank 0: shards 0, 2, 4, then merge
     assert merged is not None and merged["count"] == 24
     _, f1, k1, _ = _read_set(tmp_path / "one")
     _, f2, k2, _ = _read_set(out)
@@ -165,6 +186,7 @@ def test_resume_refuses_other_settings(testpack, tmp_path):
 def _bad_inputs(root: Path, good: np.ndarray) -> dict[str, str]:
     """Write one file per bad-input case under ``root/<identity>/``; returns key → expected reason."""
     from PIL import Image
+
     cases: dict[str, str] = {}
 
     def save(key: str, im: Image.Image, fmt: str, reason: str) -> None:
@@ -177,7 +199,7 @@ def _bad_inputs(root: Path, good: np.ndarray) -> dict[str, str]:
     save("ok/cmyk.jpg", rgb.convert("CMYK"), "JPEG", "")
     save("ok/grey.png", rgb.convert("L"), "PNG", "")
     save("ok/rgba.png", rgb.convert("RGBA"), "PNG", "")
-    grey16 = (np.asarray(rgb.convert("L"), np.uint16) * 257)
+    grey16 = np.asarray(rgb.convert("L"), np.uint16) * 257
     save("ok/grey16.png", Image.fromarray(grey16), "PNG", "")
     (root / "bad").mkdir(parents=True, exist_ok=True)
     (root / "bad/empty.png").write_bytes(b"")
@@ -222,8 +244,22 @@ def test_bad_input_is_skipped_with_reasons(lfw_dir, tmp_path):
 
 
 def test_cli_error_is_one_line(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "benchmark.cli", "embed", "--data", f"folder:{tmp_path}/none",
-                          "--model", MODEL, "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmark.cli",
+            "embed",
+            "--data",
+            f"folder:{tmp_path}/none",
+            "--model",
+            MODEL,
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 1
     assert res.stderr.strip().startswith("mf2m embed: error:") and "does not exist" in res.stderr
 
@@ -243,9 +279,31 @@ def test_lfw_photos_are_aligned_then_embedded(lfw_dir, tmp_path):
 def test_gpu_benchmark_cpu_smoke(tmp_path):
     """benchmarks/gpu_embed.py's CPU path at tiny size (the GPU run needs a lent CUDA machine)."""
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_embed.py"
-    res = subprocess.run([sys.executable, str(script), "--device", "cpu", "--images", "8", "--unique", "4",
-                          "--batch-size", "4", "--workers", "0", "--bare-seconds", "0.1", "--precision", "fp32",
-                          "--out", str(tmp_path / "gpu.md")], capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--device",
+            "cpu",
+            "--images",
+            "8",
+            "--unique",
+            "4",
+            "--batch-size",
+            "4",
+            "--workers",
+            "0",
+            "--bare-seconds",
+            "0.1",
+            "--precision",
+            "fp32",
+            "--out",
+            str(tmp_path / "gpu.md"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     result = json.loads(res.stdout.strip().splitlines()[-1])
     assert result["images"] == 8 and result["runtime"] == "native" and result["end_to_end_img_s"] > 0
@@ -259,8 +317,10 @@ def test_torch_runtime_matches_native_path():
 
     from benchmark.embed.runtime import Forward
     from benchmark.models.iresnet import IResNetRecognizer, build_iresnet
+
     torch.manual_seed(0)
     import tempfile
+
     with tempfile.TemporaryDirectory() as d:
         torch.save(build_iresnet("r18").state_dict(), Path(d) / "backbone.pth")
         rec = IResNetRecognizer(weights=Path(d) / "backbone.pth", device="cpu")
@@ -281,10 +341,11 @@ def test_sface_embeds_through_torch_on_cpu_in_chunks():
 
     from benchmark.embed.runtime import CPU_TORCH_CHUNK, Forward
     from benchmark.models.registry import create
+
     rec = create("sface")
     faces = np.random.default_rng(3).integers(0, 256, (CPU_TORCH_CHUNK * 2 + 5, 112, 112, 3), dtype=np.uint8)
     for flip in (False, True):
-        forward = Forward(rec, device="cpu", flip=flip, precision="fp32")   # auto is bf16 on CPUs with bf16 units
+        forward = Forward(rec, device="cpu", flip=flip, precision="fp32")  # auto is bf16 on CPUs with bf16 units
         assert forward.runtime == "torch-fp32"
         got = forward.embed_tensor(torch.from_numpy(faces))
         native = Forward(rec, device="cpu", flip=flip, precision="fp32", prefer_torch=False)

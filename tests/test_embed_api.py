@@ -26,13 +26,28 @@ def faces() -> np.ndarray:
 @pytest.mark.parametrize("flip", [False, True])
 def test_embed_in_memory_equals_mf2m_embed(tmp_path, faces, flip):
     from benchmark.embed import embed
+
     rows = ["identity,path,key,aligned"]
     for i, face in enumerate(faces):
         write_png(tmp_path / "faces" / f"f{i}.png", face)
         rows.append(f"hanks,{tmp_path / 'faces' / f'f{i}.png'},f{i},1")
     (tmp_path / "faces.csv").write_text("\n".join(rows) + "\n")
-    args = ["embed", "--data", f"csv:{tmp_path / 'faces.csv'}", "--model", "sface", "--out", str(tmp_path / "out"),
-            "--device", "cpu", "--precision", "fp32", "--workers", "0", "--no-progress"]
+    args = [
+        "embed",
+        "--data",
+        f"csv:{tmp_path / 'faces.csv'}",
+        "--model",
+        "sface",
+        "--out",
+        str(tmp_path / "out"),
+        "--device",
+        "cpu",
+        "--precision",
+        "fp32",
+        "--workers",
+        "0",
+        "--no-progress",
+    ]
     assert main(args + (["--flip"] if flip else [])) == 0
     stored = FeatureSet(str(tmp_path / "out")).load(progress=False)
     ours = embed(faces, "sface", device="cpu", precision="fp32", flip=flip)
@@ -40,10 +55,11 @@ def test_embed_in_memory_equals_mf2m_embed(tmp_path, faces, flip):
     assert ours.shape == (3, stored.features.shape[1]) and ours.dtype == np.float32
     np.testing.assert_allclose(ours, stored.features[order], atol=1e-6)
     assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
-    assert float(ours[0] @ ours[2]) < 0.9999          # different faces, different features
+    assert float(ours[0] @ ours[2]) < 0.9999  # different faces, different features
 
 
 def test_embed_rejects_unaligned_input():
     from benchmark.embed import embed
+
     with pytest.raises(ValueError, match="aligned faces"):
         embed(np.zeros((2, 100, 100, 3), np.uint8), "sface", device="cpu")

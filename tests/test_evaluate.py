@@ -19,6 +19,7 @@ def models(tmp_path_factory):
 
     from benchmark.models.mask_detector import CNNMaskDetector, build_masknet, save_weights
     from benchmark.models.sface import SFaceRecognizer
+
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("md") / "md.pt"
     save_weights(path, build_masknet(), {"note": "random init, orchestration test"})
@@ -32,9 +33,15 @@ def _leftovers() -> set[str]:
 def test_evaluate_a_defence_in_one_call(lfw_dir, models, tmp_path):
     settings = {"identities": 2, "max_images": 2, "distractors": 3, "templates": 3, "batch_size": 4}
     before = _leftovers()
-    result = benchmark.evaluate("jpeg:quality=40", data=f"folder:{lfw_dir / 'images'}", attacks=["solid"],
-                                device="cpu", models=models, **settings)
-    assert _leftovers() == before and result.out is None            # nothing left behind
+    result = benchmark.evaluate(
+        "jpeg:quality=40",
+        data=f"folder:{lfw_dir / 'images'}",
+        attacks=["solid"],
+        device="cpu",
+        models=models,
+        **settings,
+    )
+    assert _leftovers() == before and result.out is None  # nothing left behind
     jpeg = "jpeg[apply_to=both,quality=40]"
     assert result.defence == jpeg
     assert [(r["attack"], r["mode"]) for r in result.rows] == [("clean", "—"), ("solid", "non-adaptive")]
@@ -45,8 +52,15 @@ def test_evaluate_a_defence_in_one_call(lfw_dir, models, tmp_path):
     with pytest.raises(KeyError):
         result.row("mf2m")
 
-    written = benchmark.evaluate("jpeg:quality=40", data=f"folder:{lfw_dir / 'images'}", attacks=["solid"],
-                                 device="cpu", models=models, out=tmp_path / "lb", **settings)
+    written = benchmark.evaluate(
+        "jpeg:quality=40",
+        data=f"folder:{lfw_dir / 'images'}",
+        attacks=["solid"],
+        device="cpu",
+        models=models,
+        out=tmp_path / "lb",
+        **settings,
+    )
     cells = json.loads((tmp_path / "lb" / "leaderboard.json").read_text())["cells"]
     assert written.out == str(tmp_path / "lb")
     for ours, theirs in zip(written.rows, [c for c in cells if c["defence"] == jpeg]):

@@ -43,16 +43,24 @@ def raw_dir(folder: Path, parts: list[tuple], model="m", dim=4) -> Path:
     for i, (feats, keys) in enumerate(parts):
         path = raw_file(folder / f"{i}.h5", feats, keys, model=model)
         shards.append({"path": path.name, "count": len(keys), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
-    (folder / "manifest.json").write_text(json.dumps({"format": "mf2m.features.v1", "model": model, "dim": dim,
-                                                      "count": sum(s["count"] for s in shards), "shards": shards}))
+    (folder / "manifest.json").write_text(
+        json.dumps(
+            {
+                "format": "mf2m.features.v1",
+                "model": model,
+                "dim": dim,
+                "count": sum(s["count"] for s in shards),
+                "shards": shards,
+            }
+        )
+    )
     return folder
 
 
 def test_reads_and_normalises_float16(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(10, 4)) * 7
-    fs = FeatureSet(raw_file(tmp_path / "a.h5", x, [f"k{i}" for i in range(10)], list(range(10)),
-                             dtype=np.float16))
+    fs = FeatureSet(raw_file(tmp_path / "a.h5", x, [f"k{i}" for i in range(10)], list(range(10)), dtype=np.float16))
     arr = fs.load()
     assert arr.features.dtype == np.float32 and fs.model == "m" and fs.dim == 4
     np.testing.assert_allclose(np.linalg.norm(arr.features, axis=1), 1, atol=1e-6)
@@ -73,8 +81,9 @@ def test_keep_storage_unit_rows_identical_to_load(tmp_path, dtypes):
         x = rng.normal(size=(300, 64)) * rng.uniform(0.1, 30, (300, 1))
         path = raw_file(folder / f"{i}.h5", x, [f"s{i}/k{j}" for j in range(300)], dtype=dt)
         shards.append({"path": path.name, "count": 300, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
-    (folder / "manifest.json").write_text(json.dumps({"format": "mf2m.features.v1", "model": "m", "dim": 64,
-                                                      "count": 600, "shards": shards}))
+    (folder / "manifest.json").write_text(
+        json.dumps({"format": "mf2m.features.v1", "model": "m", "dim": 64, "count": 600, "shards": shards})
+    )
     fs = FeatureSet(folder)
     ref = fs.load(block_size=128).features
     raw = fs.load(block_size=77, keep_storage=True)
@@ -98,8 +107,9 @@ def test_directory_streams_in_blocks(tmp_path):
     assert fs.count == 15 and fs.load().features.shape == (15, 4)
 
 
-@pytest.mark.parametrize("bad, message", [(np.nan, "NaN or Inf"), (np.inf, "NaN or Inf"), (0.0, "all-zero"),
-                                          (3e38, "norm overflows")])
+@pytest.mark.parametrize(
+    "bad, message", [(np.nan, "NaN or Inf"), (np.inf, "NaN or Inf"), (0.0, "all-zero"), (3e38, "norm overflows")]
+)
 def test_bad_rows_name_file_and_row(tmp_path, bad, message):
     x = np.ones((6, 4))
     x[4] = bad
@@ -197,8 +207,22 @@ def test_import_npy_and_cli_validate(tmp_path, capsys):
     np.save(tmp_path / "f.npy", x)
     (tmp_path / "keys.txt").write_text("\n".join(f"k{i}" for i in range(12)) + "\n")
     np.save(tmp_path / "l.npy", np.arange(12) % 3)
-    rc = main(["features", "import-npy", str(tmp_path / "f.npy"), str(tmp_path / "keys.txt"), "--out",
-               str(tmp_path / "set"), "--model", "mm", "--labels", str(tmp_path / "l.npy"), "--shard-size", "5"])
+    rc = main(
+        [
+            "features",
+            "import-npy",
+            str(tmp_path / "f.npy"),
+            str(tmp_path / "keys.txt"),
+            "--out",
+            str(tmp_path / "set"),
+            "--model",
+            "mm",
+            "--labels",
+            str(tmp_path / "l.npy"),
+            "--shard-size",
+            "5",
+        ]
+    )
     assert rc == 0
     arr = FeatureSet(tmp_path / "set").load()
     np.testing.assert_allclose(arr.features, x / np.linalg.norm(x, axis=1, keepdims=True), atol=1e-6)
@@ -208,8 +232,21 @@ def test_import_npy_and_cli_validate(tmp_path, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["count"] == 12 and info["identities"] == 3 and info["shards"] == 3
     (tmp_path / "keys.txt").write_text("a\nb\n")
-    assert main(["features", "import-npy", str(tmp_path / "f.npy"), str(tmp_path / "keys.txt"), "--out",
-                 str(tmp_path / "set2"), "--model", "mm"]) == 1
+    assert (
+        main(
+            [
+                "features",
+                "import-npy",
+                str(tmp_path / "f.npy"),
+                str(tmp_path / "keys.txt"),
+                "--out",
+                str(tmp_path / "set2"),
+                "--model",
+                "mm",
+            ]
+        )
+        == 1
+    )
     assert "keys.txt: 2 keys for 12 rows" in capsys.readouterr().err
 
 
@@ -227,8 +264,9 @@ def test_import_megaface_bins(tmp_path):
             v = rng.normal(size=16).astype(np.float32)
             vecs[f"{person}/{person}_{i}.png"] = v
             _write_bin(tmp_path / "fs" / person / f"{person}_{i}.png_r100.bin", v)
-    out, n = import_megaface(tmp_path / "fs", tmp_path / "set", "r100", suffix="_r100.bin",
-                             identities=tmp_path / "ids.txt", progress=False)
+    out, n = import_megaface(
+        tmp_path / "fs", tmp_path / "set", "r100", suffix="_r100.bin", identities=tmp_path / "ids.txt", progress=False
+    )
     assert n == 6
     arr = FeatureSet(out).load()
     assert sorted(arr.keys) == sorted(vecs)

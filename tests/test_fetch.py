@@ -19,7 +19,7 @@ from benchmark.models import catalog, hashes
 from benchmark.models.catalog import Artifact, Member
 from benchmark.models.fetch import FetchError, fetch, safe_unpack
 
-PAYLOAD = bytes(range(256)) * 1024           # 256 KiB: several read chunks
+PAYLOAD = bytes(range(256)) * 1024  # 256 KiB: several read chunks
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
 
 
@@ -28,7 +28,7 @@ class Server:
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
-        self.cut_after: dict[str, int] = {}   # path -> bytes sent before the connection is closed (once)
+        self.cut_after: dict[str, int] = {}  # path -> bytes sent before the connection is closed (once)
         self.requests: list[tuple[str, str | None]] = []
         outer = self
 
@@ -151,7 +151,7 @@ def test_404(server, tmp_path):
 
 
 def test_offline_fails_at_once_naming_url_and_folder(tmp_path):
-    with socket.socket() as s:                # a port nobody listens on
+    with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}/buffalo_l.zip"
@@ -173,14 +173,20 @@ def test_pack_is_unpacked_into_its_folder_with_member_hashes(server, tmp_path):
     model = b"onnx-bytes" * 1000
     data = _zip({"pack/model.onnx": model, "pack/other.onnx": b"x"})
     server.files["/pack.zip"] = data
-    art = Artifact(name="pack", filename="pack.zip", url=server.url + "/pack.zip",
-                   sha256=hashlib.sha256(data).hexdigest(), folder="pack",
-                   members=(Member("pack/model.onnx", hashlib.sha256(model).hexdigest()),), models=("packmodel",))
+    art = Artifact(
+        name="pack",
+        filename="pack.zip",
+        url=server.url + "/pack.zip",
+        sha256=hashlib.sha256(data).hexdigest(),
+        folder="pack",
+        members=(Member("pack/model.onnx", hashlib.sha256(model).hexdigest()),),
+        models=("packmodel",),
+    )
     res = fetch(art, tmp_path, progress=False)
     assert res.pinned and set(res.files) == {"pack/model.onnx", "pack/other.onnx"}
-    assert (tmp_path / "pack" / "model.onnx").read_bytes() == model      # lone top folder stripped
+    assert (tmp_path / "pack" / "model.onnx").read_bytes() == model  # lone top folder stripped
     assert not (tmp_path / "pack.zip").exists()
-    assert hashes.verified(tmp_path, "pack/other.onnx")[1] == "pinned"     # through the archive's hash
+    assert hashes.verified(tmp_path, "pack/other.onnx")[1] == "pinned"  # through the archive's hash
     # a changed file is noticed
     (tmp_path / "pack" / "model.onnx").write_bytes(b"tampered")
     assert hashes.verified(tmp_path, "pack/model.onnx")[1] == "changed"
@@ -193,13 +199,17 @@ def test_unsafe_archive_refused_before_writing(tmp_path, evil):
     target = tmp_path / "out" / "pack"
     with pytest.raises(FetchError, match="refusing member"):
         safe_unpack(archive, target)
-    assert not target.exists() and not (tmp_path / "escape.txt").exists() and not (tmp_path / "out" / "escape.txt").exists()
+    assert (
+        not target.exists()
+        and not (tmp_path / "escape.txt").exists()
+        and not (tmp_path / "out" / "escape.txt").exists()
+    )
 
 
 def test_symlink_member_refused(tmp_path):
     archive = tmp_path / "link.zip"
     info = zipfile.ZipInfo("pack/link")
-    info.external_attr = (0o120777 << 16)
+    info.external_attr = 0o120777 << 16
     with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr(info, "/etc/passwd")
     with pytest.raises(FetchError, match="link member"):
@@ -210,7 +220,7 @@ def test_from_local_copy_and_mirror(server, tmp_path):
     copy = tmp_path / "copy" / "toy.bin"
     copy.parent.mkdir()
     copy.write_bytes(PAYLOAD)
-    art = single(None, PAYLOAD_SHA)                          # no public URL: only --from works
+    art = single(None, PAYLOAD_SHA)  # no public URL: only --from works
     with pytest.raises(FetchError, match="no public download URL"):
         fetch(art, tmp_path / "m1", progress=False)
     assert fetch(art, tmp_path / "m1", source=str(copy), progress=False).pinned
@@ -224,8 +234,16 @@ def test_from_local_copy_and_mirror(server, tmp_path):
 
 
 def test_catalogue_names_and_manual_entries():
-    for name in ("w600k_r50", "glintr100", "2d106", "scrfd", "buffalo_l", "antelopev2", "retinanet-facemask",
-                 "iresnet50"):
+    for name in (
+        "w600k_r50",
+        "glintr100",
+        "2d106",
+        "scrfd",
+        "buffalo_l",
+        "antelopev2",
+        "retinanet-facemask",
+        "iresnet50",
+    ):
         assert name in catalog.fetchable_names()
     assert catalog.resolve("w600k_r50").name == "buffalo_l" and catalog.resolve("glintr100").name == "antelopev2"
     for art in catalog.CATALOG.values():
@@ -234,6 +252,7 @@ def test_catalogue_names_and_manual_entries():
             assert h is None or (len(h) == 64 and int(h, 16) >= 0)
     # the paths the packs unpack to are the ones the registry looks for
     from benchmark.models import registry
+
     for model in ("w600k_r50", "glintr100", "2d106", "scrfd"):
         spec, _ = registry.get_spec(model)
         art = catalog.resolve(model)
@@ -274,8 +293,14 @@ def test_fetch_help_explains_every_option():
     import re
     import subprocess
     import sys
-    out = subprocess.run([sys.executable, "-m", "benchmark.cli", "models", "fetch", "--help"], capture_output=True,
-                         text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmark.cli", "models", "fetch", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert out.returncode == 0, out.stderr
     for opt in ("--all", "--from", "--models-dir", "--force", "--retries", "--timeout", "--no-progress"):
         assert re.search(rf"^\s+{opt}\b.*\S", out.stdout, re.M), opt

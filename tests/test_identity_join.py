@@ -54,17 +54,35 @@ def brute_rank1(P, probe_names, probe_src, M, mate_keys, mate_names, D) -> tuple
 
 def write_sets(tmp, names=True, sources=True):
     (P, pk, pn, ps), (M, mk, mn), D = people()
-    own = {n: i for i, n in enumerate(sorted(set(pn)))}      # the probes' own label numbering (B=0, C=1, D=2)
-    write_feature_file(tmp / "p.h5", P, pk, [own[n] for n in pn], "m", identities=pn if names else None,
-                       sources=ps if sources else None)
+    own = {n: i for i, n in enumerate(sorted(set(pn)))}  # the probes' own label numbering (B=0, C=1, D=2)
+    write_feature_file(
+        tmp / "p.h5",
+        P,
+        pk,
+        [own[n] for n in pn],
+        "m",
+        identities=pn if names else None,
+        sources=ps if sources else None,
+    )
     write_feature_file(tmp / "m.h5", M, mk, ["ABCD".index(n) for n in mn], "m", identities=mn if names else None)
     write_feature_file(tmp / "d.h5", D, [f"x/{i}.jpg" for i in range(len(D))], None, "m")
     return (P, pk, pn, ps), (M, mk, mn), D
 
 
 def search(tmp, name="out", **kw):
-    return run_search(SearchConfig(str(tmp / "p.h5"), str(tmp / "m.h5"), str(tmp / "d.h5"), str(tmp / name),
-                                   fars=[1e-2], device="cpu", progress=False, topk=3, **kw))
+    return run_search(
+        SearchConfig(
+            str(tmp / "p.h5"),
+            str(tmp / "m.h5"),
+            str(tmp / "d.h5"),
+            str(tmp / name),
+            fars=[1e-2],
+            device="cpu",
+            progress=False,
+            topk=3,
+            **kw,
+        )
+    )
 
 
 def test_pairs_by_name_when_labels_shift_and_never_with_own_source(tmp_path):
@@ -114,8 +132,17 @@ def test_v1_directory_names_come_from_the_manifest_identities(tmp_path):
         man.update(format="mf2m.features.v1", identities=ids)
         (folder / "manifest.json").write_text(json.dumps(man))
     write_feature_file(tmp_path / "d.h5", D, [f"x/{i}" for i in range(len(D))], None, "m")
-    metrics = run_search(SearchConfig(str(tmp_path / "pv1"), str(tmp_path / "mv1"), str(tmp_path / "d.h5"),
-                                      str(tmp_path / "o"), fars=[1e-2], device="cpu", progress=False))
+    metrics = run_search(
+        SearchConfig(
+            str(tmp_path / "pv1"),
+            str(tmp_path / "mv1"),
+            str(tmp_path / "d.h5"),
+            str(tmp_path / "o"),
+            fars=[1e-2],
+            device="cpu",
+            progress=False,
+        )
+    )
     assert metrics["identity_join"]["by"] == "name"
     assert metrics["identity_join"]["names_from"]["probes"] == "the manifest's identities list"
     assert metrics["rank1"] == brute_rank1(P, pn, ps, M, mk, mn, D)[0]
@@ -125,11 +152,13 @@ def test_missing_mate_identity_is_an_error_or_a_counted_warning(tmp_path):
     (P, pk, pn, ps), (M, mk, mn), D = people()
     keep = [i for i, n in enumerate(mn) if n != "C"]
     write_feature_file(tmp_path / "p.h5", P, pk, None, "m", identities=pn, sources=ps)
-    write_feature_file(tmp_path / "m.h5", M[keep], [mk[i] for i in keep], None, "m",
-                       identities=[mn[i] for i in keep])
+    write_feature_file(tmp_path / "m.h5", M[keep], [mk[i] for i in keep], None, "m", identities=[mn[i] for i in keep])
     write_feature_file(tmp_path / "d.h5", D, [f"x/{i}" for i in range(len(D))], None, "m")
-    with pytest.raises(IdentityJoinError, match=r"1 of 3 probe identities \(3 probes\) have no image among the "
-                                                r"mates .*m.h5: C"):
+    with pytest.raises(
+        IdentityJoinError,
+        match=r"1 of 3 probe identities \(3 probes\) have no image among the "
+        r"mates .*m.h5: C",
+    ):
         search(tmp_path)
     metrics = search(tmp_path, name="lenient", allow_missing_mates=True)
     j = metrics["identity_join"]
@@ -150,11 +179,26 @@ def test_conflicting_names_for_one_image_are_refused(tmp_path):
 def test_report_on_runs_without_metrics_fails_and_writes_nothing(tmp_path):
     """A run.json whose search folders are absent (e.g. a cache of another machine): an error, no dashes."""
     from benchmark.cli import main
+
     run = tmp_path / "run"
     run.mkdir()
-    (run / "run.json").write_text(json.dumps({"format": "mf2m.run.v1", "name": "x", "entries": [
-        {"method": "mf2m", "eval_model": "sface", "attack_model": "sface", "search": "../gone/search-1",
-         "attack": None}]}))
+    (run / "run.json").write_text(
+        json.dumps(
+            {
+                "format": "mf2m.run.v1",
+                "name": "x",
+                "entries": [
+                    {
+                        "method": "mf2m",
+                        "eval_model": "sface",
+                        "attack_model": "sface",
+                        "search": "../gone/search-1",
+                        "attack": None,
+                    }
+                ],
+            }
+        )
+    )
     (tmp_path / "report").mkdir()
     (tmp_path / "report" / "table1.csv").write_text("method,rank1\nmf2m,0.225\n")
     assert main(["report", "--runs", str(run), "--out", str(tmp_path / "report")]) != 0

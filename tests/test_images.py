@@ -31,7 +31,7 @@ def test_modes_become_rgb(tmp_path, mode):
 
 
 def test_16bit_grey_is_scaled(tmp_path):
-    arr = (np.arange(40 * 30, dtype=np.uint16).reshape(40, 30) * 50)
+    arr = np.arange(40 * 30, dtype=np.uint16).reshape(40, 30) * 50
     out = read_image(_save(tmp_path, "g16.png", Image.fromarray(arr)))
     assert out.shape == (40, 30, 3)
     assert out[-1, -1, 0] == round(arr[-1, -1] / 65535 * 255)

@@ -23,14 +23,24 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("benchmark", "attacks")
 LAYERS: dict[str, int] = {
-    "benchmark.features": 0, "benchmark.data": 0, "benchmark.models": 0,
-    "benchmark.atomic": 0, "benchmark.safepath": 0, "benchmark.manifest": 0, "benchmark.device": 0,
-    "benchmark.yamlfile": 0, "benchmark.precision": 0, "benchmark.plugins": 0,
-    "attacks": 1, "benchmark.embed": 1, "benchmark.search": 1, "benchmark.defences": 1,
+    "benchmark.features": 0,
+    "benchmark.data": 0,
+    "benchmark.models": 0,
+    "benchmark.atomic": 0,
+    "benchmark.safepath": 0,
+    "benchmark.manifest": 0,
+    "benchmark.device": 0,
+    "benchmark.yamlfile": 0,
+    "benchmark.precision": 0,
+    "benchmark.plugins": 0,
+    "attacks": 1,
+    "benchmark.embed": 1,
+    "benchmark.search": 1,
+    "benchmark.defences": 1,
     "benchmark.report": 2,
     "benchmark.workflows": 3,
     "cli": 4,
-    "benchmark": 4,            # the package facade: benchmark.evaluate (nothing imports the bare package)
+    "benchmark": 4,  # the package facade: benchmark.evaluate (nothing imports the bare package)
 }
 
 
@@ -103,7 +113,7 @@ def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(edges.get(node, ())):
             if colour.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if colour.get(nxt) is None:
                 found = visit(nxt)
                 if found:

@@ -30,7 +30,7 @@ def test_best_threshold_matches_brute_force(seed):
     rng = np.random.default_rng(seed)
     n = int(rng.integers(5, 80))
     same = rng.random(n) < 0.5
-    scores = np.round(rng.normal(same * 0.6, 0.3), 1)        # rounding makes ties
+    scores = np.round(rng.normal(same * 0.6, 0.3), 1)  # rounding makes ties
     t, acc = best_threshold(scores, same)
     bt, bacc = _brute_threshold(scores, same)
     assert acc == pytest.approx(bacc) and t == pytest.approx(bt)
@@ -66,8 +66,15 @@ def _write_pairs(path, folds):
 
 def test_pairs_with_absent_files_are_reported(lfw_dir, tmp_path):
     pairs = tmp_path / "pairs.txt"
-    _write_pairs(pairs, [([("Abdullah_Gul", 1, 2), ("Nobody_Here", 1, 2)],
-                          [("Aaron_Eckhart", 1, "Abdullah_Gul", 3), ("Aaron_Eckhart", 1, "Abdullah_Gul", 99)])])
+    _write_pairs(
+        pairs,
+        [
+            (
+                [("Abdullah_Gul", 1, 2), ("Nobody_Here", 1, 2)],
+                [("Aaron_Eckhart", 1, "Abdullah_Gul", 3), ("Aaron_Eckhart", 1, "Abdullah_Gul", 99)],
+            )
+        ],
+    )
     got = load_pairs(lfw_dir, pairs)
     assert (got.n_folds, got.per_fold) == (1, 2)
     assert len(got.pairs) == 2 and len(got.missing) == 2
@@ -75,8 +82,12 @@ def test_pairs_with_absent_files_are_reported(lfw_dir, tmp_path):
     assert rep["pairs_missing_files"] == 2 and rep["pairs_listed"] == 4
     assert "Nobody_Here/Nobody_Here_0001.jpg" in rep["missing_examples"][0]
     assert "Abdullah_Gul/Abdullah_Gul_0099.jpg" in rep["missing_examples"][1]
-    assert [it.key for it in got.items()] == ["Abdullah_Gul/Abdullah_Gul_0001.jpg", "Abdullah_Gul/Abdullah_Gul_0002.jpg",
-                                              "Aaron_Eckhart/Aaron_Eckhart_0001.jpg", "Abdullah_Gul/Abdullah_Gul_0003.jpg"]
+    assert [it.key for it in got.items()] == [
+        "Abdullah_Gul/Abdullah_Gul_0001.jpg",
+        "Abdullah_Gul/Abdullah_Gul_0002.jpg",
+        "Aaron_Eckhart/Aaron_Eckhart_0001.jpg",
+        "Abdullah_Gul/Abdullah_Gul_0003.jpg",
+    ]
 
 
 def test_malformed_pairs_files_name_the_line(tmp_path):
@@ -92,7 +103,7 @@ def test_malformed_pairs_files_name_the_line(tmp_path):
         parse_pairs(bad)
     with pytest.raises(FileNotFoundError, match="lfw-pairs"):
         parse_pairs(tmp_path / "absent.txt")
-    dev = tmp_path / "pairsDevTest.txt"       # one-number header = one fold
+    dev = tmp_path / "pairsDevTest.txt"  # one-number header = one fold
     dev.write_text("1\nA\t1\t2\nA\t1\tB\t2\n")
     n_folds, per, pairs = parse_pairs(dev)
     assert (n_folds, per, len(pairs)) == (1, 1, 2) and pairs[0].same and not pairs[1].same
@@ -111,9 +122,9 @@ def test_make_pairs_follows_the_protocol(lfw_dir, tmp_path):
     out = make_pairs(lfw_dir, tmp_path / "pairs.txt", n_folds=3, per_fold=20, seed=7)
     n_folds, per, pairs = parse_pairs(out)
     assert (n_folds, per, len(pairs)) == (3, 20, 120)
-    assert load_pairs(lfw_dir, out).missing == []            # only files that exist
+    assert load_pairs(lfw_dir, out).missing == []  # only files that exist
     people = [{im.name for p in pairs if p.fold == k for im in (p.a, p.b)} for k in range(3)]
-    assert all(not (a & b) for a, b in itertools.combinations(people, 2))   # identity-disjoint folds
+    assert all(not (a & b) for a, b in itertools.combinations(people, 2))  # identity-disjoint folds
     assert all(p.a.name == p.b.name and p.a.number != p.b.number for p in pairs if p.same)
     assert all(p.a.name != p.b.name for p in pairs if not p.same)
     assert len({(p.a, p.b) for p in pairs}) == 120
@@ -133,14 +144,32 @@ def test_lfw_command_on_a_small_subset(lfw_dir, tmp_path):
     """60 pairs (2 folds × 15 + 15) through detect → align → SFace from the registry, plus absent files."""
     pytest.importorskip("benchmark.models.registry")
     from benchmark.cli import main
+
     sub = tmp_path / "pairs.txt"
     make_pairs(lfw_dir, sub, n_folds=2, per_fold=15, seed=3)
     lines = sub.read_text().splitlines()
-    lines[1] = "Nobody_Here\t1\t2"                        # a pair naming absent files
+    lines[1] = "Nobody_Here\t1\t2"  # a pair naming absent files
     sub.write_text("\n".join(lines) + "\n")
     out = tmp_path / "lfw.json"
-    assert main(["lfw", "--data", str(lfw_dir), "--pairs", str(sub), "--model", "sface", "--out", str(out),
-                 "--device", "cpu", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "lfw",
+                "--data",
+                str(lfw_dir),
+                "--pairs",
+                str(sub),
+                "--model",
+                "sface",
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     res = json.loads(out.read_text())
     assert res["pairs_listed"] == 60 and res["pairs_used"] + res["pairs_skipped"] == 60
     assert res["skipped_by_reason"].get("missing-file") == 1 and len(res["folds"]) == 2
@@ -148,7 +177,13 @@ def test_lfw_command_on_a_small_subset(lfw_dir, tmp_path):
     assert res["manifest"]["stage"] == "lfw"
     # the second model reuses the cached detections: nothing is prepared again
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "lfw.json.prepared" / "parts").glob("*.json")}
-    res2 = json.loads(out.read_text()) if main(["lfw", "--data", str(lfw_dir), "--pairs", str(sub), "--model",
-                                                 "sface", "--out", str(out), "--no-progress"]) == 0 else None
+    res2 = (
+        json.loads(out.read_text())
+        if main(
+            ["lfw", "--data", str(lfw_dir), "--pairs", str(sub), "--model", "sface", "--out", str(out), "--no-progress"]
+        )
+        == 0
+        else None
+    )
     assert res2["mean_accuracy"] == res["mean_accuracy"]
     assert {p: p.stat().st_mtime_ns for p in before} == before

@@ -40,6 +40,7 @@ def _faces(n: int, seed: int = 0) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------- default
 
+
 def test_committed_weights_are_small_and_carry_a_card():
     assert DEFAULT_WEIGHTS.is_file() and DEFAULT_WEIGHTS.stat().st_size <= 10 * 1024 * 1024
     card = (DEFAULT_WEIGHTS.parent / "MASK_DETECTOR_CARD.md").read_text()
@@ -58,7 +59,7 @@ def test_p_masked_shape_range_and_matches_torch_module(detector):
     with torch.no_grad():
         ref = torch.softmax(module(x), 1)[:, 1].numpy()
     np.testing.assert_allclose(p, ref, atol=1e-5)
-    assert detector.p_masked(faces[0]).shape == (1,)     # a single face is accepted too
+    assert detector.p_masked(faces[0]).shape == (1,)  # a single face is accepted too
 
 
 def test_torch_module_is_differentiable(detector):
@@ -88,18 +89,20 @@ def test_bad_weights_files_fail_clearly(tmp_path):
 def test_committed_weights_accuracy_on_held_out_sample(detector, facemask_dir, tmp_path):
     """≥ 0.9 accuracy on 80 files the training report lists as held out (needs ../shared)."""
     from benchmark.workflows.mask_training import align_dataset, classification_metrics
+
     report = json.loads(DEFAULT_WEIGHTS.with_suffix(".json").read_text())
     held = report["held_out_paths"]
     pick = [held[i] for i in np.linspace(0, len(held) - 1, 80).round().astype(int)]
     items = [(facemask_dir / rel, 1 if rel.startswith("with_mask") else 0) for rel in pick]
     aligned = align_dataset(items, facemask_dir, tmp_path, progress=False)
-    assert len(aligned.labels) == 80 and not aligned.skipped     # held-out files were all aligned before
+    assert len(aligned.labels) == 80 and not aligned.skipped  # held-out files were all aligned before
     metrics = classification_metrics(detector.p_masked(aligned.faces), aligned.labels)
     assert set(aligned.labels.tolist()) == {0, 1}
     assert metrics["accuracy"] >= 0.9, metrics
 
 
 # ---------------------------------------------------------------------------------------------- training
+
 
 def _tiny_dataset(src: Path, dst: Path, per_class: int = 32) -> Path:
     for cls in ("with_mask", "without_mask"):
@@ -114,11 +117,26 @@ def _tiny_dataset(src: Path, dst: Path, per_class: int = 32) -> Path:
 def test_tiny_training_run_through_cli(facemask_dir, tmp_path, capsys):
     """1 epoch on 64 images via `mf2m train-mask-detector`: weights + report + card, deterministic (needs ../shared)."""
     from benchmark.cli import main
+
     data = _tiny_dataset(facemask_dir, tmp_path / "data")
-    (data / "without_mask" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")   # counted, not fatal
+    (data / "without_mask" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")  # counted, not fatal
     out = tmp_path / "out" / "tiny.pt"
-    argv = ["train-mask-detector", "--data", str(data), "--out", str(out), "--epochs", "1", "--seed", "3",
-            "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--no-progress"]
+    argv = [
+        "train-mask-detector",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--seed",
+        "3",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     assert "held-out accuracy" in capsys.readouterr().out
     card = (out.parent / "TINY_CARD.md").read_text()
@@ -144,6 +162,7 @@ def test_tiny_training_run_through_cli(facemask_dir, tmp_path, capsys):
 def test_failed_run_leaves_existing_weights_untouched(facemask_dir, tmp_path):
     """A run that cannot train (one class has a single image) errors cleanly and writes nothing (needs ../shared)."""
     from benchmark.cli import main
+
     data = tmp_path / "data"
     (data / "with_mask").mkdir(parents=True)
     (data / "without_mask").mkdir()
@@ -152,38 +171,65 @@ def test_failed_run_leaves_existing_weights_untouched(facemask_dir, tmp_path):
         shutil.copy(f, data / "without_mask")
     out = tmp_path / "m.pt"
     out.write_bytes(b"previous")
-    assert main(["train-mask-detector", "--data", str(data), "--out", str(out), "--epochs", "1",
-                 "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--device", "cpu"]) == 1
+    assert (
+        main(
+            [
+                "train-mask-detector",
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--epochs",
+                "1",
+                "--cache-dir",
+                str(tmp_path / "cache"),
+                "--no-progress",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 1
+    )
     assert out.read_bytes() == b"previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "data", "m.pt"]
 
 
 def test_missing_class_folder_is_a_clear_error(tmp_path):
     from benchmark.cli import main
+
     (tmp_path / "with_mask").mkdir()
     with pytest.raises(FileNotFoundError, match="without_mask"):
         from benchmark.workflows.mask_training import list_dataset
+
         list_dataset(tmp_path)
     assert main(["train-mask-detector", "--data", str(tmp_path), "--out", str(tmp_path / "x.pt")]) == 1
 
 
 # ---------------------------------------------------------------------------------------------- RetinaNet
 
+
 @pytest.fixture(scope="module")
 def retina_ckpt(tmp_path_factory):
     """A checkpoint saved from a randomly initialised model in the simpletask1/yhenon training layout."""
     torch.manual_seed(0)
     net = build_retinanet()
-    state = {f"module.{k}": v for k, v in net.state_dict().items()}    # DataParallel prefix
+    state = {f"module.{k}": v for k, v in net.state_dict().items()}  # DataParallel prefix
     path = tmp_path_factory.mktemp("retina") / "csv_retinanet50_random.pt"
-    torch.save({"last_epoch": 1, "model_state_dict": state, "optimizer_state_dict": {},
-                "loss": collections.deque([0.5, 0.4], maxlen=500)}, path)
+    torch.save(
+        {
+            "last_epoch": 1,
+            "model_state_dict": state,
+            "optimizer_state_dict": {},
+            "loss": collections.deque([0.5, 0.4], maxlen=500),
+        },
+        path,
+    )
     return path, state
 
 
 def test_retinanet_layout_has_yhenon_key_names(retina_ckpt):
     _, state = retina_ckpt
-    expected_shapes = {   # from yhenon/pytorch-retinanet retinanet/model.py with num_classes=2
+    expected_shapes = {  # from yhenon/pytorch-retinanet retinanet/model.py with num_classes=2
         "module.conv1.weight": (64, 3, 7, 7),
         "module.layer1.0.downsample.0.weight": (256, 64, 1, 1),
         "module.layer3.5.bn3.running_var": (1024,),
@@ -224,7 +270,7 @@ def test_retinanet_wrong_layouts_fail_clearly(retina_ckpt, tmp_path):
     torch.save({"model_state_dict": broken}, p1)
     with pytest.raises(ValueError, match=r"missing\.pt.*missing keys: fpn\.P6\.weight.*unexpected keys: fpn\.P6_extra"):
         load_retinanet_state(p1)
-    coco = build_retinanet(num_classes=80)          # a COCO RetinaNet is not a face-mask detector
+    coco = build_retinanet(num_classes=80)  # a COCO RetinaNet is not a face-mask detector
     p2 = tmp_path / "coco.pt"
     torch.save({"model_state_dict": {f"module.{k}": v for k, v in coco.state_dict().items()}}, p2)
     with pytest.raises(ValueError, match=r"wrong shapes: classificationModel\.output"):
@@ -232,7 +278,7 @@ def test_retinanet_wrong_layouts_fail_clearly(retina_ckpt, tmp_path):
     with pytest.raises(ValueError, match="missing keys"):
         load_retinanet_state(p1.parent.parent / p1.parent.name / "missing.pt", depth=101)
     p3 = tmp_path / "code.pt"
-    torch.save({"model_state_dict": state, "hook": print}, p3)       # a pickled callable is never run
+    torch.save({"model_state_dict": state, "hook": print}, p3)  # a pickled callable is never run
     with pytest.raises(ValueError, match="refusing to load builtins.print.*allow_pickle=True"):
         load_retinanet_state(p3)
     with pytest.raises(ModelUnavailable, match="no checkpoint given"):
@@ -243,6 +289,7 @@ def test_retinanet_wrong_layouts_fail_clearly(retina_ckpt, tmp_path):
 
 def test_registry_entries():
     from benchmark.models import registry
+
     names = {s.name: s for s in registry.list_models("mask-detector")}
     assert names["mf2m-maskdet"].module == "benchmark.models.mask_detector"
     assert names["retinanet-facemask"].module == "benchmark.models.retinanet_mask"

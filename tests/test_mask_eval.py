@@ -31,14 +31,28 @@ def small_set(shared_dir, tmp_path_factory) -> Path:
         for f in files[:: max(1, len(files) // 8)][:8]:
             shutil.copy(f, out / cls / f.name)
     from benchmark.data.images import write_png
+
     write_png(out / "with_mask" / "zz_blank.png", np.full((120, 160, 3), 128, np.uint8))
     return out
 
 
 def test_default_detector_report(small_set, tmp_path, capsys):
     out = tmp_path / "eval.json"
-    assert main(["mask-eval", "--data", str(small_set), "--out", str(out), "--no-progress",
-                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert (
+        main(
+            [
+                "mask-eval",
+                "--data",
+                str(small_set),
+                "--out",
+                str(out),
+                "--no-progress",
+                "--cache-dir",
+                str(tmp_path / "cache"),
+            ]
+        )
+        == 0
+    )
     table = capsys.readouterr().out
     assert "ROC AUC" in table and "accuracy with_mask" in table and "zz_blank.png" in table
     rep = json.loads(out.read_text())
@@ -48,7 +62,7 @@ def test_default_detector_report(small_set, tmp_path, capsys):
     assert len(blank) == 1 and blank[0]["label"] == "with_mask" and "no face" in blank[0]["reason"]
     assert rep["faces"] + len(rep["undetected"]) == rep["images"]
     assert rep["faces"] == m["n"] == m["n_with_mask"] + m["n_without_mask"] >= 13
-    assert m["accuracy"] >= 0.85 and m["roc_auc"] >= 0.9          # the shipped detector (99 % held out)
+    assert m["accuracy"] >= 0.85 and m["roc_auc"] >= 0.9  # the shipped detector (99 % held out)
     # the failure list is exactly the misclassified faces
     assert len(rep["failed"]) == round((1 - m["accuracy"]) * m["n"])
     for f in rep["failed"]:
@@ -58,7 +72,8 @@ def test_default_detector_report(small_set, tmp_path, capsys):
 
 def test_plugin_detectors_from_a_user_module(small_set, tmp_path):
     """A module that registers a detector (``--provider``) and a ``module:callable`` defence, run as a user would."""
-    (tmp_path / "my_detectors.py").write_text(textwrap.dedent('''
+    (tmp_path / "my_detectors.py").write_text(
+        textwrap.dedent("""
         import numpy as np
         from benchmark.models.base import MaskDetector
         from benchmark.models.registry import register
@@ -84,17 +99,37 @@ def test_plugin_detectors_from_a_user_module(small_set, tmp_path):
                     def weights_hash(self):
                         return "none"
                 return D()
-        '''))
+        """)
+    )
     env = {"PYTHONPATH": f"{tmp_path}:{ROOT}", "PATH": "/usr/bin:/bin"}
-    base = [sys.executable, "-m", "benchmark.cli", "mask-eval", "--data", str(small_set), "--no-progress",
-            "--cache-dir", str(tmp_path / "cache")]
-    run = subprocess.run(base + ["--provider", "my_detectors", "--detector", "always-masked", "--out",
-                                 str(tmp_path / "a.json")], capture_output=True, text=True, env=env, timeout=300)
+    base = [
+        sys.executable,
+        "-m",
+        "benchmark.cli",
+        "mask-eval",
+        "--data",
+        str(small_set),
+        "--no-progress",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
+    run = subprocess.run(
+        base + ["--provider", "my_detectors", "--detector", "always-masked", "--out", str(tmp_path / "a.json")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
     m = json.loads((tmp_path / "a.json").read_text())["metrics"]
     assert m["accuracy_with_mask"] == 1.0 and m["accuracy_without_mask"] == 0.0 and m["roc_auc"] == 0.5
-    run = subprocess.run(base + ["--detector", "my_detectors:Dark", "--out", str(tmp_path / "b.json")],
-                         capture_output=True, text=True, env=env, timeout=300)
+    run = subprocess.run(
+        base + ["--detector", "my_detectors:Dark", "--out", str(tmp_path / "b.json")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
     rep = json.loads((tmp_path / "b.json").read_text())
     assert "defence plug-in dark-lower-half" in rep["detector"]["origin"] and rep["metrics"]["roc_auc"] is not None
@@ -107,6 +142,7 @@ def test_aligned_crops(small_set, tmp_path):
     from benchmark.data.images import write_png
     from benchmark.workflows.mask_eval import evaluate
     from benchmark.workflows.mask_training import align_dataset, list_dataset
+
     items = list_dataset(small_set, limit_per_class=3)
     faces = align_dataset(items, small_set, tmp_path / "cache", progress=False)
     for face, label, path in zip(faces.faces, faces.labels, faces.paths):

@@ -36,8 +36,11 @@ def test_environment_yml_has_pyproject_dependencies():
 def test_python_versions_claimed_are_the_ones_tested():
     """requires-python's lower bound, the classifiers and environment.yml name the versions the suite runs on."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    listed = sorted(tuple(map(int, c.rsplit(":: ", 1)[1].split("."))) for c in project["classifiers"]
-                    if re.fullmatch(r"Programming Language :: Python :: 3\.\d+", c))
+    listed = sorted(
+        tuple(map(int, c.rsplit(":: ", 1)[1].split(".")))
+        for c in project["classifiers"]
+        if re.fullmatch(r"Programming Language :: Python :: 3\.\d+", c)
+    )
     low = re.fullmatch(r">=\s*(\d+)\.(\d+)", project["requires-python"].strip())
     assert low and listed, (project["requires-python"], project["classifiers"])
     assert (int(low[1]), int(low[2])) == listed[0]
@@ -49,6 +52,7 @@ def test_python_versions_claimed_are_the_ones_tested():
 
 def _commands() -> list[str]:
     from benchmark.cli import build_parser
+
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     return sorted(sub.choices)
@@ -74,8 +78,8 @@ def test_every_command_has_help(command):
 
 # dependencies used without an import of their own name: distribution → (module it provides, why)
 INDIRECT = {
-    "dlib-bin": "dlib",                          # the wheel's top-level module is dlib (metadata lists _dlib_pybind11)
-    "setuptools": "face_recognition_models",     # its pkg_resources is imported by face_recognition_models
+    "dlib-bin": "dlib",  # the wheel's top-level module is dlib (metadata lists _dlib_pybind11)
+    "setuptools": "face_recognition_models",  # its pkg_resources is imported by face_recognition_models
 }
 
 
@@ -83,6 +87,7 @@ def test_every_declared_dependency_is_used():
     """No declared-but-unused dependency: each one's module is imported (or looked up) by the packages."""
     import ast
     from importlib.metadata import packages_distributions
+
     modules_of: dict[str, set[str]] = {}
     for module, dists in packages_distributions().items():
         for dist in dists:
@@ -94,8 +99,12 @@ def test_every_declared_dependency_is_used():
                 used |= {a.name.split(".")[0] for a in node.names}
             elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
                 used.add(node.module.split(".")[0])
-            elif (isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "find_spec" and node.args
-                  and isinstance(node.args[0], ast.Constant)):
+            elif (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "attr", None) == "find_spec"
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+            ):
                 used.add(str(node.args[0].value).split(".")[0])
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     unused = []
@@ -110,6 +119,7 @@ def test_every_declared_dependency_is_used():
 def test_demo_config_has_one_source():
     """``configs/demo.yaml`` is a link to the copy inside the package (the one ``mf2m demo`` reads)."""
     from benchmark.workflows.demo import demo_config_path
+
     link = ROOT / "configs" / "demo.yaml"
     assert link.is_symlink() and link.resolve() == demo_config_path().resolve()
     assert demo_config_path().is_file()

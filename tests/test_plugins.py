@@ -67,6 +67,7 @@ def _run(args: list[str], site: Path, cwd: Path) -> subprocess.CompletedProcess:
 def probes(tmp_path_factory) -> Path:
     """Two real face photos (shipped with insightface): a probe folder root/<identity>/<image>."""
     from benchmark.data.images import read_image, write_png
+
     images = Path(list(importlib.util.find_spec("insightface").submodule_search_locations)[0]) / "data" / "images"
     root = tmp_path_factory.mktemp("probes")
     face = read_image(images / "Tom_Hanks_54745.png")
@@ -76,13 +77,41 @@ def probes(tmp_path_factory) -> Path:
 
 
 def test_third_party_attack_runs_through_mf2m_attack(plugin_site, probes, tmp_path):
-    common = ["--probes", str(probes), "--fr", "sface", "--md", "mf2m-maskdet", "--device", "cpu",
-              "--no-progress", "--batch-size", "2"]
-    res = _run(["-m", "benchmark.cli", "attack", "--method", "toy-sign", "--eps", "0.03", "--out",
-                str(tmp_path / "toy"), *common], plugin_site, tmp_path)
+    common = [
+        "--probes",
+        str(probes),
+        "--fr",
+        "sface",
+        "--md",
+        "mf2m-maskdet",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--batch-size",
+        "2",
+    ]
+    res = _run(
+        [
+            "-m",
+            "benchmark.cli",
+            "attack",
+            "--method",
+            "toy-sign",
+            "--eps",
+            "0.03",
+            "--out",
+            str(tmp_path / "toy"),
+            *common,
+        ],
+        plugin_site,
+        tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
-    solid = _run(["-m", "benchmark.cli", "attack", "--method", "solid", "--out", str(tmp_path / "solid"), *common],
-                 plugin_site, tmp_path)
+    solid = _run(
+        ["-m", "benchmark.cli", "attack", "--method", "solid", "--out", str(tmp_path / "solid"), *common],
+        plugin_site,
+        tmp_path,
+    )
     assert solid.returncode == 0, solid.stderr[-3000:]
     with open(tmp_path / "toy" / "probes.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -90,6 +119,7 @@ def test_third_party_attack_runs_through_mf2m_attack(plugin_site, probes, tmp_pa
     manifest = json.loads((tmp_path / "toy" / "manifest.json").read_text())
     assert "toy-sign" in json.dumps(manifest)
     from benchmark.data.images import read_image
+
     changed = 0
     for r in rows:
         toy = read_image(tmp_path / "toy" / "images" / f"{r['key']}.png").astype(int)
@@ -97,10 +127,10 @@ def test_third_party_attack_runs_through_mf2m_attack(plugin_site, probes, tmp_pa
         region = read_image(tmp_path / "toy" / "regions" / f"{r['key']}.png") > 0
         region = region if region.ndim == 3 else region[..., None].repeat(3, axis=-1)
         diff = np.abs(toy - base)
-        assert diff[~region].max() == 0                 # nothing changes outside the mask region
+        assert diff[~region].max() == 0  # nothing changes outside the mask region
         assert diff[region].max() <= round(0.03 * 255) + 1  # the attack stays inside its ε-ball
         changed += int(diff[region].max() > 0)
-    assert changed == len(rows)                          # and it did move every probe
+    assert changed == len(rows)  # and it did move every probe
 
 
 def test_third_party_attack_is_listed_and_accepted_by_run_configs(plugin_site, tmp_path):
@@ -111,7 +141,7 @@ def test_third_party_attack_is_listed_and_accepted_by_run_configs(plugin_site, t
         assert "toy-sign" not in attacks.list_attacks(builtin_only=True)
         assert attacks.base_of("toy-sign") == "solid" and attacks.is_adversarial("toy-sign")
         attacks.check_params("toy-sign", {{"eps": 0.01}})
-        cfg = load_config({str(ROOT / 'configs' / 'demo.yaml')!r}, methods=["none", "toy-sign"])
+        cfg = load_config({str(ROOT / "configs" / "demo.yaml")!r}, methods=["none", "toy-sign"])
         assert cfg.attack.methods == ["none", "toy-sign"]
         try:
             attacks.check_params("toy-sign", {{"epz": 0.01}})

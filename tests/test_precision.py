@@ -20,7 +20,8 @@ from benchmark.precision import ATTACK_AUTO_REDUCED, attack_plan, plan, reduce_m
 def _lfw_faces(lfw_dir: Path, n: int, skip: int = 0) -> tuple[list[str], np.ndarray]:
     """Aligned 112×112 crops of the first image of ``n`` LFW people (after ``skip``)."""
     from benchmark.data.synthetic import lfw_crop
-    people = sorted((lfw_dir / "images").iterdir())[skip:skip + n]
+
+    people = sorted((lfw_dir / "images").iterdir())[skip : skip + n]
     return [p.name for p in people], np.stack([lfw_crop(sorted(p.glob("*.jpg"))[0]) for p in people])
 
 
@@ -42,7 +43,7 @@ def test_attack_auto_stays_float32_until_parity_is_shown():
     if "bf16" not in ATTACK_AUTO_REDUCED:
         assert p.precision == "fp32"
         assert "parity" in p.reason or "no bf16 units" in p.reason
-    assert attack_plan("bf16", "cpu").precision == "bf16"     # an explicit choice is kept
+    assert attack_plan("bf16", "cpu").precision == "bf16"  # an explicit choice is kept
 
 
 def test_fp16_on_cpu_and_unknown_names_are_clear_errors():
@@ -52,12 +53,21 @@ def test_fp16_on_cpu_and_unknown_names_are_clear_errors():
         plan("half", "cpu")
 
 
-@pytest.mark.parametrize("command", [["embed", "--data", "folder:.", "--model", "sface", "--out", "o"],
-                                     ["attack", "--method", "advnoise-dm", "--probes", ".", "--templates", ".",
-                                      "--out", "o"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["embed", "--data", "folder:.", "--model", "sface", "--out", "o"],
+        ["attack", "--method", "advnoise-dm", "--probes", ".", "--templates", ".", "--out", "o"],
+    ],
+)
 def test_cli_fp16_on_cpu_says_why(command, tmp_path):
-    res = subprocess.run([sys.executable, "-m", "benchmark.cli", *command, "--device", "cpu", "--precision", "fp16"],
-                         capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-m", "benchmark.cli", *command, "--device", "cpu", "--precision", "fp16"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert res.returncode == 1
     assert "fp16 needs a CUDA device" in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
@@ -66,6 +76,7 @@ def test_reduced_module_keeps_float32_interface_and_gradients():
     """A bf16 copy takes float32, returns float32, passes float32 gradients to the input, and leaves the
     original module in float32; the mask detector's antialiased resize (no bf16 kernel) runs in float32."""
     from benchmark.models.mask_detector import build_masknet
+
     torch.manual_seed(0)
     md = build_masknet().eval()
     p = plan("bf16", "cpu")
@@ -86,6 +97,7 @@ def test_bf16_sface_features_match_float32_on_lfw_faces(lfw_dir):
     did run (the features are not bit-identical)."""
     from benchmark.embed.runtime import Forward
     from benchmark.models.registry import create
+
     rec = create("sface")
     _, faces = _lfw_faces(lfw_dir, 6)
     f32 = Forward(rec, device="cpu", precision="fp32")
@@ -102,14 +114,23 @@ def test_bf16_sface_features_match_float32_on_lfw_faces(lfw_dir):
 def test_embed_manifest_records_precision_and_refuses_mixed_resume(lfw_dir, tmp_path):
     from benchmark.data.images import write_png
     from benchmark.embed.engine import EmbedConfig, run_embed
+
     names, faces = _lfw_faces(lfw_dir, 3, skip=10)
     for name, face in zip(names, faces):
         write_png(tmp_path / "faces" / name / "0.png", face)
     data = f"folder:{tmp_path / 'faces'}?aligned=1"
 
     def cfg(out: str, precision: str) -> EmbedConfig:
-        return EmbedConfig(data=data, model="sface", out=str(tmp_path / out), batch_size=4, workers=0,
-                           device="cpu", precision=precision, progress=False)
+        return EmbedConfig(
+            data=data,
+            model="sface",
+            out=str(tmp_path / out),
+            batch_size=4,
+            workers=0,
+            device="cpu",
+            precision=precision,
+            progress=False,
+        )
 
     m16 = run_embed(cfg("b", "bf16"))
     assert m16["precision"]["requested"] == "bf16" and m16["precision"]["precision"] == "bf16"
@@ -149,6 +170,7 @@ def test_attack_in_bf16_keeps_float32_updates_and_records_precision(tmp_path):
     from attacks import create
     from attacks.pipeline import AttackJob, run_attack
     from benchmark.data.images import read_image, write_png
+
     fr, md = TinyRecognizer().torch_module(), TinyMaskDetector().torch_module()
     images = Path(list(importlib.util.find_spec("insightface").submodule_search_locations)[0]) / "data" / "images"
     face = read_image(images / "Tom_Hanks_54745.png")
@@ -171,14 +193,24 @@ def test_attack_in_bf16_keeps_float32_updates_and_records_precision(tmp_path):
     assert agree > 0.8, agree
 
     write_png(tmp_path / "probes" / "hanks" / "hanks_1.png", face)
-    job = AttackJob(method="i-fgsm", probes=str(tmp_path / "probes"), out=str(tmp_path / "o"),
-                    params={"steps": 2}, precision="bf16")
+    job = AttackJob(
+        method="i-fgsm", probes=str(tmp_path / "probes"), out=str(tmp_path / "o"), params={"steps": 2}, precision="bf16"
+    )
     summary = run_attack(job, TinyRecognizer(), TinyMaskDetector(), progress=False)
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert summary["precision"]["precision"] == "bf16"
     assert manifest["summary"]["precision"]["form"].startswith("bf16 weights+input")
     assert manifest["config"]["precision"] == "bf16" and manifest["config"]["precision_resolved"] == "bf16"
     with pytest.raises(ValueError, match="other settings"):
-        run_attack(AttackJob(method="i-fgsm", probes=str(tmp_path / "probes"), out=str(tmp_path / "o"),
-                             params={"steps": 2}, precision="fp32"), TinyRecognizer(), TinyMaskDetector(),
-                   progress=False)
+        run_attack(
+            AttackJob(
+                method="i-fgsm",
+                probes=str(tmp_path / "probes"),
+                out=str(tmp_path / "o"),
+                params={"steps": 2},
+                precision="fp32",
+            ),
+            TinyRecognizer(),
+            TinyMaskDetector(),
+            progress=False,
+        )

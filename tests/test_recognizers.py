@@ -19,6 +19,7 @@ ort = pytest.importorskip("onnxruntime")
 # Real aligned faces
 # --------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def lfw_faces(lfw_dir):
     """32 ArcFace-aligned faces (16 people × 2 photos), their labels and dlib chips of the originals."""
@@ -26,6 +27,7 @@ def lfw_faces(lfw_dir):
 
     from benchmark.models.align import align_face
     from benchmark.models.landmarks import DlibLandmarker, dlib_chip
+
     people = sorted(p for p in (lfw_dir / "images").iterdir() if p.is_dir())
     marker = DlibLandmarker()
     faces, chips, labels = [], [], []
@@ -55,6 +57,7 @@ def lfw_faces(lfw_dir):
 def pair_auc(feats: np.ndarray, labels: np.ndarray) -> float:
     """ROC AUC of cosine similarity for same vs different person over all pairs."""
     from sklearn.metrics import roc_auc_score
+
     sims = feats @ feats.T
     iu = np.triu_indices(len(labels), 1)
     same = (labels[:, None] == labels[None, :])[iu]
@@ -68,6 +71,7 @@ def to_tensor(faces: np.ndarray) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def sface():
     from benchmark.models.sface import SFaceRecognizer
+
     return SFaceRecognizer(device="cpu")
 
 
@@ -108,8 +112,10 @@ def test_sface_batch_sizes_agree(sface):
     assert sface.embed(faces[:0]).shape == (0, 128)
 
 
-@pytest.mark.parametrize("bad", [np.zeros((2, 112, 112, 3), np.float32), np.zeros((2, 100, 112, 3), np.uint8),
-                                 np.zeros((2, 112, 112), np.uint8)])
+@pytest.mark.parametrize(
+    "bad",
+    [np.zeros((2, 112, 112, 3), np.float32), np.zeros((2, 100, 112, 3), np.uint8), np.zeros((2, 112, 112), np.uint8)],
+)
 def test_embed_rejects_bad_input(sface, bad):
     with pytest.raises(ValueError, match=r"\(n, 112, 112, 3\) uint8"):
         sface.embed(bad)
@@ -119,9 +125,11 @@ def test_embed_rejects_bad_input(sface, bad):
 # dlib
 # --------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def dlib_rec():
     from benchmark.models.dlib_recognizer import DlibRecognizer
+
     return DlibRecognizer(processes=1)
 
 
@@ -143,14 +151,15 @@ def test_dlib_on_aligned_faces_and_real_chips(dlib_rec, lfw_faces):
 def test_dlib_worker_processes_give_the_same_features(dlib_rec, lfw_faces):
     """Chips spread over 2 worker processes give exactly the in-process features, in order."""
     from benchmark.models.dlib_recognizer import DlibRecognizer
+
     faces, chips, _ = lfw_faces
     pooled = DlibRecognizer(processes=2)
     try:
         assert pooled.processes == 2
         got = pooled.embed_chips(chips)
-        assert pooled._pool is not None                      # the pool really ran
+        assert pooled._pool is not None  # the pool really ran
         np.testing.assert_array_equal(got, dlib_rec.embed_chips(chips))
-        small = pooled.embed(faces[:3])                       # too few to split: in-process
+        small = pooled.embed(faces[:3])  # too few to split: in-process
         np.testing.assert_array_equal(small, dlib_rec.embed(faces[:3]))
     finally:
         pooled.close()
@@ -161,10 +170,12 @@ def test_dlib_worker_processes_give_the_same_features(dlib_rec, lfw_faces):
 def test_dlib_broken_workers_fall_back_in_process(dlib_rec, lfw_faces, monkeypatch, caplog):
     """Workers that cannot start cost a warning, not the batch: features are computed in-process."""
     from benchmark.models import dlib_recognizer
+
     _, chips, _ = lfw_faces
 
     def fail(path):
         raise RuntimeError("no dlib here")
+
     monkeypatch.setattr(dlib_recognizer, "_pool_init", fail)
     pooled = dlib_recognizer.DlibRecognizer(processes=2)
     got = pooled.embed_chips(chips)
@@ -177,9 +188,10 @@ def test_dlib_chip_template_geometry():
     """The ArcFace template lands on dlib's mean-face points; the map is a similarity (no shear)."""
     from benchmark.models.align import arcface_template
     from benchmark.models.dlib_recognizer import ARCFACE_TO_CHIP, arcface_to_chip_matrix, dlib_chip_five
+
     five = arcface_to_chip_matrix()
     mapped = arcface_template() @ five[:, :2].T + five[:, 2]
-    assert np.abs(mapped - dlib_chip_five()).max() < 3.0      # 5-point least squares, px in a 150 chip
+    assert np.abs(mapped - dlib_chip_five()).max() < 3.0  # 5-point least squares, px in a 150 chip
     # the LFW-calibrated transform used by embed agrees with the pure-geometry one within ~2 px
     m = ARCFACE_TO_CHIP
     mapped_cal = arcface_template() @ m[:, :2].T + m[:, 2]
@@ -188,6 +200,7 @@ def test_dlib_chip_template_geometry():
     assert np.isclose(m[1, 1], a) and np.isclose(m[1, 0], -b)
     # the chip is a window of the crop: inside it left/right/top, at most 15 px below it (the chin)
     import cv2
+
     inv = cv2.invertAffineTransform(m)
     corners = np.array([[0, 0], [150, 0], [0, 150], [150, 150]], float) @ inv[:, :2].T + inv[:, 2]
     assert corners[:, 0].min() > 0 and corners[:, 0].max() < 112 and corners[:, 1].min() > 0
@@ -205,8 +218,10 @@ def test_dlib_rejects_bad_chips(dlib_rec):
 # ONNX → torch converter on graphs built here, checked against onnxruntime
 # --------------------------------------------------------------------------------------------------
 
+
 def _tensor(name, array):
     from onnx import numpy_helper
+
     return numpy_helper.from_array(np.asarray(array), name)
 
 
@@ -218,39 +233,47 @@ def build_test_graph(path, *, mxnet_names: bool, seed: int = 0, out_dim: int = 1
     feeding a Reshape, Flatten, Gemm, MatMul, and a final BatchNormalization on (N, D).
     """
     from onnx import TensorProto, helper
+
     rng = np.random.default_rng(seed)
     c = 8
     inits = [
-        _tensor("mean", np.array([127.5], np.float32)), _tensor("scale", np.array([1 / 128], np.float32)),
+        _tensor("mean", np.array([127.5], np.float32)),
+        _tensor("scale", np.array([1 / 128], np.float32)),
         _tensor("w1_q", rng.integers(-127, 127, (c, 27)).astype(np.int8)),
         _tensor("w1_s", (rng.random((c, 1)) * 0.02 + 0.01).astype(np.float32)),
         _tensor("w1_z", np.zeros((c, 1), np.int8)),
         _tensor("w1_shape", np.array([c, 3, 3, 3], np.int64)),
-        _tensor("bn_g", rng.random(c).astype(np.float32) + 0.5), _tensor("bn_b", rng.normal(size=c).astype(np.float32)),
-        _tensor("bn_m", rng.normal(size=c).astype(np.float32)), _tensor("bn_v", rng.random(c).astype(np.float32) + 0.5),
+        _tensor("bn_g", rng.random(c).astype(np.float32) + 0.5),
+        _tensor("bn_b", rng.normal(size=c).astype(np.float32)),
+        _tensor("bn_m", rng.normal(size=c).astype(np.float32)),
+        _tensor("bn_v", rng.random(c).astype(np.float32) + 0.5),
         _tensor("slope", (rng.random((c, 1, 1)) * 0.3).astype(np.float32)),
         _tensor("w2", (rng.normal(size=(c, 1, 3, 3)) * 0.2).astype(np.float32)),
         _tensor("b2", rng.normal(size=c).astype(np.float32)),
-        _tensor("idx0", np.array(0, np.int64)), _tensor("minus1", np.array([-1], np.int64)),
+        _tensor("idx0", np.array(0, np.int64)),
+        _tensor("minus1", np.array([-1], np.int64)),
         _tensor("fc_w", (rng.normal(size=(out_dim * 2, c * 28 * 28)) * 0.01).astype(np.float32)),
         _tensor("fc_b", rng.normal(size=out_dim * 2).astype(np.float32)),
         _tensor("mm", (rng.normal(size=(out_dim * 2, out_dim)) * 0.2).astype(np.float32)),
-        _tensor("f_g", rng.random(out_dim).astype(np.float32) + 0.5), _tensor("f_b", np.zeros(out_dim, np.float32)),
+        _tensor("f_g", rng.random(out_dim).astype(np.float32) + 0.5),
+        _tensor("f_b", np.zeros(out_dim, np.float32)),
         _tensor("f_m", rng.normal(size=out_dim).astype(np.float32) * 0.1),
         _tensor("f_v", rng.random(out_dim).astype(np.float32) + 0.5),
     ]
     nodes = []
     first = "data"
     if mxnet_names:
-        nodes += [helper.make_node("Sub", ["data", "mean"], ["norm0"], name="_minusscalar0"),
-                  helper.make_node("Mul", ["norm0", "scale"], ["norm1"], name="_mulscalar0")]
+        nodes += [
+            helper.make_node("Sub", ["data", "mean"], ["norm0"], name="_minusscalar0"),
+            helper.make_node("Mul", ["norm0", "scale"], ["norm1"], name="_mulscalar0"),
+        ]
         first = "norm1"
     nodes += [
-        helper.make_node("DequantizeLinear", ["w1_q", "w1_s", "w1_z"], ["w1_f"], axis=1, block_size=27,
-                         name="dq"),
+        helper.make_node("DequantizeLinear", ["w1_q", "w1_s", "w1_z"], ["w1_f"], axis=1, block_size=27, name="dq"),
         helper.make_node("Reshape", ["w1_f", "w1_shape"], ["w1"], name="w1_reshape"),
-        helper.make_node("Conv", [first, "w1"], ["c1"], pads=[0, 0, 1, 1], strides=[2, 2], kernel_shape=[3, 3],
-                         name="conv1"),
+        helper.make_node(
+            "Conv", [first, "w1"], ["c1"], pads=[0, 0, 1, 1], strides=[2, 2], kernel_shape=[3, 3], name="conv1"
+        ),
         helper.make_node("BatchNormalization", ["c1", "bn_g", "bn_b", "bn_m", "bn_v"], ["b1"], epsilon=1e-3),
         helper.make_node("PRelu", ["b1", "slope"], ["p1"]),
         helper.make_node("Conv", ["p1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], group=c, kernel_shape=[3, 3]),
@@ -268,8 +291,13 @@ def build_test_graph(path, *, mxnet_names: bool, seed: int = 0, out_dim: int = 1
         helper.make_node("BatchNormalization", ["emb", "f_g", "f_b", "f_m", "f_v"], ["out"], epsilon=2e-5),
     ]
     inits.append(_tensor("idx0_1d", np.array([0], np.int64)))
-    graph = helper.make_graph(nodes, "test", [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 112, 112])],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, out_dim])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "test",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 112, 112])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, out_dim])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
     model.ir_version = 10
     onnx.checker.check_model(model)
@@ -281,6 +309,7 @@ def build_test_graph(path, *, mxnet_names: bool, seed: int = 0, out_dim: int = 1
 def test_converter_matches_onnxruntime_and_insightface_rule(tmp_path, mxnet_names):
     from benchmark.models.onnx_recognizer import InsightfaceOnnxRecognizer, insightface_normalisation
     from benchmark.models.onnx_torch import load_onnx
+
     path = build_test_graph(tmp_path / "rec.onnx", mxnet_names=mxnet_names)
     assert insightface_normalisation(load_onnx(path)) == ((0.0, 1.0) if mxnet_names else (127.5, 127.5))
     rec = InsightfaceOnnxRecognizer(path, device="cpu", batch_size=3)
@@ -293,7 +322,7 @@ def test_converter_matches_onnxruntime_and_insightface_rule(tmp_path, mxnet_name
     x = faces.transpose(0, 3, 1, 2).astype(np.float32)
     if not mxnet_names:
         x = (x - 127.5) / 127.5
-    raw = np.concatenate([sess.run(None, {"data": x[i:i + 1]})[0] for i in range(len(x))])
+    raw = np.concatenate([sess.run(None, {"data": x[i : i + 1]})[0] for i in range(len(x))])
     np.testing.assert_allclose(ref, raw / np.linalg.norm(raw, axis=1, keepdims=True), atol=1e-5)
     module = rec.torch_module("cpu")
     graph = next(m for m in module.modules() if hasattr(m, "_nodes"))
@@ -311,9 +340,13 @@ def test_converter_rejects_unknown_ops_and_bad_files(tmp_path):
 
     from benchmark.models.base import ModelUnavailable
     from benchmark.models.onnx_torch import load_onnx, onnx_to_torch
-    graph = helper.make_graph([helper.make_node("Hardmax", ["x"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+
+    graph = helper.make_graph(
+        [helper.make_node("Hardmax", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
     path = tmp_path / "odd.onnx"
     onnx.save(helper.make_model(graph), str(path))
     with pytest.raises(ValueError, match=r"odd\.onnx: ONNX ops Hardmax are not supported"):

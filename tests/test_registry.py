@@ -19,16 +19,24 @@ from benchmark.models.base import ModelUnavailable, Recognizer  # noqa: E402
 
 def test_defaults_are_registered_and_available():
     names = {s.name: s for s in registry.list_models()}
-    for name, kind in [("sface", "recognizer"), ("dlib", "recognizer"), ("dlib68", "landmarker"),
-                       ("dlib-hog", "detector"), ("yunet", "detector"), ("iresnet50", "recognizer"),
-                       ("arcface-onnx:", "recognizer"), ("mf2m-maskdet", "mask-detector")]:
+    for name, kind in [
+        ("sface", "recognizer"),
+        ("dlib", "recognizer"),
+        ("dlib68", "landmarker"),
+        ("dlib-hog", "detector"),
+        ("yunet", "detector"),
+        ("iresnet50", "recognizer"),
+        ("arcface-onnx:", "recognizer"),
+        ("mf2m-maskdet", "mask-detector"),
+    ]:
         assert names[name].kind == kind
     for name in ("sface", "dlib", "dlib68", "yunet"):
         ok, reason = registry.status(name)
         assert ok, f"{name}: {reason}"
     assert registry.provider_errors() == {}
-    assert [s.kind for s in registry.list_models()] == sorted((s.kind for s in registry.list_models()),
-                                                                key=registry.KINDS.index)
+    assert [s.kind for s in registry.list_models()] == sorted(
+        (s.kind for s in registry.list_models()), key=registry.KINDS.index
+    )
 
 
 def test_create_packaged_models():
@@ -67,16 +75,21 @@ def test_missing_user_weights_say_how_to_get_them(tmp_path, monkeypatch):
 def test_register_decorator_and_providers(monkeypatch):
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
 
-    @registry.register("toy-detector", kind="detector", description="toy", check=lambda: (False, "no toy here."),
-                       how_to_get="Build a toy.")
+    @registry.register(
+        "toy-detector",
+        kind="detector",
+        description="toy",
+        check=lambda: (False, "no toy here."),
+        how_to_get="Build a toy.",
+    )
     class Toy:
         def __init__(self, threshold: float = 0.5):
             self.threshold = threshold
 
     assert registry.status("toy-detector") == (False, "no toy here. Build a toy.")
-    toy = registry.create("toy-detector", threshold=0.7, device="cuda")   # device dropped: Toy takes none
+    toy = registry.create("toy-detector", threshold=0.7, device="cuda")  # device dropped: Toy takes none
     assert toy.threshold == 0.7
-    registry.register("toy-detector", kind="detector")(dict)               # second registration ignored
+    registry.register("toy-detector", kind="detector")(dict)  # second registration ignored
     assert registry.get_spec("toy-detector")[0].factory is Toy
     with pytest.raises(ValueError, match="kind must be one of"):
         registry.register("x", kind="gadget")
@@ -94,6 +107,7 @@ def test_broken_provider_is_reported_not_fatal(monkeypatch):
 
 def test_models_command_lists_everything(capsys, tmp_path, monkeypatch):
     from benchmark.cli import main
+
     monkeypatch.delenv(registry.MODELS_DIR_ENV, raising=False)
     assert main(["models"]) == 0
     out = capsys.readouterr().out
@@ -115,13 +129,23 @@ def test_models_command_lists_everything(capsys, tmp_path, monkeypatch):
 # IResNet: arcface_torch layout
 # --------------------------------------------------------------------------------------------------
 
-ARCFACE_TORCH_LAYERS = {"r18": (2, 2, 2, 2), "r34": (3, 4, 6, 3), "r50": (3, 4, 14, 3),
-                        "r100": (3, 13, 30, 3), "r200": (6, 26, 60, 6)}
+ARCFACE_TORCH_LAYERS = {
+    "r18": (2, 2, 2, 2),
+    "r34": (3, 4, 6, 3),
+    "r50": (3, 4, 14, 3),
+    "r100": (3, 13, 30, 3),
+    "r200": (6, 26, 60, 6),
+}
 
 
 def _bn(prefix: str, c: int) -> dict[str, tuple]:
-    return {f"{prefix}.weight": (c,), f"{prefix}.bias": (c,), f"{prefix}.running_mean": (c,),
-            f"{prefix}.running_var": (c,), f"{prefix}.num_batches_tracked": ()}
+    return {
+        f"{prefix}.weight": (c,),
+        f"{prefix}.bias": (c,),
+        f"{prefix}.running_mean": (c,),
+        f"{prefix}.running_var": (c,),
+        f"{prefix}.num_batches_tracked": (),
+    }
 
 
 def arcface_torch_layout(layers: tuple[int, int, int, int], num_features: int = 512) -> dict[str, tuple]:
@@ -134,21 +158,35 @@ def arcface_torch_layout(layers: tuple[int, int, int, int], num_features: int = 
         for i in range(blocks):
             p = f"layer{k}.{i}"
             cin = inplanes if i == 0 else planes
-            keys.update({**_bn(f"{p}.bn1", cin), f"{p}.conv1.weight": (planes, cin, 3, 3), **_bn(f"{p}.bn2", planes),
-                         f"{p}.prelu.weight": (planes,), f"{p}.conv2.weight": (planes, planes, 3, 3),
-                         **_bn(f"{p}.bn3", planes)})
+            keys.update(
+                {
+                    **_bn(f"{p}.bn1", cin),
+                    f"{p}.conv1.weight": (planes, cin, 3, 3),
+                    **_bn(f"{p}.bn2", planes),
+                    f"{p}.prelu.weight": (planes,),
+                    f"{p}.conv2.weight": (planes, planes, 3, 3),
+                    **_bn(f"{p}.bn3", planes),
+                }
+            )
             if i == 0:
                 keys.update({f"{p}.downsample.0.weight": (planes, cin, 1, 1), **_bn(f"{p}.downsample.1", planes)})
         inplanes = planes
-    keys.update({**_bn("bn2", 512), "fc.weight": (num_features, 512 * 49), "fc.bias": (num_features,),
-                 **_bn("features", num_features)})
+    keys.update(
+        {
+            **_bn("bn2", 512),
+            "fc.weight": (num_features, 512 * 49),
+            "fc.bias": (num_features,),
+            **_bn("features", num_features),
+        }
+    )
     return keys
 
 
 @pytest.mark.parametrize("arch", list(ARCFACE_TORCH_LAYERS))
 def test_iresnet_state_dict_matches_arcface_torch_layout(arch):
     from benchmark.models.iresnet import build_iresnet
-    with torch.device("meta"):          # shapes only: r200 would take ~260 MB
+
+    with torch.device("meta"):  # shapes only: r200 would take ~260 MB
         model = build_iresnet(arch)
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     assert ours == arcface_torch_layout(ARCFACE_TORCH_LAYERS[arch])
@@ -182,8 +220,17 @@ def reference_forward(state: dict, x: torch.Tensor, layers) -> torch.Tensor:
     import torch.nn.functional as F
 
     def bn(t, p):
-        return F.batch_norm(t, state[f"{p}.running_mean"], state[f"{p}.running_var"], state[f"{p}.weight"],
-                            state[f"{p}.bias"], False, 0.0, 1e-5)
+        return F.batch_norm(
+            t,
+            state[f"{p}.running_mean"],
+            state[f"{p}.running_var"],
+            state[f"{p}.weight"],
+            state[f"{p}.bias"],
+            False,
+            0.0,
+            1e-5,
+        )
+
     x = F.prelu(bn(F.conv2d(x, state["conv1.weight"], padding=1), "bn1"), state["prelu.weight"])
     for k, blocks in enumerate(layers, 1):
         for i in range(blocks):
@@ -201,7 +248,7 @@ def reference_forward(state: dict, x: torch.Tensor, layers) -> torch.Tensor:
 def test_iresnet_loads_arcface_torch_file_and_matches_reference(tmp_path):
     state = random_arcface_state("r18", seed=3)
     path = tmp_path / "backbone.pth"
-    torch.save({"module." + k: v for k, v in state.items()}, path)   # DataParallel-style prefix
+    torch.save({"module." + k: v for k, v in state.items()}, path)  # DataParallel-style prefix
     rec = registry.create("iresnet:" + str(path), device="cpu", batch_size=3)
     assert rec.arch == "r18" and rec.dim == 512 and rec.name == "iresnet18"
     assert rec.preprocessing.normalisation == "(x/255-0.5)/0.5" and rec.preprocessing.color == "RGB"
@@ -225,6 +272,7 @@ def test_iresnet_loads_arcface_torch_file_and_matches_reference(tmp_path):
 
 def test_iresnet_round_trip_via_env_and_models_dir(tmp_path, monkeypatch):
     from benchmark.models.iresnet import build_iresnet
+
     model = build_iresnet("r18").eval()
     torch.save(model.state_dict(), tmp_path / "iresnet18.pth")
     monkeypatch.setenv(registry.MODELS_DIR_ENV, str(tmp_path))
@@ -239,15 +287,21 @@ def test_iresnet_round_trip_via_env_and_models_dir(tmp_path, monkeypatch):
 
 def test_iresnet_wrong_depth_and_bad_files(tmp_path):
     path = save_random_iresnet(tmp_path / "r18.pth")
-    with pytest.raises(ValueError, match=r"IResNet-r34 expects blocks per layer \(3, 4, 6, 3\), the file has "
-                                         r"\(2, 2, 2, 2\) \(that is r18\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"IResNet-r34 expects blocks per layer \(3, 4, 6, 3\), the file has "
+        r"\(2, 2, 2, 2\) \(that is r18\)",
+    ):
         registry.create("iresnet34", weights=path, device="cpu")
     state = random_arcface_state("r18")
     del state["layer2.0.bn1.weight"]
     state["fc.weight"] = torch.zeros(512, 100)
     torch.save(state, tmp_path / "broken.pth")
-    with pytest.raises(ValueError, match=r"broken\.pth: not an arcface_torch IResNet-r18 state dict: missing keys "
-                                         r"\['layer2\.0\.bn1\.weight'\].*fc\.weight: expected \(512, 25088\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"broken\.pth: not an arcface_torch IResNet-r18 state dict: missing keys "
+        r"\['layer2\.0\.bn1\.weight'\].*fc\.weight: expected \(512, 25088\)",
+    ):
         registry.create("iresnet18", weights=tmp_path / "broken.pth", device="cpu")
     (tmp_path / "garbage.pth").write_bytes(b"this is not a torch file")
     with pytest.raises(ValueError, match=r"garbage\.pth: not a readable torch state dict"):

@@ -27,6 +27,7 @@ FARS = (1e-6, 1e-4, 1e-2)
 def brute_force(probes, p_lab, mates, m_lab, distractors, fars=FARS):
     """Reference metrics of the MegaFace protocol (positive pairs: same label; negatives: all p × d)."""
     from sklearn.metrics import roc_auc_score
+
     s_pm = probes.astype(np.float64) @ mates.T.astype(np.float64)
     s_pd = probes.astype(np.float64) @ distractors.T.astype(np.float64)
     pos_i, pos_j = np.nonzero(p_lab[:, None] == m_lab[None, :])
@@ -41,11 +42,19 @@ def brute_force(probes, p_lab, mates, m_lab, distractors, fars=FARS):
     y = np.r_[np.ones(pos.size), np.zeros(neg.size)]
     auc = float(roc_auc_score(y, np.r_[pos, neg]))
     cmc_ranks = [1, 2, 5, 10, 100, 1000]
-    metrics = {"counts": {"probes": len(probes), "mates": len(mates), "distractors": len(distractors),
-                          "positive_pairs": int(pos.size), "negative_pairs": int(neg.size)},
-               "rank1": float(np.mean(ranks == 1)),
-               "cmc": {"ranks": cmc_ranks, "rates": [float(np.mean(ranks <= k)) for k in cmc_ranks]},
-               "tar_at_far": tar, "auc": auc}
+    metrics = {
+        "counts": {
+            "probes": len(probes),
+            "mates": len(mates),
+            "distractors": len(distractors),
+            "positive_pairs": int(pos.size),
+            "negative_pairs": int(neg.size),
+        },
+        "rank1": float(np.mean(ranks == 1)),
+        "cmc": {"ranks": cmc_ranks, "rates": [float(np.mean(ranks <= k)) for k in cmc_ranks]},
+        "tar_at_far": tar,
+        "auc": auc,
+    }
     steps = np.unique(ranks)
     cmc = [(int(r), float(np.mean(ranks <= r))) for r in steps]
     grid = np.logspace(-4, 0, 9)
@@ -88,12 +97,26 @@ def write_search(folder: Path, noise: float, seed: int, model: str = "toy") -> d
 def write_attack(folder: Path, p_masked: list[float], psnr: list[float], reference: str) -> None:
     """An attack output folder: probes.csv with the given per-probe values, plus 112×112 result images."""
     from PIL import Image
+
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(len(p_masked))
     with open(folder / "probes.csv", "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["key", "identity", "template", "template_similarity", "fr_distance", "fr_cosine", "p_masked",
-                    "reference", "psnr", "ssim", "status"])
+        w.writerow(
+            [
+                "key",
+                "identity",
+                "template",
+                "template_similarity",
+                "fr_distance",
+                "fr_cosine",
+                "p_masked",
+                "reference",
+                "psnr",
+                "ssim",
+                "status",
+            ]
+        )
         for i, (p, s) in enumerate(zip(p_masked, psnr)):
             key = f"id{i % 3}/img{i}"
             w.writerow([key, f"id{i % 3}", "", "", 0.5, 0.8, p, reference, s, 0.95, "ok"])
@@ -113,16 +136,41 @@ def run_dir(tmp_path_factory) -> tuple[Path, dict]:
         attack = None
         if method != "none":
             attack = f"attack/{method}"
-            write_attack(root / attack, [0.9, 0.2, 0.7, 0.6] if method == "solid" else [0.1, 0.3, 0.8, 0.2],
-                         [30.0, 32.0, float("inf"), 34.0], "solid" if method == "solid" else "dm")
-        entries.append({"method": method, "attack_model": None if method == "none" else "A", "eval_model": "A",
-                        "search": f"search/{method}-A", "attack": attack})
+            write_attack(
+                root / attack,
+                [0.9, 0.2, 0.7, 0.6] if method == "solid" else [0.1, 0.3, 0.8, 0.2],
+                [30.0, 32.0, float("inf"), 34.0],
+                "solid" if method == "solid" else "dm",
+            )
+        entries.append(
+            {
+                "method": method,
+                "attack_model": None if method == "none" else "A",
+                "eval_model": "A",
+                "search": f"search/{method}-A",
+                "attack": attack,
+            }
+        )
     for i, (method, noise) in enumerate([("none", 0.25), ("mf2m", 1.0)]):
         truth[("black", method)] = write_search(root / "search" / f"{method}-B", noise, seed=20 + i)
-        entries.append({"method": method, "attack_model": None if method == "none" else "A", "eval_model": "B",
-                        "search": f"search/{method}-B", "attack": f"attack/{method}" if method != "none" else None})
-    write_json(root / "run.json", {"format": "mf2m.run.v1", "name": "toy",
-                                   "setting": {"data": "toy vectors", "data_kind": "synthetic"}, "entries": entries})
+        entries.append(
+            {
+                "method": method,
+                "attack_model": None if method == "none" else "A",
+                "eval_model": "B",
+                "search": f"search/{method}-B",
+                "attack": f"attack/{method}" if method != "none" else None,
+            }
+        )
+    write_json(
+        root / "run.json",
+        {
+            "format": "mf2m.run.v1",
+            "name": "toy",
+            "setting": {"data": "toy vectors", "data_kind": "synthetic"},
+            "entries": entries,
+        },
+    )
     return root, truth
 
 
@@ -169,8 +217,8 @@ def test_csv_and_latex(run_dir):
     rows = list(csv.DictReader(to_csv(t).splitlines()))
     assert [r["method"] for r in rows] == list(P.METHOD_ORDER)
     none = next(r for r in rows if r["method"] == "none")
-    assert float(none["rank1"]) == truth[("white", "none")]["rank1"]       # full precision
-    assert next(r for r in rows if r["method"] == "fgsm")["rank1"] == ""   # missing → empty
+    assert float(none["rank1"]) == truth[("white", "none")]["rank1"]  # full precision
+    assert next(r for r in rows if r["method"] == "fgsm")["rank1"] == ""  # missing → empty
     tex = to_latex(t)
     body = [ln for ln in tex.splitlines() if ln.endswith(r"\\") and "&" in ln]
     assert len(body) == len(P.METHOD_ORDER) + 1
@@ -193,19 +241,32 @@ def test_table2_black_box(run_dir):
 
 def test_paper_numbers_exact_and_beside_ours_when_setting_matches(tmp_path):
     # spot checks against the paper's Table 1 and Table 2
-    assert P.TABLE1["solid"] == {"rank1": 0.7389, "tar": 0.7470, "auc": 0.9986, "mask_rate": 0.9053,
-                                 "psnr": None, "ssim": None}
+    assert P.TABLE1["solid"] == {
+        "rank1": 0.7389,
+        "tar": 0.7470,
+        "auc": 0.9986,
+        "mask_rate": 0.9053,
+        "psnr": None,
+        "ssim": None,
+    }
     assert P.TABLE1["mf2m"]["tar"] == 2.02e-5 and P.TABLE1["advnoise-dm"]["psnr"] == 38.76
     assert P.TABLE2["cosface-r34"]["mf2m"] == {"rank1": 0.0546, "tar": 0.0508, "auc": 0.9212}
     assert P.TABLE2["cosface-r50"]["dm"]["tar"] == 0.6520
     assert paper_model("arcface_r50") == "arcface-r50" and paper_model("cosface-resnet34") == "cosface-r34"
     assert paper_model("sface") is None
     metrics = write_search(tmp_path / "s", 0.5, seed=3)
-    write_json(tmp_path / "run.json", {
-        "format": "mf2m.run.v1", "name": "mf",
-        "setting": {"data": "megaface-probes:/x", "data_kind": "megaface-probes"},
-        "entries": [{"method": "solid", "attack_model": "arcface-r50", "eval_model": "arcface-r50", "search": "s"},
-                    {"method": "solid", "attack_model": "arcface-r50", "eval_model": "cosface-r34", "search": "s"}]})
+    write_json(
+        tmp_path / "run.json",
+        {
+            "format": "mf2m.run.v1",
+            "name": "mf",
+            "setting": {"data": "megaface-probes:/x", "data_kind": "megaface-probes"},
+            "entries": [
+                {"method": "solid", "attack_model": "arcface-r50", "eval_model": "arcface-r50", "search": "s"},
+                {"method": "solid", "attack_model": "arcface-r50", "eval_model": "cosface-r34", "search": "s"},
+            ],
+        },
+    )
     items = collect([str(tmp_path)])
     t1 = table1(items, far=1e-6)
     assert len(t1) == 1
@@ -221,16 +282,29 @@ def test_build_report_writes_everything_offline(run_dir, tmp_path):
     root, _ = run_dir
     out = tmp_path / "report"
     manifest = build_report([str(root)], out, ReportOptions(far=1e-2, examples=2))
-    for name in ("table1.md", "table1.csv", "table1.tex", "table2.md", "table1_paper.md", "report.md", "index.html",
-                 "plots/cmc_a.png", "plots/roc_a.png", "plots/cmc_b_from_a.png", "examples/mf2m.png",
-                 "examples/overview.png", "manifest.json"):
+    for name in (
+        "table1.md",
+        "table1.csv",
+        "table1.tex",
+        "table2.md",
+        "table1_paper.md",
+        "report.md",
+        "index.html",
+        "plots/cmc_a.png",
+        "plots/roc_a.png",
+        "plots/cmc_b_from_a.png",
+        "examples/mf2m.png",
+        "examples/overview.png",
+        "manifest.json",
+    ):
         assert (out / name).is_file(), name
     page = (out / "index.html").read_text()
     assert page.count("data:image/png;base64,") >= 6
-    assert not re.search(r"""(src|href)=["']https?:""", page)     # nothing to fetch
+    assert not re.search(r"""(src|href)=["']https?:""", page)  # nothing to fetch
     assert "<script" not in page
     assert len(manifest["inputs"]) >= 10 and all(len(h) == 64 for h in manifest["inputs"].values())
     from PIL import Image
+
     with Image.open(out / "plots" / "cmc_a.png") as im:
         assert im.size[0] > 300
 
@@ -260,11 +334,12 @@ def test_defence_leaderboard_joins_the_html_report(tmp_path):
     """The committed LFW leaderboard (``mf2m defend`` output) becomes a table of the report and its page."""
 
     from benchmark.report.build import build_report
+
     board = Path(__file__).resolve().parents[1] / "results" / "defences"
     if not (board / "leaderboard.json").is_file():
         pytest.skip("no committed leaderboard")
     build_report([str(board)], tmp_path / "rep")
     cells = json.loads((board / "leaderboard.json").read_text())["cells"]
     md = (tmp_path / "rep" / "defence-leaderboard.md").read_text()
-    assert md.count("\n| ") == len(cells) + 1          # header + one row per cell
+    assert md.count("\n| ") == len(cells) + 1  # header + one row per cell
     assert "Defence leaderboard" in (tmp_path / "rep" / "index.html").read_text()

@@ -24,6 +24,7 @@ DRIVER = shutil.which("chromedriver")
 def demo_report(tmp_path_factory) -> Path:
     """A real demo run on the bundled faces (methods none, solid, dm): its report folder."""
     from benchmark.workflows.demo import run_demo
+
     root = tmp_path_factory.mktemp("demo")
     old = {k: os.environ.get(k) for k in ("MF2M_CACHE", "MF2M_DATA")}
     os.environ["MF2M_CACHE"] = str(root / "cache")
@@ -42,14 +43,22 @@ def demo_report(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM or not DRIVER:
-        pytest.skip("headless Chromium is not installed (Debian: apt-get install chromium chromium-driver; "
-                    ".ci/run installs it)")
+        pytest.skip(
+            "headless Chromium is not installed (Debian: apt-get install chromium chromium-driver; .ci/run installs it)"
+        )
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
     from selenium.webdriver.chrome.service import Service
+
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--allow-file-access-from-files", "--window-size=1280,2000"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--allow-file-access-from-files",
+        "--window-size=1280,2000",
+    ):
         opts.add_argument(arg)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(executable_path=DRIVER), options=opts)
@@ -73,21 +82,26 @@ def test_page_loads_cleanly(page, demo_report):
     errors = [e for e in page.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
     assert errors == [], f"console errors: {errors}"
     images = js(page, "return [...document.images].map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight])")
-    assert len(images) >= 5                                  # CMC + ROC per model, examples
+    assert len(images) >= 5  # CMC + ROC per model, examples
     broken = [alt for alt, complete, w, h in images if not complete or w < 50 or h < 50]
     assert broken == [], f"images that did not decode: {broken}"
     # offline: no script, no external font or stylesheet, nothing fetched but the page and data: URIs
     assert js(page, "return document.scripts.length") == 0
     resources = js(page, "return performance.getEntriesByType('resource').map(r => r.name)")
     assert [r for r in resources if not r.startswith(("data:", "file:"))] == []
-    style = js(page, "return [...document.styleSheets].map(s => [...s.cssRules].map(r => r.cssText).join(' ')).join(' ')")
+    style = js(
+        page, "return [...document.styleSheets].map(s => [...s.cssRules].map(r => r.cssText).join(' ')).join(' ')"
+    )
     assert "@font-face" not in style and "@import" not in style and "http" not in style
 
 
 def test_no_dead_relative_links(page, demo_report):
-    refs = js(page, "return [...document.querySelectorAll('[href],[src]')].map(e => e.getAttribute('href') || e.getAttribute('src'))")
+    refs = js(
+        page,
+        "return [...document.querySelectorAll('[href],[src]')].map(e => e.getAttribute('href') || e.getAttribute('src'))",
+    )
     relative = [r for r in refs if not r.startswith(("data:", "http:", "https:", "mailto:"))]
-    assert any(r.endswith(".csv") for r in relative)         # the page links its table files
+    assert any(r.endswith(".csv") for r in relative)  # the page links its table files
     for ref in relative:
         if ref.startswith("#"):
             assert js(page, f"return document.getElementById({ref[1:]!r}) !== null"), f"dead anchor {ref}"
@@ -104,11 +118,14 @@ def test_tables_with_paper_numbers_and_difference(page):
         assert js(page, f"return document.getElementById('{tid}').rows.length") >= 3, tid
     compare = js(page, "return document.getElementById('compare_table1_sface').innerText")
     assert "Δ" in compare and "paper" in compare and "ours" in compare
-    rows = js(page, """return [...document.getElementById('compare_table1_sface').rows]
-                         .map(r => [...r.cells].map(c => c.innerText.trim()))""")
+    rows = js(
+        page,
+        """return [...document.getElementById('compare_table1_sface').rows]
+                         .map(r => [...r.cells].map(c => c.innerText.trim()))""",
+    )
     dm = next(r for r in rows if r[0] == "DM")
     ours, paper, delta = float(dm[1]), float(dm[2]), float(dm[3])
-    assert paper == 0.5146 and abs((ours - paper) - delta) < 1e-4   # Rank-1: ours, the paper's, Δ
+    assert paper == 0.5146 and abs((ours - paper) - delta) < 1e-4  # Rank-1: ours, the paper's, Δ
 
 
 def test_plots_examples_provenance(page):
@@ -125,11 +142,14 @@ def test_plots_examples_provenance(page):
 def test_small_data_warning_above_the_tables(page):
     warning = js(page, "const w = document.querySelector('div.warning'); return w ? w.innerText : null")
     assert warning and "far too little data" in warning and "--data" in warning
-    before = js(page, """const w = document.querySelector('div.warning'), t = document.querySelector('table.results');
-                         return !!(w.compareDocumentPosition(t) & Node.DOCUMENT_POSITION_FOLLOWING)""")
+    before = js(
+        page,
+        """const w = document.querySelector('div.warning'), t = document.querySelector('table.results');
+                         return !!(w.compareDocumentPosition(t) & Node.DOCUMENT_POSITION_FOLLOWING)""",
+    )
     assert before
     visible = js(page, "return document.querySelector('div.warning').getBoundingClientRect().top")
-    assert visible < 1000                                   # on the first screen
+    assert visible < 1000  # on the first screen
 
 
 def test_report_md_carries_the_warning(demo_report):

@@ -15,21 +15,47 @@ EVIL_TARGET = "<img src=x onerror=alert(2)>"
 
 def _record(far: float = 0.01) -> dict:
     cells = []
-    values = {("clean", "—", "sface"): (0.9, 0.8), ("clean", "—", EVIL_TARGET): (0.85, 0.7),
-              (EVIL_ATTACK, "sface", "sface"): (0.125, 0.0625), (EVIL_ATTACK, "sface", EVIL_TARGET): (0.5, 0.375),
-              (EVIL_ATTACK, "arcface", "sface"): (0.625, 0.25), (EVIL_ATTACK, "arcface", EVIL_TARGET): (0.75, 0.5)}
+    values = {
+        ("clean", "—", "sface"): (0.9, 0.8),
+        ("clean", "—", EVIL_TARGET): (0.85, 0.7),
+        (EVIL_ATTACK, "sface", "sface"): (0.125, 0.0625),
+        (EVIL_ATTACK, "sface", EVIL_TARGET): (0.5, 0.375),
+        (EVIL_ATTACK, "arcface", "sface"): (0.625, 0.25),
+        (EVIL_ATTACK, "arcface", EVIL_TARGET): (0.75, 0.5),
+    }
     rates = {"—": 0.0, "sface": 0.25, "arcface": 0.875}
     for (attack, source, target), (rank1, tar) in values.items():
-        cells.append({"attack": attack, "source": source, "target": target, "rank1": rank1, "tar": tar, "far": far,
-                      "mask_rate": rates[source], "probes": 8, "skipped": 0, "positive_pairs": 8,
-                      "negative_pairs": 100})
-    return {"stage": "transfer", "cells": cells,
-            "meta": {"pool": "8 probes of 4 identities, 100 distractors", "far": far, "mask_detector": "md",
-                     "sources": ["sface", "arcface"], "targets": ["sface", EVIL_TARGET]}}
+        cells.append(
+            {
+                "attack": attack,
+                "source": source,
+                "target": target,
+                "rank1": rank1,
+                "tar": tar,
+                "far": far,
+                "mask_rate": rates[source],
+                "probes": 8,
+                "skipped": 0,
+                "positive_pairs": 8,
+                "negative_pairs": 100,
+            }
+        )
+    return {
+        "stage": "transfer",
+        "cells": cells,
+        "meta": {
+            "pool": "8 probes of 4 identities, 100 distractors",
+            "far": far,
+            "mask_detector": "md",
+            "sources": ["sface", "arcface"],
+            "targets": ["sface", EVIL_TARGET],
+        },
+    }
 
 
 def test_report_renders_transfer_matrices_heatmaps_and_escapes_names(tmp_path):
     from benchmark.cli import main
+
     run = tmp_path / "tr"
     run.mkdir()
     (run / "transfer.json").write_text(json.dumps(_record()))
@@ -37,8 +63,11 @@ def test_report_renders_transfer_matrices_heatmaps_and_escapes_names(tmp_path):
     rep = tmp_path / "rep"
     [md_file] = sorted(rep.glob("transfer-*.md"))
     md = md_file.read_text()
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
-            for line in md.splitlines() if line.startswith("| ") and "---" not in line}
+    rows = {
+        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+        for line in md.splitlines()
+        if line.startswith("| ") and "---" not in line
+    }
     # columns: Rank-1 of sface, evil; TAR of sface, evil; mask rate
     assert rows["sface"] == ["0.1250", "0.5000", "0.0625", "0.3750", "0.2500"]
     assert rows["arcface"] == ["0.6250", "0.7500", "0.2500", "0.5000", "0.8750"]
@@ -60,6 +89,7 @@ def test_report_renders_transfer_matrices_heatmaps_and_escapes_names(tmp_path):
 
 def test_report_refuses_a_foreign_transfer_json(tmp_path, capsys):
     from benchmark.cli import main
+
     run = tmp_path / "tr"
     run.mkdir()
     (run / "transfer.json").write_text(json.dumps({"stage": "defend", "cells": []}))

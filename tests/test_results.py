@@ -26,9 +26,12 @@ def _has_raw(run: Path) -> bool:
 def test_committed_run_rederives_its_tables(run, tmp_path):
     """``mf2m report --runs results/<run> --out X`` reproduces the committed tables byte for byte."""
     if not _has_raw(run):
-        pytest.skip(f"{run.relative_to(ROOT)} was committed without raw outputs (before OUT/raw/ existed); "
-                    "regenerate it with mf2m run")
+        pytest.skip(
+            f"{run.relative_to(ROOT)} was committed without raw outputs (before OUT/raw/ existed); "
+            "regenerate it with mf2m run"
+        )
     from benchmark.cli import main
+
     assert main(["report", "--runs", str(run), "--out", str(tmp_path / "again")]) in (0, None)
     ours, again = table_files(run / "report"), table_files(tmp_path / "again")
     assert ours, f"{run}/report holds no tables"
@@ -43,28 +46,49 @@ def test_committed_run_rederives_its_tables(run, tmp_path):
 
 def test_no_committed_record_holds_a_machine_path():
     """Results and the metadata of shipped weights (the records a run writes; docs may show example paths)."""
-    files = subprocess.run(["git", "ls-files", "results", "benchmarks/results", "benchmark/models/weights"],
-                           cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "results", "benchmarks/results", "benchmark/models/weights"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     found = []
     for name in files:
         try:
             text = (ROOT / name).read_text(encoding="utf-8")
         except (UnicodeDecodeError, OSError):
-            continue                       # binary files (weights, images)
+            continue  # binary files (weights, images)
         for m in MACHINE_PATH.finditer(text):
             line = text.count("\n", 0, m.start()) + 1
-            found.append(f"{name}:{line}: {text[m.start():m.start() + 60].splitlines()[0]}")
+            found.append(f"{name}:{line}: {text[m.start() : m.start() + 60].splitlines()[0]}")
     assert not found, "\n".join(found[:20])
 
 
 def test_report_of_a_run_without_metrics_fails_and_keeps_the_report_with_numbers(tmp_path, capsys):
     """A run.json that points into a cache that is not here: exit 1 naming the missing file; nothing overwritten."""
     from benchmark.cli import main
+
     run = tmp_path / "run"
     (run / "report").mkdir(parents=True)
-    (run / "run.json").write_text(json.dumps({"format": "mf2m.run.v1", "name": "r", "setting": {}, "entries": [
-        {"method": "dm", "attack_model": "sface", "eval_model": "sface", "search": "../../.cache/mf2m/search-x",
-         "attack": None}]}))
+    (run / "run.json").write_text(
+        json.dumps(
+            {
+                "format": "mf2m.run.v1",
+                "name": "r",
+                "setting": {},
+                "entries": [
+                    {
+                        "method": "dm",
+                        "attack_model": "sface",
+                        "eval_model": "sface",
+                        "search": "../../.cache/mf2m/search-x",
+                        "attack": None,
+                    }
+                ],
+            }
+        )
+    )
     table = run / "report" / "table1.md"
     table.write_text("| Method | Rank-1 |\n| DM | 0.500 |\n")
     assert main(["report", "--runs", str(run), "--out", str(run / "report")]) == 1
@@ -83,6 +107,7 @@ def test_committed_defence_leaderboard_rederives(tmp_path, capsys):
     rate; the manifest names a clean commit and the data set by name and listing hash, not by a path."""
     from benchmark.cli import main
     from benchmark.defences.raw import read_per_probe
+
     assert main(["defend", "--render", str(DEFENCES), "--out", str(tmp_path / "again")]) == 0
     for name in ("leaderboard.csv", "leaderboard.md", "leaderboard.html"):
         assert (tmp_path / "again" / name).read_bytes() == (DEFENCES / name).read_bytes(), name
@@ -95,7 +120,7 @@ def test_committed_defence_leaderboard_rederives(tmp_path, capsys):
     source: dict[str, str] = {}
     for cell in record["cells"]:
         probes = read_per_probe(DEFENCES / cell["raw"] / "per_probe.csv")
-        for p in probes:          # the data set's key of the clean image, the same in every cell
+        for p in probes:  # the data set's key of the clean image, the same in every cell
             assert source.setdefault(p["key"], p["source"]) == p["source"] and p["source"].startswith(p["identity"])
         pos = sum(p["positive_pairs"] for p in probes)
         assert len(probes) == cell["probes"] and pos == cell["positive_pairs"], cell["raw"]
@@ -104,7 +129,7 @@ def test_committed_defence_leaderboard_rederives(tmp_path, capsys):
         assert all((p["psnr"] is not None and p["psnr"] > 20 and 0 < p["ssim"] <= 1) == adversarial for p in probes)
         masked = [p["p_masked"] >= 0.5 for p in probes]
         assert sum(masked) / len(masked) == pytest.approx(cell["mask_rate"], abs=1e-12), cell["raw"]
-        if cell["far_resolution"] > record["config"]["far"]:      # TAR at the largest negative score
+        if cell["far_resolution"] > record["config"]["far"]:  # TAR at the largest negative score
             tau = max(p["best_distractor_score"] for p in probes)
             above = sum(sum(s > tau for s in p["mate_scores"]) for p in probes)
             assert above / pos == pytest.approx(cell["tar"], abs=1e-9), cell["raw"]

@@ -27,8 +27,11 @@ class OtherRecognizer(TinyRecognizer):
 
 
 def factory(name: str):
-    return {"tiny-fr": lambda: TinyRecognizer(1), "tiny-fr-b": lambda: OtherRecognizer(7),
-            "tiny-md": lambda: TinyMaskDetector(2)}[name]()
+    return {
+        "tiny-fr": lambda: TinyRecognizer(1),
+        "tiny-fr-b": lambda: OtherRecognizer(7),
+        "tiny-md": lambda: TinyMaskDetector(2),
+    }[name]()
 
 
 CONFIG = """
@@ -71,8 +74,11 @@ def test_unknown_attack_parameter_is_rejected_when_the_config_loads(tmp_path):
     """A misspelt hyper-parameter stops ``load_config`` (before any stage), naming it and the likely intent."""
     bad = tmp_path / "bad.yaml"
     bad.write_text("attack: {params: {mf2m: {kernel_step: 80}}}\n")
-    with pytest.raises(ValueError, match=r"bad.yaml: attack.params.mf2m: unknown mf2m hyper-parameter "
-                                         r"'kernel_step' \(did you mean 'kernel_steps'\?\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"bad.yaml: attack.params.mf2m: unknown mf2m hyper-parameter "
+        r"'kernel_step' \(did you mean 'kernel_steps'\?\)",
+    ):
         load_config(bad)
     bad.write_text("attack: {params: {solid: {eps: 0.1}}}\n")
     with pytest.raises(ValueError, match="solid is a plain mask"):
@@ -83,7 +89,7 @@ def test_unknown_attack_parameter_is_rejected_when_the_config_loads(tmp_path):
     bad.write_text("attack: {params: {mf2n: {kernel_steps: 3}}}\n")
     with pytest.raises(ValueError, match="unknown method 'mf2n'"):
         load_config(bad)
-    with pytest.raises(ValueError, match="unknown mf2m hyper-parameter 'kernel_step'"):   # --set is checked too
+    with pytest.raises(ValueError, match="unknown mf2m hyper-parameter 'kernel_step'"):  # --set is checked too
         load_config(tmp_path / "bad.yaml", overrides=["attack.params={mf2m: {kernel_step: 1}}"])
     bad.write_text("attack: {params: {mf2m: {kernel_steps: 3, noise_steps: 2}, i-fgsm: {steps: 2}}}\n")
     assert load_config(bad).attack.params["mf2m"] == {"kernel_steps": 3, "noise_steps": 2}
@@ -101,8 +107,10 @@ def test_shipped_configs_load():
 
 def test_set_overrides_config_values(tmp_path):
     root = Path(__file__).resolve().parents[1] / "configs"
-    cfg = load_config(root / "table1.yaml", overrides=["data.identities=20", "data.max_images=2",
-                                                       "attack.params={mf2m: {kernel_steps: 80}}", "name=small"])
+    cfg = load_config(
+        root / "table1.yaml",
+        overrides=["data.identities=20", "data.max_images=2", "attack.params={mf2m: {kernel_steps: 80}}", "name=small"],
+    )
     assert (cfg.data.identities, cfg.data.max_images, cfg.name) == (20, 2, "small")
     assert cfg.attack.params == {"mf2m": {"kernel_steps": 80}} and cfg.data.templates == 300
     with pytest.raises(ValueError, match="unknown key"):
@@ -117,6 +125,7 @@ def test_stage_key_covers_the_stage_code(monkeypatch):
     """A change in the code implementing a stage gives new keys (stale results are never reused)."""
     from benchmark.manifest import code_fingerprint
     from benchmark.workflows import cache
+
     assert code_fingerprint("attack") != code_fingerprint("search")
     assert len(code_fingerprint("embed")) == 64
     before = stage_key("attack", {"method": "dm"}, {"split": "1"})
@@ -126,7 +135,7 @@ def test_stage_key_covers_the_stage_code(monkeypatch):
 
 def test_stage_key_is_content_addressed():
     a = stage_key("embed", {"model": "m", "flip": False}, {"csv": "1"})
-    assert a == stage_key("embed", {"flip": False, "model": "m"}, {"csv": "1"})   # order-free
+    assert a == stage_key("embed", {"flip": False, "model": "m"}, {"csv": "1"})  # order-free
     assert a != stage_key("embed", {"model": "m", "flip": True}, {"csv": "1"})
     assert a != stage_key("embed", {"model": "m", "flip": False}, {"csv": "2"})
 
@@ -177,31 +186,44 @@ def test_pipeline_end_to_end(first_run):
     rows = read_csv_rows(out / "report" / "table1.csv")
     dm_row = next(r for r in rows if r["method"] == "dm")
     assert float(dm_row["rank1"]) == dm_metrics["rank1"] and float(dm_row["auc"]) == dm_metrics["auc"]
-    assert next(r for r in rows if r["method"] == "mf2m")["rank1"] == ""           # not run → empty
+    assert next(r for r in rows if r["method"] == "mf2m")["rank1"] == ""  # not run → empty
     p = [float(r["p_masked"]) for r in read_csv_rows(out / dm["attack"] / "probes.csv") if r["status"] == "ok"]
     assert float(dm_row["mask_rate"]) == pytest.approx(np.mean(np.array(p) > 0.5))
     t2 = read_csv_rows(out / "report" / "table2.csv")
     assert next(r for r in t2 if r["method"] == "fgsm")["tiny-fr-b:rank1"] != ""
-    for name in ("index.html", "table1.md", "table1.tex", "table2.md", "plots/cmc_tiny-fr.png",
-                 "plots/roc_tiny-fr-b_from_tiny-fr.png", "examples/dm.png"):
+    for name in (
+        "index.html",
+        "table1.md",
+        "table1.tex",
+        "table2.md",
+        "plots/cmc_tiny-fr.png",
+        "plots/roc_tiny-fr-b_from_tiny-fr.png",
+        "examples/dm.png",
+    ):
         assert (out / "report" / name).is_file(), name
 
 
 def test_rerun_reuses_everything_and_changes_recompute_only_what_depends_on_them(first_run, lfw_dir):
     tmp, cfg, _ = first_run
     out = Path(cfg.out)
-    again = run_pipeline(load_config(write_config(tmp), data=f"lfw:{lfw_dir}", out=str(out)), progress=False,
-                         model_factory=factory)
+    again = run_pipeline(
+        load_config(write_config(tmp), data=f"lfw:{lfw_dir}", out=str(out)), progress=False, model_factory=factory
+    )
     assert all(s["cached"] for s in again["stages"])
     first = json.loads((out / "run.json").read_text())
     # another FGSM step size: the FGSM attack, its embeddings and searches rerun; nothing else
-    changed = run_pipeline(load_config(write_config(tmp, "{eps: 0.02}"), data=f"lfw:{lfw_dir}", out=str(out)),
-                           progress=False, model_factory=factory)
+    changed = run_pipeline(
+        load_config(write_config(tmp, "{eps: 0.02}"), data=f"lfw:{lfw_dir}", out=str(out)),
+        progress=False,
+        model_factory=factory,
+    )
     ran = [s["label"] for s in changed["stages"] if not s["cached"]]
     assert "fgsm" in ran
     assert all("fgsm" in label for label in ran), ran
+
     def fgsm_keys(record):
         return {s["key"] for s in record["stages"] if "fgsm" in s["label"]}
+
     assert fgsm_keys(first).isdisjoint(fgsm_keys(changed))
 
 
@@ -213,7 +235,7 @@ def test_interrupted_stage_resumes(first_run, lfw_dir):
     solid = Path(next(s["dir"] for s in run["stages"] if s["stage"] == "attack" and s["label"] == "solid"))
     (solid / ".stage.json").unlink()
     lines = (solid / "rows.jsonl").read_text().splitlines()
-    (solid / "rows.jsonl").write_text(lines[0] + "\n")          # as if killed after the first probe
+    (solid / "rows.jsonl").write_text(lines[0] + "\n")  # as if killed after the first probe
     cfg2 = load_config(write_config(tmp), data=f"lfw:{lfw_dir}", out=str(out))
     record = run_pipeline(cfg2, progress=False, model_factory=factory)
     ran = [s for s in record["stages"] if not s["cached"]]
@@ -239,13 +261,27 @@ def test_run_folder_keeps_raw_outputs_that_rederive_its_tables(first_run, tmp_pa
                 assert not Path(e[role]).is_absolute() and e[role].startswith("raw/"), e[role]
     dm = next(e for e in run["entries"] if e["method"] == "dm" and e["eval_model"] == "tiny-fr")
     search = out / dm["search"]
-    assert {p.name for p in search.iterdir()} == {"metrics.json", "cmc.csv", "roc.csv", "per_probe.csv",
-                                                   "manifest.json"}
+    assert {p.name for p in search.iterdir()} == {
+        "metrics.json",
+        "cmc.csv",
+        "roc.csv",
+        "per_probe.csv",
+        "manifest.json",
+    }
     # per_probe.csv: the best mate and its rank agree with topk.csv of the cached search stage; the attack
     # columns are the attack's own values
     per_probe = read_csv_rows(search / "per_probe.csv")
-    assert list(per_probe[0]) == ["key", "identity", "source", "best_mate_score", "best_mate", "rank",
-                                  "p_masked", "psnr", "ssim"]
+    assert list(per_probe[0]) == [
+        "key",
+        "identity",
+        "source",
+        "best_mate_score",
+        "best_mate",
+        "rank",
+        "p_masked",
+        "psnr",
+        "ssim",
+    ]
     stage = next(Path(s["dir"]) for s in run["stages"] if s["stage"] == "search" and s["label"] == "dm on tiny-fr")
     topk = read_csv_rows(stage / "topk.csv")
     metrics = json.loads((search / "metrics.json").read_text())
@@ -254,11 +290,13 @@ def test_run_folder_keeps_raw_outputs_that_rederive_its_tables(first_run, tmp_pa
         mine = [t for t in topk if t["probe"] == row["key"]]
         first = next(t for t in mine if t["role"] == "mate" and t["same_identity"] == "1")
         assert row["best_mate"] == first["gallery"] and float(row["best_mate_score"]) == float(first["score"])
-        assert int(row["rank"]) == 1 + sum(t["role"] == "distractor" and int(t["rank"]) < int(first["rank"])
-                                           for t in mine)
+        assert int(row["rank"]) == 1 + sum(
+            t["role"] == "distractor" and int(t["rank"]) < int(first["rank"]) for t in mine
+        )
     attack = read_csv_rows(out / dm["attack"] / "probes.csv")
-    assert sorted(float(r["p_masked"]) for r in per_probe) == \
-        sorted(float(r["p_masked"]) for r in attack if r["status"] == "ok")
+    assert sorted(float(r["p_masked"]) for r in per_probe) == sorted(
+        float(r["p_masked"]) for r in attack if r["status"] == "ok"
+    )
     # a copy of the run folder alone (no cache) re-renders byte-identical tables
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)

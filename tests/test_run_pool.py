@@ -37,13 +37,16 @@ def factory(name: str):
     return {"tiny-fr": lambda: TinyRecognizer(1), "tiny-md": lambda: TinyMaskDetector(2)}[name]()
 
 
-@pytest.mark.parametrize(("value", "message"), [
-    ("data.probes_per_identity=five", "data.probes_per_identity must be an integer"),
-    ("data.probes_per_identity=2", r"data.min_images \(2\) must exceed data.probes_per_identity \(2\)"),
-    ("data.distractors_from={a: 1}", "data.distractors_from must be a list of dataset specs"),
-    ("data.distractors_from=[folder:x, folder:x]", "names a dataset twice"),
-    ("data.distractors_from=[folder:main]", "repeats the main dataset"),
-])
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("data.probes_per_identity=five", "data.probes_per_identity must be an integer"),
+        ("data.probes_per_identity=2", r"data.min_images \(2\) must exceed data.probes_per_identity \(2\)"),
+        ("data.distractors_from={a: 1}", "data.distractors_from must be a list of dataset specs"),
+        ("data.distractors_from=[folder:x, folder:x]", "names a dataset twice"),
+        ("data.distractors_from=[folder:main]", "repeats the main dataset"),
+    ],
+)
 def test_pool_config_errors_name_the_key(tmp_path, value, message):
     config = tmp_path / "c.yaml"
     config.write_text("data: {spec: 'folder:main', min_images: 2}\n")
@@ -58,6 +61,7 @@ def test_pool_config_reads_and_passes_the_settings(tmp_path):
     cfg = load_config(config)
     assert cfg.data.probes_per_identity == 5 and cfg.data.distractors_from == ["folder:b"]
     from benchmark.workflows.config import split_request
+
     assert split_request(cfg.data).probes_per_identity == 5
     assert load_config(tmp_path / "c.yaml", overrides=["data.distractors_from=[]"]).data.distractors_from == []
 
@@ -93,9 +97,9 @@ def test_pool_run_on_lfw_and_celeba(small_sets, tmp_path):
     probes, mates = read_csv_rows(split / "probes.csv"), read_csv_rows(split / "mates.csv")
     distractors = read_csv_rows(split / "distractors.csv")
     pool = Counter(r["identity"] for r in probes)
-    assert len(pool) == 3 and set(pool.values()) == {2}                      # N = 2 probes per identity
+    assert len(pool) == 3 and set(pool.values()) == {2}  # N = 2 probes per identity
     n_mates = Counter(r["identity"] for r in mates)
-    assert set(n_mates) == set(pool) and all(1 <= n <= 4 for n in n_mates.values())   # ≤ max_images − N
+    assert set(n_mates) == set(pool) and all(1 <= n <= 4 for n in n_mates.values())  # ≤ max_images − N
     assert not {r["key"] for r in probes} & {r["key"] for r in mates}
     # distractors from both datasets, each prepared in its own folder; no probe identity among them
     celeb_ids = {p.name for p in celeba.iterdir()}
@@ -132,6 +136,7 @@ def test_pool_run_on_lfw_and_celeba(small_sets, tmp_path):
 def reversed_listing(cfg):
     """(dataset, listing) of the main dataset, in ``plan_split_of``'s argument order."""
     from benchmark.workflows.splits import listing_fingerprint
+
     listing, dataset = listing_fingerprint(cfg.data.spec)
     return dataset, listing
 
@@ -149,7 +154,7 @@ def test_evidence_configs_load_with_the_issue_settings():
         assert len(cfg.attack.methods) == 12
     assert t1.data.distractors_from == ["folder:/celeba"] and t2.data.distractors_from == []
     assert t1.evaluate.models == [t1.attack.fr] and t2.evaluate.models == ["dlib"]
-    assert (t1.attack.fr, t1.attack.md) == (t2.attack.fr, t2.attack.md)        # one attack serves both tables
+    assert (t1.attack.fr, t1.attack.md) == (t2.attack.fr, t2.attack.md)  # one attack serves both tables
 
 
 def test_template_reason_counts_only_the_main_datasets_held_images(tmp_path):
@@ -158,10 +163,14 @@ def test_template_reason_counts_only_the_main_datasets_held_images(tmp_path):
 
     from benchmark.data.datasets import load_dataset
     from benchmark.data.split import SplitRequest, plan_split
+
     main = face_folder(tmp_path / "main", {**{f"p{i}": 4 for i in range(4)}, **{f"o{i}": 2 for i in range(6)}})
     extra = load_dataset(f"folder:{face_folder(tmp_path / 'extra', {f'x{i}': 2 for i in range(3)})}")
-    plan = plan_split(load_dataset(f"folder:{main}"), SplitRequest(identities=4, max_images=4, min_images=3, templates=1),
-                      distractors_from=[extra])
+    plan = plan_split(
+        load_dataset(f"folder:{main}"),
+        SplitRequest(identities=4, max_images=4, min_images=3, templates=1),
+        distractors_from=[extra],
+    )
     assert len(plan.template_identities) == 1 and len(plan.distractors) == 5 * 2 + 3 * 2
     assert "1 template identities hold 2 images out of the gallery" in plan.reasons["distractors"]
 
@@ -175,6 +184,7 @@ def test_probes_of_an_identity_whose_mates_all_fail_preparation_are_dropped(lfw_
     from benchmark.data.images import write_png
     from benchmark.data.split import SplitRequest, plan_split
     from benchmark.workflows.splits import SplitSources, split_stage
+
     people = sorted(p for p in (lfw_dir / "images").iterdir() if p.is_dir() and len(list(p.iterdir())) >= 3)[:2]
     root = tmp_path / "faces"
     for person in people:
@@ -184,8 +194,7 @@ def test_probes_of_an_identity_whose_mates_all_fail_preparation_are_dropped(lfw_
     lone = people[0].name
     write_png(root / lone / "zz_not_a_face.png", np.full((64, 64, 3), 127, np.uint8))
     ds = load_dataset(f"folder:{root}")
-    plan = plan_split(ds, SplitRequest(identities=2, max_images=None, min_images=3, templates=0,
-                                       probes_per_identity=2))
+    plan = plan_split(ds, SplitRequest(identities=2, max_images=None, min_images=3, templates=0, probes_per_identity=2))
     # the lone identity's mate is the grey square, the other's a real photo
     by_id = {p.name: [it for it in ds.items if it.identity == p.name] for p in people}
     plan.probes = by_id[lone][:2] + by_id[people[1].name][:2]

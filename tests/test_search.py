@@ -26,6 +26,7 @@ FARS = [1e-4, 1e-3, 1e-2, 0.1]
 
 # ------------------------------------------------------------------------------------ raw writers
 
+
 def h5_write(path: Path, feats, keys, labels, model="m", dim=None, dtype=np.float32) -> None:
     """One feature file, straight from the format description."""
     with h5py.File(path, "w") as fh:
@@ -45,26 +46,37 @@ def sharded_write(folder: Path, feats, keys, labels, n_shards: int, model="m", d
         a, b = bounds[i], bounds[i + 1]
         path = folder / f"s{i}.h5"
         h5_write(path, feats[a:b], keys[a:b], labels[a:b], model, feats.shape[1], dtype)
-        shards.append({"path": path.name, "count": int(b - a),
-                       "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
-    (folder / "manifest.json").write_text(json.dumps({
-        "format": "mf2m.features.v1", "model": model, "dim": int(feats.shape[1]), "count": len(keys),
-        "shards": shards}))
+        shards.append({"path": path.name, "count": int(b - a), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
+    (folder / "manifest.json").write_text(
+        json.dumps(
+            {
+                "format": "mf2m.features.v1",
+                "model": model,
+                "dim": int(feats.shape[1]),
+                "count": len(keys),
+                "shards": shards,
+            }
+        )
+    )
     return folder
 
 
 # ----------------------------------------------------------------------------------- problems
 
-def make_problem(seed: int, ties: bool = False, n_id: int = 6, n_p: int = 30, n_m: int = 36, n_d: int = 1200,
-                 dim: int = 32):
+
+def make_problem(
+    seed: int, ties: bool = False, n_id: int = 6, n_p: int = 30, n_m: int = 36, n_d: int = 1200, dim: int = 32
+):
     """Random identities; probe without mate, label only among mates, unlabelled probe, shared keys."""
     rng = np.random.default_rng(seed)
     if ties:  # unit vectors with four ±0.5 entries: every score is an exact multiple of 1/4 → many ties
+
         def vecs(n):
             out = np.zeros((n, dim))
             for row in out:
                 row[rng.choice(dim, 4, replace=False)] = rng.choice([-0.5, 0.5], 4)
             return out
+
         centers = vecs(n_id + 2)
         p_lab = rng.integers(0, n_id, n_p)
         m_lab = rng.integers(0, n_id + 1, n_m)
@@ -78,11 +90,11 @@ def make_problem(seed: int, ties: bool = False, n_id: int = 6, n_p: int = 30, n_
         P = centers[p_lab] * rng.uniform(0.2, 1.5, (n_p, 1)) + rng.normal(size=(n_p, dim))
         M = centers[m_lab] * rng.uniform(0.2, 1.5, (n_m, 1)) + rng.normal(size=(n_m, dim))
         D = rng.normal(size=(n_d, dim)) * rng.uniform(0.5, 2, (n_d, 1))
-        D[:5] = M[:5] * 3.0            # distractors tied with mates (same direction)
-        D[5:10] = D[10:15]             # tied negatives
+        D[:5] = M[:5] * 3.0  # distractors tied with mates (same direction)
+        D[5:10] = D[10:15]  # tied negatives
     p_lab = p_lab.copy()
-    p_lab[0] = n_id + 1                # a probe whose identity has no mate
-    p_lab[1] = -1                      # an unlabelled probe
+    p_lab[0] = n_id + 1  # a probe whose identity has no mate
+    p_lab[1] = -1  # an unlabelled probe
     p_keys = [f"id{l}/img{i}.jpg" for i, l in enumerate(p_lab)]
     m_keys = [f"id{l}/mate{i}.jpg" for i, l in enumerate(m_lab)]
     # a mate that is the probe's own image (same key): never a positive pair
@@ -104,17 +116,24 @@ def brute_force(P, p_keys, p_lab, M, m_keys, m_lab, D, fars, sizes=(), seed=0):
     """Metrics from the full float64 score matrix (independent of the engine)."""
     P64, M64, D64 = (unit32(x).astype(np.float64) for x in (P, M, D))
     s_all = np.einsum("ik,jk->ij", P64, np.vstack([M64, D64]))  # one call: identical vectors tie exactly
-    s_pm, s_pd = s_all[:, :M64.shape[0]], s_all[:, M64.shape[0]:]
+    s_pm, s_pd = s_all[:, : M64.shape[0]], s_all[:, M64.shape[0] :]
     p_lab, m_lab = np.asarray(p_lab), np.asarray(m_lab)
-    pos_mask = (p_lab[:, None] == m_lab[None, :]) & (p_lab[:, None] >= 0) & \
-        (np.asarray(p_keys)[:, None] != np.asarray(m_keys)[None, :])
+    pos_mask = (
+        (p_lab[:, None] == m_lab[None, :])
+        & (p_lab[:, None] >= 0)
+        & (np.asarray(p_keys)[:, None] != np.asarray(m_keys)[None, :])
+    )
     pi, mi = np.nonzero(pos_mask)
     pos = s_pm[pi, mi]
     ranks = 1 + np.array([(s_pd[p] > s).sum() for p, s in zip(pi, pos)])
     neg = np.sort(s_pd.ravel())[::-1]
-    out = {"n_pos": len(pos), "ranks": ranks, "rank1": float(np.mean(ranks == 1)),
-           "auc": roc_auc_score(np.r_[np.ones(len(pos)), np.zeros(neg.size)], np.r_[pos, neg]),
-           "tar": {}}
+    out = {
+        "n_pos": len(pos),
+        "ranks": ranks,
+        "rank1": float(np.mean(ranks == 1)),
+        "auc": roc_auc_score(np.r_[np.ones(len(pos)), np.zeros(neg.size)], np.r_[pos, neg]),
+        "tar": {},
+    }
     for f in fars:
         tau = neg[int(math.floor(f * neg.size))]
         out["tar"][f] = (float(np.mean(pos > tau)), float(tau))
@@ -125,8 +144,7 @@ def brute_force(P, p_keys, p_lab, M, m_keys, m_lab, D, fars, sizes=(), seed=0):
             sub = s_pd[:, perm[:n]]
             r1 = np.mean([(sub[p] > s).sum() == 0 for p, s in zip(pi, pos)])
             negs = np.sort(sub.ravel())[::-1]
-            out["sweep"][n] = (float(r1), {f: float(np.mean(pos > negs[int(math.floor(f * negs.size))]))
-                                           for f in fars})
+            out["sweep"][n] = (float(r1), {f: float(np.mean(pos > negs[int(math.floor(f * negs.size))])) for f in fars})
     return out
 
 
@@ -156,14 +174,24 @@ def _write_roles(tmp: Path, prob, dtype=np.float32, shards=3):
 
 # ------------------------------------------------------------------------------------------ tests
 
+
 @pytest.mark.parametrize("seed", range(8))
 def test_matches_brute_force_random(tmp_path, seed):
     ties = seed % 3 == 2
     dtype = np.float16 if seed % 2 else np.float32
     prob = make_problem(seed, ties=ties, n_d=600 + 150 * seed, dim=16 if ties else 24 + 8 * seed)
     p, m, d = _write_roles(tmp_path, prob, dtype=dtype, shards=1 + seed % 4)
-    cfg = SearchConfig(str(p), str(m), str(d), str(tmp_path / "out"), fars=FARS, block_size=97 + 13 * seed,
-                       device="cpu", progress=False, topk=5)
+    cfg = SearchConfig(
+        str(p),
+        str(m),
+        str(d),
+        str(tmp_path / "out"),
+        fars=FARS,
+        block_size=97 + 13 * seed,
+        device="cpu",
+        progress=False,
+        topk=5,
+    )
     metrics = run_search(cfg)
     stored = [(np.asarray(x, dtype=dtype), k, l) for x, k, l in prob]  # as stored; brute_force normalises
     ref = brute_force(*stored[0], *stored[1], stored[2][0], FARS)
@@ -180,9 +208,32 @@ def test_cli_end_to_end_with_noise_and_sweep(tmp_path):
     noise.write_text(f"# noise list\nimg3.jpg\nid{ml[5]}/mate5.jpg\nflickr/0/7.jpg\n{dk[1234]}\nnot/present.jpg\n")
     out = tmp_path / "out"
     sizes = [10, 100, 1000]
-    rc = main(["search", "--probes", str(p), "--mates", str(m), "--distractors", str(d), "--out", str(out),
-               "--far", *map(str, FARS), "--noise-list", str(noise), "--distractor-sizes", *map(str, sizes),
-               "--topk", "7", "--block-size", "333", "--device", "cpu", "--no-progress"])
+    rc = main(
+        [
+            "search",
+            "--probes",
+            str(p),
+            "--mates",
+            str(m),
+            "--distractors",
+            str(d),
+            "--out",
+            str(out),
+            "--far",
+            *map(str, FARS),
+            "--noise-list",
+            str(noise),
+            "--distractor-sizes",
+            *map(str, sizes),
+            "--topk",
+            "7",
+            "--block-size",
+            "333",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     metrics = json.loads((out / "metrics.json").read_text())
     # the same problem without the listed images, by brute force
@@ -191,8 +242,17 @@ def test_cli_end_to_end_with_noise_and_sweep(tmp_path):
     keep_d = np.array([k not in ("flickr/0/7.jpg", dk[1234]) for k in dk])
     assert metrics["counts"]["noise_excluded"] == {"probes": 1, "mates": 1, "distractors": 2}
     Ps, Ms, Ds = (x.astype(np.float16) for x in (P[keep_p], M[keep_m], D[keep_d]))
-    ref = brute_force(Ps, list(np.array(pk)[keep_p]), pl[keep_p], Ms, list(np.array(mk)[keep_m]), ml[keep_m],
-                      Ds, FARS, sizes=sizes + [int(keep_d.sum())])
+    ref = brute_force(
+        Ps,
+        list(np.array(pk)[keep_p]),
+        pl[keep_p],
+        Ms,
+        list(np.array(mk)[keep_m]),
+        ml[keep_m],
+        Ds,
+        FARS,
+        sizes=sizes + [int(keep_d.sum())],
+    )
     check(metrics, ref)
     for entry in metrics["distractor_sweep"]["sizes"]:
         r1, tars = ref["sweep"][entry["distractors"]]
@@ -241,8 +301,10 @@ def test_partials_are_additive(tmp_path):
     parts = [stream(problem, "cpu", 128, r, 3, progress=False) for r in range(3)]
     for i, part in enumerate(parts):
         save_partial(part, tmp_path / f"p{i}.npz")
-    merged = engine.merge(engine.merge(load_partial(tmp_path / "p2.npz"), load_partial(tmp_path / "p0.npz")),
-                          load_partial(tmp_path / "p1.npz"))
+    merged = engine.merge(
+        engine.merge(load_partial(tmp_path / "p2.npz"), load_partial(tmp_path / "p0.npz")),
+        load_partial(tmp_path / "p1.npz"),
+    )
     assert merged.n_below == whole.n_below and np.array_equal(merged.neg_hist, whole.neg_hist)
     n_neg = P.shape[0] * D.shape[0]
     assert engine.auc_from_histogram(merged, problem, n_neg) == engine.auc_from_histogram(whole, problem, n_neg)
@@ -250,8 +312,9 @@ def test_partials_are_additive(tmp_path):
     assert np.array_equal(engine.first_beater(merged, problem), engine.first_beater(whole, problem))
     for far in FARS:
         n_neg = P.shape[0] * D.shape[0]
-        assert engine.tar_at(problem, merged.tops[D.shape[0]], n_neg, far) == \
-            engine.tar_at(problem, whole.tops[D.shape[0]], n_neg, far)
+        assert engine.tar_at(problem, merged.tops[D.shape[0]], n_neg, far) == engine.tar_at(
+            problem, whole.tops[D.shape[0]], n_neg, far
+        )
     assert np.array_equal(engine.exact_matches(merged, problem)[0], engine.exact_matches(whole, problem)[0])
 
 
@@ -268,8 +331,20 @@ def test_no_positive_pairs_is_a_clear_error(tmp_path, capsys):
     h5_write(tmp_path / "p.h5", P, pk, np.full(len(pk), -1))
     h5_write(tmp_path / "m.h5", M, mk, ml)
     h5_write(tmp_path / "d.h5", D, dk, dl)
-    rc = main(["search", "--probes", str(tmp_path / "p.h5"), "--mates", str(tmp_path / "m.h5"),
-               "--distractors", str(tmp_path / "d.h5"), "--out", str(tmp_path / "o"), "--no-progress"])
+    rc = main(
+        [
+            "search",
+            "--probes",
+            str(tmp_path / "p.h5"),
+            "--mates",
+            str(tmp_path / "m.h5"),
+            "--distractors",
+            str(tmp_path / "d.h5"),
+            "--out",
+            str(tmp_path / "o"),
+            "--no-progress",
+        ]
+    )
     assert rc == 1
     assert "no positive pairs" in capsys.readouterr().err
 
@@ -280,8 +355,20 @@ def test_mixed_models_rejected(tmp_path, capsys):
     h5_write(tmp_path / "p.h5", P, pk, pl, model="a")
     h5_write(tmp_path / "m.h5", M, mk, ml, model="a")
     h5_write(tmp_path / "d.h5", D, dk, dl, model="b")
-    rc = main(["search", "--probes", str(tmp_path / "p.h5"), "--mates", str(tmp_path / "m.h5"),
-               "--distractors", str(tmp_path / "d.h5"), "--out", str(tmp_path / "o"), "--no-progress"])
+    rc = main(
+        [
+            "search",
+            "--probes",
+            str(tmp_path / "p.h5"),
+            "--mates",
+            str(tmp_path / "m.h5"),
+            "--distractors",
+            str(tmp_path / "d.h5"),
+            "--out",
+            str(tmp_path / "o"),
+            "--no-progress",
+        ]
+    )
     assert rc == 1
     err = capsys.readouterr().err
     assert "d.h5" in err and "mixed" in err
@@ -293,8 +380,20 @@ def test_cuda_identical_to_cpu(tmp_path):
     p, m, d = _write_roles(tmp_path, prob)
     res = []
     for dev in ("cpu", "cuda"):
-        res.append(run_search(SearchConfig(str(p), str(m), str(d), str(tmp_path / dev), fars=FARS, device=dev,
-                                           progress=False, distractor_sizes=[100, 1000])))
+        res.append(
+            run_search(
+                SearchConfig(
+                    str(p),
+                    str(m),
+                    str(d),
+                    str(tmp_path / dev),
+                    fars=FARS,
+                    device=dev,
+                    progress=False,
+                    distractor_sizes=[100, 1000],
+                )
+            )
+        )
     for key in ("rank1", "cmc", "tar_at_far", "distractor_sweep", "counts"):
         assert res[0][key] == res[1][key], key
     # the AUC: within each run's rigorous bound of the exact value (0 when the exact pass ran)
@@ -310,8 +409,11 @@ def _planted(seed: int, n_id: int, n_p: int, n_d: int, dim: int, signal: float):
     P = centers[lab] * signal + rng.normal(size=(n_p, dim)) / np.sqrt(dim)
     M = centers[lab] * signal + rng.normal(size=(n_p, dim)) / np.sqrt(dim)
     D = rng.normal(size=(n_d, dim))
-    return ((P, [f"p{i}" for i in range(n_p)], lab), (M, [f"m{i}" for i in range(n_p)], lab),
-            (D, [f"d{i}" for i in range(n_d)], np.full(n_d, -1)))
+    return (
+        (P, [f"p{i}" for i in range(n_p)], lab),
+        (M, [f"m{i}" for i in range(n_p)], lab),
+        (D, [f"d{i}" for i in range(n_d)], np.full(n_d, -1)),
+    )
 
 
 def test_histogram_auc_bound_holds(tmp_path):
@@ -319,8 +421,19 @@ def test_histogram_auc_bound_holds(tmp_path):
     and the exact float64 pass agrees with scikit-learn."""
     prob = _planted(3, 8, 60, 20000, 64, signal=1.1)
     p, m, d = _write_roles(tmp_path, prob, shards=2)
-    metrics = run_search(SearchConfig(str(p), str(m), str(d), str(tmp_path / "out"), fars=FARS, device="cpu",
-                                      progress=False, topk=3, block_size=4096))
+    metrics = run_search(
+        SearchConfig(
+            str(p),
+            str(m),
+            str(d),
+            str(tmp_path / "out"),
+            fars=FARS,
+            device="cpu",
+            progress=False,
+            topk=3,
+            block_size=4096,
+        )
+    )
     ex = metrics["exactness"]
     assert ex["auc_method"] == "histogram"
     assert 0 < ex["auc_max_error"] <= 1e-6
@@ -343,8 +456,19 @@ def test_attacked_like_positives_in_the_bulk(tmp_path, dtype):
     window): ranks, CMC, TAR and AUC still agree exactly with the brute force."""
     prob = _planted(7, 10, 40, 3000, 48, signal=0.15)
     p, m, d = _write_roles(tmp_path, prob, dtype=dtype, shards=3)
-    metrics = run_search(SearchConfig(str(p), str(m), str(d), str(tmp_path / "out"), fars=FARS, device="cpu",
-                                      progress=False, topk=4, block_size=701))
+    metrics = run_search(
+        SearchConfig(
+            str(p),
+            str(m),
+            str(d),
+            str(tmp_path / "out"),
+            fars=FARS,
+            device="cpu",
+            progress=False,
+            topk=4,
+            block_size=701,
+        )
+    )
     stored = [(np.asarray(x, dtype=dtype), k, l) for x, k, l in prob]
     ref = brute_force(*stored[0], *stored[1], stored[2][0], FARS)
     assert np.median(ref["ranks"]) > 50  # really attacked: positives are beaten by many distractors
@@ -360,16 +484,26 @@ def test_attacked_like_exact_ties_and_sweep(tmp_path):
     positive's score) and a distractor sweep: ranks (ties do not count), CMC, TAR, AUC (ties ½) and the
     per-size rank-1 equal the brute force, whatever the block size."""
     (P, pk, pl), (M, mk, ml), (D, dk, dl) = _planted(11, 6, 30, 2500, 32, signal=0.15)
-    D[::97][:len(M)] = M[:len(D[::97])]  # exact duplicates of mates among the distractors
+    D[::97][: len(M)] = M[: len(D[::97])]  # exact duplicates of mates among the distractors
     prob = ((P, pk, pl), (M, mk, ml), (D, dk, dl))
     p, m, d = _write_roles(tmp_path, prob, shards=2)
-    ref = brute_force(P, pk, pl, M, mk, ml, D, FARS,
-                      sizes=(100, 1000), seed=0)
+    ref = brute_force(P, pk, pl, M, mk, ml, D, FARS, sizes=(100, 1000), seed=0)
     results = []
     for bs in (333, 4096):
-        metrics = run_search(SearchConfig(str(p), str(m), str(d), str(tmp_path / f"out{bs}"), fars=FARS,
-                                          device="cpu", progress=False, topk=3, block_size=bs,
-                                          distractor_sizes=[100, 1000]))
+        metrics = run_search(
+            SearchConfig(
+                str(p),
+                str(m),
+                str(d),
+                str(tmp_path / f"out{bs}"),
+                fars=FARS,
+                device="cpu",
+                progress=False,
+                topk=3,
+                block_size=bs,
+                distractor_sizes=[100, 1000],
+            )
+        )
         check(metrics, ref)
         assert metrics["exactness"]["search_path"] == "float64 dense"
         assert metrics["exactness"]["refined_pairs"] > 0  # the ties were recomputed with dot64
@@ -389,12 +523,13 @@ def test_far_below_one_over_n_neg_is_marked_unresolved(tmp_path):
     point of the ROC; FAR 1e-2 (4 negatives) is resolved."""
     prob = make_problem(1, n_p=10, n_m=12, n_d=40)
     p, m, d = _write_roles(tmp_path, prob, shards=1)
-    metrics = run_search(SearchConfig(str(p), str(m), str(d), str(tmp_path / "out"), fars=[1e-3, 1e-2],
-                                      device="cpu", progress=False))
+    metrics = run_search(
+        SearchConfig(str(p), str(m), str(d), str(tmp_path / "out"), fars=[1e-3, 1e-2], device="cpu", progress=False)
+    )
     n_neg = metrics["counts"]["negative_pairs"]
     assert n_neg == 400
     flags = {e["far"]: e["resolved"] for e in metrics["tar_at_far"]}
     assert flags == {1e-3: False, 1e-2: True}
     roc = (tmp_path / "out" / "roc.csv").read_text().splitlines()[1:]
-    assert min(float(r.split(",")[0]) for r in roc) < 1 / n_neg   # the CSV keeps every requested FAR …
-    assert (tmp_path / "out" / "roc.png").stat().st_size > 0      # … the plot shades them instead
+    assert min(float(r.split(",")[0]) for r in roc) < 1 / n_neg  # the CSV keeps every requested FAR …
+    assert (tmp_path / "out" / "roc.png").stat().st_size > 0  # … the plot shades them instead

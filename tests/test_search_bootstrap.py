@@ -14,7 +14,7 @@ from tests.test_search import _write_roles, make_problem, unit32
 
 def direct_intervals(P, D, pair_probe, pos, ranks, clusters, fars, replicates, seed, level=0.95):
     """Replicate by replicate with every negative repeated by its probe's weight (np.repeat + sort)."""
-    neg = unit32(P).astype(np.float32) @ unit32(D).astype(np.float32).T   # float32 scores, like the lists
+    neg = unit32(P).astype(np.float32) @ unit32(D).astype(np.float32).T  # float32 scores, like the lists
     codes, of = np.unique(clusters, return_inverse=True)
     rng = np.random.default_rng(seed)
     r1, tars = [], {f: [] for f in fars}
@@ -58,15 +58,28 @@ def test_identity_intervals_equal_the_direct_computation(seed):
 def test_search_writes_intervals_that_hold_the_point_estimates(tmp_path):
     prob = make_problem(3, n_p=30, n_m=36, n_d=400)
     p, m, d = _write_roles(tmp_path, prob, shards=2)
-    metrics = run_search(SearchConfig(str(p), str(m), str(d), str(tmp_path / "out"), fars=[1e-3, 1e-2],
-                                      device="cpu", progress=False, bootstrap=300))
+    metrics = run_search(
+        SearchConfig(
+            str(p),
+            str(m),
+            str(d),
+            str(tmp_path / "out"),
+            fars=[1e-3, 1e-2],
+            device="cpu",
+            progress=False,
+            bootstrap=300,
+        )
+    )
     b = metrics["bootstrap"]
     assert b["replicates"] == 300 and b["level"] == 0.95
     assert b["rank1"][0] <= metrics["rank1"] <= b["rank1"][1]
     for e, point in zip(b["tar_at_far"], metrics["tar_at_far"]):
         assert e["far"] == point["far"] and e["tar"][0] <= point["tar"] <= e["tar"][1]
-    off = run_search(SearchConfig(str(p), str(m), str(d), str(tmp_path / "off"), fars=[1e-3], device="cpu",
-                                  progress=False, bootstrap=0))
+    off = run_search(
+        SearchConfig(
+            str(p), str(m), str(d), str(tmp_path / "off"), fars=[1e-3], device="cpu", progress=False, bootstrap=0
+        )
+    )
     assert "bootstrap" not in off
 
 
@@ -74,7 +87,7 @@ def test_mean_interval_resamples_identities():
     """Mask-rate interval: identities resampled as whole clusters (direct loop with the same draws)."""
     rng = np.random.default_rng(5)
     clusters = np.repeat(np.arange(20), 5)
-    values = rng.random(100) < np.repeat(rng.random(20), 5)          # identity-correlated detections
+    values = rng.random(100) < np.repeat(rng.random(20), 5)  # identity-correlated detections
     lo, hi = bootstrap.mean_interval(values, clusters, replicates=300, seed=2)
     draw = np.random.default_rng(2)
     means = []
@@ -88,13 +101,22 @@ def test_mean_interval_resamples_identities():
 def test_tables_render_intervals_and_unresolved_tars():
     from benchmark.report.collect import Metrics
     from benchmark.report.tables import Column, Estimate, Table, fmt, tar_cell, to_csv
-    m = Metrics(rank1=0.5, tar={1e-3: 0.4, 1e-6: 0.3}, counts={"negative_pairs": 10_000},
-                intervals={"rank1": (0.4, 0.6), "tar@0.001": (0.35, 0.45)})
+
+    m = Metrics(
+        rank1=0.5,
+        tar={1e-3: 0.4, 1e-6: 0.3},
+        counts={"negative_pairs": 10_000},
+        intervals={"rank1": (0.4, 0.6), "tar@0.001": (0.35, 0.45)},
+    )
     assert fmt(tar_cell(m, 1e-3), "tar") == "0.4000 [0.350, 0.450]"
-    assert fmt(tar_cell(m, 1e-6), "tar") == "(0.3000)"                 # 1e-6 · 10,000 < 1
+    assert fmt(tar_cell(m, 1e-6), "tar") == "(0.3000)"  # 1e-6 · 10,000 < 1
     assert fmt(Estimate(0.25, (0.1, 0.4)), "percent") == "25.00% [10.0, 40.0]"
-    t = Table("t", "", [Column("Rank-1", "rank1"), Column("TAR", "tar", "tar")],
-              [{"method": "dm", "rank1": Estimate(0.5, (0.4, 0.6)), "tar": tar_cell(m, 1e-6)}])
+    t = Table(
+        "t",
+        "",
+        [Column("Rank-1", "rank1"), Column("TAR", "tar", "tar")],
+        [{"method": "dm", "rank1": Estimate(0.5, (0.4, 0.6)), "tar": tar_cell(m, 1e-6)}],
+    )
     header, row = to_csv(t).splitlines()
     assert header == "method,rank1,tar,tar_resolved,rank1_lo,rank1_hi"
     assert row == "dm,0.5,0.3,0,0.4,0.6"

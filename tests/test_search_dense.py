@@ -29,17 +29,32 @@ def attacked(seed: int, n_p: int = 36, n_d: int = 2400, dim: int = 40, signal: f
     p_lab[:4] = m_lab[:4] = np.arange(n_id, n_id + 4)  # four probes with exactly one positive each
     P = centers[p_lab] * signal + rng.normal(size=(n_p, dim)) / np.sqrt(dim)
     M = centers[m_lab] * signal + rng.normal(size=(len(m_lab), dim)) / np.sqrt(dim)
-    m_lab[9], M[9] = m_lab[8], M[8]                 # two identical mates: tied positive scores
+    m_lab[9], M[9] = m_lab[8], M[8]  # two identical mates: tied positive scores
     D = rng.normal(size=(n_d, dim))
-    D[::61][:len(M)] = M[:len(D[::61])]             # negatives scoring exactly a positive's score
-    return ((P, [f"p{i}" for i in range(n_p)], p_lab), (M, [f"m{i}" for i in range(len(m_lab))], m_lab),
-            (D, [f"d{i}" for i in range(n_d)], np.full(n_d, -1)))
+    D[::61][: len(M)] = M[: len(D[::61])]  # negatives scoring exactly a positive's score
+    return (
+        (P, [f"p{i}" for i in range(n_p)], p_lab),
+        (M, [f"m{i}" for i in range(len(m_lab))], m_lab),
+        (D, [f"d{i}" for i in range(n_d)], np.full(n_d, -1)),
+    )
 
 
 def _search(tmp_path, prob, dtype, block_size, name):
     p, m, d = _write_roles(tmp_path, prob, dtype=dtype, shards=2)
-    return run_search(SearchConfig(str(p), str(m), str(d), str(tmp_path / name), fars=FARS, device="cpu",
-                                   progress=False, topk=3, block_size=block_size, distractor_sizes=SIZES))
+    return run_search(
+        SearchConfig(
+            str(p),
+            str(m),
+            str(d),
+            str(tmp_path / name),
+            fars=FARS,
+            device="cpu",
+            progress=False,
+            topk=3,
+            block_size=block_size,
+            distractor_sizes=SIZES,
+        )
+    )
 
 
 def _check_sweep(metrics, ref):
@@ -60,8 +75,9 @@ def test_dense_paths_match_brute_force(tmp_path, monkeypatch, kernel, dtype, blo
     stored = [(np.asarray(x, dtype=dtype), k, l) for x, k, l in prob]
     ref = brute_force(*stored[0], *stored[1], stored[2][0], FARS, sizes=SIZES + [len(prob[2][1])])
     assert np.median(ref["ranks"]) > 20  # really attacked
-    assert (np.bincount(np.unique(np.nonzero(stored[0][2][:, None] == stored[1][2][None, :])[0],
-                                  return_counts=True)[1]) > 0).any()
+    assert (
+        np.bincount(np.unique(np.nonzero(stored[0][2][:, None] == stored[1][2][None, :])[0], return_counts=True)[1]) > 0
+    ).any()
     check(metrics, ref)
     _check_sweep(metrics, ref)
     ex = metrics["exactness"]
@@ -108,7 +124,7 @@ def test_kernel_and_torch_partials_identical(monkeypatch):
     assert a.auc_num2 == b.auc_num2 and a.n_refined == b.n_refined > 0
     # and the exact AUC numerator / ranks equal integer counts over one float64 brute-force score matrix
     s_all = np.einsum("ik,jk->ij", P.astype(np.float64), np.vstack([M, D]).astype(np.float64))
-    s, pos = s_all[:, M.shape[0]:], s_all[problem.pair_probe, problem.pair_mate]
+    s, pos = s_all[:, M.shape[0] :], s_all[problem.pair_probe, problem.pair_mate]
     sp = np.sort(pos)
     num2 = int((2 * sp.size - np.searchsorted(sp, s.ravel(), "left") - np.searchsorted(sp, s.ravel(), "right")).sum())
     assert a.auc_num2 == num2

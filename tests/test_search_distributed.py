@@ -31,23 +31,63 @@ def sets(tmp_path_factory) -> Path:
     centers = rng.normal(size=(10, 32)) * 2
     lab = np.repeat(np.arange(10), 3)
     names = [f"id{x}" for x in lab]
-    write_feature_file(tmp / "p.h5", centers[lab] + rng.normal(size=(30, 32)),
-                       [f"{n}/p{i}.png" for i, n in enumerate(names)], None, "m", identities=names,
-                       sources=[f"{n}/m{i}" for i, n in enumerate(names)])
-    write_feature_file(tmp / "m.h5", centers[lab] + rng.normal(size=(30, 32)),
-                       [f"{n}/m{i}" for i, n in enumerate(names)], None, "m", identities=names)
-    write_feature_file(tmp / "d.h5", rng.normal(size=(5000, 32)), [f"d/{i}" for i in range(5000)], None, "m",
-                       dtype="float16")
+    write_feature_file(
+        tmp / "p.h5",
+        centers[lab] + rng.normal(size=(30, 32)),
+        [f"{n}/p{i}.png" for i, n in enumerate(names)],
+        None,
+        "m",
+        identities=names,
+        sources=[f"{n}/m{i}" for i, n in enumerate(names)],
+    )
+    write_feature_file(
+        tmp / "m.h5",
+        centers[lab] + rng.normal(size=(30, 32)),
+        [f"{n}/m{i}" for i, n in enumerate(names)],
+        None,
+        "m",
+        identities=names,
+    )
+    write_feature_file(
+        tmp / "d.h5", rng.normal(size=(5000, 32)), [f"d/{i}" for i in range(5000)], None, "m", dtype="float16"
+    )
     return tmp
 
 
 def torchrun(sets: Path, out: Path, *extra: str) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                           "MASTER_PORT")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "benchmark.cli", "search", "--probes", str(sets / "p.h5"), "--mates", str(sets / "m.h5"),
-           "--distractors", str(sets / "d.h5"), "--out", str(out), "--far", "1e-3", "1e-2", "--block-size", "512",
-           "--device", "cpu", "--no-progress", *extra]
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "benchmark.cli",
+        "search",
+        "--probes",
+        str(sets / "p.h5"),
+        "--mates",
+        str(sets / "m.h5"),
+        "--distractors",
+        str(sets / "d.h5"),
+        "--out",
+        str(out),
+        "--far",
+        "1e-3",
+        "1e-2",
+        "--block-size",
+        "512",
+        "--device",
+        "cpu",
+        "--no-progress",
+        *extra,
+    ]
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -57,10 +97,21 @@ def test_torchrun_two_ranks_equal_one_process(sets, tmp_path):
     proc = torchrun(sets, tmp_path / "two", "--precision", "fp32")
     out, _ = proc.communicate(timeout=240)
     assert proc.returncode == 0, out[-3000:]
-    one = run_search(SearchConfig(str(sets / "p.h5"), str(sets / "m.h5"), str(sets / "d.h5"), str(tmp_path / "one"),
-                                  fars=[1e-3, 1e-2], block_size=512, device="cpu", progress=False, precision="fp32"))
+    one = run_search(
+        SearchConfig(
+            str(sets / "p.h5"),
+            str(sets / "m.h5"),
+            str(sets / "d.h5"),
+            str(tmp_path / "one"),
+            fars=[1e-3, 1e-2],
+            block_size=512,
+            device="cpu",
+            progress=False,
+            precision="fp32",
+        )
+    )
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
-    assert two == json.loads(json.dumps(one))            # every metric field, bit for bit
+    assert two == json.loads(json.dumps(one))  # every metric field, bit for bit
     assert json.loads((tmp_path / "two" / "manifest.json").read_text())["processes"] == 2
     assert not (tmp_path / "two" / "partials").exists()  # no files: the ranks used collectives
 
@@ -112,14 +163,21 @@ def test_stale_or_foreign_partial_files_are_refused_by_name(sets, tmp_path, monk
     """Independent jobs (RANK/WORLD_SIZE by hand, no torchrun): a partial of other inputs is never merged."""
     for k in ("MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(k, raising=False)
-    cfg = dict(fars=[1e-3, 1e-2], block_size=512, device="cpu", progress=False, dist_timeout=0.05,
-               precision="fp32")  # screening bookkeeping depends on the split (see the torchrun test)
+    cfg = dict(
+        fars=[1e-3, 1e-2], block_size=512, device="cpu", progress=False, dist_timeout=0.05, precision="fp32"
+    )  # screening bookkeeping depends on the split (see the torchrun test)
     # rank 1 of an earlier run with another FAR list left its partial in the shared --out
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     out = tmp_path / "shared"
-    assert run_search(SearchConfig(str(sets / "p.h5"), str(sets / "m.h5"), str(sets / "d.h5"), str(out),
-                                   **{**cfg, "fars": [1e-2]})) == {}
+    assert (
+        run_search(
+            SearchConfig(
+                str(sets / "p.h5"), str(sets / "m.h5"), str(sets / "d.h5"), str(out), **{**cfg, "fars": [1e-2]}
+            )
+        )
+        == {}
+    )
     stale = distributed.partial_path(out / "partials", 1, 2)
     assert stale.is_file()
     monkeypatch.setenv("RANK", "0")
@@ -132,14 +190,16 @@ def test_stale_or_foreign_partial_files_are_refused_by_name(sets, tmp_path, monk
     merged = run_search(SearchConfig(str(sets / "p.h5"), str(sets / "m.h5"), str(sets / "d.h5"), str(out), **cfg))
     assert not stale.exists()
     monkeypatch.setenv("WORLD_SIZE", "1")
-    single = run_search(SearchConfig(str(sets / "p.h5"), str(sets / "m.h5"), str(sets / "d.h5"),
-                                     str(tmp_path / "single"), **cfg))
+    single = run_search(
+        SearchConfig(str(sets / "p.h5"), str(sets / "m.h5"), str(sets / "d.h5"), str(tmp_path / "single"), **cfg)
+    )
     assert merged == single
     # a rank that never writes its partial: rank 0 fails naming it, within the timeout
     monkeypatch.setenv("WORLD_SIZE", "3")
     monkeypatch.setenv("RANK", "0")
     t0 = time.time()
     with pytest.raises(RuntimeError, match=r"rank\(s\) 1, 2 wrote no partial"):
-        run_search(SearchConfig(str(sets / "p.h5"), str(sets / "m.h5"), str(sets / "d.h5"), str(tmp_path / "lone"),
-                                **cfg))
+        run_search(
+            SearchConfig(str(sets / "p.h5"), str(sets / "m.h5"), str(sets / "d.h5"), str(tmp_path / "lone"), **cfg)
+        )
     assert time.time() - t0 < 30

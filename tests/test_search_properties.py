@@ -39,29 +39,41 @@ def problems(draw):
     ties = draw(st.booleans())
 
     def vecs(n):
-        if ties:   # entries in {-1, 0, 1}: scores are few exact values, so ties everywhere
+        if ties:  # entries in {-1, 0, 1}: scores are few exact values, so ties everywhere
             v = rng.integers(-1, 2, (n, dim)).astype(np.float64)
             v[np.abs(v).sum(1) == 0, 0] = 1.0
             return v
         return rng.normal(size=(n, dim))
 
     centers = vecs(n_id + 1)
-    p_lab = rng.integers(0, n_id + 1, n_p)          # label n_id: probes whose identity no mate has
+    p_lab = rng.integers(0, n_id + 1, n_p)  # label n_id: probes whose identity no mate has
     m_lab = rng.integers(0, n_id, n_m)
-    mix = lambda lab, n: np.where(rng.random((n, 1)) < 0.5, centers[lab], vecs(n))   # noqa: E731
+    mix = lambda lab, n: np.where(rng.random((n, 1)) < 0.5, centers[lab], vecs(n))  # noqa: E731
     P, M, D = mix(p_lab, n_p), mix(m_lab, n_m), vecs(n_d)
     if n_d > 2 and draw(st.booleans()):
-        D[: n_d // 3] = M[rng.integers(0, n_m, n_d // 3)]    # distractors tied with mates
+        D[: n_d // 3] = M[rng.integers(0, n_m, n_d // 3)]  # distractors tied with mates
     p_keys = [f"id{l}/p{i}.jpg" for i, l in enumerate(p_lab)]
     m_keys = [f"id{l}/m{i}.jpg" for i, l in enumerate(m_lab)]
-    if draw(st.booleans()):                          # a mate that is a probe's own image: never a pair
+    if draw(st.booleans()):  # a mate that is a probe's own image: never a pair
         m_keys[0], m_lab[0], M[0] = p_keys[0], p_lab[0], P[0]
     d_keys = [f"d/{i // 50}/{i}.jpg" for i in range(n_d)]
     everything = p_keys + m_keys + d_keys
     noise = draw(st.lists(st.sampled_from(everything), max_size=4, unique=True))
-    return dict(P=P, pk=p_keys, pl=p_lab, M=M, mk=m_keys, ml=m_lab, D=D, dk=d_keys, noise=noise,
-                dtype=draw(st.sampled_from([np.float32, np.float16])), shards=draw(st.integers(1, 3)),
-                world=draw(st.integers(1, 3)), block=draw(st.integers(1, 64)))
+    return dict(
+        P=P,
+        pk=p_keys,
+        pl=p_lab,
+        M=M,
+        mk=m_keys,
+        ml=m_lab,
+        D=D,
+        dk=d_keys,
+        noise=noise,
+        dtype=draw(st.sampled_from([np.float32, np.float16])),
+        shards=draw(st.integers(1, 3)),
+        world=draw(st.integers(1, 3)),
+        block=draw(st.integers(1, 64)),
+    )
 
 
 def _search(tmp: Path, pr: dict) -> dict:
@@ -69,12 +81,21 @@ def _search(tmp: Path, pr: dict) -> dict:
     dt = pr["dtype"]
     h5_write(tmp / "p.h5", pr["P"], pr["pk"], pr["pl"], dtype=dt)
     h5_write(tmp / "m.h5", pr["M"], pr["mk"], pr["ml"], dtype=dt)
-    sharded_write(tmp / "d", pr["D"], pr["dk"], np.full(len(pr["dk"]), -1), min(pr["shards"], len(pr["dk"])),
-                  dtype=dt)
+    sharded_write(tmp / "d", pr["D"], pr["dk"], np.full(len(pr["dk"]), -1), min(pr["shards"], len(pr["dk"])), dtype=dt)
     (tmp / "noise.txt").write_text("".join(f"{k}\n" for k in pr["noise"]))
-    cfg = SearchConfig(str(tmp / "p.h5"), str(tmp / "m.h5"), str(tmp / "d"), str(tmp / "out"), fars=FARS,
-                       block_size=pr["block"], device="cpu", progress=False, topk=3,
-                       noise_lists=[str(tmp / "noise.txt")], allow_missing_mates=True)
+    cfg = SearchConfig(
+        str(tmp / "p.h5"),
+        str(tmp / "m.h5"),
+        str(tmp / "d"),
+        str(tmp / "out"),
+        fars=FARS,
+        block_size=pr["block"],
+        device="cpu",
+        progress=False,
+        topk=3,
+        noise_lists=[str(tmp / "noise.txt")],
+        allow_missing_mates=True,
+    )
     saved = {k: os.environ.get(k) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     try:
         metrics = {}
@@ -88,8 +109,7 @@ def _search(tmp: Path, pr: dict) -> dict:
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning", "ignore::sklearn.exceptions.UndefinedMetricWarning")
-@settings(max_examples=12, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(pr=problems())
 def test_search_equals_float64_brute_force(pr):
     keep = {role: np.array([k not in set(pr["noise"]) for k in pr[f"{role}k"]], bool) for role in "pmd"}
@@ -102,8 +122,7 @@ def test_search_equals_float64_brute_force(pr):
             with pytest.raises(ValueError, match="no (probes|distractors) left"):
                 _search(tmp, pr)
             return
-        ref = brute_force(stored["p"], keys["p"], labels["p"], stored["m"], keys["m"], labels["m"], stored["d"],
-                          FARS)
+        ref = brute_force(stored["p"], keys["p"], labels["p"], stored["m"], keys["m"], labels["m"], stored["d"], FARS)
         if ref["n_pos"] == 0:
             with pytest.raises(ValueError, match="no positive pairs"):
                 _search(tmp, pr)
@@ -112,9 +131,9 @@ def test_search_equals_float64_brute_force(pr):
         with open(tmp / "out" / "per_probe.csv", newline="") as fh:
             per_probe = list(csv.DictReader(fh))
     assert metrics["counts"]["positive_pairs"] == ref["n_pos"]
-    assert metrics["counts"]["noise_excluded"] == {role: int((~keep[r]).sum())
-                                                   for role, r in (("probes", "p"), ("mates", "m"),
-                                                                   ("distractors", "d"))}
+    assert metrics["counts"]["noise_excluded"] == {
+        role: int((~keep[r]).sum()) for role, r in (("probes", "p"), ("mates", "m"), ("distractors", "d"))
+    }
     assert metrics["rank1"] == ref["rank1"]
     for k, rate in zip(metrics["cmc"]["ranks"], metrics["cmc"]["rates"]):
         assert rate == np.mean(ref["ranks"] <= k), k
@@ -125,11 +144,14 @@ def test_search_equals_float64_brute_force(pr):
     # per probe: the best mate's exact score and its rank (no mate: empty score, rank 0)
     P64, M64, D64 = (unit32(stored[r]).astype(np.float64) for r in "pmd")
     s_all = np.einsum("ik,jk->ij", P64, np.vstack([M64, D64]))
-    s_pm, s_pd = s_all[:, : M64.shape[0]], s_all[:, M64.shape[0]:]
+    s_pm, s_pd = s_all[:, : M64.shape[0]], s_all[:, M64.shape[0] :]
     assert [r["key"] for r in per_probe] == keys["p"]
     for i, row in enumerate(per_probe):
-        mates = [j for j in range(len(keys["m"])) if labels["m"][j] == labels["p"][i] and labels["p"][i] >= 0
-                 and keys["m"][j] != keys["p"][i]]
+        mates = [
+            j
+            for j in range(len(keys["m"]))
+            if labels["m"][j] == labels["p"][i] and labels["p"][i] >= 0 and keys["m"][j] != keys["p"][i]
+        ]
         if not mates:
             assert row["best_mate_score"] == "" and row["rank"] == "0"
             continue

@@ -17,9 +17,9 @@ def test_scan_block_matches_histc_and_extraction(seed):
     """Same extracted entries (row-major) and the same histogram up to float rounding at bin edges."""
     rng = np.random.default_rng(seed)
     s = np.clip(rng.normal(size=(37, 1001)) * 0.3, -1, 1).astype(np.float32)
-    s[3, :5] = 0.25                                   # exact ties with a threshold
+    s[3, :5] = 0.25  # exact ties with a threshold
     thr = rng.uniform(0.1, 0.6, 37).astype(np.float32)
-    thr[3], thr[7] = 0.25, np.inf                     # a row at a tie, a row extracting nothing
+    thr[3], thr[7] = 0.25, np.inf  # a row at a tie, a row extracting nothing
     lo = engine.f32_below(-0.2)
     hist, below, rows, cols, vals = scan_block(s, lo, engine.HIST_HI, 4096, thr)
     t = torch.from_numpy(s)
@@ -45,7 +45,7 @@ def planted(seed: int, n_id: int = 8, n: int = 60, n_d: int = 4000, dim: int = 4
     P = centers[lab] + rng.normal(size=(n, dim)) * 0.6
     M = centers[lab] + rng.normal(size=(n, dim)) * 0.6
     D = rng.normal(size=(n_d, dim))
-    D[:4] = M[:4]                                   # distractors tied with mates
+    D[:4] = M[:4]  # distractors tied with mates
     keys = [f"id{l}/{i}" for i, l in enumerate(lab)]
     return (P, [k + "_p" for k in keys], lab), (M, keys, lab), D
 
@@ -54,17 +54,29 @@ def planted(seed: int, n_id: int = 8, n: int = 60, n_d: int = 4000, dim: int = 4
 def test_fused_stream_equals_torch_stream(seed):
     """Whole searches: identical ranks, τ and matches; the AUC histograms agree within their bounds."""
     (P, pk, pl), (M, mk, ml), D = planted(seed)
-    problem = engine.build_problem(unit32(P), np.asarray(pk), np.asarray(pl), unit32(M), np.asarray(mk),
-                                   np.asarray(ml), unit32(D), FARS, [50, 700], 0, 5)
+    problem = engine.build_problem(
+        unit32(P),
+        np.asarray(pk),
+        np.asarray(pl),
+        unit32(M),
+        np.asarray(mk),
+        np.asarray(ml),
+        unit32(D),
+        FARS,
+        [50, 700],
+        0,
+        5,
+    )
     fused = stream(problem, "cpu", 256, progress=False)
     plain = stream(problem, "cpu", 256, progress=False, fused=False)
-    assert fused.dense_cols == plain.dense_cols == 0      # the sparse path ran
+    assert fused.dense_cols == plain.dense_cols == 0  # the sparse path ran
     np.testing.assert_array_equal(engine.rank_counts(fused, problem), engine.rank_counts(plain, problem))
     np.testing.assert_array_equal(engine.first_beater(fused, problem), engine.first_beater(plain, problem))
     n_neg = problem.probes.shape[0] * problem.distractors.shape[0]
     for far in FARS:
-        assert engine.tar_at(problem, fused.tops[problem.distractors.shape[0]], n_neg, far) == \
-            engine.tar_at(problem, plain.tops[problem.distractors.shape[0]], n_neg, far)
+        assert engine.tar_at(problem, fused.tops[problem.distractors.shape[0]], n_neg, far) == engine.tar_at(
+            problem, plain.tops[problem.distractors.shape[0]], n_neg, far
+        )
     np.testing.assert_array_equal(engine.exact_matches(fused, problem)[0], engine.exact_matches(plain, problem)[0])
     assert fused.n_below + fused.neg_hist.sum() == plain.n_below + plain.neg_hist.sum() == n_neg
     auc_f, bound_f = engine.auc_from_histogram(fused, problem, n_neg)
@@ -81,6 +93,7 @@ def test_scan_bits_equals_scan_of_values(fmt):
     thresholds between, on and beyond grid values (±0, ±inf, negative) honoured exactly."""
     from benchmark.search.scan import key_values, scan_bits
     from benchmark.search.screen import as_bits, torch_dtype, values_lut
+
     rng = np.random.default_rng(7)
     t = torch.from_numpy(np.clip(rng.normal(size=(41, 777)) * 0.3, -1, 1).astype(np.float32)).to(torch_dtype(fmt))
     t[0, :4] = 0.0
@@ -99,7 +112,7 @@ def test_scan_bits_equals_scan_of_values(fmt):
     np.testing.assert_array_equal(rows, ref_rows)
     np.testing.assert_array_equal(cols, ref_cols)
     np.testing.assert_array_equal(vals, vals32[ref_rows, ref_cols])
-    assert (rows == 0).sum() == 8 + int((vals32[0, 8:] >= 0).sum())   # −0 ≥ 0 holds
+    assert (rows == 0).sum() == 8 + int((vals32[0, 8:] >= 0).sum())  # −0 ≥ 0 holds
     assert (rows == 2).sum() == 0 and (rows == 3).sum() == 777
     v = vals32.astype(np.float64).ravel()
     inside = (v >= lo) & (v <= engine.HIST_HI) & (v < cap)

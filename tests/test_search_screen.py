@@ -28,7 +28,7 @@ def _ulp_ok(out: str) -> None:
     assert (f <= x).all()
     lp = screen.torch_dtype(out)
     assert np.array_equal(torch.from_numpy(f).to(lp).float().numpy(), f)  # on the format's grid
-    assert (x - f <= screen.ulp(x, out) + 1e-300).all()                    # and within one ulp below x
+    assert (x - f <= screen.ulp(x, out) + 1e-300).all()  # and within one ulp below x
 
 
 @pytest.mark.parametrize("out", ["bf16", "fp16"])
@@ -112,9 +112,21 @@ def test_every_path_matches_brute_force_inside_the_bound(inside, monkeypatch, pr
     tmp, (p, m, d), stored, ref = inside
     monkeypatch.setattr(run_mod, "stream", functools.partial(run_mod.stream, fused=fused))
     for bs in (333, 2048):
-        metrics = run_search(SearchConfig(str(p), str(m), str(d), str(tmp / f"{precision}{fused}{bs}"), fars=FARS,
-                                          device="cpu", progress=False, topk=4, block_size=bs, precision=precision,
-                                          distractor_sizes=[500, 3000]))
+        metrics = run_search(
+            SearchConfig(
+                str(p),
+                str(m),
+                str(d),
+                str(tmp / f"{precision}{fused}{bs}"),
+                fars=FARS,
+                device="cpu",
+                progress=False,
+                topk=4,
+                block_size=bs,
+                precision=precision,
+                distractor_sizes=[500, 3000],
+            )
+        )
         check(metrics, ref)
         for entry in metrics["distractor_sweep"]["sizes"]:
             if entry["distractors"] in ref["sweep"]:
@@ -135,8 +147,20 @@ def test_dense_data_is_not_screened(tmp_path):
     """Attacked-like data takes the dense float64 path whatever the precision, and says so."""
     prob = _planted(7, 10, 40, 3000, 48, signal=0.15)
     p, m, d = _write_roles(tmp_path, prob, shards=2)
-    metrics = run_search(SearchConfig(str(p), str(m), str(d), str(tmp_path / "o"), fars=FARS, device="cpu",
-                                      progress=False, topk=3, block_size=500, precision="bf16"))
+    metrics = run_search(
+        SearchConfig(
+            str(p),
+            str(m),
+            str(d),
+            str(tmp_path / "o"),
+            fars=FARS,
+            device="cpu",
+            progress=False,
+            topk=3,
+            block_size=500,
+            precision="bf16",
+        )
+    )
     check(metrics, brute_force(*prob[0], *prob[1], prob[2][0], FARS))
     ex = metrics["exactness"]
     assert ex["search_path"] == "float64 dense"
@@ -147,8 +171,20 @@ def test_screening_declined_when_the_auc_split_costs_too_much(tmp_path, monkeypa
     prob = _planted(3, 8, 40, 4000, 64, signal=1.1)
     p, m, d = _write_roles(tmp_path, prob, shards=1)
     monkeypatch.setattr(screen, "MAX_RESCORED", 0.0)
-    metrics = run_search(SearchConfig(str(p), str(m), str(d), str(tmp_path / "o"), fars=FARS, device="cpu",
-                                      progress=False, topk=3, block_size=700, precision="bf16"))
+    metrics = run_search(
+        SearchConfig(
+            str(p),
+            str(m),
+            str(d),
+            str(tmp_path / "o"),
+            fars=FARS,
+            device="cpu",
+            progress=False,
+            topk=3,
+            block_size=700,
+            precision="bf16",
+        )
+    )
     check(metrics, brute_force(*prob[0], *prob[1], prob[2][0], FARS))
     ex = metrics["exactness"]
     assert ex["search_path"] == "float32 + refinement"
@@ -158,14 +194,18 @@ def test_screening_declined_when_the_auc_split_costs_too_much(tmp_path, monkeypa
 def test_auto_precision_is_recorded(tmp_path):
     prob = _planted(2, 6, 20, 800, 32, signal=1.1)
     p, m, d = _write_roles(tmp_path, prob, shards=1)
-    metrics = run_search(SearchConfig(str(p), str(m), str(d), str(tmp_path / "o"), fars=FARS, device="cpu",
-                                      progress=False, topk=2))
+    metrics = run_search(
+        SearchConfig(str(p), str(m), str(d), str(tmp_path / "o"), fars=FARS, device="cpu", progress=False, topk=2)
+    )
     prec = metrics["exactness"]["precision"]
     assert prec["requested"] == "auto"
     assert (prec["resolved"], prec["reason"]) == resolve_precision("auto", "cpu")
     with pytest.raises(ValueError, match="--precision"):
-        run_search(SearchConfig(str(p), str(m), str(d), str(tmp_path / "x"), fars=FARS, device="cpu",
-                                progress=False, precision="int8"))
+        run_search(
+            SearchConfig(
+                str(p), str(m), str(d), str(tmp_path / "x"), fars=FARS, device="cpu", progress=False, precision="int8"
+            )
+        )
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -173,8 +213,20 @@ def test_auto_precision_is_recorded(tmp_path):
 def test_cuda_paths_match_brute_force_inside_the_bound(inside, precision):
     """On a GPU: tensor-core screening (fp16/bf16, float32 output where torch offers it) and float32."""
     tmp, (p, m, d), stored, ref = inside
-    metrics = run_search(SearchConfig(str(p), str(m), str(d), str(tmp / f"cuda{precision}"), fars=FARS,
-                                      device="cuda", progress=False, topk=4, block_size=1024, precision=precision,
-                                      distractor_sizes=[500, 3000]))
+    metrics = run_search(
+        SearchConfig(
+            str(p),
+            str(m),
+            str(d),
+            str(tmp / f"cuda{precision}"),
+            fars=FARS,
+            device="cuda",
+            progress=False,
+            topk=4,
+            block_size=1024,
+            precision=precision,
+            distractor_sizes=[500, 3000],
+        )
+    )
     check(metrics, ref)
     assert metrics["exactness"]["precision"]["resolved"] == precision

@@ -51,8 +51,16 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-KINDS = ("folder", "csv", "megaface-probes", "megaface-distractors", "megaface-originals",
-         "facescrub-originals", "lfw", "prepared")
+KINDS = (
+    "folder",
+    "csv",
+    "megaface-probes",
+    "megaface-distractors",
+    "megaface-originals",
+    "facescrub-originals",
+    "lfw",
+    "prepared",
+)
 _OPTIONS = {"aligned", "noises", "list", "limit"}
 
 
@@ -60,14 +68,14 @@ _OPTIONS = {"aligned", "noises", "list", "limit"}
 class Item:
     """One image of a dataset."""
 
-    key: str                      # unique relative name, "/"-separated
-    label: int                    # identity index, -1 when unknown
-    path: str                     # file to decode
-    needs_alignment: bool         # True: a photo that must be detected + aligned first
-    identity: str = ""            # identity name ("" when unknown)
-    source: str = ""              # key of the clean image an attacked probe was made from ("" when none)
-    box: tuple[float, float, float, float] | None = None   # face box (x0, y0, x1, y1) when given
-    five: tuple[tuple[float, float], ...] | None = None    # 5 landmarks when given
+    key: str  # unique relative name, "/"-separated
+    label: int  # identity index, -1 when unknown
+    path: str  # file to decode
+    needs_alignment: bool  # True: a photo that must be detected + aligned first
+    identity: str = ""  # identity name ("" when unknown)
+    source: str = ""  # key of the clean image an attacked probe was made from ("" when none)
+    box: tuple[float, float, float, float] | None = None  # face box (x0, y0, x1, y1) when given
+    five: tuple[tuple[float, float], ...] | None = None  # 5 landmarks when given
 
 
 @dataclass
@@ -79,10 +87,10 @@ class Dataset:
     root: str
     items: list[Item]
     identities: list[str]
-    noise_keys: set[str] = field(default_factory=set)   # keys named by a noise list (kept or dropped)
+    noise_keys: set[str] = field(default_factory=set)  # keys named by a noise list (kept or dropped)
     dropped_noises: int = 0
     notes: dict[str, Any] = field(default_factory=dict)
-    failures: list[dict[str, str]] = field(default_factory=list)   # items lost before decoding (key, reason)
+    failures: list[dict[str, str]] = field(default_factory=list)  # items lost before decoding (key, reason)
 
     @property
     def needs_alignment(self) -> bool:
@@ -91,9 +99,16 @@ class Dataset:
 
     def describe(self) -> dict[str, Any]:
         """What a manifest records about the dataset."""
-        return {"spec": self.spec, "kind": self.kind, "root": self.root, "items": len(self.items),
-                "identities": len(self.identities), "noise_keys": len(self.noise_keys),
-                "dropped_noises": self.dropped_noises, **self.notes}
+        return {
+            "spec": self.spec,
+            "kind": self.kind,
+            "root": self.root,
+            "items": len(self.items),
+            "identities": len(self.identities),
+            "noise_keys": len(self.noise_keys),
+            "dropped_noises": self.dropped_noises,
+            **self.notes,
+        }
 
 
 def parse_spec(spec: str) -> tuple[str, Path, dict[str, str]]:
@@ -129,8 +144,10 @@ def _bare_folder_kind(root: Path, spec: str) -> str:
     if not root.is_dir():
         return "folder"
     if (root / "facescrub_images").is_dir() or (root / "megaface_images").is_dir():
-        raise ValueError(f"dataset spec {spec!r} is a MegaFace testpack; name the role: "
-                         f"megaface-probes:{root} or megaface-distractors:{root}")
+        raise ValueError(
+            f"dataset spec {spec!r} is a MegaFace testpack; name the role: "
+            f"megaface-probes:{root} or megaface-distractors:{root}"
+        )
     subdirs = [d.name for d in root.iterdir() if d.is_dir()]
     if any((root / f).is_file() for f in _LFW_FILES) or subdirs == ["images"]:
         return "lfw"
@@ -145,7 +162,7 @@ def load_dataset(spec: str) -> Dataset:
     loader = _LOADERS[kind]
     dataset = loader(spec, path, options)
     if "limit" in options:
-        dataset.items = dataset.items[:_int_option(options, "limit", spec)]
+        dataset.items = dataset.items[: _int_option(options, "limit", spec)]
     _check_unique(dataset)
     return dataset
 
@@ -189,8 +206,9 @@ def _walk_images(root: Path) -> list[str]:
     return sorted(out)
 
 
-def _labelled(entries: Iterable[tuple[str, str, str]], needs_alignment: bool,
-              extra: dict[str, dict[str, Any]] | None = None) -> tuple[list[Item], list[str]]:
+def _labelled(
+    entries: Iterable[tuple[str, str, str]], needs_alignment: bool, extra: dict[str, dict[str, Any]] | None = None
+) -> tuple[list[Item], list[str]]:
     """Items from ``(key, identity, path)``; labels index the sorted identity names ("" → -1).
 
     ``extra[key]`` holds per-item field overrides (box, five, needs_alignment).
@@ -199,15 +217,23 @@ def _labelled(entries: Iterable[tuple[str, str, str]], needs_alignment: bool,
     names = sorted({identity for _, identity, _ in entries if identity})
     index = {name: i for i, name in enumerate(names)}
     extra = extra or {}
-    items = [Item(key=key, label=index.get(identity, -1), path=path, identity=identity,
-                  **{"needs_alignment": needs_alignment, **extra.get(key, {})})
-             for key, identity, path in entries]
+    items = [
+        Item(
+            key=key,
+            label=index.get(identity, -1),
+            path=path,
+            identity=identity,
+            **{"needs_alignment": needs_alignment, **extra.get(key, {})},
+        )
+        for key, identity, path in entries
+    ]
     return items, names
 
 
 def _check_unique(dataset: Dataset) -> None:
     """Keys are unique, safe relative paths (they name files under the stages' output folders)."""
     from ..safepath import check_key
+
     seen: set[str] = set()
     for item in dataset.items:
         check_key(item.key, "item key", f"dataset {dataset.spec!r}")
@@ -220,8 +246,7 @@ def read_list(path: str | os.PathLike) -> list[str]:
     """Non-empty, non-comment lines of a list file (``facescrub_lst``, ``megaface_lst``…), ``/``-separated."""
     with open(path, encoding="utf-8") as fh:
         lines = (line.strip().replace("\\", "/") for line in fh)
-        return [line[2:] if line.startswith("./") else line
-                for line in lines if line and not line.startswith("#")]
+        return [line[2:] if line.startswith("./") else line for line in lines if line and not line.startswith("#")]
 
 
 def read_noise_list(path: str | os.PathLike) -> set[str]:
@@ -273,7 +298,7 @@ def _folder(spec: str, root: Path, options: dict[str, str]) -> Dataset:
     if not root.is_dir():
         raise ValueError(f"dataset spec {spec!r}: {root} is not a directory (folder:ROOT/<identity>/<image>)")
     aligned = _flag(options, "aligned", spec)
-    attacked = attack_rows(root)     # an attack's images/: identity names and source keys from its probes.csv
+    attacked = attack_rows(root)  # an attack's images/: identity names and source keys from its probes.csv
     entries, extra = [], {}
     for rel in _walk_images(root):
         identity = rel.split("/", 1)[0] if "/" in rel else ""
@@ -292,14 +317,14 @@ def _csv(spec: str, file: Path, options: dict[str, str]) -> Dataset:
     aligned_default = _flag(options, "aligned", spec)
     base = file.parent
     entries, extras, columns = [], [], ["identity", "path", "key", "aligned"]
-    derived: list[tuple[int, int]] = []      # (entry, CSV line) of rows whose key was derived from the path
+    derived: list[tuple[int, int]] = []  # (entry, CSV line) of rows whose key was derived from the path
     with open(file, newline="", encoding="utf-8") as fh:
         for lineno, row in enumerate(csv.reader(fh), 1):
             row = [c.strip() for c in row]
             if not any(row) or row[0].startswith("#"):
                 continue
             if lineno == 1 and "path" in [c.lower() for c in row]:
-                columns = [c.lower() for c in row]          # a header names the columns
+                columns = [c.lower() for c in row]  # a header names the columns
                 if "identity" not in columns:
                     raise ValueError(f"{file}: header must name an 'identity' and a 'path' column")
                 continue
@@ -328,6 +353,7 @@ def _key_of_path(written: str, identity: str) -> str:
     """The key of a CSV row without a key column: the path as written when it is a plain relative path,
     else ``<identity>/<file name>`` (absolute paths, ``..``, ``~``, Windows drives: nothing to keep)."""
     from ..safepath import key_problem
+
     rel = written.replace("\\", "/")
     if key_problem(rel) is None and not rel.startswith("~"):
         return rel
@@ -356,19 +382,28 @@ def _disambiguate(file: Path, entries: list, derived: list[tuple[int, int]]) -> 
     notes: dict[str, Any] = {"derived_keys": len(derived)} if derived else {}
     if renamed:
         notes["key_clashes"] = renamed
-        log.warning("%s: %d row(s) without a key derived an <identity>/<file name> key already taken and were "
-                    "renamed: %s", file, len(renamed), "; ".join(f"line {r['line']}: {r['derived']!r} → {r['key']!r}"
-                                                              for r in renamed[:5]) + (" …" if len(renamed) > 5 else ""))
+        log.warning(
+            "%s: %d row(s) without a key derived an <identity>/<file name> key already taken and were renamed: %s",
+            file,
+            len(renamed),
+            "; ".join(f"line {r['line']}: {r['derived']!r} → {r['key']!r}" for r in renamed[:5])
+            + (" …" if len(renamed) > 5 else ""),
+        )
     return notes
 
 
 def _megaface(spec: str, root: Path, options: dict[str, str], *, probes: bool) -> Dataset:
-    sub, lst, noise_file = (("facescrub_images", "facescrub_lst", "facescrub_noises.txt") if probes else
-                            ("megaface_images", "megaface_lst", "megaface_noises.txt"))
+    sub, lst, noise_file = (
+        ("facescrub_images", "facescrub_lst", "facescrub_noises.txt")
+        if probes
+        else ("megaface_images", "megaface_lst", "megaface_noises.txt")
+    )
     image_root = root / sub
     if not image_root.is_dir():
-        raise FileNotFoundError(f"dataset spec {spec!r}: {image_root} not found (expected the insightface "
-                                f"MegaFace testpack layout: {sub}/, {lst}, {noise_file})")
+        raise FileNotFoundError(
+            f"dataset spec {spec!r}: {image_root} not found (expected the insightface "
+            f"MegaFace testpack layout: {sub}/, {lst}, {noise_file})"
+        )
     list_file = Path(options["list"]) if "list" in options else root / lst
     if "list" in options and not list_file.is_absolute():
         list_file = root / list_file
@@ -379,11 +414,13 @@ def _megaface(spec: str, root: Path, options: dict[str, str], *, probes: bool) -
     entries = []
     for rel in rels:
         parts = rel.split("/")
-        if parts[0] == sub:        # some lists carry the folder name
+        if parts[0] == sub:  # some lists carry the folder name
             rel, parts = "/".join(parts[1:]), parts[1:]
         if len(parts) != depth:
-            raise ValueError(f"{list_file if list_file.exists() else image_root}: entry {rel!r} is not "
-                             f"{'<Name>/<image>' if probes else '<a>/<b>/<photo>'}")
+            raise ValueError(
+                f"{list_file if list_file.exists() else image_root}: entry {rel!r} is not "
+                f"{'<Name>/<image>' if probes else '<a>/<b>/<photo>'}"
+            )
         entries.append((rel, parts[0] if probes else "", str(image_root / rel)))
     noises: set[str] = set()
     dropped = 0
@@ -446,11 +483,12 @@ def _originals(spec: str, root: Path, options: dict[str, str], *, facescrub: boo
 
 def _lfw(spec: str, root: Path, options: dict[str, str]) -> Dataset:
     from .lfw import images_root, list_people
+
     images = images_root(root)
     entries = []
     for name, numbers in list_people(root).items():
         for number in numbers:
-            key = f"{name}/{name}_{number:04d}"            # the LFW parser's key (pairs.txt lookups)
+            key = f"{name}/{name}_{number:04d}"  # the LFW parser's key (pairs.txt lookups)
             entries.append((key, name, str(images / f"{key}.jpg")))
     items, names = _labelled(entries, needs_alignment=not _flag(options, "aligned", spec))
     return Dataset(spec, "lfw", str(root), items, names)
@@ -458,13 +496,17 @@ def _lfw(spec: str, root: Path, options: dict[str, str]) -> Dataset:
 
 def _prepared(spec: str, root: Path, options: dict[str, str]) -> Dataset:
     from .prepare import load_prepared
+
     prepared = load_prepared(root)
-    entries = [(key, identity or "", str(path))
-               for key, identity, path in zip(prepared.keys, prepared.identities, prepared.crop_paths)]
+    entries = [
+        (key, identity or "", str(path))
+        for key, identity, path in zip(prepared.keys, prepared.identities, prepared.crop_paths)
+    ]
     items, names = _labelled(entries, needs_alignment=False)
     failures = [{"key": f["key"], "path": f.get("path", ""), "reason": f["reason"]} for f in prepared.failures]
-    return Dataset(spec, "prepared", str(root), items, names, notes={"prepare_failures": len(failures)},
-                   failures=failures)
+    return Dataset(
+        spec, "prepared", str(root), items, names, notes={"prepare_failures": len(failures)}, failures=failures
+    )
 
 
 _LOADERS = {

@@ -37,6 +37,7 @@ def decode_image(data: bytes, name: str | os.PathLike = "<bytes>") -> np.ndarray
     import io
 
     from PIL import Image, UnidentifiedImageError
+
     if not data:
         raise ImageError(name, "empty-file")
     try:
@@ -64,10 +65,10 @@ def _to_rgb8(im, name) -> np.ndarray:
         arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return np.repeat(arr[:, :, None], 3, axis=2)
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
-        im = im.convert("RGBA")   # alpha is dropped: colours are kept as stored
+        im = im.convert("RGBA")  # alpha is dropped: colours are kept as stored
         return np.ascontiguousarray(np.asarray(im)[:, :, :3])
     if mode != "RGB":
-        im = im.convert("RGB")   # L, P, CMYK, YCbCr, 1 …
+        im = im.convert("RGB")  # L, P, CMYK, YCbCr, 1 …
     arr = np.asarray(im)
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
         raise ImageError(name, "unsupported-format", f"mode {mode}, shape {arr.shape}")
@@ -79,5 +80,6 @@ def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
     from PIL import Image
 
     from ..atomic import atomic_path
+
     with atomic_path(path, suffix=".png") as tmp:
         Image.fromarray(np.asarray(image, dtype=np.uint8)).save(tmp, format="PNG")

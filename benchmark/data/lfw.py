@@ -57,9 +57,14 @@ class LfwPairs:
 
     def report(self, examples: int = 5) -> dict:
         """Counts of present / missing pairs with a few examples of missing files."""
-        return {"folds": self.n_folds, "per_fold": self.per_fold, "pairs_listed": len(self.pairs) + len(self.missing),
-                "pairs_with_files": len(self.pairs), "pairs_missing_files": len(self.missing),
-                "missing_examples": [f"line {p.line}: {', '.join(m)}" for p, m in self.missing[:examples]]}
+        return {
+            "folds": self.n_folds,
+            "per_fold": self.per_fold,
+            "pairs_listed": len(self.pairs) + len(self.missing),
+            "pairs_with_files": len(self.pairs),
+            "pairs_missing_files": len(self.missing),
+            "missing_examples": [f"line {p.line}: {', '.join(m)}" for p, m in self.missing[:examples]],
+        }
 
     def images(self) -> list[LfwImage]:
         """The distinct images of the usable pairs, in first-seen order."""
@@ -71,8 +76,7 @@ class LfwPairs:
 
     def items(self) -> list[PrepareItem]:
         """Prepare items of :meth:`images`."""
-        return [PrepareItem(key=im.key, path=str(im.path(self.images_root)), identity=im.name)
-                for im in self.images()]
+        return [PrepareItem(key=im.key, path=str(im.path(self.images_root)), identity=im.name) for im in self.images()]
 
 
 def images_root(data_dir: str | os.PathLike) -> Path:
@@ -92,8 +96,10 @@ def parse_pairs(path: str | os.PathLike) -> tuple[int, int, list[LfwPair]]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"pairs file not found: {path} (get the official pairs.txt from the LFW site, "
-                                "or write protocol-format pairs with `mf2m lfw-pairs`)")
+        raise FileNotFoundError(
+            f"pairs file not found: {path} (get the official pairs.txt from the LFW site, "
+            "or write protocol-format pairs with `mf2m lfw-pairs`)"
+        )
     lines = [(n, ln.split()) for n, ln in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if ln.strip()]
     if not lines:
         raise ValueError(f"{path} is empty")
@@ -101,11 +107,15 @@ def parse_pairs(path: str | os.PathLike) -> tuple[int, int, list[LfwPair]]:
     try:
         n_folds, per_fold = (int(head[0]), int(head[1])) if len(head) == 2 else (1, int(head[0]))
     except (ValueError, IndexError):
-        raise ValueError(f"{path}:{head_no}: expected a header '<folds> <pairs per fold>', got {' '.join(head)!r}") from None
+        raise ValueError(
+            f"{path}:{head_no}: expected a header '<folds> <pairs per fold>', got {' '.join(head)!r}"
+        ) from None
     body = lines[1:]
     if len(body) != 2 * n_folds * per_fold:
-        raise ValueError(f"{path}: header promises {n_folds} folds × 2 × {per_fold} = {2 * n_folds * per_fold} "
-                         f"pairs but {len(body)} lines follow")
+        raise ValueError(
+            f"{path}: header promises {n_folds} folds × 2 × {per_fold} = {2 * n_folds * per_fold} "
+            f"pairs but {len(body)} lines follow"
+        )
     pairs = []
     for idx, (n, f) in enumerate(body):
         fold, same = idx // (2 * per_fold), (idx % (2 * per_fold)) < per_fold
@@ -122,8 +132,9 @@ def parse_pairs(path: str | os.PathLike) -> tuple[int, int, list[LfwPair]]:
     return n_folds, per_fold, pairs
 
 
-def load_pairs(data_dir: str | os.PathLike, pairs_file: str | os.PathLike | None = None,
-               limit_folds: int | None = None) -> LfwPairs:
+def load_pairs(
+    data_dir: str | os.PathLike, pairs_file: str | os.PathLike | None = None, limit_folds: int | None = None
+) -> LfwPairs:
     """Parse ``pairs.txt`` (default ``DIR/pairs.txt``) and split pairs by whether both files exist."""
     root = images_root(data_dir)
     pairs_file = Path(pairs_file) if pairs_file else Path(data_dir) / "pairs.txt"
@@ -157,14 +168,14 @@ def parse_people(path: str | os.PathLike) -> list[tuple[int, str, int]]:
     i, fold = 1, 0
     n_folds = int(rows[0][1][0])
     single = len(rows) - 1 == n_folds and all(len(r[1]) == 2 for r in rows[1:])
-    if single:                               # peopleDevTrain.txt style: count then names
+    if single:  # peopleDevTrain.txt style: count then names
         return [(0, f[0], int(f[1])) for _, f in rows[1:]]
     while i < len(rows) and fold < n_folds:
         n, f = rows[i]
         if len(f) != 1:
             raise ValueError(f"{path}:{n}: expected the number of people of fold {fold + 1}, got {' '.join(f)!r}")
         count = int(f[0])
-        for n2, g in rows[i + 1:i + 1 + count]:
+        for n2, g in rows[i + 1 : i + 1 + count]:
             if len(g) != 2:
                 raise ValueError(f"{path}:{n2}: expected 'name n_images', got {' '.join(g)!r}")
             out.append((fold, g[0], int(g[1])))
@@ -185,7 +196,7 @@ def list_people(data_dir: str | os.PathLike) -> dict[str, list[int]]:
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
         nums = []
         for f in d.glob(f"{d.name}_*.jpg"):
-            tail = f.stem[len(d.name) + 1:]
+            tail = f.stem[len(d.name) + 1 :]
             if tail.isdigit():
                 nums.append(int(tail))
         if nums:
@@ -193,8 +204,9 @@ def list_people(data_dir: str | os.PathLike) -> dict[str, list[int]]:
     return people
 
 
-def make_pairs(data_dir: str | os.PathLike, out: str | os.PathLike, n_folds: int = 10, per_fold: int = 300,
-               seed: int = 0) -> Path:
+def make_pairs(
+    data_dir: str | os.PathLike, out: str | os.PathLike, n_folds: int = 10, per_fold: int = 300, seed: int = 0
+) -> Path:
     """Write a seeded ``pairs.txt`` in the View 2 format from the images present.
 
     People are split into identity-disjoint folds; each fold gets ``per_fold`` matched pairs (two distinct
@@ -208,10 +220,12 @@ def make_pairs(data_dir: str | os.PathLike, out: str | os.PathLike, n_folds: int
     lines = [f"{n_folds}\t{per_fold}"]
     for k, fold_names in enumerate(folds):
         multi = [n for n in fold_names if len(people[n]) >= 2]
-        candidates = [(n, i, j) for n in multi for a, i in enumerate(people[n]) for j in people[n][a + 1:]]
+        candidates = [(n, i, j) for n in multi for a, i in enumerate(people[n]) for j in people[n][a + 1 :]]
         if len(candidates) < per_fold or len(fold_names) < 2:
-            raise ValueError(f"fold {k + 1} has only {len(candidates)} possible matched pairs "
-                             f"(need {per_fold}); use fewer folds or pairs")
+            raise ValueError(
+                f"fold {k + 1} has only {len(candidates)} possible matched pairs "
+                f"(need {per_fold}); use fewer folds or pairs"
+            )
         # weight by person so people with many photos do not dominate
         by_person: dict[str, list[tuple[str, int, int]]] = {}
         for c in candidates:

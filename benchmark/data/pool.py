@@ -28,11 +28,12 @@ class Pool:
 
     probes: list[Item]
     rest: list[Item]
-    identities: list[str]        # chosen identity names, sorted
+    identities: list[str]  # chosen identity names, sorted
 
 
-def build_pool(dataset: Dataset, n_identities: int, max_images: int | None = None, seed: int = 0,
-               min_images: int = 2) -> Pool:
+def build_pool(
+    dataset: Dataset, n_identities: int, max_images: int | None = None, seed: int = 0, min_images: int = 2
+) -> Pool:
     """Choose ``n_identities`` identities (≥ ``min_images`` images each) and up to ``max_images`` of theirs."""
     if n_identities < 1:
         raise ValueError("the pool needs at least one identity")
@@ -44,13 +45,14 @@ def build_pool(dataset: Dataset, n_identities: int, max_images: int | None = Non
             by_identity.setdefault(item.identity, []).append(item)
     eligible = sorted(name for name, items in by_identity.items() if len(items) >= min_images)
     if len(eligible) < n_identities:
-        raise ValueError(f"{dataset.spec}: only {len(eligible)} identities have ≥ {min_images} images, "
-                         f"{n_identities} were asked for")
+        raise ValueError(
+            f"{dataset.spec}: only {len(eligible)} identities have ≥ {min_images} images, {n_identities} were asked for"
+        )
     rng = np.random.default_rng(seed)
     chosen = sorted(eligible[i] for i in rng.choice(len(eligible), size=n_identities, replace=False))
     picked: set[str] = set()
     for name in chosen:
-        items = by_identity[name]         # already sorted by key
+        items = by_identity[name]  # already sorted by key
         if max_images is not None and len(items) > max_images:
             idx = np.sort(rng.choice(len(items), size=max_images, replace=False))
             items = [items[i] for i in idx]
@@ -66,8 +68,7 @@ def items_csv(items: list[Item]) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["identity", "path", "key", "aligned"])
     for item in items:
-        writer.writerow([item.identity, str(Path(item.path).resolve()), item.key,
-                         0 if item.needs_alignment else 1])
+        writer.writerow([item.identity, str(Path(item.path).resolve()), item.key, 0 if item.needs_alignment else 1])
     return buf.getvalue()
 
 
@@ -77,8 +78,12 @@ def write_pool(pool: Pool, out_dir: str | Path, config: dict[str, Any]) -> dict[
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "probes.csv", items_csv(pool.probes))
     write_text(out / "rest.csv", items_csv(pool.rest))
-    manifest = build_manifest("pool", config, counts={
-        "identities": len(pool.identities), "probes": len(pool.probes), "rest": len(pool.rest)},
-        identities=pool.identities, files={"probes": "probes.csv", "rest": "rest.csv"})
+    manifest = build_manifest(
+        "pool",
+        config,
+        counts={"identities": len(pool.identities), "probes": len(pool.probes), "rest": len(pool.rest)},
+        identities=pool.identities,
+        files={"probes": "probes.csv", "rest": "rest.csv"},
+    )
     write_json(out / "pool.json", manifest)
     return manifest

@@ -39,7 +39,6 @@ from .images import ImageError, read_image, write_png
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class PrepareItem:
     """One image to prepare: a unique ``key`` (also its crop's relative name), its file and identity."""
@@ -47,26 +46,27 @@ class PrepareItem:
     key: str
     path: str
     identity: str = ""
-    box: tuple[float, float, float, float] | None = None   # known face box (x0, y0, x1, y1): skips detection
+    box: tuple[float, float, float, float] | None = None  # known face box (x0, y0, x1, y1): skips detection
 
 
 @dataclass(frozen=True)
 class PrepareConfig:
     """How faces are found and aligned (stored in ``config.json``; a resume must use the same)."""
 
-    detector: str = "dlib-hog"            # dlib-hog | yunet | scrfd
-    detector_model: str | None = None     # ONNX path for scrfd (or another YuNet file)
-    landmarker: str = "dlib68"            # dlib68 | 2d106
-    landmarker_model: str | None = None   # ONNX path for 2d106
-    align_from: str = "landmarks"         # landmarks: five from the landmarker; detector: the detector's five
-    select: str = "center"                # center | largest: which face when several are found
+    detector: str = "dlib-hog"  # dlib-hog | yunet | scrfd
+    detector_model: str | None = None  # ONNX path for scrfd (or another YuNet file)
+    landmarker: str = "dlib68"  # dlib68 | 2d106
+    landmarker_model: str | None = None  # ONNX path for 2d106
+    align_from: str = "landmarks"  # landmarks: five from the landmarker; detector: the detector's five
+    select: str = "center"  # center | largest: which face when several are found
     size: int = ALIGNED_SIZE
-    chips: bool = False                   # also save dlib 150×150 chips (68-point landmarker only)
+    chips: bool = False  # also save dlib 150×150 chips (68-point landmarker only)
 
     def check(self) -> None:
         """Raise ``ValueError`` for inconsistent settings."""
         from ..models.detection import DETECTORS
         from ..models.landmarks import LANDMARKERS
+
         if self.detector not in DETECTORS:
             raise ValueError(f"unknown detector {self.detector!r}; choose one of {', '.join(DETECTORS)}")
         if self.landmarker not in LANDMARKERS:
@@ -83,16 +83,16 @@ class PrepareConfig:
 class PreparedFace:
     """The result of preparing one image (all points float32, ``(k, 2)``)."""
 
-    crop: np.ndarray                 # (size, size, 3) uint8 RGB, ArcFace-aligned
-    matrix: np.ndarray               # (2, 3) image → crop
-    points: np.ndarray               # all landmarks, original image coordinates
-    five: np.ndarray                 # the 5 alignment points, original coordinates
+    crop: np.ndarray  # (size, size, 3) uint8 RGB, ArcFace-aligned
+    matrix: np.ndarray  # (2, 3) image → crop
+    points: np.ndarray  # all landmarks, original image coordinates
+    five: np.ndarray  # the 5 alignment points, original coordinates
     jaw: np.ndarray
     nose: np.ndarray
     box: tuple[float, float, float, float]
     score: float
     scheme: str
-    chip: np.ndarray | None = None   # dlib 150×150 chip
+    chip: np.ndarray | None = None  # dlib 150×150 chip
 
 
 class FacePreparer:
@@ -101,11 +101,13 @@ class FacePreparer:
     def __init__(self, config: PrepareConfig = PrepareConfig(), detector=None, landmarker=None):
         from ..models.detection import create_detector
         from ..models.landmarks import create_landmarker
+
         config.check()
         self.config = config
         self.detector = detector or create_detector(config.detector, config.detector_model)
-        self.landmarker = landmarker or create_landmarker(config.landmarker, config.landmarker_model,
-                                                          detector=self.detector)
+        self.landmarker = landmarker or create_landmarker(
+            config.landmarker, config.landmarker_model, detector=self.detector
+        )
 
     def identity(self) -> dict[str, Any]:
         """Detector/landmarker identities for manifests."""
@@ -116,22 +118,33 @@ class FacePreparer:
         raises ``LandmarkError`` (no face) or ``ValueError``."""
         from ..models.detection import Detection, select_face
         from ..models.landmarks import dlib_chip, to_rgb_uint8
+
         image = to_rgb_uint8(image)
         if box is not None:
             det = Detection(box=tuple(float(v) for v in box), score=float("nan"))
         else:
             found = self.detector.detect(image)
             if not found:
-                raise LandmarkError(f"no face found by {self.detector.name} in a "
-                                    f"{image.shape[1]}x{image.shape[0]} image")
+                raise LandmarkError(
+                    f"no face found by {self.detector.name} in a {image.shape[1]}x{image.shape[0]} image"
+                )
             det = select_face(found, image.shape, self.config.select)
         marks = self.landmarker.landmarks(image, box=det.box)
         five = marks.five if self.config.align_from == "landmarks" or det.five is None else det.five
         crop, matrix = align_face(image, five, self.config.size)
         chip = dlib_chip(image, marks.points) if self.config.chips else None
-        return PreparedFace(crop=crop, matrix=matrix, points=marks.points, five=np.asarray(five, np.float32),
-                            jaw=marks.jaw, nose=marks.nose, box=det.box, score=float(det.score),
-                            scheme=marks.scheme, chip=chip)
+        return PreparedFace(
+            crop=crop,
+            matrix=matrix,
+            points=marks.points,
+            five=np.asarray(five, np.float32),
+            jaw=marks.jaw,
+            nose=marks.nose,
+            box=det.box,
+            score=float(det.score),
+            scheme=marks.scheme,
+            chip=chip,
+        )
 
 
 @dataclass
@@ -224,6 +237,7 @@ def check_keys(items: Sequence[PrepareItem]) -> None:
     """Keys must be unique safe relative ``/``-separated names (``benchmark/safepath.py``): crops are written
     under them."""
     from ..safepath import check_key
+
     seen: set[str] = set()
     for it in items:
         check_key(it.key, "item key", "prepare")
@@ -248,8 +262,10 @@ def _check_config(out_dir: Path, config: PrepareConfig) -> None:
         have = json.loads(path.read_text())
         if have != want:
             diff = {k: (have.get(k), want.get(k)) for k in set(have) | set(want) if have.get(k) != want.get(k)}
-            raise ValueError(f"{out_dir} was prepared with other settings {diff} (was, now): "
-                             "use another output folder or the same settings")
+            raise ValueError(
+                f"{out_dir} was prepared with other settings {diff} (was, now): "
+                "use another output folder or the same settings"
+            )
     else:
         write_json(path, want)
 
@@ -258,15 +274,23 @@ def done_keys(out_dir: str | os.PathLike, include_failed: bool = True) -> set[st
     """Keys already recorded in ``out_dir``'s completed batches (ok, and failed unless ``include_failed`` is off)."""
     keys: set[str] = set()
     for part in sorted((Path(out_dir) / "parts").glob("part-*.json")):
-        keys.update(r["key"] for r in json.loads(part.read_text())["records"]
-                    if include_failed or r["status"] == "ok")
+        keys.update(r["key"] for r in json.loads(part.read_text())["records"] if include_failed or r["status"] == "ok")
     return keys
 
 
-def prepare_faces(items: Sequence[PrepareItem], out_dir: str | os.PathLike,
-                  config: PrepareConfig = PrepareConfig(), *, batch_size: int = 64, workers: int = 1,
-                  detector=None, landmarker=None, progress: bool = True,
-                  max_failure_fraction: float = 1.0, retry_failed: bool = False) -> PreparedSet:
+def prepare_faces(
+    items: Sequence[PrepareItem],
+    out_dir: str | os.PathLike,
+    config: PrepareConfig = PrepareConfig(),
+    *,
+    batch_size: int = 64,
+    workers: int = 1,
+    detector=None,
+    landmarker=None,
+    progress: bool = True,
+    max_failure_fraction: float = 1.0,
+    retry_failed: bool = False,
+) -> PreparedSet:
     """Prepare ``items`` into ``out_dir`` (resumable) and return the :class:`PreparedSet` of those items.
 
     Items already recorded are skipped; with ``retry_failed`` the ones recorded as failed are tried
@@ -283,21 +307,29 @@ def prepare_faces(items: Sequence[PrepareItem], out_dir: str | os.PathLike,
     _check_config(out_dir, config)
     done = done_keys(out_dir, include_failed=not retry_failed)
     todo = [it for it in items if it.key not in done]
-    batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
+    batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     if todo:
-        log.info("preparing %d of %d images into %s (%d already done)", len(todo), len(items), out_dir,
-                 len(items) - len(todo))
+        log.info(
+            "preparing %d of %d images into %s (%d already done)",
+            len(todo),
+            len(items),
+            out_dir,
+            len(items) - len(todo),
+        )
         _run_batches(batches, out_dir, config, workers, detector, landmarker, progress)
     prepared = load_prepared(out_dir, keys=[it.key for it in items])
     _write_summary(out_dir, prepared, len(items))
     if items and len(prepared.failures) > max_failure_fraction * len(items):
-        raise RuntimeError(f"{len(prepared.failures)} of {len(items)} images failed preparation "
-                           f"({prepared.failure_counts()}); see {out_dir / 'failures.csv'}")
+        raise RuntimeError(
+            f"{len(prepared.failures)} of {len(items)} images failed preparation "
+            f"({prepared.failure_counts()}); see {out_dir / 'failures.csv'}"
+        )
     return prepared
 
 
 def _run_batches(batches, out_dir, config, workers, detector, landmarker, progress) -> None:
     from tqdm import tqdm
+
     bar = tqdm(total=sum(len(b) for b in batches), desc="prepare", unit="img", disable=not progress)
     if workers <= 1:
         preparer = FacePreparer(config, detector=detector, landmarker=landmarker)
@@ -339,7 +371,7 @@ def _prepare_batch(batch: list[PrepareItem], out_dir: Path, preparer: FacePrepar
             rec.update(status="failed", reason="no-face", detail=str(exc))
         except ModelUnavailable:
             raise
-        except (ValueError, RuntimeError, OSError) as exc:   # e.g. degenerate landmarks → no alignment
+        except (ValueError, RuntimeError, OSError) as exc:  # e.g. degenerate landmarks → no alignment
             rec.update(status="failed", reason="alignment-failed", detail=f"{type(exc).__name__}: {exc}")
         else:
             write_png(crop_path(out_dir, it.key), face.crop)
@@ -364,7 +396,7 @@ def _stack(faces: list[PreparedFace]) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {
         "matrix": np.stack([f.matrix for f in faces]).astype(np.float64),
         "box": np.asarray([f.box for f in faces], np.float32),
-        "score": np.asarray([f.score for f in faces], np.float32),   # NaN when the box was given
+        "score": np.asarray([f.score for f in faces], np.float32),  # NaN when the box was given
     }
     for name in ("points", "five", "jaw", "nose"):
         orig = np.stack([np.asarray(getattr(f, name), np.float32) for f in faces])
@@ -405,21 +437,35 @@ def load_prepared(out_dir: str | os.PathLike, keys: Sequence[str] | None = None)
             rows.setdefault(name, []).append(arr[row])
     for name, lst in rows.items():
         arrays[name] = np.stack(lst)
-    return PreparedSet(out_dir=out_dir, config=config, keys=chosen,
-                       identities=[ok[k][0]["identity"] for k in chosen],
-                       paths=[ok[k][0]["path"] for k in chosen], arrays=arrays, failures=failures)
+    return PreparedSet(
+        out_dir=out_dir,
+        config=config,
+        keys=chosen,
+        identities=[ok[k][0]["identity"] for k in chosen],
+        paths=[ok[k][0]["path"] for k in chosen],
+        arrays=arrays,
+        failures=failures,
+    )
 
 
 def _write_summary(out_dir: Path, prepared: PreparedSet, n_items: int) -> None:
     """``prepared.json`` (manifest with counts) and ``failures.csv`` for the items of this call."""
     from ..manifest import build_manifest
+
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=["key", "path", "identity", "reason", "detail"], lineterminator="\n")
     writer.writeheader()
     writer.writerows(prepared.failures)
     write_text(out_dir / "failures.csv", buf.getvalue())
-    write_json(out_dir / "prepared.json", build_manifest(
-        "prepare", prepared.config, items=n_items, prepared=len(prepared), failed=len(prepared.failures),
-        failures_by_reason=prepared.failure_counts(),
-        failure_examples=[f"{f['key']}: {f['reason']}" for f in prepared.failures[:10]]))
-
+    write_json(
+        out_dir / "prepared.json",
+        build_manifest(
+            "prepare",
+            prepared.config,
+            items=n_items,
+            prepared=len(prepared),
+            failed=len(prepared.failures),
+            failures_by_reason=prepared.failure_counts(),
+            failure_examples=[f"{f['key']}: {f['reason']}" for f in prepared.failures[:10]],
+        ),
+    )

@@ -27,8 +27,8 @@ import numpy as np
 from .datasets import Dataset, Item
 from .pool import build_pool
 
-TEMPLATE_SHARE = 0.1     # templates take at most this fraction of the non-probe identities
-TOLERANCE = 0.10         # a shortfall beyond this fraction of a requested size is a warning
+TEMPLATE_SHARE = 0.1  # templates take at most this fraction of the non-probe identities
+TOLERANCE = 0.10  # a shortfall beyond this fraction of a requested size is a warning
 ROLES = ("probe identities", "probes", "mates", "templates", "distractors")
 
 
@@ -43,7 +43,7 @@ class SplitRequest:
     distractors: int | None = None
     seed: int = 0
     template_share: float = TEMPLATE_SHARE
-    probes_per_identity: int | None = None   # None: every pool image is a probe (mates: the other probes)
+    probes_per_identity: int | None = None  # None: every pool image is a probe (mates: the other probes)
 
     def check(self) -> None:
         """Raise ``ValueError`` for sizes that cannot mean anything."""
@@ -51,8 +51,10 @@ class SplitRequest:
             if self.probes_per_identity < 1:
                 raise ValueError(f"data.probes_per_identity must be ≥ 1 or null, got {self.probes_per_identity}")
             if self.min_images <= self.probes_per_identity:
-                raise ValueError(f"data.min_images ({self.min_images}) must exceed data.probes_per_identity "
-                                 f"({self.probes_per_identity}) so that every probe identity keeps a mate")
+                raise ValueError(
+                    f"data.min_images ({self.min_images}) must exceed data.probes_per_identity "
+                    f"({self.probes_per_identity}) so that every probe identity keeps a mate"
+                )
         if self.templates < 0:
             raise ValueError(f"data.templates must be ≥ 0, got {self.templates}")
         if self.distractors is not None and self.distractors < 0:
@@ -71,11 +73,11 @@ class SplitPlan:
     distractors: list[Item]
     probe_identities: list[str]
     template_identities: list[str]
-    excluded: dict[str, int]                 # probe identities' leftover images kept out of the gallery
+    excluded: dict[str, int]  # probe identities' leftover images kept out of the gallery
     reasons: dict[str, list[str]] = field(default_factory=dict)
-    templates_from: str | None = None        # spec of the template dataset, None: the same dataset
-    mates: list[Item] = field(default_factory=list)   # clean mates apart from the probes (probes_per_identity)
-    distractors_from: list[str] = field(default_factory=list)   # specs of extra distractor datasets
+    templates_from: str | None = None  # spec of the template dataset, None: the same dataset
+    mates: list[Item] = field(default_factory=list)  # clean mates apart from the probes (probes_per_identity)
+    distractors_from: list[str] = field(default_factory=list)  # specs of extra distractor datasets
 
     def roles(self) -> dict[str, list[Item]]:
         """The image lists written by the split stage (``mates`` only when they are not the probes)."""
@@ -90,8 +92,8 @@ class RoleCount:
     """Requested, planned (listing) and obtained (after face preparation) sizes of one role."""
 
     role: str
-    requested: int | None        # the config's number (None: all that qualify)
-    cap: bool                    # requested is an upper bound ("up to"), not a target
+    requested: int | None  # the config's number (None: all that qualify)
+    cap: bool  # requested is an upper bound ("up to"), not a target
     planned: int
     obtained: int
     reasons: list[str]
@@ -135,8 +137,12 @@ class SplitAccount:
 
     def to_json(self) -> dict[str, Any]:
         """What ``split.json`` and ``run.json`` record."""
-        return {"roles": {r.role: {k: v for k, v in asdict(r).items() if k != "role"} for r in self.roles},
-                "warnings": list(self.warnings), "summary": self.summary(), "tolerance": TOLERANCE}
+        return {
+            "roles": {r.role: {k: v for k, v in asdict(r).items() if k != "role"} for r in self.roles},
+            "warnings": list(self.warnings),
+            "summary": self.summary(),
+            "tolerance": TOLERANCE,
+        }
 
     @classmethod
     def from_json(cls, record: Mapping[str, Any]) -> SplitAccount:
@@ -152,8 +158,12 @@ def template_limit(n_nonprobe: int, requested: int, share: float) -> int:
     return min(requested, max(1, math.floor(share * n_nonprobe + 1e-9)), n_nonprobe - 1)
 
 
-def plan_split(dataset: Dataset, request: SplitRequest, templates_from: Dataset | None = None,
-               distractors_from: Sequence[Dataset] = ()) -> SplitPlan:
+def plan_split(
+    dataset: Dataset,
+    request: SplitRequest,
+    templates_from: Dataset | None = None,
+    distractors_from: Sequence[Dataset] = (),
+) -> SplitPlan:
     """Choose probes (and mates), templates and distractors from the listing (seeded; nothing is decoded).
 
     ``probes_per_identity`` N: N images of each pool identity are probes, its other pool images the mates.
@@ -170,8 +180,10 @@ def plan_split(dataset: Dataset, request: SplitRequest, templates_from: Dataset 
     if r.max_images is not None:
         few = [n for n in (by_id[i] for i in pool.identities) if n < r.max_images]
         if few:
-            reasons["probes"].append(f"{len(few)} of the {len(pool.identities)} probe identities have fewer "
-                                     f"than {r.max_images} images (data.max_images)")
+            reasons["probes"].append(
+                f"{len(few)} of the {len(pool.identities)} probe identities have fewer "
+                f"than {r.max_images} images (data.max_images)"
+            )
     leftovers = [it for it in pool.rest if it.identity in probe_ids]
     rest = [it for it in pool.rest if it.identity not in probe_ids]
     nonprobe_ids = sorted({it.identity for it in rest if it.identity})
@@ -187,29 +199,36 @@ def plan_split(dataset: Dataset, request: SplitRequest, templates_from: Dataset 
     chosen = set(template_ids) if templates_from is None else set()
     gallery = [it for it in rest if it.identity not in chosen]
     held = len(rest) - len(gallery)
-    gallery += _extra_distractors(distractors_from, probe_ids, {it.key for it in dataset.items},
-                                  reasons["distractors"])
+    gallery += _extra_distractors(distractors_from, probe_ids, {it.key for it in dataset.items}, reasons["distractors"])
     distractors = gallery
     if r.distractors is not None and len(gallery) > r.distractors:
         idx = np.sort(rng.choice(len(gallery), size=r.distractors, replace=False))
         distractors = [gallery[i] for i in idx]
-    else:   # the gallery is all that is left: say what else took the folder's images
+    else:  # the gallery is all that is left: say what else took the folder's images
         if held:
-            reasons["distractors"].append(f"{len(chosen)} template identities hold {held} images out of the "
-                                          "gallery")
+            reasons["distractors"].append(f"{len(chosen)} template identities hold {held} images out of the gallery")
         if leftovers:
-            reasons["distractors"].append(f"{len(leftovers)} leftover images of probe identities are never "
-                                          "distractors")
+            reasons["distractors"].append(f"{len(leftovers)} leftover images of probe identities are never distractors")
         if r.distractors is not None and len(gallery) < r.distractors:
             reasons["distractors"].append(f"only {len(gallery)} images are left for the gallery")
-    return SplitPlan(request=r, probes=probes, templates=templates, distractors=distractors,
-                     probe_identities=pool.identities, template_identities=template_ids,
-                     excluded={"templates": 0, "distractors": len(leftovers)}, reasons=reasons,
-                     templates_from=templates_from.spec if templates_from is not None else None,
-                     mates=mates, distractors_from=[d.spec for d in distractors_from])
+    return SplitPlan(
+        request=r,
+        probes=probes,
+        templates=templates,
+        distractors=distractors,
+        probe_identities=pool.identities,
+        template_identities=template_ids,
+        excluded={"templates": 0, "distractors": len(leftovers)},
+        reasons=reasons,
+        templates_from=templates_from.spec if templates_from is not None else None,
+        mates=mates,
+        distractors_from=[d.spec for d in distractors_from],
+    )
 
 
-def _probes_and_mates(pool_items: list[Item], r: SplitRequest, rng: np.random.Generator) -> tuple[list[Item], list[Item]]:
+def _probes_and_mates(
+    pool_items: list[Item], r: SplitRequest, rng: np.random.Generator
+) -> tuple[list[Item], list[Item]]:
     """(probes, mates): every pool image a probe (no separate mates), or N seeded probes per identity."""
     if r.probes_per_identity is None:
         return pool_items, []
@@ -224,21 +243,26 @@ def _probes_and_mates(pool_items: list[Item], r: SplitRequest, rng: np.random.Ge
     return [it for it in pool_items if it.key in chosen], [it for it in pool_items if it.key not in chosen]
 
 
-def _extra_distractors(datasets: Sequence[Dataset], probe_ids: set[str], keys: set[str],
-                       reasons: list[str]) -> list[Item]:
+def _extra_distractors(
+    datasets: Sequence[Dataset], probe_ids: set[str], keys: set[str], reasons: list[str]
+) -> list[Item]:
     """Every image of ``datasets`` except identities named like a probe identity (counted in ``reasons``)."""
     out: list[Item] = []
     for ds in datasets:
         clash = sorted({it.identity for it in ds.items if it.identity in probe_ids})
         if clash:
-            reasons.append(f"{len(clash)} identities of {ds.spec} share a name with a probe identity and are "
-                           f"left out ({', '.join(clash[:3])}{', …' if len(clash) > 3 else ''})")
+            reasons.append(
+                f"{len(clash)} identities of {ds.spec} share a name with a probe identity and are "
+                f"left out ({', '.join(clash[:3])}{', …' if len(clash) > 3 else ''})"
+            )
         for it in ds.items:
             if it.identity in probe_ids:
                 continue
             if it.key in keys:
-                raise ValueError(f"distractor dataset {ds.spec}: key {it.key!r} is also a key of another dataset "
-                                 "of the run; keys must be unique across the datasets")
+                raise ValueError(
+                    f"distractor dataset {ds.spec}: key {it.key!r} is also a key of another dataset "
+                    "of the run; keys must be unique across the datasets"
+                )
             keys.add(it.key)
             out.append(it)
     return out
@@ -249,8 +273,10 @@ def _template_reason(n_nonprobe: int, r: SplitRequest, n_t: int) -> str:
         return f"only {n_nonprobe} non-probe identities: none can be spared from the gallery"
     if n_t == n_nonprobe - 1:
         return f"only {n_nonprobe} non-probe identities and the gallery keeps at least one"
-    return (f"capped at data.template_share = {r.template_share:g} of the {n_nonprobe} non-probe identities so "
-            f"that the other {n_nonprobe - n_t} stay in the gallery")
+    return (
+        f"capped at data.template_share = {r.template_share:g} of the {n_nonprobe} non-probe identities so "
+        f"that the other {n_nonprobe - n_t} stay in the gallery"
+    )
 
 
 def _first_per_identity(items: list[Item], identities: set[str]) -> list[Item]:
@@ -263,14 +289,14 @@ def _first_per_identity(items: list[Item], identities: set[str]) -> list[Item]:
     return out
 
 
-def _templates_from(source: Dataset, probe_ids: set[str], r: SplitRequest, rng: np.random.Generator,
-                    reasons: list[str]) -> tuple[list[Item], list[str]]:
+def _templates_from(
+    source: Dataset, probe_ids: set[str], r: SplitRequest, rng: np.random.Generator, reasons: list[str]
+) -> tuple[list[Item], list[str]]:
     """Template identities drawn from another dataset (never one named like a probe identity)."""
     names = sorted({it.identity for it in source.items if it.identity})
     clash = [n for n in names if n in probe_ids]
     if clash:
-        reasons.append(f"{len(clash)} identities of {source.spec} share a name with a probe identity and are "
-                       "left out")
+        reasons.append(f"{len(clash)} identities of {source.spec} share a name with a probe identity and are left out")
     names = [n for n in names if n not in probe_ids]
     n_t = min(r.templates, len(names))
     if n_t < r.templates:
@@ -279,13 +305,13 @@ def _templates_from(source: Dataset, probe_ids: set[str], r: SplitRequest, rng: 
     return _first_per_identity(source.items, set(ids)), ids
 
 
-def account(plan: SplitPlan, failures: Mapping[str, Mapping[str, str]] | None = None,
-            tolerance: float = TOLERANCE) -> SplitAccount:
+def account(
+    plan: SplitPlan, failures: Mapping[str, Mapping[str, str]] | None = None, tolerance: float = TOLERANCE
+) -> SplitAccount:
     """Requested / planned / obtained per role; ``failures[role][key]`` = why face preparation lost ``key``."""
     failures = failures or {}
     r = plan.request
-    kept = {role: [it for it in items if it.key not in failures.get(role, {})]
-            for role, items in plan.roles().items()}
+    kept = {role: [it for it in items if it.key not in failures.get(role, {})] for role, items in plan.roles().items()}
     reasons = {role: list(v) for role, v in plan.reasons.items()}
     for role in ("probes", "templates", "distractors"):
         lost = failures.get(role, {})
@@ -311,25 +337,29 @@ def account(plan: SplitPlan, failures: Mapping[str, Mapping[str, str]] | None = 
         mates_kept = sum(n for n in kept_ids.values() if n >= 2)
         lone = sum(1 for i, n in kept_ids.items() if n == 1 and planned_ids[i] >= 2)
         if lone:
-            reasons["mates"].append(f"{lone} probe(s) have no other image of their identity left after face "
-                                    "preparation")
+            reasons["mates"].append(
+                f"{lone} probe(s) have no other image of their identity left after face preparation"
+            )
     per_identity = r.probes_per_identity if r.probes_per_identity is not None else r.max_images
     cap = None if per_identity is None else r.identities * per_identity
-    roles = [RoleCount("probe identities", r.identities, False, len(planned_ids), len(kept_ids),
-                       reasons["probe identities"]),
-             RoleCount("probes", cap, True, len(plan.probes), len(kept["probes"]), reasons["probes"]),
-             RoleCount("mates", None, False, mates_planned, mates_kept, reasons["mates"]),
-             RoleCount("templates", r.templates, False, len(plan.templates), len(kept["templates"]),
-                       reasons["templates"]),
-             RoleCount("distractors", r.distractors, False, len(plan.distractors), len(kept["distractors"]),
-                       reasons["distractors"])]
+    roles = [
+        RoleCount(
+            "probe identities", r.identities, False, len(planned_ids), len(kept_ids), reasons["probe identities"]
+        ),
+        RoleCount("probes", cap, True, len(plan.probes), len(kept["probes"]), reasons["probes"]),
+        RoleCount("mates", None, False, mates_planned, mates_kept, reasons["mates"]),
+        RoleCount("templates", r.templates, False, len(plan.templates), len(kept["templates"]), reasons["templates"]),
+        RoleCount(
+            "distractors", r.distractors, False, len(plan.distractors), len(kept["distractors"]), reasons["distractors"]
+        ),
+    ]
     warnings = [_warning(c, plan) for c in roles if c.short(tolerance)]
     return SplitAccount(roles, warnings)
 
 
 _HINTS = {
     "templates": "lower data.templates, raise data.template_share, or take templates from another folder "
-                 "(data.templates_from=DIR) so the gallery keeps every identity",
+    "(data.templates_from=DIR) so the gallery keeps every identity",
     "distractors": "use a larger folder, lower data.distractors or data.templates, or set data.templates_from=DIR",
 }
 

@@ -20,12 +20,13 @@ from ..atomic import write_text
 from .images import read_image, write_png
 
 # Region of a 250×250 deep-funneled LFW image that maps roughly onto the ArcFace 112×112 template.
-LFW_CROP = (64, 166, 74, 176)   # y0, y1, x0, x1
+LFW_CROP = (64, 166, 74, 176)  # y0, y1, x0, x1
 
 
 def lfw_crop(path: str | os.PathLike) -> np.ndarray:
     """A 112×112 RGB crop of a 250×250 deep-funneled LFW image, roughly ArcFace-aligned."""
     import cv2
+
     image = read_image(path)
     if image.shape[:2] != (250, 250):
         image = cv2.resize(image, (250, 250), interpolation=cv2.INTER_AREA)
@@ -37,6 +38,7 @@ def variants(face: np.ndarray, n: int, seed: int = 0, strength: float = 1.0) -> 
     """``n`` seeded variations ``(n, 112, 112, 3)`` of one crop: ±3 px shift, ±4 % scale, brightness,
     contrast and mild Gaussian noise (``strength`` scales them all)."""
     import cv2
+
     rng = np.random.default_rng(seed)
     h, w = face.shape[:2]
     out = np.empty((n, h, w, 3), np.uint8)
@@ -57,13 +59,18 @@ def write_jpeg(path: str | os.PathLike, image: np.ndarray, quality: int = 95) ->
     from PIL import Image
 
     from ..atomic import atomic_path
+
     with atomic_path(path, suffix=".jpg") as tmp:
         Image.fromarray(image).save(tmp, format="JPEG", quality=quality)
 
 
-def write_testpack(root: str | os.PathLike, probes: Iterable[tuple[str, np.ndarray]],
-                   distractors: Sequence[np.ndarray], probe_noises: Sequence[str] = (),
-                   distractor_noises: Sequence[str] = ()) -> dict[str, list[str]]:
+def write_testpack(
+    root: str | os.PathLike,
+    probes: Iterable[tuple[str, np.ndarray]],
+    distractors: Sequence[np.ndarray],
+    probe_noises: Sequence[str] = (),
+    distractor_noises: Sequence[str] = (),
+) -> dict[str, list[str]]:
     """Write a MegaFace-testpack-shaped folder; returns the relative keys written per part.
 
     ``probes``: ``(name, crop)`` pairs (names may repeat; ``_<id>`` numbers them);

@@ -14,8 +14,14 @@ __all__ = ["DEFENCES"]
 #: ``mf2m.defences``, each naming a factory that returns a defence object)
 DEFENCES = Registry("defence", group="mf2m.defences")
 
-for _name, _attr in (("jpeg", "JPEG"), ("median-blur", "MedianBlur"), ("gaussian-blur", "GaussianBlur"),
-                     ("bit-depth", "BitDepth"), ("random-resize-pad", "RandomResizePad"),
-                     ("upper-face", "UpperFace"), ("faced-mask-aware-detector", "FacedMaskAwareDetector")):
+for _name, _attr in (
+    ("jpeg", "JPEG"),
+    ("median-blur", "MedianBlur"),
+    ("gaussian-blur", "GaussianBlur"),
+    ("bit-depth", "BitDepth"),
+    ("random-resize-pad", "RandomResizePad"),
+    ("upper-face", "UpperFace"),
+    ("faced-mask-aware-detector", "FacedMaskAwareDetector"),
+):
     DEFENCES.register(_name, f"benchmark.defences.reference:{_attr}")
 del _name, _attr

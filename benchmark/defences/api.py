@@ -147,7 +147,7 @@ class ReplacementRecognizer(abc.ABC):
 
     name: str = "replacement-recognizer"
     kind: str = "replacement-recognizer"
-    stochastic: bool = False    # True: the model's torch module draws its randomness anew on each call
+    stochastic: bool = False  # True: the model's torch module draws its randomness anew on each call
 
     @abc.abstractmethod
     def create(self, device: str = "auto") -> Recognizer:
@@ -163,7 +163,7 @@ class ReplacementMaskDetector(abc.ABC):
 
     name: str = "replacement-mask-detector"
     kind: str = "replacement-mask-detector"
-    stochastic: bool = False    # True: the model's torch module draws its randomness anew on each call
+    stochastic: bool = False  # True: the model's torch module draws its randomness anew on each call
 
     @abc.abstractmethod
     def create(self, device: str = "auto") -> MaskDetector:
@@ -194,8 +194,9 @@ def _straight_through_class():
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             if x.dim() != 4 or x.shape[1] != 3:
-                raise ValueError(f"defence {self.transform.name} expects (n, 3, H, W) RGB in [0, 1], "
-                                 f"got {tuple(x.shape)}")
+                raise ValueError(
+                    f"defence {self.transform.name} expects (n, 3, H, W) RGB in [0, 1], got {tuple(x.shape)}"
+                )
             transform = self.transform
             if transform.stochastic and x.requires_grad:
                 transform = transform.sample(self.rng)
@@ -226,7 +227,7 @@ class Defence:
     kind: str
     params: dict[str, Any]
     impl: Any = field(repr=False, default=None)
-    source: str = ""          # "builtin:NAME", "entry-point:NAME", "spec:module:callable" or "object"
+    source: str = ""  # "builtin:NAME", "entry-point:NAME", "spec:module:callable" or "object"
 
     @property
     def tag(self) -> str:
@@ -237,9 +238,14 @@ class Defence:
 
     def record(self) -> dict[str, Any]:
         """JSON-able description for manifests."""
-        return {"name": self.name, "kind": self.kind, "params": dict(self.params), "source": self.source,
-                "stochastic": self.stochastic,
-                **({"gradient": self.impl.gradient} if isinstance(self.impl, InputTransform) else {})}
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "params": dict(self.params),
+            "source": self.source,
+            "stochastic": self.stochastic,
+            **({"gradient": self.impl.gradient} if isinstance(self.impl, InputTransform) else {}),
+        }
 
     @property
     def stochastic(self) -> bool:
@@ -253,8 +259,7 @@ class Defence:
 
     def digest(self) -> str:
         """SHA-256 of the defence's name, kind and parameters."""
-        text = json.dumps({"name": self.name, "kind": self.kind, "params": self.params}, sort_keys=True,
-                          default=str)
+        text = json.dumps({"name": self.name, "kind": self.kind, "params": self.params}, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -317,7 +322,7 @@ def _target_text(entry: Entry) -> str:
     target = entry.target
     if isinstance(target, str):
         return target
-    if hasattr(target, "value") and hasattr(target, "group"):              # an EntryPoint
+    if hasattr(target, "value") and hasattr(target, "group"):  # an EntryPoint
         return str(target.value)
     return f"{getattr(target, '__module__', '?')}:{getattr(target, '__qualname__', type(target).__name__)}"
 
@@ -338,8 +343,10 @@ def _registered(name: str, spec: str) -> Entry:
     try:
         return DEFENCES.entry(name)
     except ValueError as exc:
-        raise ValueError(f"defence spec {spec!r}: {exc} (plug-ins: entry-point group {DEFENCES.group!r}); "
-                         "or name a factory as module:callable[:key=value,…]") from None
+        raise ValueError(
+            f"defence spec {spec!r}: {exc} (plug-ins: entry-point group {DEFENCES.group!r}); "
+            "or name a factory as module:callable[:key=value,…]"
+        ) from None
 
 
 def load_defence(spec: str) -> Defence:
@@ -349,8 +356,10 @@ def load_defence(spec: str) -> Defence:
         try:
             mod = importlib.import_module(module)
         except ImportError as exc:
-            raise ValueError(f"defence spec {spec!r}: cannot import module {module!r} ({exc}); "
-                             f"is it on PYTHONPATH? (sys.path[0]={sys.path[0]!r})") from None
+            raise ValueError(
+                f"defence spec {spec!r}: cannot import module {module!r} ({exc}); "
+                f"is it on PYTHONPATH? (sys.path[0]={sys.path[0]!r})"
+            ) from None
         factory = mod
         for attr in func.split("."):
             factory = getattr(factory, attr, None)
@@ -367,8 +376,9 @@ def load_defence(spec: str) -> Defence:
     return build_defence(factory, params, source=source, name=name)
 
 
-def build_defence(factory: Callable[..., Any] | Any, params: dict[str, Any], source: str = "object",
-                  name: str | None = None) -> Defence:
+def build_defence(
+    factory: Callable[..., Any] | Any, params: dict[str, Any], source: str = "object", name: str | None = None
+) -> Defence:
     """Call ``factory(**params)`` (or take an instance as is) and wrap the result in a :class:`Defence`."""
     if isinstance(factory, (InputTransform, ReplacementRecognizer, ReplacementMaskDetector)):
         if params:
@@ -384,8 +394,10 @@ def build_defence(factory: Callable[..., Any] | Any, params: dict[str, Any], sou
     if isinstance(impl, Defence):
         return impl
     if not isinstance(impl, (InputTransform, ReplacementRecognizer, ReplacementMaskDetector)):
-        raise ValueError(f"{source} returned {type(impl).__name__}, not a defence (InputTransform, "
-                         "RecognitionPolicy, ReplacementRecognizer or ReplacementMaskDetector)")
+        raise ValueError(
+            f"{source} returned {type(impl).__name__}, not a defence (InputTransform, "
+            "RecognitionPolicy, ReplacementRecognizer or ReplacementMaskDetector)"
+        )
     return Defence(name=name or impl.name, kind=impl.kind, params=dict(impl.params()), impl=impl, source=source)
 
 
@@ -417,6 +429,7 @@ class _Defended:
     def torch_module(self, device: str = "cpu") -> Any:
         """The transform's straight-through module followed by the inner model's module."""
         from torch import nn
+
         inner = self.inner.torch_module(device)
         return nn.Sequential(self.transform.torch_module(), inner) if self.transform else inner
 
@@ -426,8 +439,13 @@ class _Defended:
 
     def identity(self) -> dict[str, Any]:
         """The inner model's identity, renamed, with the defence record."""
-        return {**self.inner.identity(), "name": self.name, "sha256": self.weights_hash(),
-                "base_model": self.inner.identity(), "defence": self.defence.record()}
+        return {
+            **self.inner.identity(),
+            "name": self.name,
+            "sha256": self.weights_hash(),
+            "base_model": self.inner.identity(),
+            "defence": self.defence.record(),
+        }
 
 
 class DefendedRecognizer(_Defended, Recognizer):
@@ -454,18 +472,25 @@ class DefendedMaskDetector(_Defended, MaskDetector):
         return self.inner.p_masked(self._defended(faces))
 
 
-def defend(defence: Defence, recognizer: Recognizer | None, mask_detector: MaskDetector | None,
-           device: str = "auto") -> tuple[Recognizer | None, MaskDetector | None]:
+def defend(
+    defence: Defence, recognizer: Recognizer | None, mask_detector: MaskDetector | None, device: str = "auto"
+) -> tuple[Recognizer | None, MaskDetector | None]:
     """The ``(recognizer, mask_detector)`` a system protected by ``defence`` uses.
 
     Models the defence does not touch are returned unchanged (same object, same identity).
     """
     impl = defence.impl
     if isinstance(impl, InputTransform):
-        rec = (DefendedRecognizer(recognizer, defence, impl)
-               if recognizer is not None and impl.affects_recognition else recognizer)
-        md = (DefendedMaskDetector(mask_detector, defence, impl)
-              if mask_detector is not None and impl.affects_detection else mask_detector)
+        rec = (
+            DefendedRecognizer(recognizer, defence, impl)
+            if recognizer is not None and impl.affects_recognition
+            else recognizer
+        )
+        md = (
+            DefendedMaskDetector(mask_detector, defence, impl)
+            if mask_detector is not None and impl.affects_detection
+            else mask_detector
+        )
         return rec, md
     if isinstance(impl, ReplacementRecognizer):
         return DefendedRecognizer(impl.create(device), defence), mask_detector

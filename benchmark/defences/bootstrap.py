@@ -22,11 +22,11 @@ BOOTSTRAP_METRICS = ("rank1", "tar", "mask_rate")
 class ProbeOutcomes:
     """What each probe contributes to a cell (arrays over probes unless noted)."""
 
-    n_pos: np.ndarray            # positive pairs per probe
-    rank1_hits: np.ndarray       # positive pairs of the probe that no distractor beats
+    n_pos: np.ndarray  # positive pairs per probe
+    rank1_hits: np.ndarray  # positive pairs of the probe that no distractor beats
     pos_scores: list[np.ndarray]  # per probe: its positive-pair scores
-    neg_scores: np.ndarray       # (probes, distractors) probe–distractor scores
-    masked: np.ndarray | None    # per probe: 1 if the mask detector says masked (None: no detector)
+    neg_scores: np.ndarray  # (probes, distractors) probe–distractor scores
+    masked: np.ndarray | None  # per probe: 1 if the mask detector says masked (None: no detector)
     far: float
 
     def metrics(self, weights: np.ndarray | None = None) -> dict[str, float | None]:
@@ -57,15 +57,24 @@ def weighted_kth_largest(neg: np.ndarray, weights: np.ndarray, far: float) -> fl
     return float(flat[order][min(np.searchsorted(cum, k), len(cum) - 1)])
 
 
-def probe_outcomes(probe_feats: np.ndarray, probe_keys: Sequence[str], probe_ids: Sequence[str],
-                   mate_feats: np.ndarray, mate_keys: Sequence[str], mate_ids: Sequence[str],
-                   distractor_feats: np.ndarray, far: float, p_masked: np.ndarray | None = None,
-                   threshold: float = 0.5) -> ProbeOutcomes:
+def probe_outcomes(
+    probe_feats: np.ndarray,
+    probe_keys: Sequence[str],
+    probe_ids: Sequence[str],
+    mate_feats: np.ndarray,
+    mate_keys: Sequence[str],
+    mate_ids: Sequence[str],
+    distractor_feats: np.ndarray,
+    far: float,
+    p_masked: np.ndarray | None = None,
+    threshold: float = 0.5,
+) -> ProbeOutcomes:
     """Per-probe outcomes under the protocol of :func:`.metrics.search_metrics` (float64 cosines).
 
     Positive pairs: mates of the probe's identity except its own clean original (same key).
     Rank-1 hit: no distractor scores above the pair. Rows are L2-normalised here.
     """
+
     def unit(a: np.ndarray) -> np.ndarray:
         a = np.asarray(a, np.float64)
         return a / np.linalg.norm(a, axis=1, keepdims=True)
@@ -85,8 +94,9 @@ def probe_outcomes(probe_feats: np.ndarray, probe_keys: Sequence[str], probe_ids
     return ProbeOutcomes(np.array(n_pos, np.float64), np.array(hits, np.float64), pos_scores, neg, masked, far)
 
 
-def bootstrap(outcomes: ProbeOutcomes, n_boot: int = 1000, level: float = 0.95, seed: int = 0
-              ) -> dict[str, dict[str, float | None]]:
+def bootstrap(
+    outcomes: ProbeOutcomes, n_boot: int = 1000, level: float = 0.95, seed: int = 0
+) -> dict[str, dict[str, float | None]]:
     """Percentile intervals over probes: ``{metric: {point, low, high, level, n_boot}}``."""
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), not {level}")

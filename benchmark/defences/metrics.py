@@ -36,26 +36,53 @@ def _tokens(*labels: Sequence[Any]) -> list[list[str]]:
     return [[index[t] for t in group] for group in texts]
 
 
-def search_metrics(probe_feats: np.ndarray, probe_keys: Sequence[str], probe_ids: Sequence[str],
-                   mate_feats: np.ndarray, mate_keys: Sequence[str], mate_ids: Sequence[str],
-                   distractor_feats: np.ndarray, far: float = 1e-6, device: str = "cpu") -> dict[str, Any]:
+def search_metrics(
+    probe_feats: np.ndarray,
+    probe_keys: Sequence[str],
+    probe_ids: Sequence[str],
+    mate_feats: np.ndarray,
+    mate_keys: Sequence[str],
+    mate_ids: Sequence[str],
+    distractor_feats: np.ndarray,
+    far: float = 1e-6,
+    device: str = "cpu",
+) -> dict[str, Any]:
     """Rank-1, TAR@``far``, AUC (and counts) of in-memory feature sets, by :func:`benchmark.search.evaluate`.
 
     Identities are any labels and keys any strings, both compared as given (``str`` of each); keys pair a
     probe with its own clean original, which is never its mate. The search runs in float32 (``fp32``).
     """
     from ..search import evaluate
+
     p_keys, m_keys = _tokens(probe_keys, mate_keys)
     p_ids, m_ids = _tokens(probe_ids, mate_ids)
-    result = evaluate(probes=probe_feats, mates=mate_feats, distractors=distractor_feats, probe_keys=p_keys,
-                      mate_keys=m_keys, probe_identities=p_ids, mate_identities=m_ids, fars=[float(far)], ranks=[1],
-                      device=device, precision="fp32")
+    result = evaluate(
+        probes=probe_feats,
+        mates=mate_feats,
+        distractors=distractor_feats,
+        probe_keys=p_keys,
+        mate_keys=m_keys,
+        probe_identities=p_ids,
+        mate_identities=m_ids,
+        fars=[float(far)],
+        ranks=[1],
+        device=device,
+        precision="fp32",
+    )
     counts = result.counts
-    return {"rank1": result.rank1, "tar": result.tar_at_far[float(far)], "threshold": result.thresholds[float(far)],
-            "auc": result.auc, "far": float(far), "far_resolution": 1.0 / counts["negative_pairs"],
-            "positive_pairs": counts["positive_pairs"], "negative_pairs": counts["negative_pairs"],
-            "probes": counts["probes"], "auc_max_error": float(result.metrics["exactness"]["auc_max_error"]),
-            "genuine_mean": result.genuine_mean}
+    return {
+        "rank1": result.rank1,
+        "tar": result.tar_at_far[float(far)],
+        "threshold": result.thresholds[float(far)],
+        "auc": result.auc,
+        "far": float(far),
+        "far_resolution": 1.0 / counts["negative_pairs"],
+        "positive_pairs": counts["positive_pairs"],
+        "negative_pairs": counts["negative_pairs"],
+        "probes": counts["probes"],
+        "auc_max_error": float(result.metrics["exactness"]["auc_max_error"]),
+        "genuine_mean": result.genuine_mean,
+    }
 
 
 def mask_rate(p_masked: np.ndarray, threshold: float = 0.5) -> float | None:

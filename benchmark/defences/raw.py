@@ -26,8 +26,20 @@ from typing import Any
 
 import numpy as np
 
-PER_PROBE_FIELDS = ("key", "identity", "source", "positive_pairs", "rank1_hits", "best_mate_score", "mate_scores",
-                    "best_distractor_score", "rank", "p_masked", "psnr", "ssim")
+PER_PROBE_FIELDS = (
+    "key",
+    "identity",
+    "source",
+    "positive_pairs",
+    "rank1_hits",
+    "best_mate_score",
+    "mate_scores",
+    "best_distractor_score",
+    "rank",
+    "p_masked",
+    "psnr",
+    "ssim",
+)
 #: row fields that are re-derived when rendering (not stored in a cell's metrics.json)
 DERIVED = ("clean_cost_rank1", "clean_cost_tar", "clean_cost_auc", "clean_cost_mask_rate")
 
@@ -40,14 +52,20 @@ def data_record(spec: str) -> dict[str, Any]:
     same copy of the data set record the same value.
     """
     from ..data.datasets import load_dataset, parse_spec
+
     kind, path, options = parse_spec(spec)
     dataset = load_dataset(spec)
     listing = "\n".join(f"{it.key}\t{it.identity}" for it in sorted(dataset.items, key=lambda it: it.key))
     query = ("?" + "&".join(f"{k}={v}" for k, v in sorted(options.items()))) if options else ""
     name = Path(path).resolve().name
-    return {"spec": f"{kind}:$DATA/{name}{query}", "kind": kind, "name": name, "items": len(dataset.items),
-            "identities": len(dataset.identities),
-            "listing_sha256": hashlib.sha256(listing.encode("utf-8")).hexdigest()}
+    return {
+        "spec": f"{kind}:$DATA/{name}{query}",
+        "kind": kind,
+        "name": name,
+        "items": len(dataset.items),
+        "identities": len(dataset.identities),
+        "listing_sha256": hashlib.sha256(listing.encode("utf-8")).hexdigest(),
+    }
 
 
 def replace_strings(obj: Any, old: str, new: str) -> Any:
@@ -68,8 +86,13 @@ def cell_folder(index: int, row: dict[str, Any]) -> str:
     return f"cells/{index:02d}-{name[:80]}"
 
 
-def per_probe_csv(keys: Sequence[str], ids: Sequence[str], outcomes, p_masked: np.ndarray | None,
-                  attack_rows: dict[str, dict[str, Any]] | None = None) -> str:
+def per_probe_csv(
+    keys: Sequence[str],
+    ids: Sequence[str],
+    outcomes,
+    p_masked: np.ndarray | None,
+    attack_rows: dict[str, dict[str, Any]] | None = None,
+) -> str:
     """CSV of each probe's outcome (:class:`.bootstrap.ProbeOutcomes`); scores as exact float ``repr``.
 
     ``attack_rows`` (the attack's ``rows.jsonl`` by key) give the source key and the PSNR/SSIM against the
@@ -84,18 +107,37 @@ def per_probe_csv(keys: Sequence[str], ids: Sequence[str], outcomes, p_masked: n
         best = float(mates[0]) if len(mates) else None
         rank = int((neg > best).sum()) + 1 if best is not None else None
         made = (attack_rows or {}).get(key) or {}
-        w.writerow([key, ident, made.get("source") or key, int(outcomes.n_pos[i]), int(outcomes.rank1_hits[i]),
-                    "" if best is None else repr(best), ";".join(repr(float(s)) for s in mates),
-                    repr(float(neg.max())), "" if rank is None else rank,
-                    "" if p_masked is None else repr(float(p_masked[i])),
-                    *("" if made.get(m) is None else repr(float(made[m])) for m in ("psnr", "ssim"))])
+        w.writerow(
+            [
+                key,
+                ident,
+                made.get("source") or key,
+                int(outcomes.n_pos[i]),
+                int(outcomes.rank1_hits[i]),
+                "" if best is None else repr(best),
+                ";".join(repr(float(s)) for s in mates),
+                repr(float(neg.max())),
+                "" if rank is None else rank,
+                "" if p_masked is None else repr(float(p_masked[i])),
+                *("" if made.get(m) is None else repr(float(made[m])) for m in ("psnr", "ssim")),
+            ]
+        )
     return buf.getvalue()
 
 
-def write_cell(out: Path, index: int, row: dict[str, Any], keys: Sequence[str], ids: Sequence[str], outcomes,
-               p_masked: np.ndarray | None, attack_rows: dict[str, dict[str, Any]] | None = None) -> str:
+def write_cell(
+    out: Path,
+    index: int,
+    row: dict[str, Any],
+    keys: Sequence[str],
+    ids: Sequence[str],
+    outcomes,
+    p_masked: np.ndarray | None,
+    attack_rows: dict[str, dict[str, Any]] | None = None,
+) -> str:
     """Write one cell's ``metrics.json`` and ``per_probe.csv``; returns its folder (relative to ``out``)."""
     from ..atomic import write_json, write_text
+
     folder = cell_folder(index, row)
     write_json(out / folder / "metrics.json", {k: v for k, v in row.items() if k not in DERIVED})
     write_text(out / folder / "per_probe.csv", per_probe_csv(keys, ids, outcomes, p_masked, attack_rows))
@@ -107,9 +149,15 @@ def read_per_probe(path: Path) -> list[dict[str, Any]]:
     rows = []
     with open(path, newline="", encoding="utf-8") as f:
         for r in csv.DictReader(f):
-            rows.append({**r, "positive_pairs": int(r["positive_pairs"]), "rank1_hits": int(r["rank1_hits"]),
-                         "mate_scores": [float(s) for s in r["mate_scores"].split(";") if s],
-                         "best_distractor_score": float(r["best_distractor_score"]),
-                         "p_masked": float(r["p_masked"]) if r["p_masked"] else None,
-                         **{m: float(r[m]) if r[m] else None for m in ("psnr", "ssim")}})
+            rows.append(
+                {
+                    **r,
+                    "positive_pairs": int(r["positive_pairs"]),
+                    "rank1_hits": int(r["rank1_hits"]),
+                    "mate_scores": [float(s) for s in r["mate_scores"].split(";") if s],
+                    "best_distractor_score": float(r["best_distractor_score"]),
+                    "p_masked": float(r["p_masked"]) if r["p_masked"] else None,
+                    **{m: float(r[m]) if r[m] else None for m in ("psnr", "ssim")},
+                }
+            )
     return rows

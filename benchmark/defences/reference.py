@@ -45,8 +45,8 @@ class JPEG(InputTransform):
     def apply_one(self, face: np.ndarray) -> np.ndarray:
         """Encode as JPEG and decode again."""
         import cv2
-        ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(face[:, :, ::-1]),
-                               [cv2.IMWRITE_JPEG_QUALITY, self.quality])
+
+        ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(face[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, self.quality])
         if not ok:
             raise RuntimeError("jpeg: OpenCV failed to encode a face")
         return cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1]
@@ -71,14 +71,16 @@ class MedianBlur(InputTransform):
     def apply_one(self, face: np.ndarray) -> np.ndarray:
         """OpenCV's median blur."""
         import cv2
+
         return cv2.medianBlur(np.ascontiguousarray(face), self.k)
 
     def surrogate(self, x):
         """The same median over replicate-padded ``k``×``k`` windows (gradient flows to the median pixel)."""
         import torch.nn.functional as F
+
         n, c, h, w = x.shape
         r = self.k // 2
-        patches = F.unfold(F.pad(x, (r, r, r, r), mode="replicate"), self.k)     # (n, c·k², h·w)
+        patches = F.unfold(F.pad(x, (r, r, r, r), mode="replicate"), self.k)  # (n, c·k², h·w)
         return patches.view(n, c, self.k * self.k, h * w).median(dim=2).values.view(n, c, h, w)
 
 
@@ -107,6 +109,7 @@ class GaussianBlur(InputTransform):
     def apply_one(self, face: np.ndarray) -> np.ndarray:
         """OpenCV's Gaussian blur."""
         import cv2
+
         return cv2.GaussianBlur(face, (self.ksize, self.ksize), self.sigma, borderType=cv2.BORDER_REFLECT_101)
 
     def surrogate(self, x):
@@ -114,6 +117,7 @@ class GaussianBlur(InputTransform):
         import cv2
         import torch
         import torch.nn.functional as F
+
         g = torch.as_tensor(cv2.getGaussianKernel(self.ksize, self.sigma)[:, 0], dtype=x.dtype, device=x.device)
         r = self.ksize // 2
         c = x.shape[1]
@@ -141,7 +145,8 @@ class BitDepth(InputTransform):
     def apply(self, faces: np.ndarray) -> np.ndarray:
         """Round each channel to ``2**bits`` evenly spaced levels in 0..255."""
         from .api import check_faces
-        levels = 2 ** self.bits - 1
+
+        levels = 2**self.bits - 1
         faces = check_faces(faces).astype(np.float32)
         return np.clip(np.rint(np.rint(faces / 255.0 * levels) / levels * 255.0), 0, 255).astype(np.uint8)
 
@@ -167,7 +172,7 @@ class RandomResizePad(InputTransform):
 
     def sample(self, rng: np.random.Generator) -> RandomResizePad:
         """The same transform with a fresh ``seed`` from ``rng`` (a new draw of every face's choices)."""
-        return RandomResizePad(self.min_scale, int(rng.integers(2 ** 31)), self.apply_to)
+        return RandomResizePad(self.min_scale, int(rng.integers(2**31)), self.apply_to)
 
     def choices(self, face: np.ndarray) -> tuple[int, int, int]:
         """``(size, top, left)`` for one uint8 face (deterministic in ``seed`` and the face's bytes)."""
@@ -180,20 +185,22 @@ class RandomResizePad(InputTransform):
     def apply_one(self, face: np.ndarray) -> np.ndarray:
         """Resize (bilinear) and pad one face."""
         import cv2
+
         size, top, left = self.choices(face)
         out = np.zeros_like(face)
-        out[top:top + size, left:left + size] = cv2.resize(face, (size, size), interpolation=cv2.INTER_LINEAR)
+        out[top : top + size, left : left + size] = cv2.resize(face, (size, size), interpolation=cv2.INTER_LINEAR)
         return out
 
     def surrogate(self, x):
         """Differentiable bilinear resize and pad with the choices of each (8-bit rounded) face."""
         import torch
         import torch.nn.functional as F
+
         faces = torch.round(x.detach().clamp(0, 1) * 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         out = []
         for i, face in enumerate(faces):
             size, top, left = self.choices(face)
-            small = F.interpolate(x[i:i + 1], size=(size, size), mode="bilinear", align_corners=False)
+            small = F.interpolate(x[i : i + 1], size=(size, size), mode="bilinear", align_corners=False)
             h, w = x.shape[2:]
             out.append(F.pad(small, (left, w - left - size, top, h - top - size)))
         return torch.cat(out) if out else x
@@ -231,6 +238,7 @@ class UpperFace(RecognitionPolicy):
     def apply_one(self, face: np.ndarray) -> np.ndarray:
         """Blank or crop below the nose line."""
         import cv2
+
         line = self.line(face.shape[0])
         if self.mode == "blank":
             out = face.copy()
@@ -242,6 +250,7 @@ class UpperFace(RecognitionPolicy):
         """The same blanking (a constant below the line) or crop (bilinear stretch)."""
         import torch
         import torch.nn.functional as F
+
         line = self.line(x.shape[2])
         if self.mode == "blank":
             keep = torch.zeros_like(x[:1, :1])
@@ -267,6 +276,7 @@ class FacedMaskAwareDetector(ReplacementMaskDetector):
         if self.weights:
             return Path(self.weights)
         from ..models.mask_detector import WEIGHTS_DIR
+
         return WEIGHTS_DIR / "mask_detector_faced.pt"
 
     def params(self) -> dict[str, Any]:
@@ -276,6 +286,7 @@ class FacedMaskAwareDetector(ReplacementMaskDetector):
     def create(self, device: str = "auto"):
         """A ``CNNMaskDetector`` on the retrained weights (``ModelUnavailable`` when not trained yet)."""
         from ..models.mask_detector import CNNMaskDetector
+
         det = CNNMaskDetector(self.weights_path(), device=device)
         det.name = "mf2m-maskdet-faced"
         return det

@@ -9,5 +9,6 @@ def __getattr__(name: str):
     # ``benchmark.embed.embed`` without importing torch at package import
     if name == "embed":
         from .api import embed
+
         return embed
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,15 +16,19 @@ from .cli import add_embed_arguments, config_from_args
 
 def main(argv: list[str] | None = None) -> int:
     """Parse ``mf2m embed`` options and run the embedding (errors print one line, exit status 1)."""
-    parser = argparse.ArgumentParser(prog="python -m benchmark.embed",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                     description="Embed a dataset (same options as `mf2m embed`).")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmark.embed",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Embed a dataset (same options as `mf2m embed`).",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     add_embed_arguments(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     from .engine import run_embed
+
     try:
         run_embed(config_from_args(args))
     except (ValueError, FileNotFoundError, RuntimeError) as exc:

@@ -35,19 +35,26 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norm, 1e-12)
 
 
-CPU_TORCH_CHUNK = 16   # images per torch forward on the CPU
+CPU_TORCH_CHUNK = 16  # images per torch forward on the CPU
 
 
 class Forward:
     """One recognizer on one device. ``runtime`` is ``"torch-fp32"``, ``"torch-bf16"``, ``"torch-fp16"`` or
     ``"native"``; ``precision`` is the :class:`~benchmark.precision.PrecisionPlan` that ran."""
 
-    def __init__(self, recognizer: Any, device: str = "cpu", flip: bool = False,
-                 precision: str | PrecisionPlan = "auto", prefer_torch: bool | None = None):
+    def __init__(
+        self,
+        recognizer: Any,
+        device: str = "cpu",
+        flip: bool = False,
+        precision: str | PrecisionPlan = "auto",
+        prefer_torch: bool | None = None,
+    ):
         """``precision``: ``auto``/``fp32``/``bf16``/``fp16`` (resolved for ``device``) or a plan.
         ``prefer_torch`` (default: on CUDA, in reduced precision, and on the CPU where the model sets
         ``prefer_torch_on_cpu``) runs the torch module instead of ``embed``."""
         from ..precision import plan, reduce_module
+
         self.recognizer = recognizer
         self.device = device
         self.flip = flip
@@ -64,21 +71,28 @@ class Forward:
                 module = None
         if module is not None:
             import torch
+
             # a private copy: casting must not change the recognizer's own (shared) module
             self.module = reduce_module(module, p).eval()
             self.runtime = f"torch-{p.precision}"
             torch.backends.cudnn.benchmark = on_gpu
         else:
             if p.reduced:
-                p = p.fallback(f"{getattr(recognizer, 'name', 'this model')} has no torch module "
-                               f"(native runtime only): float32, although {p.precision} was resolved ({p.reason})")
+                p = p.fallback(
+                    f"{getattr(recognizer, 'name', 'this model')} has no torch module "
+                    f"(native runtime only): float32, although {p.precision} was resolved ({p.reason})"
+                )
             self.runtime = "native"
         self.precision = p
 
     def describe(self) -> dict[str, Any]:
         """What a manifest records about the runtime."""
-        return {"runtime": self.runtime, "device": self.device, "flip": self.flip,
-                "precision": self.precision.describe()}
+        return {
+            "runtime": self.runtime,
+            "device": self.device,
+            "flip": self.flip,
+            "precision": self.precision.describe(),
+        }
 
     # -- CPU / native path -------------------------------------------------------------------------
     def embed_numpy(self, faces: np.ndarray) -> np.ndarray:
@@ -95,15 +109,17 @@ class Forward:
     def _launch(self, faces):
         """Queue the forward pass of a uint8 ``(n,112,112,3)`` tensor; returns the features on the device."""
         import torch
+
         if not self.device.startswith("cuda") and len(faces) > CPU_TORCH_CHUNK:
             # CPU: small chunks keep the activations in cache (batch 16 ≈ 2× batch 64 for SFace)
-            return torch.cat([self._launch(faces[i:i + CPU_TORCH_CHUNK])
-                              for i in range(0, len(faces), CPU_TORCH_CHUNK)])
+            return torch.cat(
+                [self._launch(faces[i : i + CPU_TORCH_CHUNK]) for i in range(0, len(faces), CPU_TORCH_CHUNK)]
+            )
         x = faces.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
         with torch.inference_mode():
             if self.flip:
                 y = self.module(torch.cat([x, x.flip(3)])).float()
-                y = y[: len(faces)] + y[len(faces):]
+                y = y[: len(faces)] + y[len(faces) :]
             else:
                 y = self.module(x).float()
             return torch.nn.functional.normalize(y, dim=1)
@@ -125,6 +141,7 @@ class Forward:
                 yield meta, self.embed_tensor(faces) if len(faces) else self.embed_numpy(faces.numpy())
             return
         import torch
+
         pending: deque = deque()
         for meta, faces in batches:
             if len(faces):

@@ -55,7 +55,7 @@ def read_record(out_dir: Path, index: int) -> dict[str, Any] | None:
         return None
     record = json.loads(path.read_text(encoding="utf-8"))
     if record.get("count", 0) > 0 and not (out_dir / record["path"]).is_file():
-        return None           # record without its file (file deleted by hand): redo the shard
+        return None  # record without its file (file deleted by hand): redo the shard
     return record
 
 
@@ -88,10 +88,15 @@ def check_run_config(out_dir: Path, fingerprint: dict[str, Any]) -> None:
     path = out_dir / PROGRESS / "run.json"
     if path.is_file():
         have = json.loads(path.read_text(encoding="utf-8"))
-        diff = {k: (have.get(k), fingerprint.get(k)) for k in sorted(set(have) | set(fingerprint))
-                if have.get(k) != fingerprint.get(k)}
+        diff = {
+            k: (have.get(k), fingerprint.get(k))
+            for k in sorted(set(have) | set(fingerprint))
+            if have.get(k) != fingerprint.get(k)
+        }
         if diff:
-            raise ValueError(f"{out_dir} holds an embedding run with other settings (was, now): {diff}; "
-                             "use another --out folder or the same settings")
+            raise ValueError(
+                f"{out_dir} holds an embedding run with other settings (was, now): {diff}; "
+                "use another --out folder or the same settings"
+            )
     else:
         write_json(path, fingerprint)

@@ -58,7 +58,28 @@ from .sets import (
 )
 from .writing import FeatureSetWriter, write_feature_file, write_manifest
 
-__all__ = ["FORMAT", "MANIFEST", "NAME_COLUMNS", "READ_FORMATS", "FeatureArrays", "FeatureBlock", "FeatureFormatError",
-           "FeatureSet", "FeatureSetWriter", "Shard", "UnitRows", "check_compatible", "check_keys", "check_unique_keys",
-           "describe", "import_megaface", "import_npy", "normalize_rows", "read_lines", "read_megaface_bin", "row_norms",
-           "write_feature_file", "write_manifest"]
+__all__ = [
+    "FORMAT",
+    "MANIFEST",
+    "NAME_COLUMNS",
+    "READ_FORMATS",
+    "FeatureArrays",
+    "FeatureBlock",
+    "FeatureFormatError",
+    "FeatureSet",
+    "FeatureSetWriter",
+    "Shard",
+    "UnitRows",
+    "check_compatible",
+    "check_keys",
+    "check_unique_keys",
+    "describe",
+    "import_megaface",
+    "import_npy",
+    "normalize_rows",
+    "read_lines",
+    "read_megaface_bin",
+    "row_norms",
+    "write_feature_file",
+    "write_manifest",
+]

@@ -19,9 +19,15 @@ def _read_labels(path: Path, n: int) -> np.ndarray:
     return labels.astype(np.int64)
 
 
-def import_npy(npy: str | os.PathLike, keys_file: str | os.PathLike, out: str | os.PathLike, model: str,
-               labels_file: str | os.PathLike | None = None, shard_size: int = 100_000,
-               dtype: str = "float32") -> Path:
+def import_npy(
+    npy: str | os.PathLike,
+    keys_file: str | os.PathLike,
+    out: str | os.PathLike,
+    model: str,
+    labels_file: str | os.PathLike | None = None,
+    shard_size: int = 100_000,
+    dtype: str = "float32",
+) -> Path:
     """Convert an (n, D) ``.npy`` (memory-mapped) + one-key-per-line text file into a feature-set directory."""
     npy, keys_file = Path(npy), Path(keys_file)
     arr = np.load(npy, mmap_mode="r")
@@ -50,14 +56,22 @@ def read_megaface_bin(path: str | os.PathLike) -> np.ndarray:
         raise FeatureFormatError(f"{path}: matrix type {typ} is not float32 (5)")
     n = int(rows) * int(cols)
     if n <= 0 or len(raw) != 16 + 4 * n:
-        raise FeatureFormatError(f"{path}: header says {rows}x{cols} floats but the file has {len(raw) - 16} "
-                                 f"data bytes")
+        raise FeatureFormatError(
+            f"{path}: header says {rows}x{cols} floats but the file has {len(raw) - 16} data bytes"
+        )
     return np.frombuffer(raw[16:], dtype="<f4").astype(np.float32)
 
 
-def import_megaface(root: str | os.PathLike, out: str | os.PathLike, model: str, suffix: str = ".bin",
-                    identities: str | os.PathLike | None = None, shard_size: int = 100_000,
-                    dtype: str = "float32", progress: bool = True) -> tuple[Path, int]:
+def import_megaface(
+    root: str | os.PathLike,
+    out: str | os.PathLike,
+    model: str,
+    suffix: str = ".bin",
+    identities: str | os.PathLike | None = None,
+    shard_size: int = 100_000,
+    dtype: str = "float32",
+    progress: bool = True,
+) -> tuple[Path, int]:
     """Import every ``*<suffix>`` file under ``root`` (devkit per-image features) into a feature-set dir.
 
     Key = path relative to ``root`` with ``suffix`` removed (e.g. ``Aaron_Eckhart/Aaron_Eckhart_1.png``).
@@ -77,6 +91,7 @@ def import_megaface(root: str | os.PathLike, out: str | os.PathLike, model: str,
     iterator = files
     if progress:
         from tqdm import tqdm
+
         iterator = tqdm(files, desc="import .bin", unit="file")
     batch_f, batch_k, batch_l = [], [], []
     for path in iterator:
@@ -104,5 +119,6 @@ def import_megaface(root: str | os.PathLike, out: str | os.PathLike, model: str,
     writer.close()
     if identities:
         from benchmark.atomic import write_text
+
         write_text(identities, "\n".join(names) + "\n")
     return Path(out), len(files)

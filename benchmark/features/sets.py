@@ -18,9 +18,9 @@ import numpy as np
 from benchmark.manifest import sha256_file
 
 FORMAT = "mf2m.features.v2"
-READ_FORMATS = ("mf2m.features.v1", FORMAT)   # v1: no per-row identity names / source keys
+READ_FORMATS = ("mf2m.features.v1", FORMAT)  # v1: no per-row identity names / source keys
 MANIFEST = "manifest.json"
-NAME_COLUMNS = ("identities", "sources")     # optional per-row string datasets (v2)
+NAME_COLUMNS = ("identities", "sources")  # optional per-row string datasets (v2)
 
 
 class FeatureFormatError(ValueError):
@@ -45,10 +45,10 @@ class FeatureBlock:
     labels: np.ndarray
     path: Path
     start: int
-    raw: np.ndarray | None = None   # the stored rows (float16/float32), before normalisation
+    raw: np.ndarray | None = None  # the stored rows (float16/float32), before normalisation
     norms: np.ndarray | None = None  # (n,) float32 row norms of ``raw`` (the load rule's)
-    identities: np.ndarray | None = None   # (n,) identity names ("" unknown) when the file has them
-    sources: np.ndarray | None = None      # (n,) clean source keys ("" none) when the file has them
+    identities: np.ndarray | None = None  # (n,) identity names ("" unknown) when the file has them
+    sources: np.ndarray | None = None  # (n,) clean source keys ("" none) when the file has them
 
 
 @dataclass
@@ -63,12 +63,13 @@ class FeatureArrays:
     source: Path
     shards: list[Shard] = field(default_factory=list)
     norms: np.ndarray | None = None  # (n,) float32 row norms (set by ``load(keep_storage=True)``)
-    identities: np.ndarray | None = None   # (n,) identity names ("" unknown); None: the set has none (v1)
-    sources: np.ndarray | None = None      # (n,) clean source keys ("" none); None: the set has none
+    identities: np.ndarray | None = None  # (n,) identity names ("" unknown); None: the set has none (v1)
+    sources: np.ndarray | None = None  # (n,) clean source keys ("" none); None: the set has none
 
 
 def _h5():
     import h5py
+
     return h5py
 
 
@@ -82,6 +83,7 @@ def check_keys(keys: np.ndarray, path: Path) -> np.ndarray:
     joined = "\n".join(keys.tolist())
     if keys.size and (joined.count("\n") != keys.size - 1 or _UNSAFE_KEY.search(joined)):
         from ..safepath import key_problem
+
         for key in keys.tolist():
             why = key_problem(key)
             if why:
@@ -124,16 +126,17 @@ def _file_header(path: Path) -> tuple[str, int, int]:
             raise FeatureFormatError(f"{path}: features must be float16 or float32, not {feats.dtype}")
         n = feats.shape[0]
         if keys.shape != (n,) or labels.shape != (n,):
-            raise FeatureFormatError(f"{path}: keys {keys.shape} / labels {labels.shape} do not match "
-                                     f"{n} feature rows")
+            raise FeatureFormatError(f"{path}: keys {keys.shape} / labels {labels.shape} do not match {n} feature rows")
         if labels.dtype.kind not in "iu":
             raise FeatureFormatError(f"{path}: labels must be int64, not {labels.dtype}")
         if keys.dtype.kind not in "OSU":
             raise FeatureFormatError(f"{path}: keys must be UTF-8 strings, not {keys.dtype}")
         for name in NAME_COLUMNS:
             if name in fh and (fh[name].shape != (n,) or fh[name].dtype.kind not in "OSU"):
-                raise FeatureFormatError(f"{path}: {name!r} must be {n} UTF-8 strings (one per row), found "
-                                         f"shape {fh[name].shape} dtype {fh[name].dtype}")
+                raise FeatureFormatError(
+                    f"{path}: {name!r} must be {n} UTF-8 strings (one per row), found "
+                    f"shape {fh[name].shape} dtype {fh[name].dtype}"
+                )
     return model, dim, n
 
 
@@ -146,6 +149,7 @@ def _columns(path: Path) -> set[str]:
 def _float32_tensor(features: np.ndarray):
     """A new float32 torch tensor holding ``features`` (the input, maybe a read-only map, is never modified)."""
     import torch
+
     arr = np.ascontiguousarray(features)
     if arr.dtype == np.float32:
         return torch.from_numpy(arr.copy())
@@ -179,6 +183,7 @@ def _norm_kernels():
                 v = lut[bits[i, j]]
                 acc += v * v
             out[i] = np.float32(np.sqrt(acc))
+
     return norms32, norms16
 
 
@@ -192,6 +197,7 @@ def row_norms(features, path: Path | str, start: int = 0) -> np.ndarray:
     first row).  float16 rows are read through a table of their float64 values (no float32 copy)."""
     global _F16_VALUES, _NORMS
     import torch
+
     x = features.numpy() if isinstance(features, torch.Tensor) else np.asarray(features)
     if _NORMS is None:
         _NORMS = _norm_kernels()
@@ -214,17 +220,20 @@ def row_norms(features, path: Path | str, start: int = 0) -> np.ndarray:
     zero = ~(norms > 0)
     if bool(zero.any()):
         rows = np.flatnonzero(zero.numpy())
-        raise FeatureFormatError(f"{path}: row {int(rows[0]) + start} is an all-zero feature vector ({rows.size} "
-                                 f"such rows in this block)")
+        raise FeatureFormatError(
+            f"{path}: row {int(rows[0]) + start} is an all-zero feature vector ({rows.size} such rows in this block)"
+        )
     return norms.numpy()
 
 
-def normalize_rows(features: np.ndarray, path: Path | str, start: int = 0,
-                   norms: np.ndarray | None = None) -> np.ndarray:
+def normalize_rows(
+    features: np.ndarray, path: Path | str, start: int = 0, norms: np.ndarray | None = None
+) -> np.ndarray:
     """Unit-L2 float32 copy of ``features`` (float32 rows divided by ``row_norms``, validated there unless
     ``norms`` are given); each row's result depends only on that row, so blocks, single rows and index
     selections agree bit for bit."""
     import torch
+
     x = _float32_tensor(features)
     n = row_norms(x, path, start) if norms is None else np.asarray(norms, np.float32)
     return x.div_(torch.from_numpy(n)[:, None]).numpy()
@@ -233,6 +242,7 @@ def normalize_rows(features: np.ndarray, path: Path | str, start: int = 0,
 def _verify_checksums(shards: list[Shard], manifest: Path) -> None:
     """Raise if a shard's SHA-256 differs from its manifest entry (shards hashed on two threads)."""
     from concurrent.futures import ThreadPoolExecutor
+
     with ThreadPoolExecutor(max_workers=min(2, max(len(shards), 1))) as pool:  # hashlib releases the GIL
         actual = list(pool.map(lambda sh: sha256_file(sh.path), shards))
     for shard, sha in zip(shards, actual):
@@ -278,11 +288,12 @@ class FeatureSet:
         if not isinstance(man, dict):
             raise FeatureFormatError(f"{mpath}: not a JSON object")
         if man.get("format") not in READ_FORMATS:
-            raise FeatureFormatError(f"{mpath}: format must be {FORMAT!r} (or {READ_FORMATS[0]!r}), found "
-                                     f"{man.get('format')!r}")
+            raise FeatureFormatError(
+                f"{mpath}: format must be {FORMAT!r} (or {READ_FORMATS[0]!r}), found {man.get('format')!r}"
+            )
         self.format = man["format"]
         names = man.get("identities")
-        self.manifest_identities = ([str(x) for x in names] if isinstance(names, list) else None)
+        self.manifest_identities = [str(x) for x in names] if isinstance(names, list) else None
         for name in ("model", "dim", "shards"):
             if name not in man:
                 raise FeatureFormatError(f"{mpath}: missing {name!r}")
@@ -298,8 +309,9 @@ class FeatureSet:
             if n != int(entry["count"]):
                 raise FeatureFormatError(f"{spath}: holds {n} rows but {mpath} says {entry['count']}")
             if s_model != model or s_dim != dim:
-                raise FeatureFormatError(f"{spath}: model/dim {s_model!r}/{s_dim} differ from the manifest's "
-                                         f"{model!r}/{dim} ({mpath})")
+                raise FeatureFormatError(
+                    f"{spath}: model/dim {s_model!r}/{s_dim} differ from the manifest's {model!r}/{dim} ({mpath})"
+                )
             sha = entry.get("sha256")
             if verify and not sha:
                 raise FeatureFormatError(f"{mpath}: shard {entry['path']!r} has no sha256")
@@ -307,12 +319,14 @@ class FeatureSet:
         if verify:
             _verify_checksums(shards, mpath)
         if "count" in man and int(man["count"]) != sum(s.count for s in shards):
-            raise FeatureFormatError(f"{mpath}: count {man['count']} != sum of shard counts "
-                                     f"{sum(s.count for s in shards)}")
+            raise FeatureFormatError(
+                f"{mpath}: count {man['count']} != sum of shard counts {sum(s.count for s in shards)}"
+            )
         return shards, model, dim
 
-    def iter_blocks(self, block_size: int = 65536, unit: bool = True,
-                    into: np.ndarray | None = None) -> Iterator[FeatureBlock]:
+    def iter_blocks(
+        self, block_size: int = 65536, unit: bool = True, into: np.ndarray | None = None
+    ) -> Iterator[FeatureBlock]:
         """Stream the rows shard by shard in blocks of at most ``block_size`` (unit-norm float32; with
         ``unit=False`` only validated: ``features`` is None, ``raw`` and ``norms`` are set).  ``into``: an
         (n, D) array the stored rows are read straight into (``raw`` is then a view of it; no copy)."""
@@ -325,18 +339,19 @@ class FeatureSet:
                 for lo in range(0, shard.count, block_size):
                     hi = min(lo + block_size, shard.count)
                     if direct:
-                        dset.read_direct(into, np.s_[lo:hi], np.s_[start + lo:start + hi])
-                        raw = into[start + lo:start + hi]
+                        dset.read_direct(into, np.s_[lo:hi], np.s_[start + lo : start + hi])
+                        raw = into[start + lo : start + hi]
                     else:
                         raw = dset[lo:hi]
                         if into is not None:
-                            into[start + lo:start + hi] = raw
+                            into[start + lo : start + hi] = raw
                     norms = row_norms(raw, shard.path, lo)
                     feats = normalize_rows(raw, shard.path, lo, norms) if unit else None
                     keys = check_keys(_decode_keys(fh["keys"][lo:hi], shard.path), shard.path)
                     labels = np.asarray(fh["labels"][lo:hi], dtype=np.int64)
-                    cols = {c: _decode_keys(fh[c][lo:hi], shard.path) if c in self.columns else None
-                            for c in NAME_COLUMNS}
+                    cols = {
+                        c: _decode_keys(fh[c][lo:hi], shard.path) if c in self.columns else None for c in NAME_COLUMNS
+                    }
                     yield FeatureBlock(feats, keys, labels, shard.path, start + lo, raw, norms, **cols)
             start += shard.count
 
@@ -364,13 +379,19 @@ class FeatureSet:
         blocks = self.iter_blocks(block_size, unit=not keep_storage, into=feats if keep_storage else None)
         if progress:
             from tqdm import tqdm
-            blocks = tqdm(blocks, total=sum(-(-s.count // block_size) for s in self.shards),
-                          desc=f"read {self.path.name}", unit="block", leave=False)
+
+            blocks = tqdm(
+                blocks,
+                total=sum(-(-s.count // block_size) for s in self.shards),
+                desc=f"read {self.path.name}",
+                unit="block",
+                leave=False,
+            )
         for b in blocks:
             if keep_storage:
-                norms[b.start:b.start + len(b.keys)] = b.norms
+                norms[b.start : b.start + len(b.keys)] = b.norms
             else:
-                feats[b.start:b.start + len(b.keys)] = b.features
+                feats[b.start : b.start + len(b.keys)] = b.features
             keys.append(b.keys)
             labels.append(b.labels)
             for c in NAME_COLUMNS:
@@ -379,10 +400,13 @@ class FeatureSet:
         key_arr = np.concatenate(keys) if keys else np.zeros(0, dtype="<U1")
         lab_arr = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
         check_unique_keys(key_arr, self)
-        extra = {c: (np.concatenate(cols[c]) if cols[c] else np.zeros(0, dtype="<U1")) if c in self.columns
-                 else None for c in NAME_COLUMNS}
-        return FeatureArrays(feats, key_arr, lab_arr, self.model, self.dim, self.path, list(self.shards), norms,
-                             **extra)
+        extra = {
+            c: (np.concatenate(cols[c]) if cols[c] else np.zeros(0, dtype="<U1")) if c in self.columns else None
+            for c in NAME_COLUMNS
+        }
+        return FeatureArrays(
+            feats, key_arr, lab_arr, self.model, self.dim, self.path, list(self.shards), norms, **extra
+        )
 
     def shard_of_row(self, row: int) -> Path:
         """The file holding global row ``row`` (for error messages)."""
@@ -431,8 +455,10 @@ def check_unique_keys(keys: np.ndarray, fs: FeatureSet) -> None:
         i = dup[0]
         a, b = int(order[i]), int(order[i + 1])
         files = {str(fs.shard_of_row(a)), str(fs.shard_of_row(b))}
-        raise FeatureFormatError(f"{' and '.join(sorted(files))}: duplicate key {str(sk[i])!r} (rows {a} and {b}; "
-                                 f"{dup.size} duplicate(s) in {fs.path})")
+        raise FeatureFormatError(
+            f"{' and '.join(sorted(files))}: duplicate key {str(sk[i])!r} (rows {a} and {b}; "
+            f"{dup.size} duplicate(s) in {fs.path})"
+        )
 
 
 def check_compatible(sets: dict[str, FeatureSet]) -> tuple[str, int]:
@@ -441,21 +467,32 @@ def check_compatible(sets: dict[str, FeatureSet]) -> tuple[str, int]:
     role0, fs0 = items[0]
     for role, fs in items[1:]:
         if fs.model != fs0.model or fs.dim != fs0.dim:
-            raise FeatureFormatError(f"mixed feature sets: {role} {fs.path} is model {fs.model!r} dim {fs.dim}, "
-                                     f"but {role0} {fs0.path} is model {fs0.model!r} dim {fs0.dim}")
+            raise FeatureFormatError(
+                f"mixed feature sets: {role} {fs.path} is model {fs.model!r} dim {fs.dim}, "
+                f"but {role0} {fs0.path} is model {fs0.model!r} dim {fs0.dim}"
+            )
     return fs0.model, fs0.dim
 
 
 def read_lines(path: str | os.PathLike) -> list[str]:
     """Non-empty, non-comment (#) lines of a UTF-8 text file, stripped."""
-    return [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines()
-            if ln.strip() and not ln.lstrip().startswith("#")]
+    return [
+        ln.strip()
+        for ln in Path(path).read_text(encoding="utf-8").splitlines()
+        if ln.strip() and not ln.lstrip().startswith("#")
+    ]
 
 
 def describe(fs: FeatureSet) -> dict:
     """Summary of a validated feature set (reads every row: checks NaN/Inf/zero rows and duplicate keys)."""
     arrays = fs.load()
     labels = arrays.labels
-    return {"path": str(fs.path), "model": fs.model, "dim": fs.dim, "count": fs.count,
-            "shards": len(fs.shards), "labelled": int((labels >= 0).sum()),
-            "identities": int(np.unique(labels[labels >= 0]).size)}
+    return {
+        "path": str(fs.path),
+        "model": fs.model,
+        "dim": fs.dim,
+        "count": fs.count,
+        "shards": len(fs.shards),
+        "labelled": int((labels >= 0).sum()),
+        "identities": int(np.unique(labels[labels >= 0]).size),
+    }

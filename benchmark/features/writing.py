@@ -14,10 +14,17 @@ from benchmark.manifest import sha256_file
 from .sets import FORMAT, MANIFEST, FeatureFormatError, _file_header, _h5, normalize_rows
 
 
-def write_feature_file(path: str | os.PathLike, features: np.ndarray, keys: Sequence[str],
-                       labels: Sequence[int] | np.ndarray | None, model: str, dim: int | None = None,
-                       dtype: str = "float32", identities: Sequence[str] | None = None,
-                       sources: Sequence[str] | None = None) -> Path:
+def write_feature_file(
+    path: str | os.PathLike,
+    features: np.ndarray,
+    keys: Sequence[str],
+    labels: Sequence[int] | np.ndarray | None,
+    model: str,
+    dim: int | None = None,
+    dtype: str = "float32",
+    identities: Sequence[str] | None = None,
+    sources: Sequence[str] | None = None,
+) -> Path:
     """Atomically write one feature file (labels default to -1; ``identities``/``sources``: optional per-row
     identity names and clean source keys, "" where unknown); returns its path."""
     path = Path(path)
@@ -45,8 +52,7 @@ def write_feature_file(path: str | os.PathLike, features: np.ndarray, keys: Sequ
     h5py = _h5()
     with atomic_path(path, suffix=".h5") as tmp, h5py.File(tmp, "w") as fh:
         fh.create_dataset("features", data=feats.astype(dtype), chunks=(min(max(n, 1), 4096), dim))
-        fh.create_dataset("keys", data=np.asarray(keys, dtype=object),
-                          dtype=h5py.string_dtype("utf-8"))
+        fh.create_dataset("keys", data=np.asarray(keys, dtype=object), dtype=h5py.string_dtype("utf-8"))
         fh.create_dataset("labels", data=labels)
         for name, values in columns.items():
             fh.create_dataset(name, data=np.asarray(values, dtype=object), dtype=h5py.string_dtype("utf-8"))
@@ -55,8 +61,7 @@ def write_feature_file(path: str | os.PathLike, features: np.ndarray, keys: Sequ
     return path
 
 
-def write_manifest(directory: str | os.PathLike, model: str, dim: int,
-                   shards: Iterable[str | os.PathLike]) -> Path:
+def write_manifest(directory: str | os.PathLike, model: str, dim: int, shards: Iterable[str | os.PathLike]) -> Path:
     """Write ``directory/manifest.json`` for the given shard files (counts and sha256 are computed)."""
     directory = Path(directory)
     entries = []
@@ -66,8 +71,13 @@ def write_manifest(directory: str | os.PathLike, model: str, dim: int,
         if s_model != model or s_dim != dim:
             raise FeatureFormatError(f"{spath}: model/dim {s_model!r}/{s_dim} differ from {model!r}/{dim}")
         entries.append({"path": os.path.relpath(spath, directory), "count": n, "sha256": sha256_file(spath)})
-    man = {"format": FORMAT, "model": model, "dim": int(dim), "count": sum(e["count"] for e in entries),
-           "shards": entries}
+    man = {
+        "format": FORMAT,
+        "model": model,
+        "dim": int(dim),
+        "count": sum(e["count"] for e in entries),
+        "shards": entries,
+    }
     write_json(directory / MANIFEST, man)
     return directory / MANIFEST
 
@@ -75,8 +85,9 @@ def write_manifest(directory: str | os.PathLike, model: str, dim: int,
 class FeatureSetWriter:
     """Write a sharded feature set incrementally: ``add`` batches, shards cut at ``shard_size``, manifest on close."""
 
-    def __init__(self, directory: str | os.PathLike, model: str, dim: int, shard_size: int = 100_000,
-                 dtype: str = "float32"):
+    def __init__(
+        self, directory: str | os.PathLike, model: str, dim: int, shard_size: int = 100_000, dtype: str = "float32"
+    ):
         self.directory, self.model, self.dim = Path(directory), model, int(dim)
         self.shard_size, self.dtype = int(shard_size), dtype
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -85,8 +96,14 @@ class FeatureSetWriter:
         self.shards: list[str] = []
         self._seen: set[str] = set()
 
-    def add(self, features: np.ndarray, keys: Sequence[str], labels: Sequence[int] | np.ndarray | None = None,
-            identities: Sequence[str] | None = None, sources: Sequence[str] | None = None):
+    def add(
+        self,
+        features: np.ndarray,
+        keys: Sequence[str],
+        labels: Sequence[int] | np.ndarray | None = None,
+        identities: Sequence[str] | None = None,
+        sources: Sequence[str] | None = None,
+    ):
         """Append rows (duplicate keys across the whole set are refused); ``identities``/``sources`` must be
         given for every batch or for none."""
         keys = [str(k) for k in keys]
@@ -98,9 +115,15 @@ class FeatureSetWriter:
         for name, values in (("identities", identities), ("sources", sources)):
             if self._buf and (values is None) != (self._buf[0][3 if name == "identities" else 4] is None):
                 raise ValueError(f"{self.directory}: {name} given for some batches but not for others")
-        self._buf.append((np.asarray(features), keys, labels,
-                          None if identities is None else [str(v) for v in identities],
-                          None if sources is None else [str(v) for v in sources]))
+        self._buf.append(
+            (
+                np.asarray(features),
+                keys,
+                labels,
+                None if identities is None else [str(v) for v in identities],
+                None if sources is None else [str(v) for v in sources],
+            )
+        )
         self._buffered += len(keys)
         while self._buffered >= self.shard_size:
             self._flush(self.shard_size)
@@ -112,11 +135,23 @@ class FeatureSetWriter:
         ids = None if self._buf[0][3] is None else [v for b in self._buf for v in b[3]]
         srcs = None if self._buf[0][4] is None else [v for b in self._buf for v in b[4]]
         name = f"part-{len(self.shards):05d}.h5"
-        write_feature_file(self.directory / name, feats[:n], keys[:n], labels[:n], self.model, self.dim,
-                           self.dtype, None if ids is None else ids[:n], None if srcs is None else srcs[:n])
+        write_feature_file(
+            self.directory / name,
+            feats[:n],
+            keys[:n],
+            labels[:n],
+            self.model,
+            self.dim,
+            self.dtype,
+            None if ids is None else ids[:n],
+            None if srcs is None else srcs[:n],
+        )
         self.shards.append(name)
-        self._buf = [(feats[n:], keys[n:], labels[n:], None if ids is None else ids[n:],
-                      None if srcs is None else srcs[n:])] if len(keys) > n else []
+        self._buf = (
+            [(feats[n:], keys[n:], labels[n:], None if ids is None else ids[n:], None if srcs is None else srcs[n:])]
+            if len(keys) > n
+            else []
+        )
         self._buffered = len(keys) - n
 
     def close(self) -> Path:

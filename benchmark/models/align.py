@@ -11,6 +11,7 @@ ALIGNED_SIZE = 112
 def arcface_template() -> np.ndarray:
     """The ArcFace 5-point template for 112×112 crops (left eye, right eye, nose, mouth corners)."""
     from insightface.utils import face_align
+
     return face_align.arcface_dst.astype(np.float32).copy()
 
 
@@ -19,10 +20,11 @@ def alignment_matrix(five: np.ndarray, size: int = ALIGNED_SIZE) -> np.ndarray:
     import warnings
 
     from insightface.utils import face_align
+
     five = np.asarray(five, dtype=np.float32).reshape(5, 2)
     if not np.isfinite(five).all():
         raise ValueError("alignment points contain NaN/Inf")
-    with warnings.catch_warnings():   # scikit-image ≥0.26 deprecates the call insightface makes
+    with warnings.catch_warnings():  # scikit-image ≥0.26 deprecates the call insightface makes
         warnings.simplefilter("ignore", FutureWarning)
         return face_align.estimate_norm(five, size).astype(np.float64)
 
@@ -30,6 +32,7 @@ def alignment_matrix(five: np.ndarray, size: int = ALIGNED_SIZE) -> np.ndarray:
 def warp(image: np.ndarray, matrix: np.ndarray, size: int = ALIGNED_SIZE) -> np.ndarray:
     """Apply a 2×3 affine ``matrix`` to ``image`` and return the ``size``×``size`` crop (black border)."""
     import cv2
+
     return cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderValue=0.0)
 
 

@@ -28,10 +28,10 @@ class ModelUnavailable(RuntimeError):
 class Preprocessing:
     """How a model turns an image into its input tensor (recorded in manifests)."""
 
-    input_size: tuple[int, int]          # (height, width) the network sees
-    alignment: str                       # "arcface112" | "dlib150" | "none"
-    color: str                           # "RGB" | "BGR"
-    normalisation: str                   # human-readable, e.g. "(x/255-0.5)/0.5" or "inside graph"
+    input_size: tuple[int, int]  # (height, width) the network sees
+    alignment: str  # "arcface112" | "dlib150" | "none"
+    color: str  # "RGB" | "BGR"
+    normalisation: str  # human-readable, e.g. "(x/255-0.5)/0.5" or "inside graph"
 
 
 class Recognizer(abc.ABC):
@@ -48,7 +48,7 @@ class Recognizer(abc.ABC):
     def embed(self, faces: np.ndarray) -> np.ndarray:
         """Features ``(n, dim)`` float32, unit L2 norm, for aligned faces ``(n, 112, 112, 3)`` uint8 RGB."""
 
-    weights_path: Any = None   # the weight file whose SHA-256 identifies the model
+    weights_path: Any = None  # the weight file whose SHA-256 identifies the model
 
     def weights_hash(self) -> str:
         """SHA-256 of the weight file(s): the model's identity in manifests."""
@@ -63,8 +63,13 @@ class Recognizer(abc.ABC):
 
     def identity(self) -> dict[str, Any]:
         """What a manifest records about this model."""
-        return {"name": self.name, "dim": self.dim, "sha256": self.weights_hash(),
-                "preprocessing": self.preprocessing.__dict__, "differentiable": self.differentiable}
+        return {
+            "name": self.name,
+            "dim": self.dim,
+            "sha256": self.weights_hash(),
+            "preprocessing": self.preprocessing.__dict__,
+            "differentiable": self.differentiable,
+        }
 
 
 class MaskDetector(abc.ABC):
@@ -77,7 +82,7 @@ class MaskDetector(abc.ABC):
     def p_masked(self, faces: np.ndarray) -> np.ndarray:
         """Probability ``(n,)`` that each aligned face ``(n,112,112,3)`` uint8 RGB wears a mask."""
 
-    weights_path: Any = None   # the weight file whose SHA-256 identifies the model
+    weights_path: Any = None  # the weight file whose SHA-256 identifies the model
 
     def weights_hash(self) -> str:
         """SHA-256 of the weight file(s)."""
@@ -99,6 +104,7 @@ def _cached_sha256(model: Any) -> str:
         if model.weights_path is None:
             raise NotImplementedError(f"{type(model).__name__} has no weights_path; override weights_hash()")
         from ..manifest import sha256_file
+
         sha = model.__dict__["_weights_sha256"] = sha256_file(model.weights_path)
     return sha
 
@@ -106,6 +112,7 @@ def _cached_sha256(model: Any) -> str:
 def faces_to_tensor(faces: np.ndarray, device: str = "cpu") -> Any:
     """Aligned faces ``(n,112,112,3)`` uint8 RGB → float tensor ``(n,3,112,112)`` in [0, 1] on ``device``."""
     import torch
+
     faces = np.asarray(faces)
     if faces.ndim == 3:
         faces = faces[None]
@@ -114,22 +121,24 @@ def faces_to_tensor(faces: np.ndarray, device: str = "cpu") -> Any:
     return torch.from_numpy(np.ascontiguousarray(faces)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
 
 
-def batched_forward(module: Any, faces: np.ndarray, device: str, batch_size: int, width: int,
-                    head: Any = None) -> np.ndarray:
+def batched_forward(
+    module: Any, faces: np.ndarray, device: str, batch_size: int, width: int, head: Any = None
+) -> np.ndarray:
     """Run ``module`` over aligned faces in batches without gradients; returns ``(n, width)`` float32.
 
     ``head`` (optional) maps the module's output tensor to the rows kept (e.g. a softmax column).
     """
     import torch
+
     faces = np.asarray(faces)
     if faces.ndim == 3:
         faces = faces[None]
     out = np.empty((len(faces), width), dtype=np.float32)
     with torch.inference_mode():
         for i in range(0, len(faces), batch_size):
-            y = module(faces_to_tensor(faces[i:i + batch_size], device))
+            y = module(faces_to_tensor(faces[i : i + batch_size], device))
             y = head(y) if head is not None else y
-            out[i:i + len(y)] = y.reshape(len(y), width).float().cpu().numpy()
+            out[i : i + len(y)] = y.reshape(len(y), width).float().cpu().numpy()
     return out
 
 
@@ -146,6 +155,7 @@ def module_on(module: Any, home_device: str, device: str) -> Any:
     import copy
 
     from ..device import resolve_device
+
     device = resolve_device(device)
     return module if device == home_device else copy.deepcopy(module).to(device)
 
@@ -160,13 +170,13 @@ class FaceLandmarks:
     or are derived from it.
     """
 
-    points: np.ndarray                   # (k, 2) float32, x then y
-    jaw: np.ndarray                      # (j, 2) float32
-    nose: np.ndarray                     # (m, 2) float32
-    five: np.ndarray                     # (5, 2) float32
+    points: np.ndarray  # (k, 2) float32, x then y
+    jaw: np.ndarray  # (j, 2) float32
+    nose: np.ndarray  # (m, 2) float32
+    five: np.ndarray  # (5, 2) float32
     score: float
-    box: tuple[float, float, float, float] | None = None   # x0, y0, x1, y1 of the detection
-    scheme: str = "dlib68"               # which landmark scheme ``points`` follows
+    box: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1 of the detection
+    scheme: str = "dlib68"  # which landmark scheme ``points`` follows
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -180,8 +190,7 @@ class Landmarker(abc.ABC):
     name: str
 
     @abc.abstractmethod
-    def landmarks(self, image: np.ndarray, box: tuple[float, float, float, float] | None = None
-                  ) -> FaceLandmarks:
+    def landmarks(self, image: np.ndarray, box: tuple[float, float, float, float] | None = None) -> FaceLandmarks:
         """Landmarks of the most prominent face in an RGB uint8 image (``box`` skips detection).
 
         Raises ``LandmarkError`` with the reason when no face or no reliable landmarks are found.

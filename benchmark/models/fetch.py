@@ -46,9 +46,9 @@ class FetchResult:
     """What ``fetch`` did for one artifact."""
 
     name: str
-    status: str                      # "downloaded", "present"
-    files: dict[str, str]            # relative path → sha256
-    pinned: bool                     # hash checked against a published one
+    status: str  # "downloaded", "present"
+    files: dict[str, str]  # relative path → sha256
+    pinned: bool  # hash checked against a published one
     source: str = ""
 
 
@@ -62,7 +62,9 @@ def source_url(art: Artifact, source: str | None, models_dir: Path | None = None
     in ``/``) or the artifact's public URL. Raises ``FetchError`` with the manual steps when there is none."""
     if source is None:
         if art.url is None:
-            raise FetchError(f"{art.name}: no public download URL. {art.manual.format(dir=models_dir or '$MF2M_MODELS_DIR')}")
+            raise FetchError(
+                f"{art.name}: no public download URL. {art.manual.format(dir=models_dir or '$MF2M_MODELS_DIR')}"
+            )
         return art.url
     parsed = urllib.parse.urlparse(source)
     if parsed.scheme in ("http", "https", "file"):
@@ -91,22 +93,32 @@ def _local_path(url: str) -> Path:
 
 def _progress(total: int | None, initial: int, desc: str, enabled: bool):
     from tqdm import tqdm
-    return tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
-                disable=not enabled, leave=True)
+
+    return tqdm(
+        total=total,
+        initial=initial,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=desc,
+        disable=not enabled,
+        leave=True,
+    )
 
 
 def _unreachable(url: str, reason: object, dest: Path) -> FetchError:
-    return FetchError(f"cannot reach {url} ({reason}). If this machine is offline, download that file "
-                      f"elsewhere and put it at {dest} (folder {dest.parent}), or run the same command with "
-                      f"--from /path/to/{dest.name}")
+    return FetchError(
+        f"cannot reach {url} ({reason}). If this machine is offline, download that file "
+        f"elsewhere and put it at {dest} (folder {dest.parent}), or run the same command with "
+        f"--from /path/to/{dest.name}"
+    )
 
 
 def _copy_local(src: Path, part: Path, dest: Path, progress: bool) -> None:
     """Copy a local file to ``dest`` through ``part``."""
     if not src.is_file():
         raise FetchError(f"{src}: no such file")
-    with open(src, "rb") as fin, open(part, "wb") as fout, \
-            _progress(src.stat().st_size, 0, dest.name, progress) as bar:
+    with open(src, "rb") as fin, open(part, "wb") as fout, _progress(src.stat().st_size, 0, dest.name, progress) as bar:
         for block in iter(lambda: fin.read(CHUNK), b""):
             fout.write(block)
             bar.update(len(block))
@@ -121,7 +133,7 @@ def _read_response(resp, url: str, part: Path, offset: int, label: str, progress
             raise FetchError(f"{url}: server resumed at byte {start}, asked for {offset}")
         mode = "ab"
     else:
-        offset, mode = 0, "wb"            # no range support: start again
+        offset, mode = 0, "wb"  # no range support: start again
     length = resp.headers.get("Content-Length")
     total = offset + int(length) if length is not None else None
     got = 0
@@ -140,8 +152,9 @@ def _read_response(resp, url: str, part: Path, offset: int, label: str, progress
         return False
 
 
-def download(url: str, dest: Path, *, progress: bool = True, retries: int = 3, timeout: float = 30.0,
-             backoff: float = 1.0) -> Path:
+def download(
+    url: str, dest: Path, *, progress: bool = True, retries: int = 3, timeout: float = 30.0, backoff: float = 1.0
+) -> Path:
     """Download ``url`` (http(s), file:// or a local path) to ``dest`` via ``dest.part``, resuming a
     partial file with HTTP Range requests. Returns ``dest``. No hash check here (see ``fetch``)."""
     dest = Path(dest)
@@ -159,16 +172,18 @@ def download(url: str, dest: Path, *, progress: bool = True, retries: int = 3, t
         try:
             resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
         except urllib.error.HTTPError as exc:
-            if exc.code == 416 and offset:        # the kept .part already holds the whole file
+            if exc.code == 416 and offset:  # the kept .part already holds the whole file
                 break
             if exc.code >= 500 and attempt < retries:
                 attempt += 1
                 time.sleep(backoff * attempt)
                 continue
-            raise FetchError(f"{url}: HTTP {exc.code} {exc.reason}. Check the URL (or --from) and try again; "
-                             f"or put the file at {dest} yourself") from None
+            raise FetchError(
+                f"{url}: HTTP {exc.code} {exc.reason}. Check the URL (or --from) and try again; "
+                f"or put the file at {dest} yourself"
+            ) from None
         except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
-            if offset == 0 and attempt == 0:      # never connected: offline or wrong host, fail at once
+            if offset == 0 and attempt == 0:  # never connected: offline or wrong host, fail at once
                 raise _unreachable(url, getattr(exc, "reason", exc), dest) from None
             if attempt >= retries:
                 raise _unreachable(url, getattr(exc, "reason", exc), dest) from None
@@ -181,8 +196,10 @@ def download(url: str, dest: Path, *, progress: bool = True, retries: int = 3, t
             break
         size = part.stat().st_size if part.exists() else 0
         if attempt >= retries:
-            raise FetchError(f"{url}: connection cut at {size} bytes after {retries} resumed attempts. The "
-                             f"partial file {part} is kept: run the command again to resume")
+            raise FetchError(
+                f"{url}: connection cut at {size} bytes after {retries} resumed attempts. The "
+                f"partial file {part} is kept: run the command again to resume"
+            )
         attempt += 1
         log.warning("%s: connection cut at %d bytes; resuming (attempt %d of %d)", dest.name, size, attempt, retries)
         time.sleep(backoff * attempt)
@@ -212,8 +229,12 @@ def _member_path(info: zipfile.ZipInfo, archive: Path) -> PurePosixPath | None:
     mode = info.external_attr >> 16
     if stat.S_ISLNK(mode):
         raise FetchError(f"{archive.name}: refusing link member {name!r}")
-    if name.startswith(("/", "\\")) or "\\" in name or (len(name) > 1 and name[1] == ":") \
-            or any(p == ".." for p in path.parts):
+    if (
+        name.startswith(("/", "\\"))
+        or "\\" in name
+        or (len(name) > 1 and name[1] == ":")
+        or any(p == ".." for p in path.parts)
+    ):
         raise FetchError(f"{archive.name}: refusing member {name!r}: its path leaves the target folder")
     return None if info.is_dir() else path
 
@@ -266,29 +287,45 @@ def present(art: Artifact, models_dir: Path) -> bool:
     return bool(art.members)
 
 
-def _check(models_dir: Path, rel: str, digest: str, expected: str | None, source: str, *,
-           pinned_by: str = "") -> bool:
+def _check(models_dir: Path, rel: str, digest: str, expected: str | None, source: str, *, pinned_by: str = "") -> bool:
     """Compare ``digest`` with the published or recorded hash; record it. Returns True when pinned."""
     if expected is not None:
         if digest != expected:
-            raise FetchError(f"{rel}: SHA-256 mismatch: got {digest}, published {expected}. The file was "
-                             f"removed; the source ({source}) is corrupt or not the expected file")
+            raise FetchError(
+                f"{rel}: SHA-256 mismatch: got {digest}, published {expected}. The file was "
+                f"removed; the source ({source}) is corrupt or not the expected file"
+            )
         hashes.record(models_dir, rel, digest, source=source, pinned=True)
         return True
     old = hashes.recorded(models_dir, rel)
     if old is not None and old["sha256"] != digest:
-        raise FetchError(f"{rel}: SHA-256 {digest} differs from the {old['sha256']} recorded when it was first "
-                         f"downloaded (from {old.get('source')}). The new file was removed. Delete its entry "
-                         f"in {hashes.store_path(models_dir)} if the change is expected")
+        raise FetchError(
+            f"{rel}: SHA-256 {digest} differs from the {old['sha256']} recorded when it was first "
+            f"downloaded (from {old.get('source')}). The new file was removed. Delete its entry "
+            f"in {hashes.store_path(models_dir)} if the change is expected"
+        )
     hashes.record(models_dir, rel, digest, source=source, pinned=bool(pinned_by))
     if old is None and not pinned_by:
-        log.warning("%s: no published SHA-256; recorded %s on this first download. Compare it with a "
-                    "trusted copy: later downloads must match it", rel, digest)
+        log.warning(
+            "%s: no published SHA-256; recorded %s on this first download. Compare it with a "
+            "trusted copy: later downloads must match it",
+            rel,
+            digest,
+        )
     return bool(pinned_by)
 
 
-def fetch(name: str | Artifact, models_dir: str | os.PathLike, *, source: str | None = None, progress: bool = True,
-          force: bool = False, retries: int = 3, timeout: float = 30.0, backoff: float = 1.0) -> FetchResult:
+def fetch(
+    name: str | Artifact,
+    models_dir: str | os.PathLike,
+    *,
+    source: str | None = None,
+    progress: bool = True,
+    force: bool = False,
+    retries: int = 3,
+    timeout: float = 30.0,
+    backoff: float = 1.0,
+) -> FetchResult:
     """Fetch the artifact ``name`` (or the one providing model ``name``) into ``models_dir``."""
     art = name if isinstance(name, Artifact) else resolve(name)
     models_dir = Path(models_dir).expanduser()
@@ -305,8 +342,10 @@ def fetch(name: str | Artifact, models_dir: str | os.PathLike, *, source: str | 
     digest = sha256_file(tmp)
     if art.sha256 is not None and digest != art.sha256:
         tmp.unlink()
-        raise FetchError(f"{art.filename}: SHA-256 mismatch: got {digest}, published {art.sha256}. The file was "
-                         f"removed; the source ({url}) is corrupt or not the expected file")
+        raise FetchError(
+            f"{art.filename}: SHA-256 mismatch: got {digest}, published {art.sha256}. The file was "
+            f"removed; the source ({url}) is corrupt or not the expected file"
+        )
     if not art.is_archive:
         rel = art.members[0].path
         try:
@@ -315,7 +354,7 @@ def fetch(name: str | Artifact, models_dir: str | os.PathLike, *, source: str | 
             tmp.unlink()
             raise
         os.replace(tmp, dest)
-        hashes.record(models_dir, rel, digest, source=url, pinned=pinned)   # mtime of the final file
+        hashes.record(models_dir, rel, digest, source=url, pinned=pinned)  # mtime of the final file
         return FetchResult(art.name, "downloaded", {rel: digest}, pinned, url)
     target = models_dir / art.folder
     try:
@@ -331,8 +370,14 @@ def fetch(name: str | Artifact, models_dir: str | os.PathLike, *, source: str | 
         member = wanted.get(rel)
         d = sha256_file(path)
         try:
-            pinned = _check(models_dir, rel, d, member.sha256 if member else None, url,
-                            pinned_by=f"{art.filename} sha256" if art.sha256 else "")
+            pinned = _check(
+                models_dir,
+                rel,
+                d,
+                member.sha256 if member else None,
+                url,
+                pinned_by=f"{art.filename} sha256" if art.sha256 else "",
+            )
         except FetchError:
             path.unlink()
             raise

@@ -49,9 +49,14 @@ def record(models_dir: str | os.PathLike, rel: str, sha256: str, *, source: str,
     st = path.stat() if path.exists() else None
     with _LOCK:
         files = load(models_dir)
-        files[rel] = {"sha256": sha256, "size": st.st_size if st else None,
-                      "mtime": st.st_mtime if st else None, "source": source, "pinned": bool(pinned),
-                      "recorded": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        files[rel] = {
+            "sha256": sha256,
+            "size": st.st_size if st else None,
+            "mtime": st.st_mtime if st else None,
+            "source": source,
+            "pinned": bool(pinned),
+            "recorded": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
         write_json(store_path(models_dir), {"format": FORMAT, "files": dict(sorted(files.items()))})
 
 

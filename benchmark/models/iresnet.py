@@ -58,8 +58,9 @@ def _classes():
     class IResNet(nn.Module):
         """arcface_torch IResNet backbone: ``(n,3,112,112)`` normalised input → ``(n, num_features)``."""
 
-        def __init__(self, layers: tuple[int, int, int, int], num_features: int = 512, dropout: float = 0.0,
-                     fp16: bool = False):
+        def __init__(
+            self, layers: tuple[int, int, int, int], num_features: int = 512, dropout: float = 0.0, fp16: bool = False
+        ):
             super().__init__()
             self.fp16 = fp16
             self.inplanes = 64
@@ -76,8 +77,9 @@ def _classes():
             self.features = nn.BatchNorm1d(num_features, eps=1e-05)
 
         def _make_layer(self, planes: int, blocks: int) -> nn.Sequential:
-            downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes, kernel_size=1, stride=2, bias=False),
-                                       nn.BatchNorm2d(planes, eps=1e-05))
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, planes, kernel_size=1, stride=2, bias=False), nn.BatchNorm2d(planes, eps=1e-05)
+            )
             layers = [IBasicBlock(self.inplanes, planes, 2, downsample)]
             self.inplanes = planes
             layers += [IBasicBlock(planes, planes) for _ in range(1, blocks)]
@@ -140,6 +142,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Any]:
     """Tensors of a ``backbone.pth`` (a plain state dict, or one under ``state_dict``/``model``; a
     ``module.`` prefix from DataParallel is removed). Loads with ``weights_only=True``."""
     import torch
+
     path = Path(path)
     if not path.is_file():
         raise ModelUnavailable(f"IResNet weights not found: {path}")
@@ -152,7 +155,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Any]:
             obj = obj[key]
     if not isinstance(obj, dict) or not obj:
         raise ValueError(f"{path}: expected a state dict of tensors, found {type(obj).__name__}")
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
+    return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in obj.items()}
 
 
 def load_iresnet(path: str | os.PathLike, arch: str | None = None, fp16: bool = False):
@@ -168,11 +171,14 @@ def load_iresnet(path: str | os.PathLike, arch: str | None = None, fp16: bool = 
         arch = normalise_arch(arch)
         if DEPTHS[arch] != found:
             hint = f" (that is {detected})" if detected else ""
-            raise ValueError(f"{path}: IResNet-{arch} expects blocks per layer {DEPTHS[arch]}, the file has "
-                             f"{found}{hint}")
+            raise ValueError(
+                f"{path}: IResNet-{arch} expects blocks per layer {DEPTHS[arch]}, the file has {found}{hint}"
+            )
     elif detected is None:
-        raise ValueError(f"{path}: blocks per layer {found} match no IResNet depth "
-                         f"({', '.join(f'{k}={v}' for k, v in DEPTHS.items())}); is this an arcface_torch backbone?")
+        raise ValueError(
+            f"{path}: blocks per layer {found} match no IResNet depth "
+            f"({', '.join(f'{k}={v}' for k, v in DEPTHS.items())}); is this an arcface_torch backbone?"
+        )
     arch = arch or detected
     fc = state.get("fc.weight")
     num_features = int(fc.shape[0]) if fc is not None else 512
@@ -188,8 +194,12 @@ def load_iresnet(path: str | os.PathLike, arch: str | None = None, fp16: bool = 
         if unexpected:
             parts.append(f"unexpected keys {unexpected[:5]}{' …' if len(unexpected) > 5 else ''} ({len(unexpected)})")
         if wrong:
-            parts.append("wrong shapes " + ", ".join(f"{k}: expected {tuple(expected[k].shape)}, found "
-                                                    f"{tuple(state[k].shape)}" for k in wrong[:3]))
+            parts.append(
+                "wrong shapes "
+                + ", ".join(
+                    f"{k}: expected {tuple(expected[k].shape)}, found {tuple(state[k].shape)}" for k in wrong[:3]
+                )
+            )
         raise ValueError(f"{path}: not an arcface_torch IResNet-{arch} state dict: " + "; ".join(parts))
     model.load_state_dict(state, strict=True)
     return model.eval(), arch
@@ -204,12 +214,22 @@ class IResNetRecognizer(Recognizer):
 
     differentiable = True
 
-    def __init__(self, weights: str | os.PathLike | None = None, arch: str | None = None, device: str = "auto",
-                 batch_size: int = 64, fp16: bool = False, name: str | None = None):
+    def __init__(
+        self,
+        weights: str | os.PathLike | None = None,
+        arch: str | None = None,
+        device: str = "auto",
+        batch_size: int = 64,
+        fp16: bool = False,
+        name: str | None = None,
+    ):
         from ..device import resolve_device
+
         if not weights:
-            raise ModelUnavailable("IResNet needs its weights: pass --weights PATH (arcface_torch backbone.pth, "
-                                   "e.g. ms1mv3_arcface_r50_fp16/backbone.pth) or set MF2M_MODELS_DIR")
+            raise ModelUnavailable(
+                "IResNet needs its weights: pass --weights PATH (arcface_torch backbone.pth, "
+                "e.g. ms1mv3_arcface_r50_fp16/backbone.pth) or set MF2M_MODELS_DIR"
+            )
         self.path = Path(weights)
         self.device = resolve_device(device)
         self.batch_size = int(batch_size)
@@ -217,8 +237,9 @@ class IResNetRecognizer(Recognizer):
         backbone, self.arch = load_iresnet(self.path, arch, fp16=self.fp16)
         self.name = name or f"iresnet{self.arch[1:]}"
         self.dim = int(backbone.fc.out_features)
-        self.preprocessing = Preprocessing(input_size=(112, 112), alignment="arcface112", color="RGB",
-                                           normalisation="(x/255-0.5)/0.5")
+        self.preprocessing = Preprocessing(
+            input_size=(112, 112), alignment="arcface112", color="RGB", normalisation="(x/255-0.5)/0.5"
+        )
         self._module = frozen_eval(_classes()[1](backbone).to(self.device))
         self.weights_path = self.path
 
@@ -235,16 +256,31 @@ class IResNetRecognizer(Recognizer):
         return {**super().identity(), "arch": self.arch, "weights": str(self.path), "fp16": self.fp16}
 
 
-_HOW = ("Train with insightface's arcface_torch or download a backbone.pth from its model zoo "
-        "(e.g. ms1mv3_arcface_r50_fp16); pass it with --weights PATH.")
+_HOW = (
+    "Train with insightface's arcface_torch or download a backbone.pth from its model zoo "
+    "(e.g. ms1mv3_arcface_r50_fp16); pass it with --weights PATH."
+)
 for _arch in DEPTHS:
     _n = _arch[1:]
-    register(f"iresnet{_n}", kind="recognizer", differentiable=True, needs_weights=True,
-             files=(f"iresnet{_n}.pth", f"iresnet{_n}/backbone.pth"), defaults={"arch": _arch},
-             description=f"arcface_torch IResNet-{_n} (ArcFace/CosFace backbone.pth)",
-             weights="user backbone.pth (arcface_torch layout)", preprocessing="ArcFace 112, RGB, (x/255-0.5)/0.5",
-             how_to_get=_HOW)(IResNetRecognizer)
-register("iresnet:", kind="recognizer", differentiable=True, needs_weights=True,
-         description="arcface_torch IResNet of any depth, detected from the file (iresnet:PATH)",
-         weights="user backbone.pth", preprocessing="ArcFace 112, RGB, (x/255-0.5)/0.5",
-         how_to_get=_HOW)(IResNetRecognizer)
+    register(
+        f"iresnet{_n}",
+        kind="recognizer",
+        differentiable=True,
+        needs_weights=True,
+        files=(f"iresnet{_n}.pth", f"iresnet{_n}/backbone.pth"),
+        defaults={"arch": _arch},
+        description=f"arcface_torch IResNet-{_n} (ArcFace/CosFace backbone.pth)",
+        weights="user backbone.pth (arcface_torch layout)",
+        preprocessing="ArcFace 112, RGB, (x/255-0.5)/0.5",
+        how_to_get=_HOW,
+    )(IResNetRecognizer)
+register(
+    "iresnet:",
+    kind="recognizer",
+    differentiable=True,
+    needs_weights=True,
+    description="arcface_torch IResNet of any depth, detected from the file (iresnet:PATH)",
+    weights="user backbone.pth",
+    preprocessing="ArcFace 112, RGB, (x/255-0.5)/0.5",
+    how_to_get=_HOW,
+)(IResNetRecognizer)

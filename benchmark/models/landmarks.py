@@ -13,8 +13,8 @@ import numpy as np
 from .base import FaceLandmarks, Landmarker, LandmarkError, ModelUnavailable
 
 # dlib 68-point scheme (iBUG 300-W): indices of the parts every stage needs.
-DLIB68_JAW = np.arange(0, 17)          # ear to ear along the chin, image-left first
-DLIB68_NOSE = np.arange(27, 36)        # bridge top (27) … tip (30) … nostrils (31-35)
+DLIB68_JAW = np.arange(0, 17)  # ear to ear along the chin, image-left first
+DLIB68_NOSE = np.arange(27, 36)  # bridge top (27) … tip (30) … nostrils (31-35)
 DLIB68_EYE_IMAGE_LEFT = np.arange(36, 42)
 DLIB68_EYE_IMAGE_RIGHT = np.arange(42, 48)
 DLIB68_MOUTH_LEFT, DLIB68_MOUTH_RIGHT, DLIB68_NOSE_TIP = 48, 54, 30
@@ -32,16 +32,24 @@ def face_recognition_models_dir() -> Path:
     """Folder with dlib's ``.dat`` model files from the ``face-recognition-models`` package."""
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
-        raise ModelUnavailable("package 'face-recognition-models' is not installed: "
-                               "pip install face-recognition-models dlib-bin")
+        raise ModelUnavailable(
+            "package 'face-recognition-models' is not installed: pip install face-recognition-models dlib-bin"
+        )
     return Path(list(spec.submodule_search_locations)[0]) / "models"
 
 
 def five_from_dlib68(points: np.ndarray) -> np.ndarray:
     """ArcFace-order 5 points (eyes centres, nose tip, mouth corners) from 68 dlib landmarks."""
     points = np.asarray(points, dtype=np.float32)
-    return np.stack([points[DLIB68_EYE_IMAGE_LEFT].mean(0), points[DLIB68_EYE_IMAGE_RIGHT].mean(0),
-                     points[DLIB68_NOSE_TIP], points[DLIB68_MOUTH_LEFT], points[DLIB68_MOUTH_RIGHT]])
+    return np.stack(
+        [
+            points[DLIB68_EYE_IMAGE_LEFT].mean(0),
+            points[DLIB68_EYE_IMAGE_RIGHT].mean(0),
+            points[DLIB68_NOSE_TIP],
+            points[DLIB68_MOUTH_LEFT],
+            points[DLIB68_MOUTH_RIGHT],
+        ]
+    )
 
 
 def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
@@ -68,7 +76,7 @@ class DlibLandmarker(Landmarker):
     def __init__(self, upsample: int = 1, min_score: float = -0.5):
         self.upsample = upsample
         self.min_score = min_score
-        self._lock = threading.Lock()   # dlib objects are not safe to share across threads
+        self._lock = threading.Lock()  # dlib objects are not safe to share across threads
         self._detector, self._predictor = _dlib_models()
 
     def detect(self, image: np.ndarray) -> list[tuple[tuple[float, float, float, float], float]]:
@@ -79,17 +87,19 @@ class DlibLandmarker(Landmarker):
         found = [((r.left(), r.top(), r.right(), r.bottom()), float(s)) for r, s in zip(rects, scores)]
         return sorted(found, key=lambda bs: -(bs[0][2] - bs[0][0]) * (bs[0][3] - bs[0][1]))
 
-    def landmarks(self, image: np.ndarray, box: tuple[float, float, float, float] | None = None
-                  ) -> FaceLandmarks:
+    def landmarks(self, image: np.ndarray, box: tuple[float, float, float, float] | None = None) -> FaceLandmarks:
         """68 landmarks of the largest face (or of the face in ``box``); raises ``LandmarkError``."""
         import dlib
+
         image = to_rgb_uint8(image)
         score = float("nan")
         if box is None:
             found = self.detect(image)
             if not found:
-                raise LandmarkError(f"no face found by dlib HOG (upsample={self.upsample}, "
-                                    f"min_score={self.min_score}) in a {image.shape[1]}x{image.shape[0]} image")
+                raise LandmarkError(
+                    f"no face found by dlib HOG (upsample={self.upsample}, "
+                    f"min_score={self.min_score}) in a {image.shape[1]}x{image.shape[0]} image"
+                )
             box, score = found[0]
         rect = dlib.rectangle(int(round(box[0])), int(round(box[1])), int(round(box[2])), int(round(box[3])))
         with self._lock:
@@ -97,13 +107,20 @@ class DlibLandmarker(Landmarker):
         points = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
         if points.shape != (68, 2) or not np.isfinite(points).all():
             raise LandmarkError("dlib shape predictor returned no valid 68-point shape")
-        return FaceLandmarks(points=points, jaw=points[DLIB68_JAW], nose=points[DLIB68_NOSE],
-                             five=five_from_dlib68(points), score=score,
-                             box=tuple(float(v) for v in box), scheme="dlib68")
+        return FaceLandmarks(
+            points=points,
+            jaw=points[DLIB68_JAW],
+            nose=points[DLIB68_NOSE],
+            five=five_from_dlib68(points),
+            score=score,
+            box=tuple(float(v) for v in box),
+            scheme="dlib68",
+        )
 
     def landmarks_aligned(self, face: np.ndarray) -> FaceLandmarks:
         """68 landmarks of an ArcFace-aligned crop (detected at 2× scale; the template box if missed)."""
         import cv2
+
         face = to_rgb_uint8(face)
         scale = 224.0 / face.shape[0]
         big = cv2.resize(face, (224, round(face.shape[1] * scale)), interpolation=cv2.INTER_LINEAR)
@@ -147,27 +164,32 @@ class Insightface106Landmarker(Landmarker):
 
     def __init__(self, model_path: str | Path, detector=None):
         if not model_path:
-            raise ModelUnavailable("the 2d106 landmarker needs its ONNX file: pass --landmarker-model PATH "
-                                   "(2d106det.onnx from insightface's buffalo_l pack)")
+            raise ModelUnavailable(
+                "the 2d106 landmarker needs its ONNX file: pass --landmarker-model PATH "
+                "(2d106det.onnx from insightface's buffalo_l pack)"
+            )
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
             raise ModelUnavailable(f"2d106 landmark model not found: {self.model_path}")
         from insightface.model_zoo.landmark import Landmark
 
         from .detection import YuNetDetector
+
         self._net = Landmark(model_file=str(self.model_path))
         if self._net.lmk_num != 106 or self._net.lmk_dim != 2:
-            raise ModelUnavailable(f"{self.model_path} predicts {self._net.lmk_num} {self._net.lmk_dim}-D points, "
-                                   "not the 106 2-D points of 2d106det")
+            raise ModelUnavailable(
+                f"{self.model_path} predicts {self._net.lmk_num} {self._net.lmk_dim}-D points, "
+                "not the 106 2-D points of 2d106det"
+            )
         self.detector = detector if detector is not None else YuNetDetector()
         self._lock = threading.Lock()
 
-    def landmarks(self, image: np.ndarray, box: tuple[float, float, float, float] | None = None
-                  ) -> FaceLandmarks:
+    def landmarks(self, image: np.ndarray, box: tuple[float, float, float, float] | None = None) -> FaceLandmarks:
         """106 landmarks of the subject's face (or the detection overlapping ``box`` most)."""
         from insightface.app.common import Face
 
         from .detection import select_face
+
         image = to_rgb_uint8(image)
         found = [d for d in self.detector.detect(image) if d.five is not None]
         if not found:
@@ -181,8 +203,15 @@ class Insightface106Landmarker(Landmarker):
         if points.shape != (106, 2) or not np.isfinite(points).all():
             raise LandmarkError("2d106 landmarker returned no valid 106-point shape")
         jaw = order_contour(points[INSIGHTFACE106_CONTOUR], points.mean(0))
-        return FaceLandmarks(points=points, jaw=jaw, nose=points[INSIGHTFACE106_NOSE],
-                             five=det.five.astype(np.float32), score=det.score, box=det.box, scheme="2d106")
+        return FaceLandmarks(
+            points=points,
+            jaw=jaw,
+            nose=points[INSIGHTFACE106_NOSE],
+            five=det.five.astype(np.float32),
+            score=det.score,
+            box=det.box,
+            scheme="2d106",
+        )
 
 
 def _iou(a, b) -> float:
@@ -201,14 +230,17 @@ def dlib_chip(image: np.ndarray, points: np.ndarray, size: int = 150, padding: f
     detection feeds both the ArcFace crop and the dlib chip.
     """
     import dlib
+
     image = to_rgb_uint8(image)
     points = np.asarray(points, np.float64).reshape(-1, 2)
     if points.shape[0] not in (68, 5) or not np.isfinite(points).all():
         raise ValueError(f"dlib_chip needs 68 or 5 finite dlib landmarks, got {points.shape[0]}")
     x0, y0 = np.floor(points.min(0)).astype(int)
     x1, y1 = np.ceil(points.max(0)).astype(int)
-    shape = dlib.full_object_detection(dlib.rectangle(int(x0), int(y0), int(x1), int(y1)),
-                                       [dlib.point(int(round(x)), int(round(y))) for x, y in points])
+    shape = dlib.full_object_detection(
+        dlib.rectangle(int(x0), int(y0), int(x1), int(y1)),
+        [dlib.point(int(round(x)), int(round(y))) for x, y in points],
+    )
     return np.asarray(dlib.get_face_chip(image, shape, size=size, padding=padding), dtype=np.uint8)
 
 
@@ -239,12 +271,23 @@ def _dlib_models():
 
 def _register() -> None:
     from .registry import adapt, dlib_file_check, register
-    register("dlib68", "landmarker", description="dlib HOG detector + 68-point shape predictor",
-             weights="shape_predictor_68_face_landmarks.dat from face-recognition-models",
-             check=dlib_file_check("shape_predictor_68_face_landmarks.dat"))(adapt(create_landmarker, name="dlib68"))
-    register("2d106", "landmarker", description="insightface 2d106det (106 points, the paper's landmarker) + YuNet boxes",
-             weights="user ONNX", needs_weights=True, files=("2d106det.onnx", "buffalo_l/2d106det.onnx"),
-             how_to_get="2d106det.onnx is in insightface's buffalo_l model pack.")(adapt(create_landmarker, name="2d106"))
+
+    register(
+        "dlib68",
+        "landmarker",
+        description="dlib HOG detector + 68-point shape predictor",
+        weights="shape_predictor_68_face_landmarks.dat from face-recognition-models",
+        check=dlib_file_check("shape_predictor_68_face_landmarks.dat"),
+    )(adapt(create_landmarker, name="dlib68"))
+    register(
+        "2d106",
+        "landmarker",
+        description="insightface 2d106det (106 points, the paper's landmarker) + YuNet boxes",
+        weights="user ONNX",
+        needs_weights=True,
+        files=("2d106det.onnx", "buffalo_l/2d106det.onnx"),
+        how_to_get="2d106det.onnx is in insightface's buffalo_l model pack.",
+    )(adapt(create_landmarker, name="2d106"))
 
 
 _register()

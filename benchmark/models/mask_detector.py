@@ -34,8 +34,9 @@ def _masknet_class():
     from torch.nn import functional as F
 
     def conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
-                             nn.ReLU(inplace=True))
+        return nn.Sequential(
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+        )
 
     class MaskNet(nn.Module):
         """Stem (stride 2) + three conv-BN-ReLU ×2 blocks with 2×2 average pooling, GAP, linear → 2."""
@@ -52,8 +53,7 @@ def _masknet_class():
             for cin, cout in zip(w[:-1], w[1:]):
                 layers += [conv_bn(cin, cout), conv_bn(cout, cout), nn.AvgPool2d(2)]
             self.features = nn.Sequential(*layers)
-            self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
-                                      nn.Linear(w[-1], 2))
+            self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(w[-1], 2))
 
         #: takes float32 input and casts it to the weights' dtype itself, after the resize
         #: (the antialiased bilinear resize has no bf16 kernel; ``benchmark.precision``)
@@ -63,8 +63,13 @@ def _masknet_class():
             if x.ndim != 4 or x.shape[1] != 3:
                 raise ValueError(f"MaskNet expects (n, 3, H, W) RGB in [0, 1], got {tuple(x.shape)}")
             if x.shape[-1] != self.internal_size or x.shape[-2] != self.internal_size:
-                x = F.interpolate(x.float(), size=(self.internal_size, self.internal_size), mode="bilinear",
-                                  align_corners=False, antialias=True)
+                x = F.interpolate(
+                    x.float(),
+                    size=(self.internal_size, self.internal_size),
+                    mode="bilinear",
+                    align_corners=False,
+                    antialias=True,
+                )
             x = x.to(self.mean.dtype)
             return self.head(self.features((x - self.mean) / self.std))
 
@@ -74,13 +79,13 @@ def _masknet_class():
 def build_masknet(arch: dict[str, Any] | None = None):
     """A freshly initialised ``MaskNet`` with architecture ``arch`` (defaults: ``DEFAULT_ARCH``)."""
     arch = {**DEFAULT_ARCH, **(arch or {})}
-    return _masknet_class()(widths=arch["widths"], internal_size=arch["internal_size"],
-                            dropout=arch["dropout"])
+    return _masknet_class()(widths=arch["widths"], internal_size=arch["internal_size"], dropout=arch["dropout"])
 
 
 def masked_probability(logits: Any) -> Any:
     """Column ``(n, 1)`` of P(masked) from mask-detector logits ``(n, 2)`` (class 1 = masked)."""
     import torch
+
     return torch.softmax(logits, dim=1)[:, 1:2]
 
 
@@ -89,9 +94,13 @@ def save_weights(path: str | Path, model, meta: dict[str, Any], arch: dict[str, 
     import torch
 
     from ..atomic import atomic_path
-    payload = {"format": FORMAT, "arch": json.dumps({**DEFAULT_ARCH, **(arch or {})}),
-               "meta": json.dumps(meta, default=str),
-               "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+
+    payload = {
+        "format": FORMAT,
+        "arch": json.dumps({**DEFAULT_ARCH, **(arch or {})}),
+        "meta": json.dumps(meta, default=str),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+    }
     with atomic_path(path, suffix=".pt") as tmp:
         torch.save(payload, tmp)
 
@@ -103,10 +112,13 @@ def load_weights(path: str | Path, device: str = "cpu"):
     not an mf2m mask-detector file or its tensors do not fit the recorded architecture.
     """
     import torch
+
     path = Path(path)
     if not path.is_file():
-        raise ModelUnavailable(f"mask-detector weights not found at {path}: train them with "
-                               f"`mf2m train-mask-detector --data DIR --out {path}`")
+        raise ModelUnavailable(
+            f"mask-detector weights not found at {path}: train them with "
+            f"`mf2m train-mask-detector --data DIR --out {path}`"
+        )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle/zip errors have many types
@@ -130,6 +142,7 @@ class CNNMaskDetector(MaskDetector):
 
     def __init__(self, weights: str | Path | None = None, device: str = "auto", batch_size: int = 256):
         from ..device import resolve_device
+
         self.weights = Path(weights) if weights else DEFAULT_WEIGHTS
         self.device = resolve_device(device)
         self.batch_size = int(batch_size)
@@ -144,31 +157,42 @@ class CNNMaskDetector(MaskDetector):
     def torch_module(self, device: str = "cpu"):
         """``MaskNet`` in eval mode on ``device``: ``(n,3,112,112)`` RGB [0,1] → logits ``(n,2)``."""
         from ..device import resolve_device
+
         model, _ = load_weights(self.weights, resolve_device(device))
         return model
 
     def identity(self) -> dict[str, Any]:
         """Name, hash, weights path and the training metrics recorded in the file."""
-        return {**super().identity(), "weights": str(self.weights),
-                "held_out_accuracy": self.meta.get("metrics", {}).get("held_out", {}).get("accuracy")}
+        return {
+            **super().identity(),
+            "weights": str(self.weights),
+            "held_out_accuracy": self.meta.get("metrics", {}).get("held_out", {}).get("accuracy"),
+        }
 
 
 def default_status() -> tuple[bool, str]:
     """``(available, reason)`` for the default detector without loading torch."""
     if DEFAULT_WEIGHTS.is_file():
         return True, f"weights {DEFAULT_WEIGHTS.name} shipped with mf2m"
-    return False, (f"weights missing at {DEFAULT_WEIGHTS}: run `mf2m train-mask-detector --data DIR "
-                   f"--out {DEFAULT_WEIGHTS}`")
+    return False, (
+        f"weights missing at {DEFAULT_WEIGHTS}: run `mf2m train-mask-detector --data DIR --out {DEFAULT_WEIGHTS}`"
+    )
 
 
 def _register() -> None:
     """Add the default detector to the model registry (``mf2m models``, ``create("mf2m-maskdet")``)."""
     from .registry import register
-    register("mf2m-maskdet", "mask-detector", description="mf2m's own small CNN mask detector (MaskNet) on "
-             "ArcFace-aligned crops; the default", weights=f"shipped: benchmark/models/weights/{DEFAULT_WEIGHTS.name}",
-             preprocessing="ArcFace 112, RGB float [0,1], resized to 64 in graph", differentiable=True,
-             check=default_status,
-             how_to_get=f"Retrain: mf2m train-mask-detector --data DIR --out {DEFAULT_WEIGHTS}")(CNNMaskDetector)
+
+    register(
+        "mf2m-maskdet",
+        "mask-detector",
+        description="mf2m's own small CNN mask detector (MaskNet) on ArcFace-aligned crops; the default",
+        weights=f"shipped: benchmark/models/weights/{DEFAULT_WEIGHTS.name}",
+        preprocessing="ArcFace 112, RGB float [0,1], resized to 64 in graph",
+        differentiable=True,
+        check=default_status,
+        how_to_get=f"Retrain: mf2m train-mask-detector --data DIR --out {DEFAULT_WEIGHTS}",
+    )(CNNMaskDetector)
 
 
 _register()

@@ -31,8 +31,9 @@ def check_faces(faces: np.ndarray, size: int = 112) -> np.ndarray:
     if faces.ndim == 3:
         faces = faces[None]
     if faces.dtype != np.uint8 or faces.ndim != 4 or faces.shape[1:] != (size, size, 3):
-        raise ValueError(f"expected aligned faces of shape (n, {size}, {size}, 3) uint8 RGB, "
-                         f"got {faces.shape} {faces.dtype}")
+        raise ValueError(
+            f"expected aligned faces of shape (n, {size}, {size}, 3) uint8 RGB, got {faces.shape} {faces.dtype}"
+        )
     return faces
 
 
@@ -74,10 +75,22 @@ class OnnxRecognizer(Recognizer):
 
     differentiable = True
 
-    def __init__(self, path: str | os.PathLike, *, name: str | None = None, mean: float = 127.5,
-                 std: float = 127.5, color: str = "RGB", device: str = "auto", batch_size: int = 64,
-                 threads: int | None = None, normalisation_note: str | None = None, model: Any = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        name: str | None = None,
+        mean: float = 127.5,
+        std: float = 127.5,
+        color: str = "RGB",
+        device: str = "auto",
+        batch_size: int = 64,
+        threads: int | None = None,
+        normalisation_note: str | None = None,
+        model: Any = None,
+    ):
         from ..device import resolve_device
+
         if color not in ("RGB", "BGR"):
             raise ValueError(f"color must be RGB or BGR, not {color!r}")
         self.path = Path(path)
@@ -93,14 +106,18 @@ class OnnxRecognizer(Recognizer):
             raise ValueError(f"{self.path}: expected an image input (N, 3, H, W), found {dims}")
         self.input_hw = (dims[2] or 112, dims[3] or 112)
         if self.input_hw != (112, 112):
-            raise ValueError(f"{self.path}: input is {self.input_hw[0]}×{self.input_hw[1]}; mf2m's aligned "
-                             "faces are 112×112 (ArcFace template)")
+            raise ValueError(
+                f"{self.path}: input is {self.input_hw[0]}×{self.input_hw[1]}; mf2m's aligned "
+                "faces are 112×112 (ArcFace template)"
+            )
         out_dims = [d.dim_value for d in self.model.graph.output[0].type.tensor_type.shape.dim]
         self.dim = int(out_dims[-1]) if out_dims and out_dims[-1] else 0
-        note = normalisation_note or (f"(x-{self.mean:g})/{self.std:g}" if (self.mean, self.std) != (0.0, 1.0)
-                                      else "inside graph")
-        self.preprocessing = Preprocessing(input_size=self.input_hw, alignment="arcface112", color=color,
-                                           normalisation=note)
+        note = normalisation_note or (
+            f"(x-{self.mean:g})/{self.std:g}" if (self.mean, self.std) != (0.0, 1.0) else "inside graph"
+        )
+        self.preprocessing = Preprocessing(
+            input_size=self.input_hw, alignment="arcface112", color=color, normalisation=note
+        )
         self._session = None
         self._session_lock = threading.Lock()
         self.weights_path = self.path
@@ -128,7 +145,7 @@ class OnnxRecognizer(Recognizer):
         sess = self.session()
         out = []
         for i in range(0, len(faces), self.batch_size):
-            out.append(sess.run(None, {self._input_name: self.to_input(faces[i:i + self.batch_size])})[0])
+            out.append(sess.run(None, {self._input_name: self.to_input(faces[i : i + self.batch_size])})[0])
         if not out:
             return np.empty((0, self.dim), np.float32)
         feats = np.concatenate(out).reshape(len(faces), -1)
@@ -137,6 +154,7 @@ class OnnxRecognizer(Recognizer):
     def torch_module(self, device: str = "cpu", fp16: bool = False):
         """Differentiable module: ``(n,3,112,112)`` RGB in [0,1] → unit-norm features."""
         from ..device import resolve_device
+
         net = onnx_to_torch_from_proto(self.model, str(self.path))
         module = _normalised_module_class()(net, self.mean, self.std, self.color == "BGR")
         module = frozen_eval(module.to(resolve_device(device)))
@@ -164,33 +182,71 @@ class InsightfaceOnnxRecognizer(OnnxRecognizer):
     """An insightface recognition ONNX (``w600k_r50.onnx``, ``glintr100.onnx``, …): RGB 112×112 input,
     normalisation chosen by :func:`insightface_normalisation`."""
 
-    def __init__(self, weights: str | os.PathLike, *, name: str | None = None, device: str = "auto",
-                 batch_size: int = 64, threads: int | None = None):
+    def __init__(
+        self,
+        weights: str | os.PathLike,
+        *,
+        name: str | None = None,
+        device: str = "auto",
+        batch_size: int = 64,
+        threads: int | None = None,
+    ):
         path = weights
         if not path:
             raise ModelUnavailable("an insightface ONNX recognizer needs its file: arcface-onnx:PATH")
         model = load_onnx(path)
         mean, std = insightface_normalisation(model)
         note = "inside graph (mxnet Sub/Mul)" if (mean, std) == (0.0, 1.0) else "(x-127.5)/127.5"
-        super().__init__(path, name=name or f"arcface-onnx:{Path(path).name}", mean=mean, std=std,
-                         color="RGB", device=device, batch_size=batch_size, threads=threads,
-                         normalisation_note=note, model=model)
+        super().__init__(
+            path,
+            name=name or f"arcface-onnx:{Path(path).name}",
+            mean=mean,
+            std=std,
+            color="RGB",
+            device=device,
+            batch_size=batch_size,
+            threads=threads,
+            normalisation_note=note,
+            model=model,
+        )
 
 
 def _register() -> None:
     from .registry import register
-    how = ("Download an insightface model pack (buffalo_l has w600k_r50.onnx, antelopev2 glintr100.onnx) "
-           "and give the file's path.")
-    common = dict(kind="recognizer", differentiable=True, needs_weights=True, how_to_get=how,
-                  preprocessing="ArcFace 112, RGB, (x-127.5)/127.5 unless the graph normalises (insightface rule)")
-    register("arcface-onnx:", description="any insightface recognition ONNX (arcface-onnx:PATH)",
-             weights="user ONNX file", **common)(InsightfaceOnnxRecognizer)
-    register("w600k_r50", description="insightface buffalo_l ArcFace R50 (WebFace600K), 512-D",
-             weights="user w600k_r50.onnx", files=("w600k_r50.onnx", "buffalo_l/w600k_r50.onnx"),
-             defaults={"name": "w600k_r50"}, **common)(InsightfaceOnnxRecognizer)
-    register("glintr100", description="insightface antelopev2 ArcFace R100 (Glint360K), 512-D",
-             weights="user glintr100.onnx", files=("glintr100.onnx", "antelopev2/glintr100.onnx"),
-             defaults={"name": "glintr100"}, **common)(InsightfaceOnnxRecognizer)
+
+    how = (
+        "Download an insightface model pack (buffalo_l has w600k_r50.onnx, antelopev2 glintr100.onnx) "
+        "and give the file's path."
+    )
+    common = dict(
+        kind="recognizer",
+        differentiable=True,
+        needs_weights=True,
+        how_to_get=how,
+        preprocessing="ArcFace 112, RGB, (x-127.5)/127.5 unless the graph normalises (insightface rule)",
+    )
+    register(
+        "arcface-onnx:",
+        description="any insightface recognition ONNX (arcface-onnx:PATH)",
+        weights="user ONNX file",
+        **common,
+    )(InsightfaceOnnxRecognizer)
+    register(
+        "w600k_r50",
+        description="insightface buffalo_l ArcFace R50 (WebFace600K), 512-D",
+        weights="user w600k_r50.onnx",
+        files=("w600k_r50.onnx", "buffalo_l/w600k_r50.onnx"),
+        defaults={"name": "w600k_r50"},
+        **common,
+    )(InsightfaceOnnxRecognizer)
+    register(
+        "glintr100",
+        description="insightface antelopev2 ArcFace R100 (Glint360K), 512-D",
+        weights="user glintr100.onnx",
+        files=("glintr100.onnx", "antelopev2/glintr100.onnx"),
+        defaults={"name": "glintr100"},
+        **common,
+    )(InsightfaceOnnxRecognizer)
 
 
 _register()

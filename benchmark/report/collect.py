@@ -35,7 +35,7 @@ class Entry:
     attack_model: str | None = None
     search_dir: Path | None = None
     attack_dir: Path | None = None
-    run: str = ""                       # name of the run it came from
+    run: str = ""  # name of the run it came from
     setting: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -49,20 +49,20 @@ class Metrics:
     """The numbers of one entry (``None`` where the stage output does not exist or lacks them)."""
 
     rank1: float | None = None
-    tar: dict[float, float] = field(default_factory=dict)       # far → tar
+    tar: dict[float, float] = field(default_factory=dict)  # far → tar
     thresholds: dict[float, float] = field(default_factory=dict)
     auc: float | None = None
     counts: dict[str, int] = field(default_factory=dict)
     mask_rate: float | None = None
     psnr: float | None = None
     ssim: float | None = None
-    reference: str | None = None          # what PSNR/SSIM were measured against (dm or solid)
-    attacked: int | None = None           # probes the attack wrote (status ok)
+    reference: str | None = None  # what PSNR/SSIM were measured against (dm or solid)
+    attacked: int | None = None  # probes the attack wrote (status ok)
     attack_skipped: int | None = None
-    identical: int = 0                    # probes with PSNR = inf (unchanged image), left out of the mean
+    identical: int = 0  # probes with PSNR = inf (unchanged image), left out of the mean
     sweep: list[dict[str, float]] = field(default_factory=list)
-    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)   # "rank1", "tar@FAR", "mask_rate"
-    interval_note: str = ""               # how the intervals were obtained (for table notes)
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # "rank1", "tar@FAR", "mask_rate"
+    interval_note: str = ""  # how the intervals were obtained (for table notes)
 
     def tar_at(self, far: float) -> float | None:
         """TAR at ``far`` (matched with a relative tolerance of 1e-6), or None."""
@@ -105,10 +105,17 @@ def entries_of_run(root: Path) -> list[Entry]:
         raise ValueError(f"{root / 'run.json'}: format is {run.get('format')!r}, expected {RUN_FORMAT!r}")
     out = []
     for e in run.get("entries", []):
-        out.append(Entry(method=e["method"], eval_model=e["eval_model"], attack_model=e.get("attack_model"),
-                         search_dir=(root / e["search"]) if e.get("search") else None,
-                         attack_dir=(root / e["attack"]) if e.get("attack") else None,
-                         run=run.get("name", root.name), setting=run.get("setting", {})))
+        out.append(
+            Entry(
+                method=e["method"],
+                eval_model=e["eval_model"],
+                attack_model=e.get("attack_model"),
+                search_dir=(root / e["search"]) if e.get("search") else None,
+                attack_dir=(root / e["attack"]) if e.get("attack") else None,
+                run=run.get("name", root.name),
+                setting=run.get("setting", {}),
+            )
+        )
     return out
 
 
@@ -152,14 +159,16 @@ def _intervals(boot: Any, m: Metrics) -> None:
     for row in boot.get("tar_at_far", []):
         if row.get("tar"):
             m.intervals[f"tar@{float(row['far']):g}"] = tuple(row["tar"])
-    m.interval_note = (f"[lo, hi]: {100 * boot.get('level', 0.95):g} % bootstrap interval, {boot.get('replicates')} "
-                       f"replicates resampling the {boot.get('clusters')} probe identities")
+    m.interval_note = (
+        f"[lo, hi]: {100 * boot.get('level', 0.95):g} % bootstrap interval, {boot.get('replicates')} "
+        f"replicates resampling the {boot.get('clusters')} probe identities"
+    )
 
 
 def _sweep(data: dict[str, Any]) -> list[dict[str, float]]:
     """Rank-1 per distractor-set size, from whichever key the search stage used for its sweep."""
     raw = data.get("distractor_sweep")
-    if isinstance(raw, dict):          # the search stage's form: {"seed": ..., "sizes": [...]}
+    if isinstance(raw, dict):  # the search stage's form: {"seed": ..., "sizes": [...]}
         raw = raw.get("sizes")
     if not isinstance(raw, list):
         return []
@@ -183,6 +192,7 @@ def _attack_stats(path: Path, m: Metrics) -> None:
     m.mask_rate = sum(v > 0.5 for v in p) / len(p) if p else None
     if p and all(r.get("identity") for r in scored):
         from ..search.bootstrap import mean_interval
+
         m.intervals["mask_rate"] = mean_interval([v > 0.5 for v in p], [r["identity"] for r in scored])
     psnr = [float(r["psnr"]) for r in ok if r.get("psnr") not in (None, "")]
     ssim = [float(r["ssim"]) for r in ok if r.get("ssim") not in (None, "")]

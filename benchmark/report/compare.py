@@ -11,8 +11,12 @@ from .collect import Entry, Metrics
 from .paper_numbers import TABLE1
 from .tables import Column, Table, _slug, label, method_rows, setting_differences
 
-_METRICS = (("Rank-1", "rank1", "rate"), ("TAR", "tar", "rate"), ("AUC", "auc", "rate"),
-            ("Mask rate", "mask_rate", "percent"))
+_METRICS = (
+    ("Rank-1", "rank1", "rate"),
+    ("TAR", "tar", "rate"),
+    ("AUC", "auc", "rate"),
+    ("Mask rate", "mask_rate", "percent"),
+)
 
 
 def _delta(ours: float | None, paper: float | None, kind: str) -> str | None:
@@ -48,9 +52,11 @@ def comparison_tables(items: list[tuple[Entry, Metrics]], far: float = 1e-6) -> 
                 row[f"d_{key}"] = _delta(ours[key], p.get(key), kind)
             rows.append(row)
         diffs = setting_differences(sub[0][0].setting, model)
-        caption = (f"Ours beside the paper's Table 1 (Δ = ours − paper), white-box on **{model}**. "
-                   + ("Same setting as the paper." if not diffs else
-                      "The settings differ, so Δ shows distance from the paper, not an error: " + "; ".join(diffs) + "."))
+        caption = f"Ours beside the paper's Table 1 (Δ = ours − paper), white-box on **{model}**. " + (
+            "Same setting as the paper."
+            if not diffs
+            else "The settings differ, so Δ shows distance from the paper, not an error: " + "; ".join(diffs) + "."
+        )
         notes = ["Paper: TAR at 1e-6 FAR; its No-mask Rank-1 is from its text (Sec. 4.2). — : not run or not given."]
         if far != 1e-6:
             notes.append(f"Our TAR is at {far:g} FAR, the paper's at 1e-6.")

@@ -37,17 +37,25 @@ def image_tag(path: Path, alt: str) -> str:
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
 
 
-def render_page(title: str, intro: Sequence[str], tables: Sequence[Table],
-                figures: Sequence[tuple[str, Sequence[tuple[Path, str]]]], footer: Sequence[str] = (),
-                warnings: Sequence[str] = (), downloads: Sequence[str] = ()) -> str:
+def render_page(
+    title: str,
+    intro: Sequence[str],
+    tables: Sequence[Table],
+    figures: Sequence[tuple[str, Sequence[tuple[Path, str]]]],
+    footer: Sequence[str] = (),
+    warnings: Sequence[str] = (),
+    downloads: Sequence[str] = (),
+) -> str:
     """The whole page: warnings (e.g. data too small to mean anything), intro paragraphs, every table,
     figure sections ``(heading, [(png, caption)])`` and the provenance ``footer``. ``downloads`` are
     files beside the page (relative paths), linked under the tables."""
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>",
-             f"<h1>{html.escape(title)}</h1>"]
-    parts += [f'<div class="warning"><p><b>Warning:</b> {html.escape(w)}</p></div>'
-              for w in warnings]
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
+    parts += [f'<div class="warning"><p><b>Warning:</b> {html.escape(w)}</p></div>' for w in warnings]
     parts += [f"<p>{html.escape(p)}</p>" for p in intro]
     if tables:
         parts.append("<h2>Tables</h2>")

@@ -29,8 +29,10 @@ ROC_Y = ("tar", "tpr")
 
 def _pyplot():
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -64,10 +66,15 @@ def curve_plot(entries: Sequence[Entry], kind: str, path: Path, title: str = "")
         if not pts:
             continue
         xs, ys = zip(*pts)
-        ax.plot(xs, ys, label=label(e.method), drawstyle="steps-post" if kind == "cmc" else "default",
-                linestyle="--" if e.method in ("none", "solid", "dm") else "-")
+        ax.plot(
+            xs,
+            ys,
+            label=label(e.method),
+            drawstyle="steps-post" if kind == "cmc" else "default",
+            linestyle="--" if e.method in ("none", "solid", "dm") else "-",
+        )
         drawn += 1
-    if not drawn and not (kind == "roc" and curves and floor > 0):   # an all-unresolved ROC still says so
+    if not drawn and not (kind == "roc" and curves and floor > 0):  # an all-unresolved ROC still says so
         plt.close(fig)
         return None
     ax.set_xscale("log")
@@ -83,8 +90,14 @@ def curve_plot(entries: Sequence[Entry], kind: str, path: Path, title: str = "")
             left = min(ax.get_xlim()[0], floor / 30) if drawn else floor / 30
             ax.set_xlim(left=left, right=max(ax.get_xlim()[1], floor * 3) if drawn else 1.0)
             ax.axvspan(left, floor, color="0.9", zorder=0)
-            ax.text(0.02, 0.04, f"shaded: FAR < 1/N_neg = {floor:.2g}, not resolved", transform=ax.transAxes,
-                    fontsize=7, color="0.3")
+            ax.text(
+                0.02,
+                0.04,
+                f"shaded: FAR < 1/N_neg = {floor:.2g}, not resolved",
+                transform=ax.transAxes,
+                fontsize=7,
+                color="0.3",
+            )
     ax.set_title(title or kind.upper())
     if drawn:
         ax.legend(fontsize=7, loc="best", ncol=2)
@@ -108,8 +121,9 @@ def sweep_plot(items: Sequence[tuple[Entry, Metrics]], path: Path, title: str = 
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     for e, m in sorted(rows, key=lambda r: METHOD_ORDER.index(r[0].method) if r[0].method in METHOD_ORDER else 99):
-        ax.plot([r["distractors"] for r in m.sweep], [r["rank1"] for r in m.sweep], marker="o", ms=3,
-                label=label(e.method))
+        ax.plot(
+            [r["distractors"] for r in m.sweep], [r["rank1"] for r in m.sweep], marker="o", ms=3, label=label(e.method)
+        )
     ax.set_xscale("log")
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("number of distractors")
@@ -126,6 +140,7 @@ def sweep_plot(items: Sequence[tuple[Entry, Metrics]], path: Path, title: str = 
 
 def _read_rgb(path: Path) -> np.ndarray | None:
     from PIL import Image
+
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
@@ -136,6 +151,7 @@ def _read_rgb(path: Path) -> np.ndarray | None:
 def _attack_sources(attack_dir: Path) -> tuple[dict[str, Path], dict[str, np.ndarray]]:
     """Original image paths by key (from the attack manifest's probe list) and template crops by key."""
     import json
+
     originals: dict[str, Path] = {}
     templates: dict[str, np.ndarray] = {}
     manifest = attack_dir / "manifest.json"
@@ -143,6 +159,7 @@ def _attack_sources(attack_dir: Path) -> tuple[dict[str, Path], dict[str, np.nda
         cfg = json.loads(manifest.read_text(encoding="utf-8")).get("config", {})
         if cfg.get("probes") and Path(cfg["probes"]).exists():
             from attacks.templates import list_faces
+
             try:
                 originals = {it.key: it.path for it in list_faces(cfg["probes"])}
             except ValueError as exc:
@@ -199,7 +216,9 @@ def examples_figure(entry: Entry, keys: Sequence[str], path: Path) -> Path | Non
 
 def overview_figure(entries: Sequence[Entry], key: str, path: Path) -> Path | None:
     """One probe under every method side by side (original, template, then each result with PSNR), as Fig. 4."""
-    attacked = [e for e in _order(entries) if e.attack_dir is not None and (e.attack_dir / "images" / f"{key}.png").is_file()]
+    attacked = [
+        e for e in _order(entries) if e.attack_dir is not None and (e.attack_dir / "images" / f"{key}.png").is_file()
+    ]
     if not attacked:
         return None
     originals, templates, template_key = {}, {}, ""

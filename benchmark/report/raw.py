@@ -28,6 +28,7 @@ RAW = "raw"
 SEARCH_FILES = ("metrics.json", "cmc.csv", "roc.csv")
 ATTACK_COLUMNS = ("p_masked", "psnr", "ssim")
 
+
 def _rows(path: Path) -> list[dict[str, str]]:
     with open(path, newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))

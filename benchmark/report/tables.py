@@ -61,7 +61,7 @@ class Column:
 
     title: str
     key: str
-    kind: str = "rate"          # rate | tar | percent | psnr | ssim | text | int
+    kind: str = "rate"  # rate | tar | percent | psnr | ssim | text | int
 
 
 @dataclass
@@ -73,7 +73,7 @@ class Table:
     columns: list[Column]
     rows: list[dict[str, Any]]
     notes: list[str] = field(default_factory=list)
-    groups: list[tuple[str, int]] = field(default_factory=list)   # optional header groups (title, span)
+    groups: list[tuple[str, int]] = field(default_factory=list)  # optional header groups (title, span)
 
 
 def fmt(value: Any, kind: str) -> str:
@@ -163,12 +163,22 @@ def table1(items: list[tuple[Entry, Metrics]], far: float = 1e-6, paper: str = "
         setting = sub[0][0].setting
         diffs = setting_differences(setting, model)
         beside = paper == "always" or (paper == "auto" and not diffs)
-        cols = [Column("Method", "label", "text"), Column("Rank-1", "rank1"), Column(_tar_title(far), "tar", "tar"),
-                Column("AUC", "auc"), Column("Mask rate", "mask_rate", "percent"), Column("PSNR", "psnr", "psnr"),
-                Column("SSIM", "ssim", "ssim")]
+        cols = [
+            Column("Method", "label", "text"),
+            Column("Rank-1", "rank1"),
+            Column(_tar_title(far), "tar", "tar"),
+            Column("AUC", "auc"),
+            Column("Mask rate", "mask_rate", "percent"),
+            Column("PSNR", "psnr", "psnr"),
+            Column("SSIM", "ssim", "ssim"),
+        ]
         if beside:
-            cols += [Column("Rank-1 (paper)", "p_rank1"), Column("TAR (paper)", "p_tar"),
-                     Column("AUC (paper)", "p_auc"), Column("Mask rate (paper)", "p_mask_rate", "percent")]
+            cols += [
+                Column("Rank-1 (paper)", "p_rank1"),
+                Column("TAR (paper)", "p_tar"),
+                Column("AUC (paper)", "p_auc"),
+                Column("Mask rate (paper)", "p_mask_rate", "percent"),
+            ]
         rows = []
         notes = []
         for method in method_rows(sub):
@@ -177,21 +187,34 @@ def table1(items: list[tuple[Entry, Metrics]], far: float = 1e-6, paper: str = "
             name = label(method)
             if m.reference == "solid" and psnr is not None:
                 name += " †"
-            row = {"method": method, "label": name, "rank1": with_interval(m.rank1, m, "rank1"), "tar": tar_cell(m, far), "auc": m.auc,
-                   "mask_rate": with_interval(m.mask_rate, m, "mask_rate"), "psnr": psnr, "ssim": ssim, "probes": m.counts.get("probes"),
-                   "attacked": m.attacked, "attack_skipped": m.attack_skipped}
+            row = {
+                "method": method,
+                "label": name,
+                "rank1": with_interval(m.rank1, m, "rank1"),
+                "tar": tar_cell(m, far),
+                "auc": m.auc,
+                "mask_rate": with_interval(m.mask_rate, m, "mask_rate"),
+                "psnr": psnr,
+                "ssim": ssim,
+                "probes": m.counts.get("probes"),
+                "attacked": m.attacked,
+                "attack_skipped": m.attack_skipped,
+            }
             if beside:
                 p = TABLE1.get(method, {})
-                row.update(p_rank1=p.get("rank1"), p_tar=p.get("tar"), p_auc=p.get("auc"),
-                           p_mask_rate=p.get("mask_rate"))
+                row.update(
+                    p_rank1=p.get("rank1"), p_tar=p.get("tar"), p_auc=p.get("auc"), p_mask_rate=p.get("mask_rate")
+                )
             rows.append(row)
             if m.attack_skipped:
                 notes.append(f"{label(method)}: {m.attack_skipped} probe(s) skipped by the attack stage.")
         notes = _common_notes(sub, far) + notes
         if beside and diffs:
             notes.append("Paper numbers shown beside ours although the setting differs: " + "; ".join(diffs) + ".")
-        caption = (f"Table 1 — white-box: probes masked/attacked and evaluated on **{model}**"
-                   f"{_md_text(setting)}. {_sizes(sub)}")
+        caption = (
+            f"Table 1 — white-box: probes masked/attacked and evaluated on **{model}**"
+            f"{_md_text(setting)}. {_sizes(sub)}"
+        )
         tables.append(Table(f"table1_{_slug(model)}" if len(models) > 1 else "table1", caption, cols, rows, notes))
         if not beside and paper != "never":
             tables.append(paper_table1(diffs))
@@ -200,12 +223,20 @@ def table1(items: list[tuple[Entry, Metrics]], far: float = 1e-6, paper: str = "
 
 def paper_table1(diffs: list[str] | None = None) -> Table:
     """The paper's Table 1 (plus the unmasked rank-1 and PSNR/SSIM given in its text)."""
-    cols = [Column("Method", "label", "text"), Column("Rank-1", "rank1"), Column("TAR@1e-6 FAR", "tar"),
-            Column("AUC", "auc"), Column("Mask rate", "mask_rate", "percent"), Column("PSNR", "psnr", "psnr"),
-            Column("SSIM", "ssim", "ssim")]
+    cols = [
+        Column("Method", "label", "text"),
+        Column("Rank-1", "rank1"),
+        Column("TAR@1e-6 FAR", "tar"),
+        Column("AUC", "auc"),
+        Column("Mask rate", "mask_rate", "percent"),
+        Column("PSNR", "psnr", "psnr"),
+        Column("SSIM", "ssim", "ssim"),
+    ]
     rows = [{"method": k, "label": label(k), **v} for k, v in TABLE1.items()]
-    caption = (f"Paper's Table 1 (published numbers) — white-box {PAPER_SETTING['white_box']}, "
-               f"{PAPER_SETTING['data']}, mask detector {PAPER_SETTING['mask_detector']}.")
+    caption = (
+        f"Paper's Table 1 (published numbers) — white-box {PAPER_SETTING['white_box']}, "
+        f"{PAPER_SETTING['data']}, mask detector {PAPER_SETTING['mask_detector']}."
+    )
     notes = ["No-mask Rank-1 and the PSNR/SSIM values are from the paper's text (Sec. 4.2)."]
     if diffs:
         notes.append("Not directly comparable with ours: " + "; ".join(diffs) + ".")
@@ -234,12 +265,18 @@ def table2(items: list[tuple[Entry, Metrics]], far: float = 1e-6, paper: str = "
             diffs = setting_differences(setting, attack_model, model)
             beside = paper == "always" or (paper == "auto" and not diffs)
             slug = _slug(model)
-            cols += [Column("Rank-1", f"{slug}:rank1"), Column(_tar_title(far), f"{slug}:tar", "tar"),
-                     Column("AUC", f"{slug}:auc")]
+            cols += [
+                Column("Rank-1", f"{slug}:rank1"),
+                Column(_tar_title(far), f"{slug}:tar", "tar"),
+                Column("AUC", f"{slug}:auc"),
+            ]
             span = 3
             if beside and paper_model(model) in TABLE2:
-                cols += [Column("Rank-1 (paper)", f"{slug}:p_rank1"), Column("TAR (paper)", f"{slug}:p_tar"),
-                         Column("AUC (paper)", f"{slug}:p_auc")]
+                cols += [
+                    Column("Rank-1 (paper)", f"{slug}:p_rank1"),
+                    Column("TAR (paper)", f"{slug}:p_tar"),
+                    Column("AUC (paper)", f"{slug}:p_auc"),
+                ]
                 span += 3
             elif paper != "never" and not paper_tables:
                 paper_tables.append(paper_table2(diffs))
@@ -251,13 +288,22 @@ def table2(items: list[tuple[Entry, Metrics]], far: float = 1e-6, paper: str = "
                 slug = _slug(model)
                 found = [m for e, m in sub + clean if e.method == method and e.eval_model == model]
                 m = found[0] if found else Metrics()
-                row.update({f"{slug}:rank1": with_interval(m.rank1, m, "rank1"), f"{slug}:tar": tar_cell(m, far), f"{slug}:auc": m.auc})
+                row.update(
+                    {
+                        f"{slug}:rank1": with_interval(m.rank1, m, "rank1"),
+                        f"{slug}:tar": tar_cell(m, far),
+                        f"{slug}:auc": m.auc,
+                    }
+                )
                 p = TABLE2.get(paper_model(model) or "", {}).get(method, {})
-                row.update({f"{slug}:p_rank1": p.get("rank1"), f"{slug}:p_tar": p.get("tar"),
-                            f"{slug}:p_auc": p.get("auc")})
+                row.update(
+                    {f"{slug}:p_rank1": p.get("rank1"), f"{slug}:p_tar": p.get("tar"), f"{slug}:p_auc": p.get("auc")}
+                )
             rows.append(row)
-        caption = (f"Table 2 — black-box transfer: probes attacked on **{attack_model}**, evaluated on "
-                   f"{', '.join(eval_models)}{_md_text(setting)}. {_sizes(sub)}")
+        caption = (
+            f"Table 2 — black-box transfer: probes attacked on **{attack_model}**, evaluated on "
+            f"{', '.join(eval_models)}{_md_text(setting)}. {_sizes(sub)}"
+        )
         name = "table2" if len({e.attack_model for e, _ in black}) == 1 else f"table2_{_slug(attack_model)}"
         tables.append(Table(name, caption, cols, rows, notes, groups))
         tables += paper_tables
@@ -269,8 +315,11 @@ def paper_table2(diffs: list[str] | None = None) -> Table:
     cols = [Column("Method", "label", "text")]
     groups = [("", 1)]
     for model, title in TABLE2_MODELS.items():
-        cols += [Column("Rank-1", f"{model}:rank1"), Column("TAR@1e-6 FAR", f"{model}:tar"),
-                 Column("AUC", f"{model}:auc")]
+        cols += [
+            Column("Rank-1", f"{model}:rank1"),
+            Column("TAR@1e-6 FAR", f"{model}:tar"),
+            Column("AUC", f"{model}:auc"),
+        ]
         groups.append((title, 3))
     rows = []
     for method in TABLE2["cosface-r50"]:
@@ -278,8 +327,10 @@ def paper_table2(diffs: list[str] | None = None) -> Table:
         for model in TABLE2_MODELS:
             row.update({f"{model}:{k}": v for k, v in TABLE2[model][method].items()})
         rows.append(row)
-    caption = (f"Paper's Table 2 (published numbers) — attacked on {PAPER_SETTING['white_box']}, evaluated on "
-               f"CosFace ResNet50 / ResNet34, {PAPER_SETTING['data']}.")
+    caption = (
+        f"Paper's Table 2 (published numbers) — attacked on {PAPER_SETTING['white_box']}, evaluated on "
+        f"CosFace ResNet50 / ResNet34, {PAPER_SETTING['data']}."
+    )
     notes = ["Not directly comparable with ours: " + "; ".join(diffs) + "."] if diffs else []
     return Table("table2_paper", caption, cols, rows, notes, groups)
 
@@ -297,7 +348,7 @@ def _md_text(setting: dict[str, Any]) -> str:
     if setting.get("templates") and not setting.get("split"):
         parts.append(f"templates: {setting['templates']}")
     text = ("; " + "; ".join(parts)) if parts else ""
-    if setting.get("split"):      # requested vs obtained sizes of the run's split, with the reasons
+    if setting.get("split"):  # requested vs obtained sizes of the run's split, with the reasons
         text += f". {str(setting['split']).rstrip('.')}"
     return text
 
@@ -318,9 +369,11 @@ def _common_notes(items: list[tuple[Entry, Metrics]], far: float, attack_columns
     notes = ["— : not run (or its stage output is missing)."]
     negs = [m.counts.get("negative_pairs") for _, m in items if m.counts.get("negative_pairs")]
     if negs and min(negs) * far < 1:
-        notes.append(f"(…): not resolved — with {min(negs):,} negative pairs, FAR {far:g} is below 1/N_neg, so "
-                     "the threshold is the highest negative score and the value is the fraction of mates above "
-                     "every distractor, not a TAR at this FAR.")
+        notes.append(
+            f"(…): not resolved — with {min(negs):,} negative pairs, FAR {far:g} is below 1/N_neg, so "
+            "the threshold is the highest negative score and the value is the fraction of mates above "
+            "every distractor, not a TAR at this FAR."
+        )
     boot = next((m.interval_note for _, m in items if m.interval_note), "")
     if boot:
         notes.append(boot + " (rank-1, TAR; mask rate: the same resampling of the attacked probes).")
@@ -329,8 +382,10 @@ def _common_notes(items: list[tuple[Entry, Metrics]], far: float, attack_columns
     if attack_columns and any(m.mask_rate is not None for _, m in items):
         notes.append("Mask rate: fraction of probes with P(masked) > 0.5 under the mask detector.")
     if attack_columns and any(m.psnr is not None for _, m in items):
-        notes.append("PSNR/SSIM: mean over probes, whole image, against the DM image († against the solid-mask "
-                     "image, the base of the FGSM-family baselines).")
+        notes.append(
+            "PSNR/SSIM: mean over probes, whole image, against the DM image († against the solid-mask "
+            "image, the base of the FGSM-family baselines)."
+        )
     return notes
 
 
@@ -349,11 +404,15 @@ def to_markdown(table: Table) -> str:
         head = []
         i = 0
         for group, span in table.groups:
-            for c in table.columns[i:i + span]:
+            for c in table.columns[i : i + span]:
                 head.append(f"{c.title} ({group})" if group else c.title)
             i += span
-    lines = [table.caption, "", "| " + " | ".join(head) + " |", "|" + "|".join(
-        ":---" if c.kind == "text" else "---:" for c in table.columns) + "|"]
+    lines = [
+        table.caption,
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(":---" if c.kind == "text" else "---:" for c in table.columns) + "|",
+    ]
     for row in table.rows:
         lines.append("| " + " | ".join(fmt(row.get(c.key), c.kind) for c in table.columns) + " |")
     if table.notes:
@@ -371,16 +430,28 @@ def to_csv(table: Table) -> str:
     ranged = [c.key for c in table.columns if any(isinstance(r.get(c.key), Estimate) for r in table.rows)]
     w.writerow(keys + [f"{k}_resolved" for k in flags] + [f"{k}_{end}" for k in ranged for end in ("lo", "hi")])
     for row in table.rows:
-        w.writerow(["" if row.get(k) is None else float(row[k]) if isinstance(row.get(k), float) else row.get(k)
-                    for k in keys] +
-                   ["" if row.get(k) is None else int(not isinstance(row[k], Unresolved)) for k in flags] +
-                   [getattr(row.get(k), end, "") for k in ranged for end in ("lo", "hi")])
+        w.writerow(
+            ["" if row.get(k) is None else float(row[k]) if isinstance(row.get(k), float) else row.get(k) for k in keys]
+            + ["" if row.get(k) is None else int(not isinstance(row[k], Unresolved)) for k in flags]
+            + [getattr(row.get(k), end, "") for k in ranged for end in ("lo", "hi")]
+        )
     return buf.getvalue()
 
 
-_LATEX_SUBS = [("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("#", r"\#"), ("_", r"\_"),
-               ("²", r"$^2$"), ("—", "---"), ("†", r"$^\dagger$"), ("∞", r"$\infty$"), ("→", r"$\to$"),
-               ("–", "--"), ("**", "")]
+_LATEX_SUBS = [
+    ("\\", r"\textbackslash{}"),
+    ("&", r"\&"),
+    ("%", r"\%"),
+    ("#", r"\#"),
+    ("_", r"\_"),
+    ("²", r"$^2$"),
+    ("—", "---"),
+    ("†", r"$^\dagger$"),
+    ("∞", r"$\infty$"),
+    ("→", r"$\to$"),
+    ("–", "--"),
+    ("**", ""),
+]
 
 
 def latex_escape(text: str) -> str:
@@ -417,6 +488,7 @@ def to_latex(table: Table) -> str:
 def to_html(table: Table) -> str:
     """An HTML ``<table>`` with caption and notes (text escaped)."""
     import html
+
     out = [f'<table class="results" id="{table.name}">', f"<caption>{_md_bold(html.escape(table.caption))}</caption>"]
     if table.groups and any(g for g, _ in table.groups):
         out.append("<tr>" + "".join(f'<th colspan="{s}">{html.escape(g)}</th>' for g, s in table.groups) + "</tr>")

@@ -65,61 +65,96 @@ def tables(cells: Sequence[dict[str, Any]], meta: dict[str, Any], name: str) -> 
         cols.append(Column("Mask rate", "mask_rate"))
         rows = []
         for s in sources:
-            row: dict[str, Any] = {"method": attack, "source": s, "mask_rate": next(
-                (by[(s, t)]["mask_rate"] for t in targets if (s, t) in by), None)}
+            row: dict[str, Any] = {
+                "method": attack,
+                "source": s,
+                "mask_rate": next((by[(s, t)]["mask_rate"] for t in targets if (s, t) in by), None),
+            }
             for t in targets:
                 for metric, _ in METRICS:
                     row[f"{metric}@{t}"] = (by.get((s, t)) or {}).get(metric)
             rows.append(row)
         if clean:
-            base = {"method": "clean", "source": "clean (no attack)",
-                    "mask_rate": next(iter(clean.values())).get("mask_rate")}
+            base = {
+                "method": "clean",
+                "source": "clean (no attack)",
+                "mask_rate": next(iter(clean.values())).get("mask_rate"),
+            }
             for t in targets:
                 for metric, _ in METRICS:
                     base[f"{metric}@{t}"] = (clean.get(t) or {}).get(metric)
             rows.append(base)
-        notes = [f"Pool: {meta.get('pool', '?')}.",
-                 f"TAR at FAR = {far_text}: the lowest FAR the probe × distractor negatives resolve. Diagonal "
-                 "(source = target) cells are white-box; the others are black-box transfer. Mask rate: "
-                 f"{meta.get('mask_detector', 'the mask detector')} on the attacked images (one per source)."]
-        out.append(Table(f"transfer-{_slug(name)}-{_slug(attack)}",
-                         f"Transferability of {attack} ({name}): source × target recognizer", cols, rows, notes,
-                         groups=[("", 1), ("Rank-1", len(targets)), (f"TAR@{far_text}", len(targets)), ("", 1)]))
+        notes = [
+            f"Pool: {meta.get('pool', '?')}.",
+            f"TAR at FAR = {far_text}: the lowest FAR the probe × distractor negatives resolve. Diagonal "
+            "(source = target) cells are white-box; the others are black-box transfer. Mask rate: "
+            f"{meta.get('mask_detector', 'the mask detector')} on the attacked images (one per source).",
+        ]
+        out.append(
+            Table(
+                f"transfer-{_slug(name)}-{_slug(attack)}",
+                f"Transferability of {attack} ({name}): source × target recognizer",
+                cols,
+                rows,
+                notes,
+                groups=[("", 1), ("Rank-1", len(targets)), (f"TAR@{far_text}", len(targets)), ("", 1)],
+            )
+        )
     return out
 
 
-def heatmaps(cells: Sequence[dict[str, Any]], meta: dict[str, Any], folder: Path, name: str
-             ) -> list[tuple[Path, str]]:
+def heatmaps(cells: Sequence[dict[str, Any]], meta: dict[str, Any], folder: Path, name: str) -> list[tuple[Path, str]]:
     """One PNG per attack: Rank-1 and TAR source × target matrices and the mask-rate column;
     returns ``[(png, caption)]``."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+
     folder.mkdir(parents=True, exist_ok=True)
     far = meta.get("far")
     figs = []
     for attack in attacks_of(cells):
         sources, targets, by = grid(cells, attack)
-        panels = [(f"TAR@{far:.2g}" if metric == "tar" and isinstance(far, (int, float)) else title,
-                   np.array([[_num((by.get((s, t)) or {}).get(metric)) for t in targets] for s in sources]), targets)
-                  for metric, title in METRICS]
-        rates = np.array([[_num(next((by[(s, t)]["mask_rate"] for t in targets if (s, t) in by), None))]
-                          for s in sources])
+        panels = [
+            (
+                f"TAR@{far:.2g}" if metric == "tar" and isinstance(far, (int, float)) else title,
+                np.array([[_num((by.get((s, t)) or {}).get(metric)) for t in targets] for s in sources]),
+                targets,
+            )
+            for metric, title in METRICS
+        ]
+        rates = np.array(
+            [[_num(next((by[(s, t)]["mask_rate"] for t in targets if (s, t) in by), None))] for s in sources]
+        )
         panels.append(("Mask rate", rates, ["mask detector"]))
         widths = [len(cols) for _, _, cols in panels]
-        fig, axes = plt.subplots(1, 3, figsize=(2.0 + 1.4 * sum(widths), 1.6 + 0.6 * len(sources)),
-                                 gridspec_kw={"width_ratios": widths}, squeeze=False)
+        fig, axes = plt.subplots(
+            1,
+            3,
+            figsize=(2.0 + 1.4 * sum(widths), 1.6 + 0.6 * len(sources)),
+            gridspec_kw={"width_ratios": widths},
+            squeeze=False,
+        )
         for ax, (title, values, cols) in zip(axes[0], panels):
             im = ax.imshow(values, vmin=0, vmax=1, cmap="viridis", aspect="auto")
             ax.set_xticks(range(len(cols)), [_plain(c) for c in cols], rotation=30, ha="right")
-            ax.set_yticks(range(len(sources)), [_plain(s) for s in sources] if ax is axes[0][0] else [""] * len(sources))
+            ax.set_yticks(
+                range(len(sources)), [_plain(s) for s in sources] if ax is axes[0][0] else [""] * len(sources)
+            )
             ax.set_title(title)
             for i in range(values.shape[0]):
                 for j in range(values.shape[1]):
                     v = values[i, j]
-                    ax.text(j, i, "n/a" if math.isnan(v) else f"{v:.2f}", ha="center", va="center",
-                            color="white" if math.isnan(v) or v < 0.6 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        "n/a" if math.isnan(v) else f"{v:.2f}",
+                        ha="center",
+                        va="center",
+                        color="white" if math.isnan(v) or v < 0.6 else "black",
+                    )
         axes[0][0].set_ylabel("source (white-box)")
         fig.colorbar(im, ax=list(axes[0]), fraction=0.03)
         fig.suptitle(f"{_plain(attack)}: source × target", y=1.06)
@@ -127,8 +162,13 @@ def heatmaps(cells: Sequence[dict[str, Any]], meta: dict[str, Any], folder: Path
         with atomic_path(path, suffix=".png") as tmp:
             fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
         plt.close(fig)
-        figs.append((path, f"Transferability of {attack} ({name}): Rank-1 and TAR by source × target, and the "
-                           "mask rate per source"))
+        figs.append(
+            (
+                path,
+                f"Transferability of {attack} ({name}): Rank-1 and TAR by source × target, and the "
+                "mask rate per source",
+            )
+        )
     return figs
 
 

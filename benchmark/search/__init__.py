@@ -10,5 +10,6 @@ def __getattr__(name: str):
     # ``benchmark.search.evaluate`` without importing the engine (and torch) at package import
     if name in __all__:
         from . import api
+
         return getattr(api, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

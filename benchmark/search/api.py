@@ -37,8 +37,8 @@ class SearchSettings:
     precision: str = "fp32"
     seed: int = 0
     progress: bool = False
-    probes: str = "the probes"          # how error messages name the probe set
-    mates: str = "the mates"            # … and the mate set
+    probes: str = "the probes"  # how error messages name the probe set
+    mates: str = "the mates"  # … and the mate set
 
 
 @dataclass
@@ -46,12 +46,12 @@ class SearchResult:
     """Metrics of one search; ``metrics`` is the full record (as in ``metrics.json``, without the outputs)."""
 
     rank1: float
-    cmc: dict[int, float]               # rank → identification rate
-    tar_at_far: dict[float, float]      # FAR → TAR
-    thresholds: dict[float, float]      # FAR → score threshold τ
+    cmc: dict[int, float]  # rank → identification rate
+    tar_at_far: dict[float, float]  # FAR → TAR
+    thresholds: dict[float, float]  # FAR → score threshold τ
     auc: float
     counts: dict[str, int]
-    genuine_mean: float                 # mean score of the positive (probe, mate) pairs
+    genuine_mean: float  # mean score of the positive (probe, mate) pairs
     metrics: dict[str, Any]
     curves: dict[str, Any] = field(repr=False, default_factory=dict)
 
@@ -62,19 +62,32 @@ class SearchResult:
 
 def _unit(x: np.ndarray, what: str) -> np.ndarray:
     from benchmark.features import normalize_rows
+
     return normalize_rows(np.asarray(x), what)
 
 
 def _aligned(features: np.ndarray, keys: Sequence[str], identities: Sequence[str], role: str) -> None:
     if not (len(features) == len(keys) == len(identities)):
-        raise ValueError(f"{role}: {len(features)} features, {len(keys)} keys and {len(identities)} identities "
-                         "do not line up")
+        raise ValueError(
+            f"{role}: {len(features)} features, {len(keys)} keys and {len(identities)} identities do not line up"
+        )
 
 
-def evaluate(*, probes: np.ndarray, mates: np.ndarray, distractors: np.ndarray, probe_keys: Sequence[str],
-             mate_keys: Sequence[str], probe_identities: Sequence[str], mate_identities: Sequence[str],
-             fars: Sequence[float] = DEFAULT_FARS, ranks: Sequence[int] = DEFAULT_RANKS, device: str = "cpu",
-             block_size: int = 8192, precision: str = "fp32") -> SearchResult:
+def evaluate(
+    *,
+    probes: np.ndarray,
+    mates: np.ndarray,
+    distractors: np.ndarray,
+    probe_keys: Sequence[str],
+    mate_keys: Sequence[str],
+    probe_identities: Sequence[str],
+    mate_identities: Sequence[str],
+    fars: Sequence[float] = DEFAULT_FARS,
+    ranks: Sequence[int] = DEFAULT_RANKS,
+    device: str = "cpu",
+    block_size: int = 8192,
+    precision: str = "fp32",
+) -> SearchResult:
     """Exact rank-1, CMC, TAR@FAR and AUC of probe, mate and distractor feature arrays (rows are features).
 
     Features are normalised to unit float32 rows (zero or non-finite rows are errors). ``*_identities`` are
@@ -86,6 +99,7 @@ def evaluate(*, probes: np.ndarray, mates: np.ndarray, distractors: np.ndarray, 
     from . import engine
     from .identity import _codes, join_key
     from .run import compute_metrics, resolve_search_precision, roc_grid, stream
+
     _aligned(probes, probe_keys, probe_identities, "probes")
     _aligned(mates, mate_keys, mate_identities, "mates")
     if not len(distractors):
@@ -93,21 +107,41 @@ def evaluate(*, probes: np.ndarray, mates: np.ndarray, distractors: np.ndarray, 
     if not len(probes):
         raise ValueError("no probes")
     device = resolve_device(device)
-    settings = SearchSettings(fars=[float(f) for f in fars], ranks=[int(r) for r in ranks], block_size=block_size,
-                              precision=precision)
+    settings = SearchSettings(
+        fars=[float(f) for f in fars], ranks=[int(r) for r in ranks], block_size=block_size, precision=precision
+    )
     p, m, d = _unit(probes, "probes"), _unit(mates, "mates"), _unit(distractors, "distractors")
     p_codes, m_codes, _ = _codes(np.asarray(probe_identities, dtype=str), np.asarray(mate_identities, dtype=str))
     p_keys = np.asarray([join_key(str(k)) for k in probe_keys], dtype=str)
     m_keys = np.asarray([join_key(str(k)) for k in mate_keys], dtype=str)
     n_neg = len(p) * len(d)
-    problem = engine.build_problem(p, p_keys, p_codes, m, m_keys, m_codes, d,
-                                   roc_grid(n_neg, settings.fars, settings.roc_per_decade), [], settings.seed, 0)
+    problem = engine.build_problem(
+        p,
+        p_keys,
+        p_codes,
+        m,
+        m_keys,
+        m_codes,
+        d,
+        roc_grid(n_neg, settings.fars, settings.roc_per_decade),
+        [],
+        settings.seed,
+        0,
+    )
     resolved = resolve_search_precision(precision, device)
     part = stream(problem, device, block_size, progress=False, precision=resolved[0])
     metrics, curves = compute_metrics(part, problem, settings, len(p), len(m), device, resolved)
     tar = {float(e["far"]): float(e["tar"]) for e in metrics["tar_at_far"]}
     tau = {float(e["far"]): float(e["threshold"]) for e in metrics["tar_at_far"]}
     cmc = dict(zip(metrics["cmc"]["ranks"], metrics["cmc"]["rates"]))
-    return SearchResult(rank1=metrics["rank1"], cmc=cmc, tar_at_far=tar, thresholds=tau, auc=metrics["auc"],
-                        counts=dict(metrics["counts"]), genuine_mean=float(problem.pos_scores.mean()),
-                        metrics=metrics, curves=curves)
+    return SearchResult(
+        rank1=metrics["rank1"],
+        cmc=cmc,
+        tar_at_far=tar,
+        thresholds=tau,
+        auc=metrics["auc"],
+        counts=dict(metrics["counts"]),
+        genuine_mean=float(problem.pos_scores.mean()),
+        metrics=metrics,
+        curves=curves,
+    )

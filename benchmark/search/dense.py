@@ -22,20 +22,22 @@ import numpy as np
 
 from .engine import DENSE_FRACTION, Partial, Problem, dot64, float64_error_bound
 
-_DENSE_CHUNK = 1 << 22     # scores per row chunk of the torch path (bounds its temporaries)
-AUC_GRID_BINS = 1 << 21    # fine uniform bins of the positives' score range (AUC lookup; 8 MB table)
+_DENSE_CHUNK = 1 << 22  # scores per row chunk of the torch path (bounds its temporaries)
+AUC_GRID_BINS = 1 << 21  # fine uniform bins of the positives' score range (AUC lookup; 8 MB table)
 RANK_TABLE_CELLS = 1 << 24  # budget of the per-probe coarse rank table (n_p × coarse bins)
-USE_KERNEL = True          # the numba kernel on CPU (tests switch it off to check the torch path)
+USE_KERNEL = True  # the numba kernel on CPU (tests switch it off to check the torch path)
 
 
 def dense_wanted(scores, problem: Problem) -> bool:
     """True when many scores fall in their probe's rank band (positives inside the negative bulk)."""
     import torch
+
     low = torch.as_tensor(problem.row_low, device=scores.device)[:, None]
     return float((scores >= low).sum()) > DENSE_FRACTION * scores.numel()
 
 
 # ------------------------------------------------------------------------------------------ the grid
+
 
 @dataclass
 class DenseGrid:
@@ -53,10 +55,10 @@ class DenseGrid:
     bins: int
     shift: int
     eps64: float
-    auc: np.ndarray         # (bins + 2,) int32
-    rank: np.ndarray        # (n_p, bins >> shift + 2) int32
+    auc: np.ndarray  # (bins + 2,) int32
+    rank: np.ndarray  # (n_p, bins >> shift + 2) int32
     sorted_pos: np.ndarray  # (N_pos,) float64
-    pad: np.ndarray         # (n_p, m_max + 2) float64: −inf, the probe's sorted positives (+inf padded), +inf
+    pad: np.ndarray  # (n_p, m_max + 2) float64: −inf, the probe's sorted positives (+inf padded), +inf
 
 
 def build_grid(problem: Problem, bins: int = AUC_GRID_BINS, rank_cells: int = RANK_TABLE_CELLS) -> DenseGrid:
@@ -79,7 +81,7 @@ def build_grid(problem: Problem, bins: int = AUC_GRID_BINS, rank_cells: int = RA
     auc[1:-1] = np.where(upto > below, -1 - below, 2 * (sp.size - below))
     coarse = max(1, min(bins, 1 << int(np.log2(max(rank_cells // max(n_p, 1), 1)))))
     shift = int(np.log2(bins // coarse))
-    cedges = edges[::1 << shift]
+    cedges = edges[:: 1 << shift]
     rank = np.empty((n_p, coarse + 2), np.int64)
     rank[:, 0] = 0
     rank[:, -1] = np.isfinite(table).sum(axis=1)
@@ -88,8 +90,17 @@ def build_grid(problem: Problem, bins: int = AUC_GRID_BINS, rank_cells: int = RA
         u = np.searchsorted(table[p], cedges[1:] + delta, "right")
         rank[p, 1:-1] = np.where(u > b, -1 - b, b)
     pad = np.concatenate([np.full((n_p, 1), -np.inf), table, np.full((n_p, 1), np.inf)], axis=1)
-    return DenseGrid(lo, inv_w, bins, shift, eps64, auc.astype(np.int32), rank.astype(np.int32),
-                     np.ascontiguousarray(sp), np.ascontiguousarray(pad))
+    return DenseGrid(
+        lo,
+        inv_w,
+        bins,
+        shift,
+        eps64,
+        auc.astype(np.int32),
+        rank.astype(np.int32),
+        np.ascontiguousarray(sp),
+        np.ascontiguousarray(pad),
+    )
 
 
 def _grid(problem: Problem, state: dict) -> DenseGrid:
@@ -106,6 +117,7 @@ except ImportError:  # pragma: no cover - numba is a dependency
     numba = None
 
 if numba is not None:
+
     @numba.njit(inline="always", cache=True)
     def _gallop(a, start, stop, x):
         """First index ≥ ``start`` with a[i] ≥ x in sorted ``a[:stop]`` (all of a[:start] < x), galloping."""
@@ -148,8 +160,9 @@ if numba is not None:
         return 2 * (n - left)
 
     @numba.njit(parallel=True, cache=True, nogil=True)
-    def _kernel(s, lo, inv_w, bins, shift, eps64, auc, rank, sp, pad, perm, rank_hist, first_beater,
-                num2_rows, amb_rows):
+    def _kernel(
+        s, lo, inv_w, bins, shift, eps64, auc, rank, sp, pad, perm, rank_hist, first_beater, num2_rows, amb_rows
+    ):
         """One pass over a float64 block (rows = probes): rank histogram, first beaters, 2·AUC per row,
         and per row the number of near ties left out (for ``dot64``)."""
         n, b = s.shape
@@ -197,12 +210,28 @@ def kernel_available() -> bool:
 def _kernel_block(part: Partial, problem: Problem, g: DenseGrid, s: np.ndarray, col0: int) -> None:
     """One fused pass (numba, parallel over probes) over a CPU float64 block; ties → ``dot64``."""
     n_p, b = s.shape
-    perm = np.zeros(0, np.int64) if problem.perm_pos is None else \
-        np.ascontiguousarray(problem.perm_pos[col0:col0 + b])
+    perm = (
+        np.zeros(0, np.int64) if problem.perm_pos is None else np.ascontiguousarray(problem.perm_pos[col0 : col0 + b])
+    )
     num2 = np.zeros(n_p, np.int64)
     namb = np.zeros(n_p, np.int64)
-    _kernel(s, g.lo, g.inv_w, g.bins, g.shift, g.eps64, g.auc, g.rank, g.sorted_pos, g.pad, perm,
-          part.rank_hist, part.first_beater, num2, namb)
+    _kernel(
+        s,
+        g.lo,
+        g.inv_w,
+        g.bins,
+        g.shift,
+        g.eps64,
+        g.auc,
+        g.rank,
+        g.sorted_pos,
+        g.pad,
+        perm,
+        part.rank_hist,
+        part.first_beater,
+        num2,
+        namb,
+    )
     total = int(num2.sum())
     for r in np.flatnonzero(namb):
         cols = _tie_cols(s[r], g.lo, g.inv_w, g.bins, g.eps64, g.auc, g.sorted_pos)
@@ -226,19 +255,22 @@ def _exact_ties(part: Partial, problem: Problem, rows: np.ndarray, cols: np.ndar
 
 # ------------------------------------------------------------------------------ torch path (devices)
 
+
 def _torch_block(part: Partial, problem: Problem, g: DenseGrid, s64, col0: int, state: dict) -> None:
     """The same counts with torch operations (any device): grid lookups, ``searchsorted`` for hard bins."""
     import torch
+
     dev = s64.device
     if state.get("dense_dev") is None:
-        state["dense_dev"] = tuple(torch.as_tensor(x, device=dev) for x in
-                                   (g.auc.astype(np.int64), g.rank.astype(np.int64), g.sorted_pos,
-                                    g.pad, problem.pos_table))
+        state["dense_dev"] = tuple(
+            torch.as_tensor(x, device=dev)
+            for x in (g.auc.astype(np.int64), g.rank.astype(np.int64), g.sorted_pos, g.pad, problem.pos_table)
+        )
     auc, rank, sp, pad, table = state["dense_dev"]
     n_p, b = s64.shape
     n_pos, m1 = sp.numel(), problem.m_max + 1
     rows_per = max(1, _DENSE_CHUNK // max(b, 1))
-    perm = None if problem.perm_pos is None else torch.as_tensor(problem.perm_pos[col0:col0 + b], device=dev)
+    perm = None if problem.perm_pos is None else torch.as_tensor(problem.perm_pos[col0 : col0 + b], device=dev)
     num2 = 0
     hist = torch.zeros(n_p * m1, dtype=torch.int64, device=dev)
     for r0 in range(0, n_p, rows_per):
@@ -279,6 +311,7 @@ def _torch_block(part: Partial, problem: Problem, g: DenseGrid, s64, col0: int, 
 
 
 # ------------------------------------------------------------------------------------------ the block
+
 
 def dense_block(part: Partial, problem: Problem, s64, col0: int, state: dict) -> None:
     """Ranks, sweep and the exact AUC numerator of a float64 score block (error ≤ ``float64_error_bound``).

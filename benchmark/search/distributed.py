@@ -29,8 +29,7 @@ DEFAULT_TIMEOUT_MIN = 10.0
 
 def env() -> tuple[int, int, int]:
     """(rank, world size, local rank) from torchrun's (or the user's) environment."""
-    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-            int(os.environ.get("LOCAL_RANK", 0)))
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
 
 
 def under_torchrun() -> bool:
@@ -48,40 +47,59 @@ class ProcessGroup:
     def __enter__(self) -> ProcessGroup:
         import torch
         import torch.distributed as dist
+
         if self.backend == "nccl":
             torch.cuda.set_device(torch.device(self.device))
         rank, world, _ = env()
         try:
             dist.init_process_group(self.backend, timeout=self.timeout)
         except Exception as exc:  # noqa: BLE001  (store/backend errors have several types)
-            raise RuntimeError(f"search rank {rank} of {world}: the {self.backend} process group did not form "
-                               f"within {self.timeout.total_seconds() / 60:g} min (--dist-timeout); a rank died or "
-                               f"never started: {exc}") from None
+            raise RuntimeError(
+                f"search rank {rank} of {world}: the {self.backend} process group did not form "
+                f"within {self.timeout.total_seconds() / 60:g} min (--dist-timeout); a rank died or "
+                f"never started: {exc}"
+            ) from None
         return self
 
     def __exit__(self, *exc) -> None:
         import torch.distributed as dist
+
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
 # ------------------------------------------------------------------------------------- (de)serialising
 
+
 def partial_arrays(part: engine.Partial) -> dict[str, np.ndarray]:
     """A partial as named numpy arrays (the inverse of ``partial_from_arrays``)."""
-    arrays = {"n_cols": np.int64(part.n_cols), "rank_hist": part.rank_hist, "n_below": np.int64(part.n_below),
-              "neg_hist": part.neg_hist,
-              "first_beater": part.first_beater, "match_vals": part.match_vals, "match_idx": part.match_idx,
-              "match_bound": part.match_bound, "n_refined": np.int64(part.n_refined),
-              "dense": np.array([part.auc_num2, part.dense_cols, part.auc_refined], dtype=np.int64),
-              "neg_hist_lp": part.neg_hist_lp,
-              "screen": np.array([part.n_below_lp, part.lp_cols, part.lp_rescored], dtype=np.int64),
-              "screen_err": np.float64(part.lp_err), "screen_out": np.array(part.lp_out),
-              "screen_note": np.array(part.lp_note)}
+    arrays = {
+        "n_cols": np.int64(part.n_cols),
+        "rank_hist": part.rank_hist,
+        "n_below": np.int64(part.n_below),
+        "neg_hist": part.neg_hist,
+        "first_beater": part.first_beater,
+        "match_vals": part.match_vals,
+        "match_idx": part.match_idx,
+        "match_bound": part.match_bound,
+        "n_refined": np.int64(part.n_refined),
+        "dense": np.array([part.auc_num2, part.dense_cols, part.auc_refined], dtype=np.int64),
+        "neg_hist_lp": part.neg_hist_lp,
+        "screen": np.array([part.n_below_lp, part.lp_cols, part.lp_rescored], dtype=np.int64),
+        "screen_err": np.float64(part.lp_err),
+        "screen_out": np.array(part.lp_out),
+        "screen_note": np.array(part.lp_note),
+    }
     for size, top in part.tops.items():
         top.flush()
-        arrays.update({f"top{size}_vals": top.vals, f"top{size}_probe": top.probe, f"top{size}_dist": top.dist,
-                       f"top{size}_meta": np.array([top.k, top.cut, top.eps])})
+        arrays.update(
+            {
+                f"top{size}_vals": top.vals,
+                f"top{size}_probe": top.probe,
+                f"top{size}_dist": top.dist,
+                f"top{size}_meta": np.array([top.k, top.cut, top.eps]),
+            }
+        )
     return arrays
 
 
@@ -92,14 +110,33 @@ def partial_from_arrays(z) -> engine.Partial:
         if name.startswith("top") and name.endswith("_meta"):
             size = int(name[3:-5])
             k, cut, eps = z[name]
-            tops[size] = engine.NegTopK(int(k), float(eps), z[f"top{size}_vals"], z[f"top{size}_probe"],
-                                        z[f"top{size}_dist"], float(cut))
+            tops[size] = engine.NegTopK(
+                int(k), float(eps), z[f"top{size}_vals"], z[f"top{size}_probe"], z[f"top{size}_dist"], float(cut)
+            )
     num2, dense_cols, auc_refined = (int(x) for x in z["dense"])
     below_lp, lp_cols, lp_rescored = (int(x) for x in z["screen"])
-    return engine.Partial(int(z["n_cols"]), z["rank_hist"], int(z["n_below"]), z["neg_hist"], z["first_beater"],
-                          tops, z["match_vals"], z["match_idx"], z["match_bound"], int(z["n_refined"]),
-                          num2, dense_cols, auc_refined, z["neg_hist_lp"], below_lp, float(z["screen_err"]),
-                          str(z["screen_out"]), lp_cols, lp_rescored, str(z["screen_note"]))
+    return engine.Partial(
+        int(z["n_cols"]),
+        z["rank_hist"],
+        int(z["n_below"]),
+        z["neg_hist"],
+        z["first_beater"],
+        tops,
+        z["match_vals"],
+        z["match_idx"],
+        z["match_bound"],
+        int(z["n_refined"]),
+        num2,
+        dense_cols,
+        auc_refined,
+        z["neg_hist_lp"],
+        below_lp,
+        float(z["screen_err"]),
+        str(z["screen_out"]),
+        lp_cols,
+        lp_rescored,
+        str(z["screen_note"]),
+    )
 
 
 def to_bytes(part: engine.Partial, fingerprint: str = "") -> bytes:
@@ -118,26 +155,31 @@ def from_bytes(blob: bytes) -> tuple[engine.Partial, str]:
 
 # --------------------------------------------------------------------------------------- torchrun
 
+
 def gather(part: engine.Partial, rank: int, world: int, timeout_min: float) -> engine.Partial | None:
     """Merge every rank's partial on rank 0 with torch.distributed (None on the other ranks).
 
     Raises ``RuntimeError`` naming the rank(s) that did not arrive within ``timeout_min`` minutes."""
     import torch.distributed as dist
+
     timeout = datetime.timedelta(minutes=timeout_min)
     where = f"search rank {rank} of {world}"
     if dist.get_backend() == "gloo":
-        try:   # names the ranks that never arrive (died or hung) instead of a bare connection error
+        try:  # names the ranks that never arrive (died or hung) instead of a bare connection error
             dist.monitored_barrier(timeout=timeout, wait_all_ranks=True)
         except RuntimeError as exc:
-            raise RuntimeError(f"{where}: not every rank reached the merge within {timeout_min:g} min "
-                               f"(--dist-timeout): {exc}") from None
+            raise RuntimeError(
+                f"{where}: not every rank reached the merge within {timeout_min:g} min (--dist-timeout): {exc}"
+            ) from None
     blob = to_bytes(part)
     received = [None] * world if rank == 0 else None
     try:
         dist.gather_object(blob, received, dst=0)
     except Exception as exc:  # noqa: BLE001  (backend errors have several types)
-        raise RuntimeError(f"{where}: gathering the partial results failed — a rank died or did not answer "
-                           f"within {timeout_min:g} min (--dist-timeout): {exc}") from None
+        raise RuntimeError(
+            f"{where}: gathering the partial results failed — a rank died or did not answer "
+            f"within {timeout_min:g} min (--dist-timeout): {exc}"
+        ) from None
     if rank != 0:
         return None
     merged = part
@@ -148,11 +190,13 @@ def gather(part: engine.Partial, rank: int, world: int, timeout_min: float) -> e
 
 # ----------------------------------------------------------------------------------- partial files
 
+
 def fingerprint(cfg_dict: dict, inputs: dict[str, list[str]], world: int, code: str) -> str:
     """SHA-256 of the inputs' shard checksums, the settings that change a partial, the world size and code."""
     settings = {k: v for k, v in cfg_dict.items() if k not in ("out", "progress", "device", "dist_timeout")}
-    blob = json.dumps({"inputs": inputs, "settings": settings, "world": world, "code": code}, sort_keys=True,
-                      default=str)
+    blob = json.dumps(
+        {"inputs": inputs, "settings": settings, "world": world, "code": code}, sort_keys=True, default=str
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -163,6 +207,7 @@ def partial_path(folder: Path, rank: int, world: int) -> Path:
 def save(part: engine.Partial, path: Path, fp: str) -> None:
     """Write a partial with its fingerprint (atomically)."""
     from benchmark.atomic import atomic_path
+
     with atomic_path(path, suffix=".npz") as tmp:
         Path(tmp).write_bytes(to_bytes(part, fp))
 
@@ -171,10 +216,15 @@ def load(path: Path, fp: str | None = None) -> engine.Partial:
     """Read a partial file; with ``fp``, refuse one whose fingerprint differs (naming the file)."""
     part, have = from_bytes(Path(path).read_bytes())
     if fp is not None and have != fp:
-        what = "has no fingerprint (written by an older mf2m)" if not have else \
-            f"was made from other inputs, settings or code (fingerprint {have[:12]}… ≠ {fp[:12]}…)"
-        raise RuntimeError(f"{path} {what}: a stale or foreign partial is never merged; delete it (or use a "
-                           f"fresh --out) and rerun that rank")
+        what = (
+            "has no fingerprint (written by an older mf2m)"
+            if not have
+            else f"was made from other inputs, settings or code (fingerprint {have[:12]}… ≠ {fp[:12]}…)"
+        )
+        raise RuntimeError(
+            f"{path} {what}: a stale or foreign partial is never merged; delete it (or use a "
+            f"fresh --out) and rerun that rank"
+        )
     return part
 
 
@@ -186,15 +236,17 @@ def gather_files(folder: Path, world: int, own: engine.Partial, fp: str, timeout
         missing = [r for r, path in zip(range(1, world), paths) if not path.exists()]
         for path in paths:
             if path.exists():
-                load(path, fp)        # refuse a stale or foreign partial as soon as it is seen
+                load(path, fp)  # refuse a stale or foreign partial as soon as it is seen
         if not missing:
             break
         if time.time() > deadline:
-            raise RuntimeError(f"search rank 0 of {world}: rank(s) {', '.join(map(str, missing))} wrote no partial "
-                               f"({partial_path(folder, missing[0], world)}) within {timeout_min:g} min "
-                               f"(--dist-timeout); run them, then rerun rank 0 to merge")
+            raise RuntimeError(
+                f"search rank 0 of {world}: rank(s) {', '.join(map(str, missing))} wrote no partial "
+                f"({partial_path(folder, missing[0], world)}) within {timeout_min:g} min "
+                f"(--dist-timeout); run them, then rerun rank 0 to merge"
+            )
         time.sleep(0.5)
     merged = own
-    for path in paths:               # in rank order, as torchrun's gather
+    for path in paths:  # in rank order, as torchrun's gather
         merged = engine.merge(merged, load(path, fp))
     return merged

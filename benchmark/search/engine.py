@@ -41,33 +41,54 @@ from .scores import (
 )
 from .topk import NegTopK, extract_ge, keep_top
 
-__all__ = ["AUC_TOLERANCE", "DENSE_FRACTION", "HIST_BINS", "HIST_FUZZ", "HIST_HI", "NegTopK", "Partial", "Problem",
-           "auc_exact_pass", "auc_from_histogram", "build_problem", "dot64", "exact_matches", "extract_ge",
-           "f32_below", "first_beater", "float64_error_bound", "gemm_error_bound", "merge", "neg_histogram",
-           "process_block", "rank_counts", "tar_at"]
+__all__ = [
+    "AUC_TOLERANCE",
+    "DENSE_FRACTION",
+    "HIST_BINS",
+    "HIST_FUZZ",
+    "HIST_HI",
+    "NegTopK",
+    "Partial",
+    "Problem",
+    "auc_exact_pass",
+    "auc_from_histogram",
+    "build_problem",
+    "dot64",
+    "exact_matches",
+    "extract_ge",
+    "f32_below",
+    "first_beater",
+    "float64_error_bound",
+    "gemm_error_bound",
+    "merge",
+    "neg_histogram",
+    "process_block",
+    "rank_counts",
+    "tar_at",
+]
 
 
 @dataclass
 class Problem:
     """Everything a block needs: features, positive pairs and their exact scores, settings."""
 
-    probes: np.ndarray            # (n_p, D) float32 unit rows
-    mates: np.ndarray             # (n_m, D)
-    distractors: np.ndarray       # (n_d, D)
-    pair_probe: np.ndarray        # (N_pos,) probe index of each positive pair
-    pair_mate: np.ndarray         # (N_pos,) mate index
-    pair_slot: np.ndarray         # (N_pos,) position of the pair's score in its probe's sorted row
-    pos_scores: np.ndarray        # (N_pos,) float64 exact scores
-    pos_table: np.ndarray         # (n_p, m_max) float64, each row sorted ascending, padded with +inf
-    sorted_pos: np.ndarray        # (N_pos,) all positive scores ascending
+    probes: np.ndarray  # (n_p, D) float32 unit rows
+    mates: np.ndarray  # (n_m, D)
+    distractors: np.ndarray  # (n_d, D)
+    pair_probe: np.ndarray  # (N_pos,) probe index of each positive pair
+    pair_mate: np.ndarray  # (N_pos,) mate index
+    pair_slot: np.ndarray  # (N_pos,) position of the pair's score in its probe's sorted row
+    pos_scores: np.ndarray  # (N_pos,) float64 exact scores
+    pos_table: np.ndarray  # (n_p, m_max) float64, each row sorted ascending, padded with +inf
+    sorted_pos: np.ndarray  # (N_pos,) all positive scores ascending
     eps: float
-    fars: list[float]             # FARs whose exact threshold is needed (metrics + ROC grid)
-    sweep_sizes: list[int]        # nested distractor subset sizes (< n_d), ascending
-    perm_pos: np.ndarray | None   # (n_d,) position of each distractor in the seeded permutation
+    fars: list[float]  # FARs whose exact threshold is needed (metrics + ROC grid)
+    sweep_sizes: list[int]  # nested distractor subset sizes (< n_d), ascending
+    perm_pos: np.ndarray | None  # (n_d,) position of each distractor in the seeded permutation
     topk: int
-    mate_excluded: np.ndarray     # (n_p, n_m) bool: same key (an image is never its own match)
-    hist_lo: float = -HIST_HI     # float32 lower edge of the AUC histogram: s32 < hist_lo ⇒ below every positive
-    row_low: np.ndarray = None    # (n_p,) float32: a negative below this cannot beat any positive of the probe
+    mate_excluded: np.ndarray  # (n_p, n_m) bool: same key (an image is never its own match)
+    hist_lo: float = -HIST_HI  # float32 lower edge of the AUC histogram: s32 < hist_lo ⇒ below every positive
+    row_low: np.ndarray = None  # (n_p,) float32: a negative below this cannot beat any positive of the probe
     hist_lo_lp: float = -HIST_HI  # lower edge of the screened-value histogram (set with a screen, see stream)
 
     @property
@@ -90,8 +111,9 @@ class Problem:
         return int(math.floor(far * n_neg)) + 1
 
 
-def positive_pairs(probe_labels: np.ndarray, probe_keys: np.ndarray, mate_labels: np.ndarray,
-                   mate_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def positive_pairs(
+    probe_labels: np.ndarray, probe_keys: np.ndarray, mate_labels: np.ndarray, mate_keys: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """(probe index, mate index) of every pair with the same label ≥ 0 and different keys."""
     order = np.argsort(mate_labels, kind="stable")
     sl = mate_labels[order]
@@ -106,8 +128,19 @@ def positive_pairs(probe_labels: np.ndarray, probe_keys: np.ndarray, mate_labels
     return pp[keep].astype(np.int64), mm[keep].astype(np.int64)
 
 
-def build_problem(probes, probe_keys, probe_labels, mates, mate_keys, mate_labels, distractors,
-                  fars, sweep_sizes=(), seed: int = 0, topk: int = 50) -> Problem:
+def build_problem(
+    probes,
+    probe_keys,
+    probe_labels,
+    mates,
+    mate_keys,
+    mate_labels,
+    distractors,
+    fars,
+    sweep_sizes=(),
+    seed: int = 0,
+    topk: int = 50,
+) -> Problem:
     """Positive pairs with exact scores, per-probe sorted tables, the sweep permutation."""
     pp, mm = positive_pairs(probe_labels, probe_keys, mate_labels, mate_keys)
     scores = dot64(probes, mates, pp, mm)
@@ -133,8 +166,25 @@ def build_problem(probes, probe_keys, probe_labels, mates, mate_keys, mate_label
     sorted_pos = np.sort(scores)
     hist_lo = max(f32_below(sorted_pos[0] - eps), -HIST_HI) if scores.size else HIST_HI
     row_low = np.array([f32_below(x - eps) if np.isfinite(x) else np.inf for x in table[:, 0]], np.float32)
-    return Problem(probes, mates, distractors, pp, mm, slot, scores, table, sorted_pos, eps,
-                   sorted(set(float(f) for f in fars)), sizes, perm_pos, int(topk), excl, hist_lo, row_low)
+    return Problem(
+        probes,
+        mates,
+        distractors,
+        pp,
+        mm,
+        slot,
+        scores,
+        table,
+        sorted_pos,
+        eps,
+        sorted(set(float(f) for f in fars)),
+        sizes,
+        perm_pos,
+        int(topk),
+        excl,
+        hist_lo,
+        row_low,
+    )
 
 
 # ------------------------------------------------------------------------------------ extraction
@@ -145,30 +195,31 @@ def build_problem(probes, probe_keys, probe_labels, mates, mate_keys, mate_label
 
 # ------------------------------------------------------------------------------------------ partials
 
+
 @dataclass
 class Partial:
     """Additive search state over a set of distractor columns (see module docstring)."""
 
     n_cols: int
-    rank_hist: np.ndarray          # (n_p, m_max+1): #negatives beating exactly the k lowest positives of p
-    n_below: int                   # negatives with float32 score < hist_lo (below every positive)
-    neg_hist: np.ndarray           # (HIST_BINS,) int64 negatives per float32 bin of [hist_lo, HIST_HI]
-    first_beater: np.ndarray       # (n_p, m_max+1): min sweep position of such negatives (sweep only)
-    tops: dict[int, NegTopK]       # per subset size (the full size included)
-    match_vals: np.ndarray         # (n_p, k') float32 best gallery scores so far
-    match_idx: np.ndarray          # (n_p, k') int64 gallery index (mates first, then distractors)
-    match_bound: np.ndarray        # (n_p,) float32: every dropped gallery item scores ≤ this (float32)
+    rank_hist: np.ndarray  # (n_p, m_max+1): #negatives beating exactly the k lowest positives of p
+    n_below: int  # negatives with float32 score < hist_lo (below every positive)
+    neg_hist: np.ndarray  # (HIST_BINS,) int64 negatives per float32 bin of [hist_lo, HIST_HI]
+    first_beater: np.ndarray  # (n_p, m_max+1): min sweep position of such negatives (sweep only)
+    tops: dict[int, NegTopK]  # per subset size (the full size included)
+    match_vals: np.ndarray  # (n_p, k') float32 best gallery scores so far
+    match_idx: np.ndarray  # (n_p, k') int64 gallery index (mates first, then distractors)
+    match_bound: np.ndarray  # (n_p,) float32: every dropped gallery item scores ≤ this (float32)
     n_refined: int = 0
-    auc_num2: int = 0              # exact 2·AUC numerator of the dense (float64) blocks
-    dense_cols: int = 0            # distractor columns processed on the dense float64 path
-    auc_refined: int = 0           # dense-path negatives within the float64 bound of a positive (→ dot64)
+    auc_num2: int = 0  # exact 2·AUC numerator of the dense (float64) blocks
+    dense_cols: int = 0  # distractor columns processed on the dense float64 path
+    auc_refined: int = 0  # dense-path negatives within the float64 bound of a positive (→ dot64)
     neg_hist_lp: np.ndarray = None  # (HIST_BINS,) screened negatives per bin of [hist_lo_lp, HIST_HI]
-    n_below_lp: int = 0            # screened negatives below hist_lo_lp (below every positive)
-    lp_err: float = 0.0            # largest screening error bound E of any screened block
-    lp_out: str = ""               # output format of the screened products ("" when none ran)
-    lp_cols: int = 0               # distractor columns screened
-    lp_rescored: int = 0           # entries rescored in float32 after screening
-    lp_note: str = ""              # how screening went (split level or why it was declined)
+    n_below_lp: int = 0  # screened negatives below hist_lo_lp (below every positive)
+    lp_err: float = 0.0  # largest screening error bound E of any screened block
+    lp_out: str = ""  # output format of the screened products ("" when none ran)
+    lp_cols: int = 0  # distractor columns screened
+    lp_rescored: int = 0  # entries rescored in float32 after screening
+    lp_note: str = ""  # how screening went (split level or why it was declined)
 
     def __post_init__(self):
         if self.neg_hist_lp is None:
@@ -178,12 +229,21 @@ class Partial:
     def empty(cls, problem: Problem) -> Partial:
         """State before any column is seen."""
         n_p, m = problem.probes.shape[0], problem.m_max
-        tops = {size: NegTopK(problem.k_for(n_p * size, max(problem.fars)) if problem.fars else 1, problem.eps)
-                for size in problem.sizes_with_full()}
-        return cls(0, np.zeros((n_p, m + 1), np.int64), 0, np.zeros(HIST_BINS, np.int64),
-                   np.full((n_p, m + 1), np.iinfo(np.int64).max, np.int64), tops,
-                   np.full((n_p, 0), -np.inf, np.float32), np.zeros((n_p, 0), np.int64),
-                   np.full(n_p, -np.inf, np.float32))
+        tops = {
+            size: NegTopK(problem.k_for(n_p * size, max(problem.fars)) if problem.fars else 1, problem.eps)
+            for size in problem.sizes_with_full()
+        }
+        return cls(
+            0,
+            np.zeros((n_p, m + 1), np.int64),
+            0,
+            np.zeros(HIST_BINS, np.int64),
+            np.full((n_p, m + 1), np.iinfo(np.int64).max, np.int64),
+            tops,
+            np.full((n_p, 0), -np.inf, np.float32),
+            np.zeros((n_p, 0), np.int64),
+            np.full(n_p, -np.inf, np.float32),
+        )
 
 
 def merge(a: Partial, b: Partial) -> Partial:
@@ -192,16 +252,32 @@ def merge(a: Partial, b: Partial) -> Partial:
     idx = np.concatenate([a.match_idx, b.match_idx], axis=1)
     bound = np.maximum(a.match_bound, b.match_bound)
     vals, idx, bound = keep_top(vals, idx, bound, max(a.match_vals.shape[1], b.match_vals.shape[1]))
-    return Partial(a.n_cols + b.n_cols, a.rank_hist + b.rank_hist, a.n_below + b.n_below, a.neg_hist + b.neg_hist,
-                   np.minimum(a.first_beater, b.first_beater),
-                   {s: a.tops[s].merged(b.tops[s]) for s in a.tops}, vals, idx, bound,
-                   a.n_refined + b.n_refined, a.auc_num2 + b.auc_num2, a.dense_cols + b.dense_cols,
-                   a.auc_refined + b.auc_refined, a.neg_hist_lp + b.neg_hist_lp, a.n_below_lp + b.n_below_lp,
-                   max(a.lp_err, b.lp_err), a.lp_out or b.lp_out, a.lp_cols + b.lp_cols,
-                   a.lp_rescored + b.lp_rescored, a.lp_note or b.lp_note)
+    return Partial(
+        a.n_cols + b.n_cols,
+        a.rank_hist + b.rank_hist,
+        a.n_below + b.n_below,
+        a.neg_hist + b.neg_hist,
+        np.minimum(a.first_beater, b.first_beater),
+        {s: a.tops[s].merged(b.tops[s]) for s in a.tops},
+        vals,
+        idx,
+        bound,
+        a.n_refined + b.n_refined,
+        a.auc_num2 + b.auc_num2,
+        a.dense_cols + b.dense_cols,
+        a.auc_refined + b.auc_refined,
+        a.neg_hist_lp + b.neg_hist_lp,
+        a.n_below_lp + b.n_below_lp,
+        max(a.lp_err, b.lp_err),
+        a.lp_out or b.lp_out,
+        a.lp_cols + b.lp_cols,
+        a.lp_rescored + b.lp_rescored,
+        a.lp_note or b.lp_note,
+    )
 
 
 # ------------------------------------------------------------------------------------------ the block
+
 
 def _refine_near(problem: Problem, p, d, v32, near: np.ndarray, part: Partial) -> np.ndarray:
     """float64 scores: the float32 ones, replaced by the exact ``dot64`` where ``near`` (a boundary within eps)."""
@@ -236,13 +312,14 @@ def neg_histogram(scores, lo: float) -> tuple[np.ndarray, int]:
     largest bin reaches that is recounted in row chunks small enough to be exact.
     """
     import torch
+
     n = scores.numel()
     hist = torch.histc(scores, bins=HIST_BINS, min=lo, max=HIST_HI)
     if n >= _F32_EXACT and float(hist.max()) >= _F32_EXACT:
         rows = max(1, (_F32_EXACT - 1) // max(scores.shape[1], 1))
         out = np.zeros(HIST_BINS, np.int64)
         for a in range(0, scores.shape[0], rows):
-            out += torch.histc(scores[a:a + rows], bins=HIST_BINS, min=lo, max=HIST_HI).cpu().numpy().astype(np.int64)
+            out += torch.histc(scores[a : a + rows], bins=HIST_BINS, min=lo, max=HIST_HI).cpu().numpy().astype(np.int64)
     else:
         out = hist.cpu().numpy().astype(np.int64)
     return out, n - int(out.sum())
@@ -272,9 +349,14 @@ def process_block(part: Partial, problem: Problem, probes_dev, block_dev, col0: 
     import torch
 
     from .dense import dense_block, dense_wanted
-    if state.get("screen") is not None and state.get("dense") is False and \
-            (problem.topk <= 0 or state.get("floor") is not None):
+
+    if (
+        state.get("screen") is not None
+        and state.get("dense") is False
+        and (problem.topk <= 0 or state.get("floor") is not None)
+    ):
         from .screened import screened_block
+
         return screened_block(part, problem, probes_dev, block_dev, col0, state)
     b = block_dev.shape[0]
     buf = state.get("buf")
@@ -317,22 +399,23 @@ def process_block(part: Partial, problem: Problem, probes_dev, block_dev, col0: 
     if top is not None:
         for size, sub in part.tops.items():
             if size != n_d:
-                sel = np.flatnonzero(problem.perm_pos[col0:col0 + b] < size)
+                sel = np.flatnonzero(problem.perm_pos[col0 : col0 + b] < size)
                 if sel.size:
                     sub.offer(scores[:, torch.as_tensor(sel, device=scores.device)], cols[sel])
     if problem.topk > 0 and floor is None:
         _offer_matches(part, problem, scores, problem.mates.shape[0] + col0, state)
     if state.get("screen") is not None and "split" not in state:
         from .screened import plan_screen
+
         plan_screen(part, problem, state, block_dev, scores.numel(), dense)
 
 
-def _histogram_and_extract(scores, problem: Problem, thr: np.ndarray, cols: np.ndarray, with_hist: bool,
-                           state: dict):
+def _histogram_and_extract(scores, problem: Problem, thr: np.ndarray, cols: np.ndarray, with_hist: bool, state: dict):
     """(AUC histogram, #below, probe rows, distractor ids, float32 scores ≥ thr) of a float32 block: one fused
     two-pass scan on the CPU (``scan.py``), ``torch.histc`` + ``extract_ge`` elsewhere."""
     if scores.device.type == "cpu" and state.get("fused", True):
         from .scan import scan_block
+
         hist, below, p, c, v32 = scan_block(scores.numpy(), problem.hist_lo, HIST_HI, HIST_BINS, thr, with_hist)
         return hist, below, p, cols[c], v32
     hist, below = neg_histogram(scores, problem.hist_lo) if with_hist else (None, 0)
@@ -343,8 +426,7 @@ def _histogram_and_extract(scores, problem: Problem, thr: np.ndarray, cols: np.n
     return hist, below, p, d, v32
 
 
-def _count_extracted(part: Partial, problem: Problem, p, d, v32, cut: float, floor, dense: bool,
-                     state: dict) -> None:
+def _count_extracted(part: Partial, problem: Problem, p, d, v32, cut: float, floor, dense: bool, state: dict) -> None:
     """Ranks, τ candidates and matches from a block's extracted entries (float32 scores ≥ their threshold)."""
     if problem.n_pos and p.size and not dense:
         inband = v32 >= problem.row_low[p]
@@ -355,8 +437,9 @@ def _count_extracted(part: Partial, problem: Problem, p, d, v32, cut: float, flo
         top.add(p, d, v32, cut)
     if problem.topk > 0 and floor is not None:
         keep = v32 > floor[p]
-        _merge_matches(part, problem, p[keep], d[keep] + problem.mates.shape[0], v32[keep], floor,
-                       problem.probes.shape[0], state)
+        _merge_matches(
+            part, problem, p[keep], d[keep] + problem.mates.shape[0], v32[keep], floor, problem.probes.shape[0], state
+        )
 
 
 def _merge_matches(part: Partial, problem: Problem, p, g, v, floor, n_p: int, state: dict) -> None:
@@ -382,6 +465,7 @@ def _merge_matches(part: Partial, problem: Problem, p, g, v, floor, n_p: int, st
 def _offer_matches(part: Partial, problem: Problem, scores, gallery0: int, state: dict) -> None:
     """First block(s): the block's float32 top-k' per probe (torch.topk) merged into the candidates."""
     import torch
+
     kk = problem.topk + 4
     if problem.topk <= 0 or scores.shape[1] == 0:
         return
@@ -402,6 +486,7 @@ def mates_partial(problem: Problem, probes_dev, mates_dev) -> Partial:
     part = Partial.empty(problem)
     if problem.mates.shape[0]:
         import torch
+
         scores = probes_dev @ mates_dev.T
         excl = torch.as_tensor(problem.mate_excluded, device=scores.device)
         scores = scores.masked_fill(excl, -math.inf)
@@ -410,5 +495,3 @@ def mates_partial(problem: Problem, probes_dev, mates_dev) -> Partial:
 
 
 # ------------------------------------------------------------------------------------------ finalize
-
-

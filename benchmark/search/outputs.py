@@ -31,8 +31,13 @@ def write_curves(out: Path, metrics: dict, curves: dict) -> None:
     if steps[-1] != n_d + 1:
         rows.append([n_d + 1, f"{1.0:.9g}"])
     write_text(out / "cmc.csv", _csv(rows, ["rank", "identification_rate"]))
-    write_text(out / "roc.csv", _csv([[f"{r['far']:.6g}", f"{r['tar']:.9g}", repr(r["threshold"]), int(r["resolved"])]
-                                      for r in curves["roc"]], ["far", "tar", "threshold", "resolved"]))
+    write_text(
+        out / "roc.csv",
+        _csv(
+            [[f"{r['far']:.6g}", f"{r['tar']:.9g}", repr(r["threshold"]), int(r["resolved"])] for r in curves["roc"]],
+            ["far", "tar", "threshold", "resolved"],
+        ),
+    )
 
 
 def write_matches(out: Path, curves: dict, arrays: dict) -> None:
@@ -47,9 +52,14 @@ def write_matches(out: Path, curves: dict, arrays: dict) -> None:
     keys = np.where(is_mate, m.keys[mi] if n_m else "", d.keys[di])
     labels = np.where(is_mate, m.labels[mi] if n_m else -1, d.labels[di])
     same = ((labels >= 0) & (labels == p.labels[rows])).astype(int)
-    table = zip(p.keys[rows].tolist(), (cols + 1).tolist(), keys.tolist(),
-                np.where(is_mate, "mate", "distractor").tolist(), same.tolist(),
-                [repr(float(x)) for x in scores[rows, cols]])
+    table = zip(
+        p.keys[rows].tolist(),
+        (cols + 1).tolist(),
+        keys.tolist(),
+        np.where(is_mate, "mate", "distractor").tolist(),
+        same.tolist(),
+        [repr(float(x)) for x in scores[rows, cols]],
+    )
     write_text(out / "topk.csv", _csv(table, ["probe", "rank", "gallery", "role", "same_identity", "score"]))
 
 
@@ -65,11 +75,19 @@ def write_per_probe(out: Path, curves: dict, arrays: dict) -> None:
     best, mate, rank = curves["per_probe"]
     p, m = arrays["probes"], arrays["mates"]
     n = len(p.keys)
-    names = p.identities if p.identities is not None else np.full(n, "", dtype=str)   # v1 sets: no names
+    names = p.identities if p.identities is not None else np.full(n, "", dtype=str)  # v1 sets: no names
     sources = p.sources if p.sources is not None else np.full(n, "", dtype=str)
-    rows = ((str(p.keys[i]), str(names[i]), str(sources[i]),
-             repr(float(best[i])) if mate[i] >= 0 else "", str(m.keys[mate[i]]) if mate[i] >= 0 else "",
-             int(rank[i])) for i in range(n))
+    rows = (
+        (
+            str(p.keys[i]),
+            str(names[i]),
+            str(sources[i]),
+            repr(float(best[i])) if mate[i] >= 0 else "",
+            str(m.keys[mate[i]]) if mate[i] >= 0 else "",
+            int(rank[i]),
+        )
+        for i in range(n)
+    )
     write_text(out / "per_probe.csv", _csv(rows, PER_PROBE_HEADER))
 
 
@@ -85,8 +103,12 @@ def plot(out: Path, metrics: dict, curves: dict) -> None:
     ax = fig.subplots()
     ax.step(x, y, where="post")
     ax.set_xscale("log")
-    ax.set(xlabel="rank", ylabel="identification rate", ylim=(0, 1.01),
-           title=f"CMC ({n_d:,} distractors), rank-1 {metrics['rank1']:.4f}")
+    ax.set(
+        xlabel="rank",
+        ylabel="identification rate",
+        ylim=(0, 1.01),
+        title=f"CMC ({n_d:,} distractors), rank-1 {metrics['rank1']:.4f}",
+    )
     ax.grid(True, which="both", alpha=0.3)
     with atomic_path(out / "cmc.png") as tmp:
         fig.savefig(tmp, format="png", dpi=120)
@@ -100,17 +122,34 @@ def plot(out: Path, metrics: dict, curves: dict) -> None:
     unresolved = sorted(r["far"] for r in curves["roc"] if not r.get("resolved", True))
     if unresolved:
         ax.axvspan(unresolved[0], 1.0 / n_neg, color="0.85", zorder=0)
-        ax.text(0.02, 0.04, f"FAR < 1/N_neg = {1.0 / n_neg:.2g}: not resolved", transform=ax.transAxes,
-                fontsize=8, color="0.3")
-    ax.set(xlabel="false accept rate", ylabel="true accept rate", ylim=(0, 1.01),
-           title=f"ROC, AUC {metrics['auc']:.6f}")
+        ax.text(
+            0.02,
+            0.04,
+            f"FAR < 1/N_neg = {1.0 / n_neg:.2g}: not resolved",
+            transform=ax.transAxes,
+            fontsize=8,
+            color="0.3",
+        )
+    ax.set(
+        xlabel="false accept rate", ylabel="true accept rate", ylim=(0, 1.01), title=f"ROC, AUC {metrics['auc']:.6f}"
+    )
     ax.grid(True, which="both", alpha=0.3)
     with atomic_path(out / "roc.png") as tmp:
         fig.savefig(tmp, format="png", dpi=120)
 
 
-def write_all(out: Path, cfg, metrics: dict, curves: dict, arrays: dict, model: str, dim: int, device: str,
-              world: int, timings: dict) -> None:
+def write_all(
+    out: Path,
+    cfg,
+    metrics: dict,
+    curves: dict,
+    arrays: dict,
+    model: str,
+    dim: int,
+    device: str,
+    world: int,
+    timings: dict,
+) -> None:
     """Every output of the stage; metrics.json and manifest.json are written last."""
     from benchmark.features import FeatureSet
     from benchmark.search.run import config_dict
@@ -124,9 +163,24 @@ def write_all(out: Path, cfg, metrics: dict, curves: dict, arrays: dict, model: 
     inputs = {}
     for role in ("probes", "mates", "distractors"):
         fs = FeatureSet(getattr(cfg, role), verify_checksums=False)
-        inputs[role] = {"path": str(fs.path), "count": fs.count,
-                        "shards": [{"path": str(s.path), "count": s.count,
-                                    "sha256": s.sha256 or sha256_file(s.path)} for s in fs.shards]}
-    write_json(out / "manifest.json", build_manifest(
-        "search", config_dict(cfg), inputs=inputs, model=model, dim=dim, device=device, processes=world,
-        timings=timings, outputs=["metrics.json", "cmc.csv", "roc.csv", "topk.csv", "per_probe.csv", "cmc.png", "roc.png"]))
+        inputs[role] = {
+            "path": str(fs.path),
+            "count": fs.count,
+            "shards": [
+                {"path": str(s.path), "count": s.count, "sha256": s.sha256 or sha256_file(s.path)} for s in fs.shards
+            ],
+        }
+    write_json(
+        out / "manifest.json",
+        build_manifest(
+            "search",
+            config_dict(cfg),
+            inputs=inputs,
+            model=model,
+            dim=dim,
+            device=device,
+            processes=world,
+            timings=timings,
+            outputs=["metrics.json", "cmc.csv", "roc.csv", "topk.csv", "per_probe.csv", "cmc.png", "roc.png"],
+        ),
+    )

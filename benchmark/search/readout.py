@@ -38,6 +38,7 @@ def auc_from_histogram(part: Partial, problem: Problem, n_neg: int) -> tuple[flo
             eps = problem.eps
         else:
             from .screen import ulp
+
             eps = screened.lp_err + ulp(np.maximum(np.abs(lo), np.abs(hi)), screened.lp_out)
         lo, hi = lo - eps - 1e-12, hi + eps + 1e-12
         below = np.searchsorted(problem.sorted_pos, lo, "left")
@@ -56,6 +57,7 @@ def auc_exact_pass(problem: Problem, probes_dev, blocks) -> tuple[float, int]:
     directly, the others are recomputed with ``dot64``.  Returns (AUC, #pairs refined).
     """
     import torch
+
     dev = probes_dev.device
     n_d = problem.distractors.shape[0]
     n_p = problem.probes.shape[0]

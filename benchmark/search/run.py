@@ -45,13 +45,14 @@ class SearchConfig:
     seed: int = 0
     roc_per_decade: int = 5
     progress: bool = True
-    join: str = "auto"                 # pair by identity "names", integer "labels", or "auto" (names if present)
+    join: str = "auto"  # pair by identity "names", integer "labels", or "auto" (names if present)
     allow_missing_mates: bool = False  # a probe identity absent from the mates: counted warning, not an error
-    dist_timeout: float = distributed.DEFAULT_TIMEOUT_MIN   # minutes to wait for the other ranks
-    bootstrap: int = 1000              # replicates of the identity bootstrap (0: no confidence intervals)
+    dist_timeout: float = distributed.DEFAULT_TIMEOUT_MIN  # minutes to wait for the other ranks
+    bootstrap: int = 1000  # replicates of the identity bootstrap (0: no confidence intervals)
 
 
 # ------------------------------------------------------------------------------------------- inputs
+
 
 def load_noise(paths: list[str]) -> set[str]:
     """Entries of noise lists (insightface megaface_noises.txt / facescrub_noises.txt style)."""
@@ -84,9 +85,9 @@ def _drop_rows(arrays: FeatureArrays, drop: np.ndarray) -> FeatureArrays:
     keep = np.flatnonzero(~drop)
     feats = arrays.features
     for lo in range(0, keep.size, 65536):
-        sel = keep[lo:lo + 65536]
-        feats[lo:lo + sel.size] = feats[sel]
-    arrays.features = feats[:keep.size]
+        sel = keep[lo : lo + 65536]
+        feats[lo : lo + sel.size] = feats[sel]
+    arrays.features = feats[: keep.size]
     arrays.keys, arrays.labels = arrays.keys[keep], arrays.labels[keep]
     for name in ("identities", "sources"):
         if getattr(arrays, name) is not None:
@@ -118,8 +119,9 @@ def load_inputs(cfg: SearchConfig) -> tuple[dict[str, FeatureArrays], dict[str, 
         raise ValueError(f"{cfg.probes}: no probes left (after noise lists)")
     if arrays["distractors"].features.shape[0] == 0:
         raise ValueError(f"{cfg.distractors}: no distractors left (after noise lists)")
-    j = identity.join(sets["probes"], arrays["probes"], sets["mates"], arrays["mates"], cfg.join,
-                      cfg.allow_missing_mates)
+    j = identity.join(
+        sets["probes"], arrays["probes"], sets["mates"], arrays["mates"], cfg.join, cfg.allow_missing_mates
+    )
     return arrays, excluded, model, dim, j
 
 
@@ -139,24 +141,38 @@ def roc_grid(n_neg: int, fars: list[float], per_decade: int = 5) -> list[float]:
 
 # ----------------------------------------------------------------------------------------- streaming
 
-def stream(problem: engine.Problem, device: str, block_size: int, rank: int = 0, world: int = 1,
-           progress: bool = True, fused: bool = True, precision: str = "fp32") -> engine.Partial:
+
+def stream(
+    problem: engine.Problem,
+    device: str,
+    block_size: int,
+    rank: int = 0,
+    world: int = 1,
+    progress: bool = True,
+    fused: bool = True,
+    precision: str = "fp32",
+) -> engine.Partial:
     """This rank's partial: distractor blocks ``rank, rank+world, …`` (plus the mates on rank 0).
 
     ``precision`` bf16/fp16 screens the sparse path's blocks after the first in that precision
     (``screen.py``; same decisions).  ``fused=False`` makes the CPU use the torch block path of the GPUs
     (for comparisons)."""
     import torch
+
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.set_float32_matmul_precision("highest")
     probes_dev = torch.from_numpy(problem.probes).to(device)
-    part = engine.mates_partial(problem, probes_dev, torch.from_numpy(problem.mates).to(device)) if rank == 0 \
+    part = (
+        engine.mates_partial(problem, probes_dev, torch.from_numpy(problem.mates).to(device))
+        if rank == 0
         else engine.Partial.empty(problem)
+    )
     n_d = problem.distractors.shape[0]
     starts = list(range(rank * block_size, n_d, block_size * world))
     it = starts
     if progress:
         from tqdm import tqdm
+
         it = tqdm(starts, desc=f"search [{device}]", unit="block", leave=False)
     state: dict = {"fused": fused}
     if precision in ("bf16", "fp16"):
@@ -173,10 +189,14 @@ def stream(problem: engine.Problem, device: str, block_size: int, rank: int = 0,
 def _screen(problem: engine.Problem, probes_dev, precision: str):
     """The run's low-precision screen; sets the screened histogram's lower edge on ``problem``."""
     from benchmark.search.screen import Screen, ulp
+
     screen = Screen.build(precision, probes_dev, problem.eps)
     if problem.n_pos:
-        below = problem.sorted_pos[0] - screen.a_priori_error(problem.probes.shape[1]) - \
-            2 * float(ulp(engine.HIST_HI, screen.out))
+        below = (
+            problem.sorted_pos[0]
+            - screen.a_priori_error(problem.probes.shape[1])
+            - 2 * float(ulp(engine.HIST_HI, screen.out))
+        )
         problem.hist_lo_lp = max(engine.f32_below(below), -engine.HIST_HI)
     else:
         problem.hist_lo_lp = engine.HIST_HI
@@ -195,9 +215,11 @@ def load_partial(path: Path, fingerprint: str | None = None) -> engine.Partial:
 
 # ------------------------------------------------------------------------------------------- metrics
 
+
 def exact_auc(problem: engine.Problem, device: str, block_size: int, progress: bool = True) -> tuple[float, int]:
     """Second streaming pass: the AUC exactly (float64 GEMM + float64 refinement); (AUC, refined pairs)."""
     import torch
+
     probes_dev = torch.from_numpy(problem.probes).to(device)
     n_d = problem.distractors.shape[0]
     # float64 scores + their indices: keep a block's temporaries near the main pass's score block
@@ -205,24 +227,41 @@ def exact_auc(problem: engine.Problem, device: str, block_size: int, progress: b
     starts = range(0, n_d, b)
     if progress:
         from tqdm import tqdm
+
         starts = tqdm(starts, desc=f"exact AUC [{device}]", unit="block", leave=False)
-    blocks = (torch.from_numpy(problem.distractors[a:a + b]).to(device) for a in starts)
+    blocks = (torch.from_numpy(problem.distractors[a : a + b]).to(device) for a in starts)
     return engine.auc_exact_pass(problem, probes_dev, blocks)
 
 
-def compute_metrics(part: engine.Partial, problem: engine.Problem, cfg: SearchConfig, n_probes: int,
-                    n_mates: int, device: str = "cpu", precision: tuple[str, str] = ("fp32", "")) -> tuple[dict, dict]:
+def compute_metrics(
+    part: engine.Partial,
+    problem: engine.Problem,
+    cfg: SearchConfig,
+    n_probes: int,
+    n_mates: int,
+    device: str = "cpu",
+    precision: tuple[str, str] = ("fp32", ""),
+) -> tuple[dict, dict]:
     """metrics.json content plus the curves (CMC steps, ROC grid, sweep) for the other outputs."""
     n_d = problem.distractors.shape[0]
     if part.n_cols != n_d:
         raise RuntimeError(f"internal: partial covers {part.n_cols} of {n_d} distractors")
     n_pos, n_neg = problem.n_pos, n_probes * n_d
-    metrics: dict = {"counts": {"probes": n_probes, "mates": n_mates, "distractors": n_d,
-                                "positive_pairs": n_pos, "negative_pairs": n_neg}}
+    metrics: dict = {
+        "counts": {
+            "probes": n_probes,
+            "mates": n_mates,
+            "distractors": n_d,
+            "positive_pairs": n_pos,
+            "negative_pairs": n_neg,
+        }
+    }
     curves: dict = {}
     if n_pos == 0:
-        raise ValueError(f"no positive pairs: no probe in {cfg.probes} shares a label (≥ 0) with an image of "
-                         f"another key in {cfg.mates}")
+        raise ValueError(
+            f"no positive pairs: no probe in {cfg.probes} shares a label (≥ 0) with an image of "
+            f"another key in {cfg.mates}"
+        )
     ranks = engine.rank_counts(part, problem) + 1
     ranks_wanted = sorted(set(cfg.ranks) | {1, 10, 100, 1000})
     metrics["rank1"] = float(np.mean(ranks == 1))
@@ -248,33 +287,39 @@ def compute_metrics(part: engine.Partial, problem: engine.Problem, cfg: SearchCo
         first = engine.first_beater(part, problem)
         sweep = []
         for size in problem.sizes_with_full():
-            entry = {"distractors": size, "rank1": float(np.mean(first >= size)) if size < n_d
-                     else metrics["rank1"]}
+            entry = {"distractors": size, "rank1": float(np.mean(first >= size)) if size < n_d else metrics["rank1"]}
             entry["tar_at_far"] = []
             for far in cfg.fars:
                 tar, tau = engine.tar_at(problem, part.tops[size], n_probes * size, far)
-                entry["tar_at_far"].append({"far": far, "tar": tar, "threshold": tau,
-                                            "resolved": far_resolved(far, n_probes * size)})
+                entry["tar_at_far"].append(
+                    {"far": far, "tar": tar, "threshold": tau, "resolved": far_resolved(far, n_probes * size)}
+                )
             sweep.append(entry)
         metrics["distractor_sweep"] = {"seed": cfg.seed, "sizes": sweep}
     idx, scores, uncertain = engine.exact_matches(part, problem)
     curves["matches"] = (idx, scores)
     curves["per_probe"] = per_probe(problem, ranks)
-    metrics["exactness"] = {"score": "float64 dot of float32 unit vectors",
-                            "float32_error_bound": problem.eps, "refined_pairs": part.n_refined,
-                            "topk_probes_not_certified": uncertain,
-                            "search_path": _path_name(part, n_d),
-                            "precision": {"requested": cfg.precision, "resolved": precision[0],
-                                          "reason": precision[1],
-                                          "screened_columns": part.lp_cols,
-                                          "screen_error_bound": part.lp_err,
-                                          "screen_output": part.lp_out or None,
-                                          "rescored_pairs": part.lp_rescored,
-                                          "note": part.lp_note or None},
-                            "auc_method": _auc_method(part.dense_cols, n_d, auc_bound),
-                            "auc_histogram_error_bound": auc_bound,
-                            "auc_max_error": auc_bound if auc_bound <= engine.AUC_TOLERANCE else 0.0,
-                            "auc_refined_pairs": auc_refined}
+    metrics["exactness"] = {
+        "score": "float64 dot of float32 unit vectors",
+        "float32_error_bound": problem.eps,
+        "refined_pairs": part.n_refined,
+        "topk_probes_not_certified": uncertain,
+        "search_path": _path_name(part, n_d),
+        "precision": {
+            "requested": cfg.precision,
+            "resolved": precision[0],
+            "reason": precision[1],
+            "screened_columns": part.lp_cols,
+            "screen_error_bound": part.lp_err,
+            "screen_output": part.lp_out or None,
+            "rescored_pairs": part.lp_rescored,
+            "note": part.lp_note or None,
+        },
+        "auc_method": _auc_method(part.dense_cols, n_d, auc_bound),
+        "auc_histogram_error_bound": auc_bound,
+        "auc_max_error": auc_bound if auc_bound <= engine.AUC_TOLERANCE else 0.0,
+        "auc_refined_pairs": auc_refined,
+    }
     return metrics, curves
 
 
@@ -290,7 +335,7 @@ def per_probe(problem: engine.Problem, ranks: np.ndarray) -> tuple[np.ndarray, n
     np.minimum.at(rank, problem.pair_probe, ranks.astype(np.int64))
     mate = np.full(n_p, -1, np.int64)
     is_best = problem.pos_scores == best[problem.pair_probe]
-    order = np.flatnonzero(is_best)[::-1]            # the first best pair of each probe wins
+    order = np.flatnonzero(is_best)[::-1]  # the first best pair of each probe wins
     mate[problem.pair_probe[order]] = problem.pair_mate[order]
     none = mate < 0
     best[none], rank[none] = np.nan, 0
@@ -331,15 +376,26 @@ def run_search(cfg: SearchConfig) -> dict:
 
 def _search(cfg: SearchConfig, device: str, rank: int, world: int) -> dict:
     from benchmark.search import outputs
+
     t0 = time.perf_counter()
     arrays, excluded, model, dim, j = load_inputs(cfg)
     p, m, d = arrays["probes"], arrays["mates"], arrays["distractors"]
     t_load = time.perf_counter()
     sizes = [s for s in cfg.distractor_sizes if s < d.features.shape[0]]
     n_neg = p.features.shape[0] * d.features.shape[0]
-    problem = engine.build_problem(p.features, j.probe_keys, j.probe_labels, m.features, j.mate_keys,
-                                   j.mate_labels, d.features, roc_grid(n_neg, cfg.fars, cfg.roc_per_decade),
-                                   sizes, cfg.seed, cfg.topk)
+    problem = engine.build_problem(
+        p.features,
+        j.probe_keys,
+        j.probe_labels,
+        m.features,
+        j.mate_keys,
+        j.mate_labels,
+        d.features,
+        roc_grid(n_neg, cfg.fars, cfg.roc_per_decade),
+        sizes,
+        cfg.seed,
+        cfg.topk,
+    )
     precision = resolve_search_precision(cfg.precision, device)
     log.info("search precision: %s (%s)", *precision)
     part = stream(problem, device, cfg.block_size, rank, world, cfg.progress, precision=precision[0])
@@ -358,15 +414,18 @@ def _search(cfg: SearchConfig, device: str, rank: int, world: int) -> dict:
         for r in range(world):
             distributed.partial_path(folder, r, world).unlink(missing_ok=True)  # merged: never picked up again
     t_search = time.perf_counter()
-    metrics, curves = compute_metrics(part, problem, cfg, p.features.shape[0], m.features.shape[0], device,
-                                      precision)
+    metrics, curves = compute_metrics(part, problem, cfg, p.features.shape[0], m.features.shape[0], device, precision)
     metrics["counts"]["noise_excluded"] = excluded
     metrics["identity_join"] = {**j.report, **identity.pair_counts(j)}
     if cfg.bootstrap > 0:
         metrics["bootstrap"] = bootstrap_metrics(part, problem, cfg, j.probe_labels, device)
     t_end = time.perf_counter()
-    timings = {"load_s": t_load - t0, "search_s": t_search - t_load, "finalize_s": t_end - t_search,
-               "total_s": t_end - t0}
+    timings = {
+        "load_s": t_load - t0,
+        "search_s": t_search - t_load,
+        "finalize_s": t_end - t_search,
+        "total_s": t_end - t0,
+    }
     # topk.csv's same-identity flag: by the shared identity codes (distractors are never the probe's identity)
     p.labels, m.labels = j.probe_labels, j.mate_labels
     d.labels = np.full(len(d.keys), -1, np.int64)
@@ -374,22 +433,34 @@ def _search(cfg: SearchConfig, device: str, rank: int, world: int) -> dict:
     return metrics
 
 
-def bootstrap_metrics(part: engine.Partial, problem: engine.Problem, cfg: SearchConfig, clusters: np.ndarray,
-                      device: str) -> dict:
+def bootstrap_metrics(
+    part: engine.Partial, problem: engine.Problem, cfg: SearchConfig, clusters: np.ndarray, device: str
+) -> dict:
     """95 % intervals of rank-1 and TAR from ``cfg.bootstrap`` replicates over probe identities (``bootstrap.py``)."""
     from benchmark.search import bootstrap
+
     n_p, n_d = problem.probes.shape[0], problem.distractors.shape[0]
     k = min(bootstrap.k_max_for(cfg.fars, n_p * n_d), n_d)
     top = None
     if n_p * k <= bootstrap.MAX_TOP_SCORES:
         top = bootstrap.top_negatives(problem.probes, problem.distractors, k, device, cfg.block_size)
-    return bootstrap.identity_intervals(problem.pair_probe, problem.pos_scores, engine.rank_counts(part, problem) + 1,
-                                        clusters, n_d, list(cfg.fars), top, cfg.bootstrap, cfg.seed)
+    return bootstrap.identity_intervals(
+        problem.pair_probe,
+        problem.pos_scores,
+        engine.rank_counts(part, problem) + 1,
+        clusters,
+        n_d,
+        list(cfg.fars),
+        top,
+        cfg.bootstrap,
+        cfg.seed,
+    )
 
 
 def resolve_search_precision(precision: str, device: str) -> tuple[str, str]:
     """``device.resolve_precision`` for the search: fp16 is allowed on a CPU only when asked for (slow, for tests)."""
     from benchmark.device import PRECISIONS, resolve_precision
+
     if precision == "fp16" and not device.startswith("cuda"):
         return "fp16", "asked for (no float16 units on a CPU: emulated, slow)"
     if precision not in PRECISIONS:
@@ -400,13 +471,15 @@ def resolve_search_precision(precision: str, device: str) -> tuple[str, str]:
 def partial_fingerprint(cfg: SearchConfig, world: int) -> str:
     """What a partial file must match to be merged: the inputs' shard checksums, settings, world size, code."""
     from benchmark.manifest import code_fingerprint, sha256_file
+
     inputs = {}
     for role in ("probes", "mates", "distractors"):
         fs = FeatureSet(getattr(cfg, role), verify_checksums=False)
         inputs[role] = [s.sha256 or sha256_file(s.path) for s in fs.shards]
     noise = [sha256_file(n) for n in cfg.noise_lists]
-    return distributed.fingerprint({**config_dict(cfg), "noise_lists": noise}, inputs, world,
-                                   code_fingerprint("search"))
+    return distributed.fingerprint(
+        {**config_dict(cfg), "noise_lists": noise}, inputs, world, code_fingerprint("search")
+    )
 
 
 def config_dict(cfg: SearchConfig) -> dict:

@@ -104,8 +104,17 @@ def key_values(lut: np.ndarray) -> np.ndarray:
     return v
 
 
-def scan_bits(bits: np.ndarray, lut: np.ndarray, by_key: np.ndarray, lo: float, hi: float, n_bins: int,
-              thr: np.ndarray, with_histogram: bool = True, cap: float = np.inf) -> tuple[np.ndarray | None, int, np.ndarray, np.ndarray, np.ndarray]:
+def scan_bits(
+    bits: np.ndarray,
+    lut: np.ndarray,
+    by_key: np.ndarray,
+    lo: float,
+    hi: float,
+    n_bins: int,
+    thr: np.ndarray,
+    with_histogram: bool = True,
+    cap: float = np.inf,
+) -> tuple[np.ndarray | None, int, np.ndarray, np.ndarray, np.ndarray]:
     """``scan_block`` of a block of bf16/fp16 bit patterns (uint16; ``lut``: ``screen.values_lut``,
     ``by_key``: ``key_values(lut)``).  Values ≥ ``cap`` are left out of the histogram (and counted in
     the second value).  Each entry is counted once per pattern and the 65,536 patterns are binned
@@ -134,8 +143,9 @@ def scan_bits(bits: np.ndarray, lut: np.ndarray, by_key: np.ndarray, lo: float, 
     return hist, bits.size - int(hist.sum()), rows, cols, vals
 
 
-def scan_block(scores: np.ndarray, lo: float, hi: float, n_bins: int, thr: np.ndarray,
-               with_histogram: bool = True) -> tuple[np.ndarray | None, int, np.ndarray, np.ndarray, np.ndarray]:
+def scan_block(
+    scores: np.ndarray, lo: float, hi: float, n_bins: int, thr: np.ndarray, with_histogram: bool = True
+) -> tuple[np.ndarray | None, int, np.ndarray, np.ndarray, np.ndarray]:
     """``(histogram, #scores < lo, rows, cols, values)`` of a C-contiguous float32 block.
 
     ``histogram``: int64 counts of the scores in ``[lo, hi]`` over ``n_bins`` uniform bins (None unless

@@ -30,15 +30,16 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-MAX_RESCORED = 0.02         # screening declined when the AUC split would rescore more than this share
-SPLIT_ERROR_SHARE = 0.5     # predicted screened-histogram AUC error allowed, as a share of the tolerance
-U_ACC = 2.0 ** -22           # accumulation unit roundoff assumed for matrix units (float32 is 2⁻²⁴)
+MAX_RESCORED = 0.02  # screening declined when the AUC split would rescore more than this share
+SPLIT_ERROR_SHARE = 0.5  # predicted screened-histogram AUC error allowed, as a share of the tolerance
+U_ACC = 2.0**-22  # accumulation unit roundoff assumed for matrix units (float32 is 2⁻²⁴)
 _MANTISSA = {"bf16": 7, "fp16": 10, "fp32": 23}
-_MIN_ULP = {"bf16": 2.0 ** -133, "fp16": 2.0 ** -24, "fp32": 2.0 ** -149}
+_MIN_ULP = {"bf16": 2.0**-133, "fp16": 2.0**-24, "fp32": 2.0**-149}
 
 
 def torch_dtype(name: str):
     import torch
+
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
 
 
@@ -72,6 +73,7 @@ def residual_norms(x, lp_dtype):
     """(‖x − x̂‖, ‖x̂‖) per row of a float32 torch tensor, x̂ its ``lp_dtype`` rounding (as float64, inflated
     by 1e-4 for the float32 norm computation's own rounding)."""
     import torch
+
     xh = x.to(lp_dtype)
     r = torch.linalg.vector_norm(x - xh.float(), dim=1).double() * (1 + 1e-4)
     n = torch.linalg.vector_norm(xh.float(), dim=1).double() * (1 + 1e-4)
@@ -86,12 +88,12 @@ def gamma(dim: int, u: float) -> float:
 class Screen:
     """One run's screening settings and the probes' low-precision copy (see module docstring)."""
 
-    precision: str          # "bf16" or "fp16": the input format of the screened product
-    out: str                # output format of the product: "bf16"/"fp16", or "fp32" where the device offers it
-    probes_lp: object       # torch (n_p, D) in the input format, on the device
-    probe_err: np.ndarray   # (n_p,) ‖p − p̂‖ (float64)
+    precision: str  # "bf16" or "fp16": the input format of the screened product
+    out: str  # output format of the product: "bf16"/"fp16", or "fp32" where the device offers it
+    probes_lp: object  # torch (n_p, D) in the input format, on the device
+    probe_err: np.ndarray  # (n_p,) ‖p − p̂‖ (float64)
     probe_norm: np.ndarray  # (n_p,) ‖p̂‖
-    eps32: float            # the float32 error bound of the rescored scores
+    eps32: float  # the float32 error bound of the rescored scores
 
     @classmethod
     def build(cls, precision: str, probes_dev, eps32: float) -> Screen:
@@ -104,21 +106,30 @@ class Screen:
         """Upper bound of every block's E_i (distractor residual ≤ u·‖d‖ component-wise)."""
         u_in = 2.0 ** -(_MANTISSA[self.precision] + 1)
         n = float(self.probe_norm.max()) if self.probe_norm.size else 1.0
-        return float(self.probe_err.max(initial=0.0)) + n * u_in * 1.0001 + \
-            gamma(dim, U_ACC) * n * (1 + u_in) + dim * 2.0 ** -126
+        return (
+            float(self.probe_err.max(initial=0.0))
+            + n * u_in * 1.0001
+            + gamma(dim, U_ACC) * n * (1 + u_in)
+            + dim * 2.0**-126
+        )
 
     def errors(self, block_dev):
         """(the block in the input format, E (n_p,) float64: the bound of each probe row's screened scores)."""
         bh, r, n = residual_norms(block_dev, self.probes_lp.dtype)
         dim = block_dev.shape[1]
         rmax, nmax = float(r.max()), float(n.max())
-        err = self.probe_err * (1 + 1e-6) + self.probe_norm * rmax + \
-            gamma(dim, U_ACC) * self.probe_norm * nmax + dim * 2.0 ** -126
+        err = (
+            self.probe_err * (1 + 1e-6)
+            + self.probe_norm * rmax
+            + gamma(dim, U_ACC) * self.probe_norm * nmax
+            + dim * 2.0**-126
+        )
         return bh, err
 
     def block(self, block_dev):
         """(scores in ``out`` format (n_p, b), E (n_p,) float64) of one distractor block (float32 unit rows)."""
         import torch
+
         bh, err = self.errors(block_dev)
         if self.out == "fp32" and self.precision != "fp32":
             scores = torch.mm(self.probes_lp, bh.T, out_dtype=torch.float32)
@@ -130,8 +141,17 @@ class Screen:
         """Float32 screening thresholds: an entry whose float32 score is ≥ thr[i] screens ≥ the result."""
         return floor_to(np.asarray(thr, np.float64) - self.eps32 - err, self.out)
 
-    def plan_split(self, counts: np.ndarray, n_scores: int, lo: float, hi: float, sorted_pos: np.ndarray,
-                   expected_err: float, fuzz: int, tolerance: float) -> tuple[float | None, str]:
+    def plan_split(
+        self,
+        counts: np.ndarray,
+        n_scores: int,
+        lo: float,
+        hi: float,
+        sorted_pos: np.ndarray,
+        expected_err: float,
+        fuzz: int,
+        tolerance: float,
+    ) -> tuple[float | None, str]:
         """(split level L on the output grid, or None to decline screening; a note) from a float32
         histogram ``counts`` of ``n_scores`` scores over uniform bins of [lo, hi] (the first block), for
         screened blocks whose error bound is about ``expected_err``."""
@@ -149,16 +169,21 @@ class Screen:
         top = int(np.searchsorted(err, budget, "right"))  # bins [0, top) may stay screened
         rescored = float(counts[top:].sum()) / n_scores
         if rescored > MAX_RESCORED:
-            return None, (f"screening declined: keeping the AUC bound ≤ {tolerance:g} would rescore "
-                          f"{100 * rescored:.2f} % of the scores in float32 (first block)")
+            return None, (
+                f"screening declined: keeping the AUC bound ≤ {tolerance:g} would rescore "
+                f"{100 * rescored:.2f} % of the scores in float32 (first block)"
+            )
         level = math.inf if top >= bins else float(floor_to(np.array([lo + top * width]), self.out)[0])
-        return level, (f"AUC split at {level:.6g}: {100 * rescored:.3f} % of the first block's scores rescored, "
-                       f"predicted screened-histogram error {float(err[top - 1]) if top else 0.0:.3g}")
+        return level, (
+            f"AUC split at {level:.6g}: {100 * rescored:.3f} % of the first block's scores rescored, "
+            f"predicted screened-histogram error {float(err[top - 1]) if top else 0.0:.3g}"
+        )
 
 
 def _gpu_out(probes_lp) -> str:
     """float32 output where torch offers it for a low-precision product on this device, else the input format."""
     import torch
+
     try:
         torch.mm(probes_lp[:2], probes_lp[:2].T, out_dtype=torch.float32)
         return "fp32"
@@ -167,6 +192,7 @@ def _gpu_out(probes_lp) -> str:
 
 
 # ----------------------------------------------------------------------------------- rescoring
+
 
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath=True)  # finite inputs; any summation order is within eps32
 def _rescore(a, b, rows, cols, out):  # pragma: no cover (compiled)
@@ -188,11 +214,12 @@ def rescore(probes_dev, block_dev, rows: np.ndarray, cols: np.ndarray) -> np.nda
         _rescore(probes_dev.numpy(), block_dev.numpy(), rows.astype(np.int64), cols.astype(np.int64), out)
         return out
     import torch
+
     step = 1 << 16
     for lo in range(0, rows.size, step):
-        r = torch.as_tensor(rows[lo:lo + step], device=probes_dev.device)
-        c = torch.as_tensor(cols[lo:lo + step], device=probes_dev.device)
-        out[lo:lo + step] = (probes_dev[r] * block_dev[c]).sum(dim=1).cpu().numpy()
+        r = torch.as_tensor(rows[lo : lo + step], device=probes_dev.device)
+        c = torch.as_tensor(cols[lo : lo + step], device=probes_dev.device)
+        out[lo : lo + step] = (probes_dev[r] * block_dev[c]).sum(dim=1).cpu().numpy()
     return out
 
 
@@ -207,5 +234,5 @@ def values_lut(out: str) -> np.ndarray:
 def as_bits(scores) -> np.ndarray:
     """uint16 view of a CPU bf16/fp16 torch block (no copy)."""
     import torch
-    return scores.view(torch.int16).numpy().view(np.uint16)
 
+    return scores.view(torch.int16).numpy().view(np.uint16)

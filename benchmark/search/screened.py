@@ -30,8 +30,9 @@ def plan_screen(part: Partial, problem: Problem, state: dict, block_dev, n_score
         state["screen"], part.lp_note = None, "screening not used: dense float64 path (positives in the bulk)"
         return
     expected = 1.05 * float(screen.errors(block_dev)[1].max())  # later blocks' bounds are alike
-    level, part.lp_note = screen.plan_split(part.neg_hist, n_scores, problem.hist_lo, HIST_HI, problem.sorted_pos,
-                                            expected, HIST_FUZZ, AUC_TOLERANCE)
+    level, part.lp_note = screen.plan_split(
+        part.neg_hist, n_scores, problem.hist_lo, HIST_HI, problem.sorted_pos, expected, HIST_FUZZ, AUC_TOLERANCE
+    )
     if level is None:
         state["screen"] = None
     state["split"] = level
@@ -48,6 +49,7 @@ def screened_block(part: Partial, problem: Problem, probes_dev, block_dev, col0:
 
     from .scan import key_values, scan_bits
     from .screen import as_bits, rescore, values_lut
+
     screen = state["screen"]
     b = block_dev.shape[0]
     n_d = problem.distractors.shape[0]
@@ -70,13 +72,25 @@ def screened_block(part: Partial, problem: Problem, probes_dev, block_dev, col0:
         if "lut" not in state:
             state["lut"] = values_lut(screen.out)
             state["by_key"] = key_values(state["lut"])
-        hist, outside, p, c, vlp = scan_bits(as_bits(scores), state["lut"], state["by_key"], problem.hist_lo_lp,
-                                             HIST_HI, HIST_BINS, thr_lp, with_hist, cap=split)
+        hist, outside, p, c, vlp = scan_bits(
+            as_bits(scores),
+            state["lut"],
+            state["by_key"],
+            problem.hist_lo_lp,
+            HIST_HI,
+            HIST_BINS,
+            thr_lp,
+            with_hist,
+            cap=split,
+        )
     else:
         vals = scores.float()
         p, c, vlp = extract_ge(vals, thr_lp, np.arange(b))
-        hist, outside = neg_histogram(vals.masked_fill_(vals >= float(split), math.inf), problem.hist_lo_lp) \
-            if with_hist else (None, 0)
+        hist, outside = (
+            neg_histogram(vals.masked_fill_(vals >= float(split), math.inf), problem.hist_lo_lp)
+            if with_hist
+            else (None, 0)
+        )
     v32 = rescore(probes_dev, block_dev, p, c)
     part.lp_rescored += int(p.size)
     if with_hist:
@@ -92,17 +106,19 @@ def screened_block(part: Partial, problem: Problem, probes_dev, block_dev, col0:
     if top is not None:
         for size, sub in part.tops.items():
             if size != n_d:
-                sel = np.flatnonzero(problem.perm_pos[col0:col0 + b] < size)
+                sel = np.flatnonzero(problem.perm_pos[col0 : col0 + b] < size)
                 if sel.size:
                     _screened_offer(sub, screen, scores, err, probes_dev, block_dev, sel, cols)
 
 
-def _screened_offer(sub: NegTopK, screen, scores, err, probes_dev, block_dev, sel: np.ndarray,
-                    cols: np.ndarray) -> None:
+def _screened_offer(
+    sub: NegTopK, screen, scores, err, probes_dev, block_dev, sel: np.ndarray, cols: np.ndarray
+) -> None:
     """A sweep subset's τ candidates among block columns ``sel`` of a screened block."""
     import torch
 
     from .screen import rescore
+
     cut = sub.block_cut(None)
     idx = torch.as_tensor(sel, device=scores.device)
     thr_lp = screen.thresholds(np.full(scores.shape[0], cut), err)

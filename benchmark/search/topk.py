@@ -29,6 +29,7 @@ def extract_ge(scores, thr, cols: np.ndarray, strict: bool = False):
         b = s.shape[1]
         return flat // b, cols[flat % b], s.reshape(-1)[flat]
     import torch
+
     t = thr if np.isscalar(thr) else torch.as_tensor(np.asarray(thr, np.float32), device=scores.device)[:, None]
     mask = scores > t if strict else scores >= t
     idx = mask.nonzero()
@@ -47,7 +48,7 @@ class NegTopK:
     probe: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
     dist: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     cut: float = -math.inf
-    _pending: list = field(default_factory=list, repr=False)   # queued (vals, probe, dist) chunks
+    _pending: list = field(default_factory=list, repr=False)  # queued (vals, probe, dist) chunks
     _n_pending: int = 0
 
     def block_cut(self, scores) -> float:
@@ -62,6 +63,7 @@ class NegTopK:
                 kth = float(np.partition(flat, flat.size - self.k)[flat.size - self.k])
             else:
                 import torch
+
                 flat = scores.reshape(-1)
                 kth = float(torch.kthvalue(flat, flat.numel() - self.k + 1).values)
             cut = max(cut, kth - 2 * self.eps)
@@ -110,8 +112,11 @@ class NegTopK:
         self.flush()
         other.flush()
         out = NegTopK(max(self.k, other.k), self.eps, cut=max(self.cut, other.cut))
-        out._append(np.concatenate([self.vals, other.vals]), np.concatenate([self.probe, other.probe]),
-                    np.concatenate([self.dist, other.dist]))
+        out._append(
+            np.concatenate([self.vals, other.vals]),
+            np.concatenate([self.probe, other.probe]),
+            np.concatenate([self.dist, other.dist]),
+        )
         out.prune()
         return out
 

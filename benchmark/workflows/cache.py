@@ -26,8 +26,11 @@ log = logging.getLogger(__name__)
 
 def stage_key(stage: str, config: dict[str, Any], inputs: dict[str, str]) -> str:
     """SHA-256 of the stage name, its settings, its inputs' fingerprints and its code (canonical JSON)."""
-    blob = json.dumps({"stage": stage, "config": config, "inputs": inputs, "code": code_fingerprint(stage)},
-                      sort_keys=True, default=str)
+    blob = json.dumps(
+        {"stage": stage, "config": config, "inputs": inputs, "code": code_fingerprint(stage)},
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -38,7 +41,7 @@ class StageResult:
     stage: str
     key: str
     dir: Path
-    fingerprint: str          # what downstream keys are built from
+    fingerprint: str  # what downstream keys are built from
     cached: bool
     seconds: float
 
@@ -50,8 +53,15 @@ class Cache:
         self.root = Path(root)
         self.records: list[dict[str, Any]] = []
 
-    def run(self, stage: str, label: str, config: dict[str, Any], inputs: dict[str, str],
-            work: Callable[[Path], None], fingerprint_file: str | None = None) -> StageResult:
+    def run(
+        self,
+        stage: str,
+        label: str,
+        config: dict[str, Any],
+        inputs: dict[str, str],
+        work: Callable[[Path], None],
+        fingerprint_file: str | None = None,
+    ) -> StageResult:
         """Reuse ``stage``'s folder for (config, inputs) when complete, else run ``work(folder)`` (resuming)."""
         key = stage_key(stage, config, inputs)
         folder = self.root / f"{stage}-{key[:16]}"
@@ -68,9 +78,20 @@ class Cache:
             work(folder)
             fp_src = folder / fingerprint_file if fingerprint_file else None
             fp = sha256_file(fp_src) if fp_src is not None and fp_src.is_file() else key
-            write_json(marker, {"stage": stage, "label": label, "key": key, "config": config, "inputs": inputs,
-                                "fingerprint": fp, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            write_json(
+                marker,
+                {
+                    "stage": stage,
+                    "label": label,
+                    "key": key,
+                    "config": config,
+                    "inputs": inputs,
+                    "fingerprint": fp,
+                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                },
+            )
         res = StageResult(stage, key, folder, fp, cached, round(time.time() - t0, 2))
-        self.records.append({"stage": stage, "label": label, "key": key, "dir": str(folder), "cached": cached,
-                             "seconds": res.seconds})
+        self.records.append(
+            {"stage": stage, "label": label, "key": key, "dir": str(folder), "cached": cached, "seconds": res.seconds}
+        )
         return res

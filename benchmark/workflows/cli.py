@@ -8,7 +8,9 @@ import argparse
 def register(sub, formatter) -> None:
     """Add the ``run`` and ``demo`` sub-commands."""
     r = sub.add_parser(
-        "run", formatter_class=formatter, help="run an experiment config: prepare → attack → embed → search → report",
+        "run",
+        formatter_class=formatter,
+        help="run an experiment config: prepare → attack → embed → search → report",
         epilog="""\
 the split (benchmark/data/split.py):
   probes       data.identities people with >= data.min_images images, up to data.max_images each
@@ -21,46 +23,70 @@ Requested vs obtained sizes and the reasons are logged, stored in split.json and
 and shown in the report captions; a shortfall of more than 10 % is a terminal warning and a note on
 the report page, an error with --strict (data.strict: true).""",
         description="Run every stage of a YAML experiment config (configs/table1.yaml, configs/table2.yaml, "
-                    "configs/demo.yaml): prepare the faces, split probes/templates/distractors, attack each "
-                    "method, embed, search, report. Each stage output is cached under the config's cache folder "
-                    "(cache:, default .cache/mf2m; $MF2M_CACHE overrides) by a hash of "
-                    "its settings and its inputs, so a rerun reuses everything unchanged and a killed run "
-                    "resumes where it stopped. OUT/run.json lists what was evaluated; OUT/report/ holds the "
-                    "tables and the HTML page.")
+        "configs/demo.yaml): prepare the faces, split probes/templates/distractors, attack each "
+        "method, embed, search, report. Each stage output is cached under the config's cache folder "
+        "(cache:, default .cache/mf2m; $MF2M_CACHE overrides) by a hash of "
+        "its settings and its inputs, so a rerun reuses everything unchanged and a killed run "
+        "resumes where it stopped. OUT/run.json lists what was evaluated; OUT/report/ holds the "
+        "tables and the HTML page.",
+    )
     r.add_argument("config", help="YAML experiment config")
-    r.add_argument("--data", default=None,
-                   help="dataset spec or face folder overriding the config's data.spec (e.g. lfw:/data/lfw); "
-                        "default: the config's, else $MF2M_DATA")
+    r.add_argument(
+        "--data",
+        default=None,
+        help="dataset spec or face folder overriding the config's data.spec (e.g. lfw:/data/lfw); "
+        "default: the config's, else $MF2M_DATA",
+    )
     r.add_argument("--out", default=None, help="output folder (default: the config's out, else results/<name>)")
     r.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the config's, else auto)")
     r.add_argument("--methods", nargs="+", default=None, help="only these methods of the config")
-    r.add_argument("--set", nargs="+", default=None, metavar="SECTION.KEY=VALUE", dest="overrides",
-                   help="override config values (VALUE is YAML), e.g. --set data.identities=20 "
-                        "data.max_images=2 'attack.params={mf2m: {kernel_steps: 80}}'; unknown keys are errors")
-    r.add_argument("--strict", action="store_true",
-                   help="stop with an error, before any attack, embedding or search (and, when the plan already "
-                        "falls short, before face preparation), if the split gets more than 10%% fewer probe "
-                        "identities, templates or distractors than the config asks for, or face preparation "
-                        "loses more than 10%% of a role (same as data.strict: true). Without it the run goes on, "
-                        "warns on the terminal and notes the shortfall on the report page")
+    r.add_argument(
+        "--set",
+        nargs="+",
+        default=None,
+        metavar="SECTION.KEY=VALUE",
+        dest="overrides",
+        help="override config values (VALUE is YAML), e.g. --set data.identities=20 "
+        "data.max_images=2 'attack.params={mf2m: {kernel_steps: 80}}'; unknown keys are errors",
+    )
+    r.add_argument(
+        "--strict",
+        action="store_true",
+        help="stop with an error, before any attack, embedding or search (and, when the plan already "
+        "falls short, before face preparation), if the split gets more than 10%% fewer probe "
+        "identities, templates or distractors than the config asks for, or face preparation "
+        "loses more than 10%% of a role (same as data.strict: true). Without it the run goes on, "
+        "warns on the terminal and notes the shortfall on the report page",
+    )
     r.add_argument("--no-progress", action="store_true", help="hide progress bars")
     r.set_defaults(func=_run)
 
     d = sub.add_parser(
-        "demo", formatter_class=formatter, help="the whole pipeline on a small built-in setting (offline, minutes)",
+        "demo",
+        formatter_class=formatter,
+        help="the whole pipeline on a small built-in setting (offline, minutes)",
         description="Run configs/demo.yaml (shipped inside the package): a few identities, all masking methods "
-                    "with short attacks, SFace white-box, dlib black-box, and the report. Without --data (and "
-                    "without $MF2M_DATA) it uses the handful of face photos that ship inside installed packages "
-                    "(insightface, face_recognition_models) — enough to see every stage work, far too few for "
-                    "meaningful numbers. With --data it uses a real face folder such as LFW.")
-    d.add_argument("--data", default=None,
-                   help="face folder (ROOT/<identity>/<image>) or dataset spec such as lfw:/data/lfw "
-                        "(default: $MF2M_DATA, else the faces shipped inside installed packages)")
+        "with short attacks, SFace white-box, dlib black-box, and the report. Without --data (and "
+        "without $MF2M_DATA) it uses the handful of face photos that ship inside installed packages "
+        "(insightface, face_recognition_models) — enough to see every stage work, far too few for "
+        "meaningful numbers. With --data it uses a real face folder such as LFW.",
+    )
+    d.add_argument(
+        "--data",
+        default=None,
+        help="face folder (ROOT/<identity>/<image>) or dataset spec such as lfw:/data/lfw "
+        "(default: $MF2M_DATA, else the faces shipped inside installed packages)",
+    )
     d.add_argument("--out", default="results/demo", help="output folder")
     d.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
     d.add_argument("--config", default=None, help="another config instead of the built-in demo config")
-    d.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
-                   help="run only these masking methods (e.g. none solid dm for a quick check; default: all twelve)")
+    d.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        metavar="METHOD",
+        help="run only these masking methods (e.g. none solid dm for a quick check; default: all twelve)",
+    )
     d.add_argument("--no-progress", action="store_true", help="hide progress bars")
     d.set_defaults(func=_demo)
 
@@ -68,8 +94,10 @@ the report page, an error with --strict (data.strict: true).""",
 def _run(args: argparse.Namespace) -> int:
     from .config import load_config
     from .run import run_pipeline
-    cfg = load_config(args.config, data=args.data, out=args.out, device=args.device, methods=args.methods,
-                      overrides=args.overrides)
+
+    cfg = load_config(
+        args.config, data=args.data, out=args.out, device=args.device, methods=args.methods, overrides=args.overrides
+    )
     if args.strict:
         cfg.data.strict = True
     result = run_pipeline(cfg, progress=not args.no_progress)
@@ -79,6 +107,13 @@ def _run(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
-    run_demo(data=args.data, out=args.out, device=args.device, config=args.config, progress=not args.no_progress,
-             methods=args.methods)
+
+    run_demo(
+        data=args.data,
+        out=args.out,
+        device=args.device,
+        config=args.config,
+        progress=not args.no_progress,
+        methods=args.methods,
+    )
     return 0

@@ -14,14 +14,15 @@ from typing import Any
 
 DATA_ENV = "MF2M_DATA"
 CACHE_ENV = "MF2M_CACHE"
-SPLIT_PROTOCOL = 3     # 2: leftover images of probe identities are never distractors or templates;
-                       # 3: templates drawn among non-probe identities, capped by data.template_share, and
-                       #    leftovers removed before the distractor sample (benchmark/data/split.py)
+SPLIT_PROTOCOL = 3  # 2: leftover images of probe identities are never distractors or templates;
+# 3: templates drawn among non-probe identities, capped by data.template_share, and
+#    leftovers removed before the distractor sample (benchmark/data/split.py)
 
 
 def all_methods(builtin_only: bool = False) -> list[str]:
     """``none`` (the clean probes) and every attack method of the registry (``attacks.list_attacks``)."""
     from attacks import list_attacks
+
     return ["none", *list_attacks(builtin_only)]
 
 
@@ -29,19 +30,19 @@ def all_methods(builtin_only: bool = False) -> list[str]:
 class DataConfig:
     """Where faces come from and how they are split into probes, templates and distractors."""
 
-    spec: str | None = None            # dataset spec (lfw:DIR, folder:DIR, …); None: --data or $MF2M_DATA
-    identities: int = 80               # probe identities (the paper: 80 FaceScrub celebrities)
-    max_images: int | None = 20        # probe images per identity at most
-    min_images: int = 2                # a probe identity needs a mate
-    templates: int = 200               # identities held out of the distractors as DM templates (1 image each)
-    distractors: int | None = None     # at most this many distractor images (seeded sample); None: all
+    spec: str | None = None  # dataset spec (lfw:DIR, folder:DIR, …); None: --data or $MF2M_DATA
+    identities: int = 80  # probe identities (the paper: 80 FaceScrub celebrities)
+    max_images: int | None = 20  # probe images per identity at most
+    min_images: int = 2  # a probe identity needs a mate
+    templates: int = 200  # identities held out of the distractors as DM templates (1 image each)
+    distractors: int | None = None  # at most this many distractor images (seeded sample); None: all
     seed: int = 0
-    detector: str = "dlib-hog"         # face preparation for photos (see `mf2m prepare`)
-    template_share: float = 0.1        # templates take at most this share of the non-probe identities
+    detector: str = "dlib-hog"  # face preparation for photos (see `mf2m prepare`)
+    template_share: float = 0.1  # templates take at most this share of the non-probe identities
     templates_from: str | None = None  # dataset spec of a separate template folder: the gallery keeps everyone
-    strict: bool = False               # a split shortfall (> 10 % of a requested size) is an error (--strict)
-    probes_per_identity: int | None = None   # N seeded probes per pool identity, its other pool images the mates
-    distractors_from: list[str] = field(default_factory=list)   # dataset specs whose every image is a distractor
+    strict: bool = False  # a split shortfall (> 10 % of a requested size) is an error (--strict)
+    probes_per_identity: int | None = None  # N seeded probes per pool identity, its other pool images the mates
+    distractors_from: list[str] = field(default_factory=list)  # dataset specs whose every image is a distractor
 
 
 @dataclass
@@ -54,8 +55,8 @@ class AttackSettings:
     batch_size: int = 16
     mask_colour: str = "blue"
     seed: int = 0
-    params: dict[str, dict[str, Any]] = field(default_factory=dict)   # method → hyper-parameter overrides
-    precision: str = "auto"            # FR+MD forward+backward (auto → float32 until parity is shown)
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)  # method → hyper-parameter overrides
+    precision: str = "auto"  # FR+MD forward+backward (auto → float32 until parity is shown)
 
 
 @dataclass
@@ -67,7 +68,7 @@ class EvalSettings:
     distractor_sizes: list[int] = field(default_factory=list)
     flip: bool = False
     batch_size: int = 64
-    precision: str = "auto"            # embed arithmetic: auto → bf16 on CPUs with bf16 units, fp16 on CUDA
+    precision: str = "auto"  # embed arithmetic: auto → bf16 on CPUs with bf16 units, fp16 on CUDA
 
 
 @dataclass
@@ -91,7 +92,7 @@ class RunConfig:
     attack: AttackSettings = field(default_factory=AttackSettings)
     evaluate: EvalSettings = field(default_factory=EvalSettings)
     report: ReportSettings = field(default_factory=ReportSettings)
-    source: str = ""                   # the YAML file
+    source: str = ""  # the YAML file
 
 
 def typed_section(cls, raw: dict[str, Any] | None, where: str):
@@ -109,6 +110,7 @@ def typed_section(cls, raw: dict[str, Any] | None, where: str):
 def read_config(path: str | os.PathLike, what: str = "config", overrides: list[str] | None = None) -> dict[str, Any]:
     """The top-level mapping of a YAML config file, with ``--set`` overrides (``SECTION.KEY=VALUE``) applied."""
     from ..yamlfile import read_yaml_mapping
+
     raw = read_yaml_mapping(Path(path), what)
     for item in overrides or ():
         _apply_override(raw, item, Path(path))
@@ -118,14 +120,20 @@ def read_config(path: str | os.PathLike, what: str = "config", overrides: list[s
 def check_attack(method: str, params: dict[str, Any] | None, where: str) -> None:
     """An attack method of the registry with hyper-parameters its class takes (errors name ``where``)."""
     from attacks import ATTACKS, check_params, list_attacks
+
     if method not in ATTACKS:
         raise ValueError(f"{where}: unknown attack method {method!r}; choose from {', '.join(list_attacks())}")
     check_params(method, params or {}, where)
 
 
-def load_config(path: str | os.PathLike, data: str | None = None, out: str | None = None,
-                device: str | None = None, methods: list[str] | None = None,
-                overrides: list[str] | None = None) -> RunConfig:
+def load_config(
+    path: str | os.PathLike,
+    data: str | None = None,
+    out: str | None = None,
+    device: str | None = None,
+    methods: list[str] | None = None,
+    overrides: list[str] | None = None,
+) -> RunConfig:
     """Read a YAML experiment config into typed dataclasses, with command-line overrides.
 
     ``overrides`` are ``SECTION.KEY=VALUE`` strings (VALUE parsed as YAML), e.g. ``data.identities=20``
@@ -138,10 +146,14 @@ def load_config(path: str | os.PathLike, data: str | None = None, out: str | Non
     unknown = sorted(set(top) - {"name", "out", "cache", "device"})
     if unknown:
         raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)}")
-    cfg = RunConfig(name=str(top.get("name") or path.stem), out=str(top.get("out") or f"results/{path.stem}"),
-                    cache=str(os.environ.get(CACHE_ENV) or top.get("cache") or ".cache/mf2m"),
-                    device=str(top.get("device") or "auto"),
-                    **{k: typed_section(c, raw.get(k), f"{path}: {k}") for k, c in sections.items()}, source=str(path))
+    cfg = RunConfig(
+        name=str(top.get("name") or path.stem),
+        out=str(top.get("out") or f"results/{path.stem}"),
+        cache=str(os.environ.get(CACHE_ENV) or top.get("cache") or ".cache/mf2m"),
+        device=str(top.get("device") or "auto"),
+        **{k: typed_section(c, raw.get(k), f"{path}: {k}") for k, c in sections.items()},
+        source=str(path),
+    )
     if data:
         cfg.data.spec = data
     cfg.data.spec = cfg.data.spec or os.environ.get(DATA_ENV)
@@ -157,8 +169,7 @@ def load_config(path: str | os.PathLike, data: str | None = None, out: str | Non
         raise ValueError(f"{path}: unknown method(s) {', '.join(bad)}; choose from {', '.join(known)}")
     for method, params in cfg.attack.params.items():
         if method not in known or method == "none":
-            raise ValueError(f"{path}: attack.params: unknown method {method!r}; choose from "
-                             f"{', '.join(known[1:])}")
+            raise ValueError(f"{path}: attack.params: unknown method {method!r}; choose from {', '.join(known[1:])}")
         check_attack(method, params, f"{path}: attack.params.{method}")
     if not cfg.evaluate.models:
         raise ValueError(f"{path}: evaluate.models is empty")
@@ -187,13 +198,15 @@ def check_data(d: DataConfig) -> None:
     if len(set(extra)) != len(extra):
         raise ValueError(f"data.distractors_from names a dataset twice: {extra!r}")
     if d.spec and d.spec in extra:
-        raise ValueError(f"data.distractors_from repeats the main dataset {d.spec!r}; its non-probe images are "
-                         "distractors already")
+        raise ValueError(
+            f"data.distractors_from repeats the main dataset {d.spec!r}; its non-probe images are distractors already"
+        )
 
 
 def _apply_override(raw: dict[str, Any], item: str, path: Path) -> None:
     """Set ``raw[section][key]`` (or ``raw[key]``) from one ``--set KEY=VALUE`` string."""
     import yaml
+
     name, sep, text = item.partition("=")
     parts = name.strip().split(".")
     if not sep or not all(parts) or len(parts) > 2:
@@ -213,6 +226,14 @@ def _apply_override(raw: dict[str, Any], item: str, path: Path) -> None:
 def split_request(d: DataConfig):
     """The split sizes of a ``data:`` section."""
     from ..data.split import SplitRequest
-    return SplitRequest(identities=d.identities, max_images=d.max_images, min_images=d.min_images,
-                        templates=d.templates, distractors=d.distractors, seed=d.seed,
-                        template_share=d.template_share, probes_per_identity=d.probes_per_identity)
+
+    return SplitRequest(
+        identities=d.identities,
+        max_images=d.max_images,
+        min_images=d.min_images,
+        templates=d.templates,
+        distractors=d.distractors,
+        seed=d.seed,
+        template_share=d.template_share,
+        probes_per_identity=d.probes_per_identity,
+    )

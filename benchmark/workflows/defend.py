@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 DEFAULT_EOT_SAMPLES = 20
 
 
-
 @dataclass
 class AttackSpec:
     """One attack of the leaderboard: ``method`` of ``mf2m attack`` with hyper-parameter overrides."""
@@ -47,12 +46,13 @@ class AttackSpec:
     name: str
     method: str
     params: dict[str, Any] = field(default_factory=dict)
-    adaptive: bool | list[str] = True     # also run it through each defence (adversarial methods only);
-                                          # a list: only through the defences of these names or tags
+    adaptive: bool | list[str] = True  # also run it through each defence (adversarial methods only);
+    # a list: only through the defences of these names or tags
 
     def adaptive_for(self, defence: Defence) -> bool:
         """Whether this attack gets an adaptive cell for ``defence`` (adversarial methods only)."""
         from attacks import is_adversarial
+
         if not is_adversarial(self.method):
             return False
         if isinstance(self.adaptive, bool):
@@ -64,10 +64,10 @@ class AttackSpec:
 class LeaderboardConfig:
     """Everything that decides a leaderboard (read from YAML; see configs/defences.yaml)."""
 
-    data: str                             # dataset spec of the pool source, e.g. lfw:PATH or folder:PATH
+    data: str  # dataset spec of the pool source, e.g. lfw:PATH or folder:PATH
     out: str
     attacks: list[AttackSpec]
-    defences: list[str]                   # defence specs (the undefended system is always included)
+    defences: list[str]  # defence specs (the undefended system is always included)
     recognizer: str = "sface"
     mask_detector: str = "mf2m-maskdet"
     identities: int = 10
@@ -78,7 +78,7 @@ class LeaderboardConfig:
     device: str = "auto"
     batch_size: int = 16
     far: float = 1e-6
-    eot_samples: int = DEFAULT_EOT_SAMPLES   # EOT draws per objective in adaptive attacks on stochastic defences
+    eot_samples: int = DEFAULT_EOT_SAMPLES  # EOT draws per objective in adaptive attacks on stochastic defences
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "config") -> LeaderboardConfig:
@@ -98,11 +98,14 @@ class LeaderboardConfig:
             a.setdefault("name", a.get("method"))
             bad = sorted(set(a) - set(AttackSpec.__dataclass_fields__))
             if bad or not a.get("method"):
-                raise ValueError(f"{source}: attacks[{i}] needs 'method' (and may have name, params, adaptive); got {a}")
+                raise ValueError(
+                    f"{source}: attacks[{i}] needs 'method' (and may have name, params, adaptive); got {a}"
+                )
             ad = a.get("adaptive", True)
             if not isinstance(ad, bool) and not (isinstance(ad, list) and all(isinstance(x, str) for x in ad)):
-                raise ValueError(f"{source}: attacks[{i}].adaptive must be true, false or a list of defence names, "
-                                 f"got {ad!r}")
+                raise ValueError(
+                    f"{source}: attacks[{i}].adaptive must be true, false or a list of defence names, got {ad!r}"
+                )
             check_attack(a["method"], a.get("params"), f"{source}: attacks[{i}]")
             attacks.append(AttackSpec(**a))
         if not attacks:
@@ -120,6 +123,7 @@ class LeaderboardConfig:
 def load_config(path: str | Path, **overrides: Any) -> LeaderboardConfig:
     """Read a leaderboard YAML file; non-None ``overrides`` replace its keys (``defences`` are appended)."""
     from .config import read_config
+
     path = Path(path)
     raw = read_config(path, "leaderboard config")
     extra = overrides.pop("defences", None) or []
@@ -140,22 +144,24 @@ def build_pool_files(cfg: LeaderboardConfig, out: Path) -> dict[str, Path]:
     from ..atomic import write_text
     from ..data.datasets import load_dataset
     from ..data.pool import build_pool, items_csv, write_pool
+
     dataset = load_dataset(cfg.data)
     pool = build_pool(dataset, cfg.identities, cfg.max_images, cfg.seed, min_images=2)
     rng = np.random.default_rng(cfg.seed + 1)
     rest = [it for it in pool.rest if it.label >= 0]
     need = cfg.distractors + cfg.templates
     if len(rest) < need:
-        raise ValueError(f"{cfg.data}: {len(rest)} images outside the probe identities, need {need} "
-                         "(distractors + templates)")
+        raise ValueError(
+            f"{cfg.data}: {len(rest)} images outside the probe identities, need {need} (distractors + templates)"
+        )
     picked = [rest[i] for i in rng.choice(len(rest), size=need, replace=False)]
     dirs = out / "pool"
-    write_pool(pool, dirs, {"data": cfg.data, "identities": cfg.identities, "max_images": cfg.max_images,
-                            "seed": cfg.seed})
-    write_text(dirs / "distractors.csv", items_csv(picked[:cfg.distractors]))
-    write_text(dirs / "templates.csv", items_csv(picked[cfg.distractors:]))
-    return {"probes": dirs / "probes.csv", "distractors": dirs / "distractors.csv",
-            "templates": dirs / "templates.csv"}
+    write_pool(
+        pool, dirs, {"data": cfg.data, "identities": cfg.identities, "max_images": cfg.max_images, "seed": cfg.seed}
+    )
+    write_text(dirs / "distractors.csv", items_csv(picked[: cfg.distractors]))
+    write_text(dirs / "templates.csv", items_csv(picked[cfg.distractors :]))
+    return {"probes": dirs / "probes.csv", "distractors": dirs / "distractors.csv", "templates": dirs / "templates.csv"}
 
 
 def aligned_set(csv_path: Path, landmarker, cache: Path) -> tuple[list[str], list[str], np.ndarray, dict[str, str]]:
@@ -163,6 +169,7 @@ def aligned_set(csv_path: Path, landmarker, cache: Path) -> tuple[list[str], lis
     from attacks.templates import aligned_batch, list_faces
 
     from ..atomic import atomic_path
+
     items = list_faces(csv_path)
     sig = hashlib.sha256("\n".join(f"{it.key}|{it.path}" for it in items).encode()).hexdigest()
     if cache.is_file():
@@ -174,8 +181,15 @@ def aligned_set(csv_path: Path, landmarker, cache: Path) -> tuple[list[str], lis
     keys, ids = [items[i].key for i in ok], [items[i].identity for i in ok]
     skipped = {items[i].key: reason for i, reason in failed.items()}
     with atomic_path(cache, suffix=".npz") as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, keys=np.array(keys), identities=np.array(ids), faces=faces, signature=np.array(sig),
-                 skipped_keys=np.array(list(skipped), dtype=str), skipped_reasons=np.array(list(skipped.values()), dtype=str))
+        np.savez(
+            fh,
+            keys=np.array(keys),
+            identities=np.array(ids),
+            faces=faces,
+            signature=np.array(sig),
+            skipped_keys=np.array(list(skipped), dtype=str),
+            skipped_reasons=np.array(list(skipped.values()), dtype=str),
+        )
     return keys, ids, faces, skipped
 
 
@@ -190,10 +204,21 @@ def slug(text: str) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def evaluate_cell(fr, md, probes: np.ndarray, probe_keys: list[str], probe_ids: list[str],
-                  clean: np.ndarray, clean_keys: list[str], clean_ids: list[str], distractors: np.ndarray,
-                  far: float, cache: dict | None = None, device: str = "cpu", outcomes: bool = False
-                  ) -> dict[str, Any]:
+def evaluate_cell(
+    fr,
+    md,
+    probes: np.ndarray,
+    probe_keys: list[str],
+    probe_ids: list[str],
+    clean: np.ndarray,
+    clean_keys: list[str],
+    clean_ids: list[str],
+    distractors: np.ndarray,
+    far: float,
+    cache: dict | None = None,
+    device: str = "cpu",
+    outcomes: bool = False,
+) -> dict[str, Any]:
     """Metrics of probe images ``probes`` under ``fr``/``md``: the search stage's Rank-1/TAR/AUC with the
     clean faces as mates and ``distractors`` as the gallery (see :mod:`benchmark.defences.metrics`), plus the mask rate.
 
@@ -213,8 +238,10 @@ def evaluate_cell(fr, md, probes: np.ndarray, probe_keys: list[str], probe_ids: 
     cell["mask_rate"] = mask_rate(p_masked) if md is not None else None
     if outcomes:
         from ..defences.bootstrap import probe_outcomes
-        cell["outcomes"] = probe_outcomes(feats, probe_keys, probe_ids, clean_feats, clean_keys, clean_ids,
-                                          dist_feats, far, p_masked)
+
+        cell["outcomes"] = probe_outcomes(
+            feats, probe_keys, probe_ids, clean_feats, clean_keys, clean_ids, dist_feats, far, p_masked
+        )
         cell["p_masked"] = p_masked
     return cell
 
@@ -229,6 +256,7 @@ def _load_attacked(folder: Path, keys: list[str]) -> tuple[list[int], np.ndarray
     from attacks.pipeline import read_rows
 
     from ..data.images import read_image
+
     rows = read_rows(folder / "rows.jsonl")
     idx, images, skipped = [], [], {}
     for i, key in enumerate(keys):
@@ -241,8 +269,9 @@ def _load_attacked(folder: Path, keys: list[str]) -> tuple[list[int], np.ndarray
     return idx, (np.stack(images) if images else np.zeros((0, 112, 112, 3), np.uint8)), skipped
 
 
-def run_leaderboard(cfg: LeaderboardConfig, progress: bool = True, models: tuple[Any, Any] | None = None,
-                    outcomes: dict | None = None) -> dict[str, Any]:
+def run_leaderboard(
+    cfg: LeaderboardConfig, progress: bool = True, models: tuple[Any, Any] | None = None, outcomes: dict | None = None
+) -> dict[str, Any]:
     """Run (or resume) every attack and evaluate every defence × attack cell; writes the outputs.
 
     ``models``: ``(recognizer, mask_detector)`` objects to use instead of ``cfg.recognizer`` /
@@ -261,8 +290,11 @@ def run_leaderboard(cfg: LeaderboardConfig, progress: bool = True, models: tuple
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     defences: list[Defence | None] = [None] + [load_defence(s) for s in cfg.defences]
-    fr, md = models if models is not None else (create_model(cfg.recognizer, device),
-                                                 create_model(cfg.mask_detector, device))
+    fr, md = (
+        models
+        if models is not None
+        else (create_model(cfg.recognizer, device), create_model(cfg.mask_detector, device))
+    )
     systems = {}
     for d in defences:
         name = "none" if d is None else d.tag
@@ -273,45 +305,93 @@ def run_leaderboard(cfg: LeaderboardConfig, progress: bool = True, models: tuple
     landmarker = DlibLandmarker()
     keys, ids, clean, skipped_clean = aligned_set(files["probes"], landmarker, out / "aligned_probes.npz")
     _, _, distractors, skipped_dist = aligned_set(files["distractors"], landmarker, out / "aligned_distractors.npz")
-    log.info("pool: %d probes aligned (%d skipped), %d distractors (%d skipped)", len(keys), len(skipped_clean),
-             len(distractors), len(skipped_dist))
+    log.info(
+        "pool: %d probes aligned (%d skipped), %d distractors (%d skipped)",
+        len(keys),
+        len(skipped_clean),
+        len(distractors),
+        len(skipped_dist),
+    )
 
     def attack(spec: AttackSpec, folder: Path, rec, det, eot: int = 1) -> Path:
         params = {**spec.params, **({"eot_samples": eot} if eot > 1 else {})}
-        job = AttackJob(method=spec.method, probes=str(files["probes"]), templates=str(files["templates"]),
-                        out=str(folder), device=device, batch_size=cfg.batch_size, seed=cfg.seed,
-                        params=params)
+        job = AttackJob(
+            method=spec.method,
+            probes=str(files["probes"]),
+            templates=str(files["templates"]),
+            out=str(folder),
+            device=device,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            params=params,
+        )
         run_attack(job, rec, det, landmarker=landmarker, progress=progress)
         return folder
 
-    stochastic = {name: d is not None and (d.stochastic or (isinstance(d.impl, InputTransform)
-                                                           and looks_random(d.impl, clean[:4])))
-                  for name, (d, _, _) in systems.items()}
+    stochastic = {
+        name: d is not None
+        and (d.stochastic or (isinstance(d.impl, InputTransform) and looks_random(d.impl, clean[:4])))
+        for name, (d, _, _) in systems.items()
+    }
     for name, (d, _, _) in systems.items():
         if stochastic[name] and not d.stochastic:
-            log.warning("%s: apply() is not repeatable but the defence does not set stochastic=True; "
-                        "its adaptive attacks use EOT anyway", name)
+            log.warning(
+                "%s: apply() is not repeatable but the defence does not set stochastic=True; "
+                "its adaptive attacks use EOT anyway",
+                name,
+            )
     cache: dict = {}
     rows: list[dict[str, Any]] = []
-    sources = {it.key: it.source for it in list_faces(files["probes"])}    # probe key → the data set's key
+    sources = {it.key: it.source for it in list_faces(files["probes"])}  # probe key → the data set's key
 
-    def add(defence_name, d, rec, det, attack_name, mode, gradient, images, idx, skipped, variant=None, eot=None,
-            folder=None):
+    def add(
+        defence_name,
+        d,
+        rec,
+        det,
+        attack_name,
+        mode,
+        gradient,
+        images,
+        idx,
+        skipped,
+        variant=None,
+        eot=None,
+        folder=None,
+    ):
         if not idx:
-            raise RuntimeError(f"{attack_name} ({mode}, defence {defence_name}): no probe was attacked "
-                               f"({len(skipped)} skipped: {_counts(skipped)})")
+            raise RuntimeError(
+                f"{attack_name} ({mode}, defence {defence_name}): no probe was attacked "
+                f"({len(skipped)} skipped: {_counts(skipped)})"
+            )
         cell_keys, cell_ids = [keys[i] for i in idx], [ids[i] for i in idx]
-        cell = evaluate_cell(rec, det, images, cell_keys, cell_ids, clean, keys, ids,
-                             distractors, cfg.far, cache, device, outcomes=True)
+        cell = evaluate_cell(
+            rec, det, images, cell_keys, cell_ids, clean, keys, ids, distractors, cfg.far, cache, device, outcomes=True
+        )
         if outcomes is not None:
             outcomes[(defence_name, attack_name, mode)] = cell["outcomes"]
-        row = {"defence": defence_name, "kind": d.kind if d else "", "attack": attack_name, "mode": mode,
-               "gradient": gradient, "variant": variant, "eot_samples": eot, "rank1": cell["rank1"],
-               "tar": cell["tar"], "auc": cell["auc"], "mask_rate": cell["mask_rate"], "probes": cell["probes"],
-               "skipped": len(skipped), "positive_pairs": cell["positive_pairs"],
-               "negative_pairs": cell["negative_pairs"], "far_resolution": cell["far_resolution"],
-               "skipped_reasons": _counts(skipped)}
-        made = read_rows(folder / "rows.jsonl") if folder is not None else {k: {"source": v} for k, v in sources.items()}
+        row = {
+            "defence": defence_name,
+            "kind": d.kind if d else "",
+            "attack": attack_name,
+            "mode": mode,
+            "gradient": gradient,
+            "variant": variant,
+            "eot_samples": eot,
+            "rank1": cell["rank1"],
+            "tar": cell["tar"],
+            "auc": cell["auc"],
+            "mask_rate": cell["mask_rate"],
+            "probes": cell["probes"],
+            "skipped": len(skipped),
+            "positive_pairs": cell["positive_pairs"],
+            "negative_pairs": cell["negative_pairs"],
+            "far_resolution": cell["far_resolution"],
+            "skipped_reasons": _counts(skipped),
+        }
+        made = (
+            read_rows(folder / "rows.jsonl") if folder is not None else {k: {"source": v} for k, v in sources.items()}
+        )
         row["raw"] = write_cell(out, len(rows), row, cell_keys, cell_ids, cell["outcomes"], cell["p_masked"], made)
         rows.append(row)
 
@@ -331,25 +411,56 @@ def run_leaderboard(cfg: LeaderboardConfig, progress: bool = True, models: tuple
                 log.warning("%s: adaptive %s skipped (the defended models are not differentiable)", name, spec.name)
                 continue
             eot = cfg.eot_samples if stochastic[name] else 1
-            folder = attack(spec, out / "attacks" / slug(spec.name) / slug(name + (f"+eot{eot}" if eot > 1 else "")),
-                            rec, det, eot)
+            folder = attack(
+                spec, out / "attacks" / slug(spec.name) / slug(name + (f"+eot{eot}" if eot > 1 else "")), rec, det, eot
+            )
             idx, images, skipped = _load_attacked(folder, keys)
-            add(name, d, rec, det, spec.name, "adaptive", d.gradient, images, idx, skipped,
-                attack_variant(d, eot) if stochastic[name] == d.stochastic else f"{attack_variant(d, 1)} + EOT×{eot} "
-                "(undeclared randomness)", eot, folder)
+            add(
+                name,
+                d,
+                rec,
+                det,
+                spec.name,
+                "adaptive",
+                d.gradient,
+                images,
+                idx,
+                skipped,
+                attack_variant(d, eot)
+                if stochastic[name] == d.stochastic
+                else f"{attack_variant(d, 1)} + EOT×{eot} (undeclared randomness)",
+                eot,
+                folder,
+            )
     add_clean_cost(rows)
     data = data_record(cfg.data)
-    meta = {"recognizer": fr.name, "mask_detector": md.name, "far": cfg.far,
-            "pool": f"{len(keys)} probes of {len(set(ids))} identities, {len(distractors)} distractors from "
-                    f"{data['spec']} ({data['items']} images, listing sha256 {data['listing_sha256'][:12]})",
-            "far_resolution": f"{rows[0]['far_resolution']:.2g}" if rows else None}
+    meta = {
+        "recognizer": fr.name,
+        "mask_detector": md.name,
+        "far": cfg.far,
+        "pool": f"{len(keys)} probes of {len(set(ids))} identities, {len(distractors)} distractors from "
+        f"{data['spec']} ({data['items']} images, listing sha256 {data['listing_sha256'][:12]})",
+        "far_resolution": f"{rows[0]['far_resolution']:.2g}" if rows else None,
+    }
     outputs = write_leaderboard_files(out, rows, meta)
-    manifest = build_manifest("defend", {**asdict(cfg), "device": device}, data=data,
-                              models={n: {"defence": d.record() if d else None, "fr": r.identity(), "md": m.identity()}
-                                      for n, (d, r, m) in systems.items()},
-                              pool={"probes": len(keys), "probes_skipped": skipped_clean,
-                                    "distractors": len(distractors), "distractors_skipped": skipped_dist},
-                              meta=meta, cells=rows, outputs=outputs)
+    manifest = build_manifest(
+        "defend",
+        {**asdict(cfg), "device": device},
+        data=data,
+        models={
+            n: {"defence": d.record() if d else None, "fr": r.identity(), "md": m.identity()}
+            for n, (d, r, m) in systems.items()
+        },
+        pool={
+            "probes": len(keys),
+            "probes_skipped": skipped_clean,
+            "distractors": len(distractors),
+            "distractors_skipped": skipped_dist,
+        },
+        meta=meta,
+        cells=rows,
+        outputs=outputs,
+    )
     # meant to be committed: the data set's path becomes $DATA/<name>, other paths relative or $TMPDIR/…
     manifest = replace_strings(manifest, cfg.data, data["spec"])
     write_json(out / "leaderboard.json", portable(manifest, hide_temp=True))
@@ -358,5 +469,7 @@ def run_leaderboard(cfg: LeaderboardConfig, progress: bool = True, models: tuple
 
 def _counts(skipped: dict[str, str]) -> dict[str, int]:
     from collections import Counter
-    return dict(Counter(str(v).split(":")[0] + (":" + str(v).split(":")[1] if ":" in str(v) else "")
-                        for v in skipped.values()))
+
+    return dict(
+        Counter(str(v).split(":")[0] + (":" + str(v).split(":")[1] if ":" in str(v) else "") for v in skipped.values())
+    )

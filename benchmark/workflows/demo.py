@@ -20,10 +20,12 @@ from .run import run_pipeline
 
 log = logging.getLogger(__name__)
 
-BUNDLED_WARNING = ("mf2m demo: no --data and no ${env} given, so the demo uses the {n} faces that ship inside "
-                   "installed packages (insightface, scikit-image), each with a mirrored copy as its second image. "
-                   "That is far too little for meaningful numbers: it only shows that every stage works. "
-                   "Use --data lfw:/path/to/lfw (or any face folder ROOT/<identity>/<image>) for a real run.")
+BUNDLED_WARNING = (
+    "mf2m demo: no --data and no ${env} given, so the demo uses the {n} faces that ship inside "
+    "installed packages (insightface, scikit-image), each with a mirrored copy as its second image. "
+    "That is far too little for meaningful numbers: it only shows that every stage works. "
+    "Use --data lfw:/path/to/lfw (or any face folder ROOT/<identity>/<image>) for a real run."
+)
 
 
 def demo_config_path() -> Path:
@@ -41,9 +43,11 @@ def _package_file(package: str, *parts: str) -> Path | None:
 
 def bundled_photos() -> list[Path]:
     """Face photos shipped inside installed packages (the ones present)."""
-    found = [_package_file("insightface", "data", "images", "t1.jpg"),
-             _package_file("insightface", "data", "images", "Tom_Hanks_54745.png"),
-             _package_file("skimage", "data", "astronaut.png")]
+    found = [
+        _package_file("insightface", "data", "images", "t1.jpg"),
+        _package_file("insightface", "data", "images", "Tom_Hanks_54745.png"),
+        _package_file("skimage", "data", "astronaut.png"),
+    ]
     return [p for p in found if p is not None]
 
 
@@ -54,6 +58,7 @@ def build_bundled_faces(out: Path) -> int:
     """
     from ..data.images import read_image, write_png
     from ..models.detection import create_detector
+
     detector = create_detector("dlib-hog")
     n = 0
     for photo in bundled_photos():
@@ -61,9 +66,13 @@ def build_bundled_faces(out: Path) -> int:
         for det in sorted(detector.detect(image), key=lambda d: d.box[0]):
             x0, y0, x1, y1 = det.box
             w, h = x1 - x0, y1 - y0
-            box = [int(max(0, x0 - 0.6 * w)), int(max(0, y0 - 0.7 * h)),
-                   int(min(image.shape[1], x1 + 0.6 * w)), int(min(image.shape[0], y1 + 0.5 * h))]
-            crop = np.ascontiguousarray(image[box[1]:box[3], box[0]:box[2]])
+            box = [
+                int(max(0, x0 - 0.6 * w)),
+                int(max(0, y0 - 0.7 * h)),
+                int(min(image.shape[1], x1 + 0.6 * w)),
+                int(min(image.shape[0], y1 + 0.5 * h)),
+            ]
+            crop = np.ascontiguousarray(image[box[1] : box[3], box[0] : box[2]])
             person = out / f"person_{n:02d}"
             write_png(person / "a.png", crop)
             write_png(person / "b_mirror.png", np.ascontiguousarray(crop[:, ::-1]))
@@ -73,15 +82,23 @@ def build_bundled_faces(out: Path) -> int:
     return n
 
 
-PAGE_WARNING = ("This demo ran on the {n} faces that ship inside installed packages (insightface, scikit-image), "
-                "each person's second image a mirrored copy of the first: far too little data for any number on "
-                "this page to mean anything. It only shows that every stage works. Run `mf2m demo --data "
-                "lfw:/path/to/lfw` (or any face folder) for a real run.")
+PAGE_WARNING = (
+    "This demo ran on the {n} faces that ship inside installed packages (insightface, scikit-image), "
+    "each person's second image a mirrored copy of the first: far too little data for any number on "
+    "this page to mean anything. It only shows that every stage works. Run `mf2m demo --data "
+    "lfw:/path/to/lfw` (or any face folder) for a real run."
+)
 
 
-def run_demo(data: str | None = None, out: str = "results/demo", device: str | None = None,
-             config: str | None = None, progress: bool = True, model_factory=None,
-             methods: list[str] | None = None) -> dict:
+def run_demo(
+    data: str | None = None,
+    out: str = "results/demo",
+    device: str | None = None,
+    config: str | None = None,
+    progress: bool = True,
+    model_factory=None,
+    methods: list[str] | None = None,
+) -> dict:
     """Run the demo config on ``data`` (or the bundled faces); returns the run record.
 
     ``methods`` limits the masking methods (e.g. ``["none", "solid", "dm"]`` for a quick check)."""
@@ -96,7 +113,7 @@ def run_demo(data: str | None = None, out: str = "results/demo", device: str | N
         # people: half as probes, two as templates, the rest as distractors
         cfg.data.identities = max(2, n // 2)
         cfg.data.templates = 2
-        cfg.data.template_share = 0.5      # two of the ~4 other people: the DM rows need templates
+        cfg.data.template_share = 0.5  # two of the ~4 other people: the DM rows need templates
         cfg.data.max_images = 2
         cfg.data.distractors = None
         cfg.evaluate.distractor_sizes = []

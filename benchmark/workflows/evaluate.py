@@ -27,11 +27,11 @@ __all__ = ["DefenceResult", "evaluate"]
 class DefenceResult:
     """The leaderboard rows of one defence (``rows``) and of the undefended system on the same pool."""
 
-    defence: str                                  # the defence's tag, e.g. jpeg[apply_to=both,quality=50]
+    defence: str  # the defence's tag, e.g. jpeg[apply_to=both,quality=50]
     rows: list[dict[str, Any]]
     baseline: list[dict[str, Any]]
     meta: dict[str, Any] = field(default_factory=dict)
-    out: str | None = None                        # the output folder when one was asked for
+    out: str | None = None  # the output folder when one was asked for
 
     def row(self, attack: str, mode: str | None = None) -> dict[str, Any]:
         """The row of ``attack`` (``clean`` for unmasked probes) in ``mode`` (``non-adaptive``/``adaptive``)."""
@@ -42,9 +42,19 @@ class DefenceResult:
         return found[0]
 
 
-def evaluate(defence: str, *, data: str, attacks: Sequence[str | dict[str, Any]], device: str = "auto",
-             recognizer: str = "sface", mask_detector: str = "mf2m-maskdet", models: tuple[Any, Any] | None = None,
-             out: str | Path | None = None, progress: bool = False, **settings: Any) -> DefenceResult:
+def evaluate(
+    defence: str,
+    *,
+    data: str,
+    attacks: Sequence[str | dict[str, Any]],
+    device: str = "auto",
+    recognizer: str = "sface",
+    mask_detector: str = "mf2m-maskdet",
+    models: tuple[Any, Any] | None = None,
+    out: str | Path | None = None,
+    progress: bool = False,
+    **settings: Any,
+) -> DefenceResult:
     """Benchmark ``defence`` (an entry-point name or ``module:callable``, with ``:k=v`` parameters).
 
     ``data`` is a dataset spec (``lfw:DIR``, ``folder:DIR``, …); ``attacks`` are method names or mappings
@@ -56,16 +66,29 @@ def evaluate(defence: str, *, data: str, attacks: Sequence[str | dict[str, Any]]
     from .defend import LeaderboardConfig, run_leaderboard
 
     def run(folder: Path) -> DefenceResult:
-        raw = {"data": data, "out": str(folder), "attacks": list(attacks), "defences": [defence],
-               "recognizer": recognizer, "mask_detector": mask_detector, "device": device, **settings}
-        result = run_leaderboard(LeaderboardConfig.from_dict(raw, "benchmark.evaluate"), progress=progress,
-                                 models=models)
+        raw = {
+            "data": data,
+            "out": str(folder),
+            "attacks": list(attacks),
+            "defences": [defence],
+            "recognizer": recognizer,
+            "mask_detector": mask_detector,
+            "device": device,
+            **settings,
+        }
+        result = run_leaderboard(
+            LeaderboardConfig.from_dict(raw, "benchmark.evaluate"), progress=progress, models=models
+        )
         rows = result["rows"]
         tags = [t for t in dict.fromkeys(r["defence"] for r in rows) if t != "none"]
         tag = tags[0] if tags else "none"
-        return DefenceResult(defence=tag, rows=[r for r in rows if r["defence"] == tag],
-                             baseline=[r for r in rows if r["defence"] == "none"], meta=result["meta"],
-                             out=str(folder) if out is not None else None)
+        return DefenceResult(
+            defence=tag,
+            rows=[r for r in rows if r["defence"] == tag],
+            baseline=[r for r in rows if r["defence"] == "none"],
+            meta=result["meta"],
+            out=str(folder) if out is not None else None,
+        )
 
     if out is not None:
         return run(Path(out))

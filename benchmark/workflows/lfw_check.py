@@ -35,11 +35,11 @@ def best_threshold(scores: np.ndarray, same: np.ndarray) -> tuple[float, float]:
     cands = np.concatenate([[distinct[0] - 1.0], (distinct[:-1] + distinct[1:]) / 2, [distinct[-1] + 1.0]])
     # for each candidate: number of scores ≤ t (predicted different)
     below = np.searchsorted(s, cands, side="right")
-    diff_cum = np.concatenate([[0], np.cumsum(~y)])        # true "different" among the lowest k
+    diff_cum = np.concatenate([[0], np.cumsum(~y)])  # true "different" among the lowest k
     same_total = int(y.sum())
     same_below = np.concatenate([[0], np.cumsum(y)])
     correct = diff_cum[below] + (same_total - same_below[below])
-    best = int(np.argmax(correct))                          # first maximum = smallest threshold
+    best = int(np.argmax(correct))  # first maximum = smallest threshold
     return float(cands[best]), float(correct[best] / len(s))
 
 
@@ -60,8 +60,15 @@ def cross_validate(scores: np.ndarray, same: np.ndarray, folds: np.ndarray) -> l
         if not test.any() or not train.any():
             continue
         t, train_acc = best_threshold(scores[train], same[train])
-        out.append({"fold": int(k) + 1, "pairs": int(test.sum()), "threshold": t, "train_accuracy": train_acc,
-                    "accuracy": accuracy_at(scores[test], same[test], t)})
+        out.append(
+            {
+                "fold": int(k) + 1,
+                "pairs": int(test.sum()),
+                "threshold": t,
+                "train_accuracy": train_acc,
+                "accuracy": accuracy_at(scores[test], same[test], t),
+            }
+        )
     return out
 
 
@@ -77,15 +84,18 @@ def embed_prepared(recognizer, prepared, batch_size: int = 64, progress: bool = 
     instead of ``recognizer.embed``.
     """
     from tqdm import tqdm
+
     use_chips = uses_chips(recognizer, prepared)
     feats = []
-    for start in tqdm(range(0, len(prepared), batch_size), desc=f"embed {recognizer.name}", unit="batch",
-                      disable=not progress):
+    for start in tqdm(
+        range(0, len(prepared), batch_size), desc=f"embed {recognizer.name}", unit="batch", disable=not progress
+    ):
         idx = list(range(start, min(start + batch_size, len(prepared))))
         if use_chips:
             feats.append(recognizer.embed_chips(prepared.load_chips(idx)))
         elif forward is not None:
             import torch
+
             feats.append(forward.embed_tensor(torch.from_numpy(np.ascontiguousarray(prepared.load_crops(idx)))))
         else:
             feats.append(recognizer.embed(prepared.load_crops(idx)))
@@ -94,11 +104,22 @@ def embed_prepared(recognizer, prepared, batch_size: int = 64, progress: bool = 
     return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
 
 
-def run_lfw_check(data_dir: str | os.PathLike, model: str, out: str | os.PathLike | None = None, *,
-                  pairs_file: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
-                  device: str = "auto", batch_size: int = 64, limit_folds: int | None = None,
-                  workers: int = 1, config=None, progress: bool = True, recognizer=None,
-                  precision: str = "auto") -> dict[str, Any]:
+def run_lfw_check(
+    data_dir: str | os.PathLike,
+    model: str,
+    out: str | os.PathLike | None = None,
+    *,
+    pairs_file: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    device: str = "auto",
+    batch_size: int = 64,
+    limit_folds: int | None = None,
+    workers: int = 1,
+    config=None,
+    progress: bool = True,
+    recognizer=None,
+    precision: str = "auto",
+) -> dict[str, Any]:
     """Run LFW verification for ``model`` (a registry name) and write the JSON report to ``out``.
 
     ``precision`` as for ``mf2m embed``: where it resolves to bf16/fp16 the crops go through the embed
@@ -123,13 +144,16 @@ def run_lfw_check(data_dir: str | os.PathLike, model: str, out: str | os.PathLik
             raise ValueError("give --cache DIR or --out FILE (the cache defaults to FILE.prepared)")
         cache_dir = Path(str(out) + ".prepared")
     config = config or PrepareConfig(chips=True)
-    prepared = prepare_faces(pairs.items(), cache_dir, config, batch_size=batch_size, workers=workers,
-                             progress=progress)
+    prepared = prepare_faces(
+        pairs.items(), cache_dir, config, batch_size=batch_size, workers=workers, progress=progress
+    )
     if recognizer is None:
         from ..models.registry import create
+
         recognizer = create(model, device=device)
     from ..embed.runtime import Forward
     from ..precision import plan
+
     prec = plan(precision, device)
     forward = None
     if prec.reduced and not uses_chips(recognizer, prepared):
@@ -137,9 +161,13 @@ def run_lfw_check(data_dir: str | os.PathLike, model: str, out: str | os.PathLik
         prec = forward.precision
     elif prec.reduced:
         prec = prec.fallback(f"{recognizer.name} embeds dlib chips natively: float32")
-    log.info("lfw %s: %s (--precision %s: %s)", recognizer.name,
-             f"{forward.runtime}, {prec.form}" if forward is not None else "recognizer.embed, float32",
-             precision, prec.reason)
+    log.info(
+        "lfw %s: %s (--precision %s: %s)",
+        recognizer.name,
+        f"{forward.runtime}, {prec.form}" if forward is not None else "recognizer.embed, float32",
+        precision,
+        prec.reason,
+    )
     feats = embed_prepared(recognizer, prepared, batch_size=batch_size, progress=progress, forward=forward)
     row = {k: i for i, k in enumerate(prepared.keys)}
     reason_of = {f["key"]: f["reason"] for f in prepared.failures}
@@ -148,15 +176,18 @@ def run_lfw_check(data_dir: str | os.PathLike, model: str, out: str | os.PathLik
     for p in pairs.pairs:
         ia, ib = row.get(p.a.key), row.get(p.b.key)
         if ia is None or ib is None:
-            why = [f"{im.key}: {reason_of.get(im.key, 'not-prepared')}" for im, i in ((p.a, ia), (p.b, ib)) if i is None]
+            why = [
+                f"{im.key}: {reason_of.get(im.key, 'not-prepared')}" for im, i in ((p.a, ia), (p.b, ib)) if i is None
+            ]
             skipped.append({"line": p.line, "fold": p.fold + 1, "same": p.same, "reason": "; ".join(why)})
             continue
         scores.append(float(feats[ia] @ feats[ib]))
         same.append(p.same)
         folds.append(p.fold)
     for p, missing in pairs.missing:
-        skipped.append({"line": p.line, "fold": p.fold + 1, "same": p.same,
-                        "reason": "missing file: " + ", ".join(missing)})
+        skipped.append(
+            {"line": p.line, "fold": p.fold + 1, "same": p.same, "reason": "missing file: " + ", ".join(missing)}
+        )
     if not scores:
         raise RuntimeError(f"no LFW pair could be evaluated ({len(skipped)} skipped); see {cache_dir}/failures.csv")
     per_fold = cross_validate(np.array(scores), np.array(same), np.array(folds))
@@ -168,12 +199,18 @@ def run_lfw_check(data_dir: str | os.PathLike, model: str, out: str | os.PathLik
     result = {
         "model": model,
         "recognizer": recognizer.identity() if hasattr(recognizer, "identity") else {"name": model},
-        "embedding_input": ("dlib 150x150 chips cut from the original photo" if uses_chips(recognizer, prepared)
-                            else "ArcFace-aligned 112x112 crops"),
+        "embedding_input": (
+            "dlib 150x150 chips cut from the original photo"
+            if uses_chips(recognizer, prepared)
+            else "ArcFace-aligned 112x112 crops"
+        ),
         "mean_accuracy": float(accs.mean()),
         "std_accuracy": float(accs.std()),
-        "protocol": ("10-fold: threshold chosen on the other folds" if len(per_fold) > 1
-                     else "1 fold: threshold chosen on the same fold (optimistic)"),
+        "protocol": (
+            "10-fold: threshold chosen on the other folds"
+            if len(per_fold) > 1
+            else "1 fold: threshold chosen on the same fold (optimistic)"
+        ),
         "pairs_listed": len(pairs.pairs) + len(pairs.missing),
         "pairs_used": len(scores),
         "pairs_skipped": len(skipped),
@@ -187,9 +224,20 @@ def run_lfw_check(data_dir: str | os.PathLike, model: str, out: str | os.PathLik
         "preparation": {"cache": str(cache_dir), **prepared.config},
         "seconds": round(time.time() - t0, 1),
     }
-    result["manifest"] = build_manifest("lfw", {
-        "data": str(data_dir), "pairs_file": str(pairs_file or Path(data_dir) / "pairs.txt"), "model": model,
-        "device": device, "batch_size": batch_size, "limit_folds": limit_folds, "precision": precision})
+    result["manifest"] = build_manifest(
+        "lfw",
+        {
+            "data": str(data_dir),
+            "pairs_file": str(pairs_file or Path(data_dir) / "pairs.txt"),
+            "model": model,
+            "device": device,
+            "batch_size": batch_size,
+            "limit_folds": limit_folds,
+            "precision": precision,
+        },
+    )
     if out is not None:
-        write_json(out, portable(result, hide_temp=True))       # meant to be committed: paths relative to the working directory
+        write_json(
+            out, portable(result, hide_temp=True)
+        )  # meant to be committed: paths relative to the working directory
     return result

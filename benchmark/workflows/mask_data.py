@@ -17,9 +17,9 @@ from ..models.base import LandmarkError
 
 log = logging.getLogger(__name__)
 
-CLASSES = ("without_mask", "with_mask")          # label 0, label 1 (= masked)
+CLASSES = ("without_mask", "with_mask")  # label 0, label 1 (= masked)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-ALIGN_VERSION = "yunet2023mar-int8bq/arcface112/v1"   # part of the cache key
+ALIGN_VERSION = "yunet2023mar-int8bq/arcface112/v1"  # part of the cache key
 # Colours (RGB) of the synthetic solid lower-face fill: medical blue, white, black.
 SOLID_COLOURS = ((150, 200, 225), (240, 240, 240), (25, 25, 25))
 
@@ -27,12 +27,14 @@ SOLID_COLOURS = ((150, 200, 225), (240, 240, 240), (25, 25, 25))
 def default_cache_dir() -> Path:
     """``$MF2M_CACHE`` or ``~/.cache/mf2m``: where aligned training crops are cached."""
     import os
+
     return Path(os.environ.get("MF2M_CACHE") or Path.home() / ".cache" / "mf2m")
 
 
 # ----------------------------------------------------------------------------------------------------
 # Data: listing, detection, alignment, caching
 # ----------------------------------------------------------------------------------------------------
+
 
 def list_dataset(data_dir: str | Path, limit_per_class: int | None = None) -> list[tuple[Path, int]]:
     """Sorted ``(path, label)`` pairs of ``DIR/without_mask`` (0) and ``DIR/with_mask`` (1) images.
@@ -64,11 +66,13 @@ class YuNetFive:
 
     def __init__(self, score_threshold: float = 0.6, work_size: int = 320):
         from ..models.detection import YuNetDetector
+
         self.work_size = work_size
         self._det = YuNetDetector(score_threshold=score_threshold, nms_threshold=0.3, top_k=50)
 
     def _run(self, image: np.ndarray, pad: float) -> tuple[np.ndarray, float] | None:
         import cv2
+
         h, w = image.shape[:2]
         p = int(round(pad * max(h, w)))
         big = cv2.copyMakeBorder(image, p, p, p, p, cv2.BORDER_CONSTANT, value=0) if p else image
@@ -93,10 +97,10 @@ class YuNetFive:
 class AlignedSet:
     """Aligned faces with labels; ``skipped`` lists ``{"path", "label", "reason"}`` of dropped files."""
 
-    faces: np.ndarray                    # (n, 112, 112, 3) uint8 RGB
-    labels: np.ndarray                   # (n,) int64, 1 = masked
+    faces: np.ndarray  # (n, 112, 112, 3) uint8 RGB
+    labels: np.ndarray  # (n,) int64, 1 = masked
     paths: list[str]
-    how: list[str]                       # detector path per face ("yunet" / "yunet-padded")
+    how: list[str]  # detector path per face ("yunet" / "yunet-padded")
     skipped: list[dict[str, Any]] = field(default_factory=list)
     from_cache: bool = False
 
@@ -110,8 +114,9 @@ def _cache_key(items: list[tuple[Path, int]], root: Path) -> str:
     return h.hexdigest()[:20]
 
 
-def align_dataset(items: list[tuple[Path, int]], root: str | Path, cache_dir: str | Path | None = None,
-                  progress: bool = True) -> AlignedSet:
+def align_dataset(
+    items: list[tuple[Path, int]], root: str | Path, cache_dir: str | Path | None = None, progress: bool = True
+) -> AlignedSet:
     """Detect, align and cache every image of ``items``; unreadable / faceless files are skipped and listed."""
     from tqdm import tqdm
 
@@ -125,8 +130,14 @@ def align_dataset(items: list[tuple[Path, int]], root: str | Path, cache_dir: st
         try:
             with np.load(cache, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
-                return AlignedSet(z["faces"], z["labels"].astype(np.int64), meta["paths"], meta["how"],
-                                  meta["skipped"], from_cache=True)
+                return AlignedSet(
+                    z["faces"],
+                    z["labels"].astype(np.int64),
+                    meta["paths"],
+                    meta["how"],
+                    meta["skipped"],
+                    from_cache=True,
+                )
         except (OSError, ValueError, KeyError) as exc:
             log.warning("ignoring unreadable cache %s (%s)", cache, exc)
     detector = YuNetFive()
@@ -144,8 +155,13 @@ def align_dataset(items: list[tuple[Path, int]], root: str | Path, cache_dir: st
         labels.append(label)
         paths.append(rel)
         how.append(method)
-    out = AlignedSet(np.stack(faces) if faces else np.zeros((0, 112, 112, 3), np.uint8),
-                     np.asarray(labels, dtype=np.int64), paths, how, skipped)
+    out = AlignedSet(
+        np.stack(faces) if faces else np.zeros((0, 112, 112, 3), np.uint8),
+        np.asarray(labels, dtype=np.int64),
+        paths,
+        how,
+        skipped,
+    )
     meta = json.dumps({"paths": paths, "how": how, "skipped": skipped, "version": ALIGN_VERSION})
     with atomic_path(cache, suffix=".npz") as tmp, open(tmp, "wb") as fh:
         np.savez(fh, faces=out.faces, labels=out.labels, meta=np.asarray(meta))
@@ -155,6 +171,7 @@ def align_dataset(items: list[tuple[Path, int]], root: str | Path, cache_dir: st
 def split_indices(labels: np.ndarray, seed: int, held_out: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
     """Seeded split stratified by class: ``(train indices, held-out indices)``, each sorted."""
     from sklearn.model_selection import train_test_split
+
     idx = np.arange(len(labels))
     train, test = train_test_split(idx, test_size=held_out, random_state=seed, stratify=labels)
     return np.sort(train), np.sort(test)
@@ -166,14 +183,16 @@ def solid_fill(face: np.ndarray, points68: np.ndarray, colour: tuple[int, int, i
     The polygon runs along the jaw (dlib points 1–15) and closes at the nose bridge (point 29).
     """
     import cv2
+
     poly = np.concatenate([points68[1:16], points68[29:30]]).round().astype(np.int32)
     out = face.copy()
     cv2.fillPoly(out, [poly], colour, lineType=cv2.LINE_AA)
     return out
 
 
-def lfw_faces(lfw_dir: str | Path, limit: int, seed: int, progress: bool = True
-              ) -> tuple[np.ndarray, np.ndarray, list[str], list[dict[str, str]]]:
+def lfw_faces(
+    lfw_dir: str | Path, limit: int, seed: int, progress: bool = True
+) -> tuple[np.ndarray, np.ndarray, list[str], list[dict[str, str]]]:
     """A seeded sample of LFW images aligned by the project's default chain (dlib HOG + 68 points).
 
     Returns ``(faces, 68 points in the aligned frame, paths, skipped)``.
@@ -183,6 +202,7 @@ def lfw_faces(lfw_dir: str | Path, limit: int, seed: int, progress: bool = True
     from ..data.images import ImageError, read_image
     from ..models.align import align_face, transform_points
     from ..models.landmarks import DlibLandmarker
+
     root = Path(lfw_dir)
     images = root / "images" if (root / "images").is_dir() else root
     files = sorted(images.glob("*/*.jpg"))
@@ -203,20 +223,24 @@ def lfw_faces(lfw_dir: str | Path, limit: int, seed: int, progress: bool = True
         faces.append(crop)
         pts.append(transform_points(lm.points, matrix))
         paths.append(str(path.relative_to(root)))
-    return (np.stack(faces) if faces else np.zeros((0, 112, 112, 3), np.uint8),
-            np.stack(pts) if pts else np.zeros((0, 68, 2), np.float32), paths, skipped)
+    return (
+        np.stack(faces) if faces else np.zeros((0, 112, 112, 3), np.uint8),
+        np.stack(pts) if pts else np.zeros((0, 68, 2), np.float32),
+        paths,
+        skipped,
+    )
 
 
 @dataclass
 class FacedSet:
     """LFW faces, bare and wearing a DM faced mask cut from another identity's face."""
 
-    bare: np.ndarray                     # (n, 112, 112, 3) uint8
-    faced: np.ndarray                    # (n, 112, 112, 3) uint8: DM of bare[i] with template[i]
-    points: np.ndarray                   # (n, 68, 2) float32 landmarks of bare[i] in the aligned crop
+    bare: np.ndarray  # (n, 112, 112, 3) uint8
+    faced: np.ndarray  # (n, 112, 112, 3) uint8: DM of bare[i] with template[i]
+    points: np.ndarray  # (n, 68, 2) float32 landmarks of bare[i] in the aligned crop
     identities: list[str]
     paths: list[str]
-    templates: list[str]                 # path of the template face of each DM face
+    templates: list[str]  # path of the template face of each DM face
     skipped: list[dict[str, str]]
 
 
@@ -228,6 +252,7 @@ def faced_mask_faces(lfw_dir: str | Path, limit: int, seed: int, progress: bool 
     Faces whose DM fails are skipped and listed.
     """
     from attacks.masking import delaunay_mask
+
     faces, pts, paths, skipped = lfw_faces(lfw_dir, limit, seed, progress)
     ids = [Path(p).parent.name for p in paths]
     if len(set(ids)) < 2:
@@ -252,16 +277,25 @@ def faced_mask_faces(lfw_dir: str | Path, limit: int, seed: int, progress: bool 
         keep_paths.append(paths[i])
         templates.append(paths[j])
     empty = np.zeros((0, 112, 112, 3), np.uint8)
-    return FacedSet(np.stack(bare) if bare else empty, np.stack(faced) if faced else empty,
-                    np.stack(keep_pts).astype(np.float32) if keep_pts else np.zeros((0, 68, 2), np.float32),
-                    keep_ids, keep_paths, templates, skipped)
+    return FacedSet(
+        np.stack(bare) if bare else empty,
+        np.stack(faced) if faced else empty,
+        np.stack(keep_pts).astype(np.float32) if keep_pts else np.zeros((0, 68, 2), np.float32),
+        keep_ids,
+        keep_paths,
+        templates,
+        skipped,
+    )
 
 
 def identity_split(identities: list[str], seed: int, held_out: float) -> tuple[np.ndarray, np.ndarray]:
     """Seeded split of faces by identity (no person on both sides): ``(train indices, held-out indices)``."""
     from sklearn.model_selection import GroupShuffleSplit
+
     idx = np.arange(len(identities))
-    train, test = next(GroupShuffleSplit(n_splits=1, test_size=held_out, random_state=seed).split(idx, groups=identities))
+    train, test = next(
+        GroupShuffleSplit(n_splits=1, test_size=held_out, random_state=seed).split(idx, groups=identities)
+    )
     return np.sort(train), np.sort(test)
 
 

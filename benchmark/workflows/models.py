@@ -9,6 +9,7 @@ from typing import Any
 def create_model(name: str, device: str = "auto") -> Any:
     """A recognizer or mask detector by registry name (the registry picks the device of each model)."""
     from ..models import registry
+
     return registry.create(name)
 
 

@@ -27,8 +27,19 @@ from .config import DATA_ENV, SPLIT_PROTOCOL, DataConfig, RunConfig, load_config
 from .models import Models
 from .splits import check_split, listing_fingerprint, plan_split_of, read_csv, split_stage, write_csv
 
-__all__ = ["DATA_ENV", "DataConfig", "RunConfig", "check_split", "listing_fingerprint", "load_config", "plan_split_of",
-           "read_csv", "run_pipeline", "split_stage", "write_csv"]
+__all__ = [
+    "DATA_ENV",
+    "DataConfig",
+    "RunConfig",
+    "check_split",
+    "listing_fingerprint",
+    "load_config",
+    "plan_split_of",
+    "read_csv",
+    "run_pipeline",
+    "split_stage",
+    "write_csv",
+]
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +48,29 @@ log = logging.getLogger(__name__)
 # stages
 
 
-def attack_stage(cfg: RunConfig, method: str, split_dir: Path, folder: Path, device: str, progress: bool,
-                 models: Models) -> None:
+def attack_stage(
+    cfg: RunConfig, method: str, split_dir: Path, folder: Path, device: str, progress: bool, models: Models
+) -> None:
     """``mf2m attack`` on the probe pool, then ``attacked.csv``/``mates.csv`` keyed like the clean probes."""
     from attacks import base_of
     from attacks.pipeline import AttackJob, run_attack
     from attacks.templates import list_faces
+
     a = cfg.attack
-    job = AttackJob(method=method, probes=str(split_dir / "probes.csv"),
-                    templates=str(split_dir / "templates.csv") if base_of(method) == "dm" else None,
-                    out=str(folder), fr=a.fr, md=a.md, device=device, batch_size=a.batch_size, seed=a.seed,
-                    params=dict(a.params.get(method, {})), mask_colour=a.mask_colour, precision=a.precision)
+    job = AttackJob(
+        method=method,
+        probes=str(split_dir / "probes.csv"),
+        templates=str(split_dir / "templates.csv") if base_of(method) == "dm" else None,
+        out=str(folder),
+        fr=a.fr,
+        md=a.md,
+        device=device,
+        batch_size=a.batch_size,
+        seed=a.seed,
+        params=dict(a.params.get(method, {})),
+        mask_colour=a.mask_colour,
+        precision=a.precision,
+    )
     job.check()
     fr, md = models.get(a.fr), models.get(a.md)
     for model, what in ((fr, "attack.fr"), (md, "attack.md")):
@@ -66,29 +89,59 @@ def attack_stage(cfg: RunConfig, method: str, split_dir: Path, folder: Path, dev
     write_csv(folder / "mates.csv", [(r["identity"], r["path"], r["key"]) for r in clean if r["identity"] in present])
 
 
-def embed_stage(cfg: RunConfig, model: str, csv_path: Path, folder: Path, device: str, progress: bool,
-                models: Models) -> None:
+def embed_stage(
+    cfg: RunConfig, model: str, csv_path: Path, folder: Path, device: str, progress: bool, models: Models
+) -> None:
     """``mf2m embed`` of an aligned-crop CSV."""
     from ..embed.engine import EmbedConfig, run_embed
-    run_embed(EmbedConfig(data=f"csv:{csv_path}?aligned=1", model=model, out=str(folder / "features"),
-                          flip=cfg.evaluate.flip, batch_size=cfg.evaluate.batch_size, device=device,
-                          workers=0, precision=cfg.evaluate.precision, progress=progress), recognizer=models.get(model))
 
-def search_stage(cfg: RunConfig, probes: Path, mates: Path, distractors: Path, folder: Path, device: str,
-                 progress: bool) -> None:
+    run_embed(
+        EmbedConfig(
+            data=f"csv:{csv_path}?aligned=1",
+            model=model,
+            out=str(folder / "features"),
+            flip=cfg.evaluate.flip,
+            batch_size=cfg.evaluate.batch_size,
+            device=device,
+            workers=0,
+            precision=cfg.evaluate.precision,
+            progress=progress,
+        ),
+        recognizer=models.get(model),
+    )
+
+
+def search_stage(
+    cfg: RunConfig, probes: Path, mates: Path, distractors: Path, folder: Path, device: str, progress: bool
+) -> None:
     """``mf2m search`` of one probe set against its mates and the distractors."""
     from ..search.run import SearchConfig, run_search
-    run_search(SearchConfig(probes=str(probes), mates=str(mates), distractors=str(distractors), out=str(folder),
-                            fars=list(cfg.evaluate.fars), distractor_sizes=list(cfg.evaluate.distractor_sizes),
-                            device=device, seed=cfg.data.seed, progress=progress))
+
+    run_search(
+        SearchConfig(
+            probes=str(probes),
+            mates=str(mates),
+            distractors=str(distractors),
+            out=str(folder),
+            fars=list(cfg.evaluate.fars),
+            distractor_sizes=list(cfg.evaluate.distractor_sizes),
+            device=device,
+            seed=cfg.data.seed,
+            progress=progress,
+        )
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
 # the run
 
 
-def run_pipeline(cfg: RunConfig, progress: bool = True, model_factory: Callable[[str], Any] | None = None,
-                 data_warning: str | None = None) -> dict[str, Any]:
+def run_pipeline(
+    cfg: RunConfig,
+    progress: bool = True,
+    model_factory: Callable[[str], Any] | None = None,
+    data_warning: str | None = None,
+) -> dict[str, Any]:
     """Run (or resume) every stage of ``cfg`` and the report; returns the run record (also ``OUT/run.json``).
 
     ``model_factory(name)`` creates recognizers and mask detectors (default: the model registry).
@@ -97,23 +150,30 @@ def run_pipeline(cfg: RunConfig, progress: bool = True, model_factory: Callable[
     """
     from ..device import resolve_device
     from ..report.build import ReportOptions, build_report
+
     if not cfg.data.spec:
         raise ValueError(f"no data: give --data DIR (or set ${DATA_ENV}) or data.spec in {cfg.source}")
     from ..precision import attack_plan, plan
+
     device = resolve_device(cfg.device)
     # resolved precisions are part of the cache keys: a bf16 result is never reused as a float32 one
     attack_precision = attack_plan(cfg.attack.precision, device).precision
     embed_precision = plan(cfg.evaluate.precision, device).precision
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(out / raw.RAW, ignore_errors=True)    # derived from the cache: rebuilt below, no stale methods
+    shutil.rmtree(out / raw.RAW, ignore_errors=True)  # derived from the cache: rebuilt below, no stale methods
     cache = Cache(cfg.cache)
     started = time.time()
     listing, dataset = listing_fingerprint(cfg.data.spec)
     plan, sources, inputs = plan_split_of(cfg, dataset, listing)
     split_conf = {k: v for k, v in asdict(cfg.data).items() if k != "strict"}
-    split = cache.run("split", "probes/templates/distractors", {**split_conf, "protocol": SPLIT_PROTOCOL}, inputs,
-                      lambda f: split_stage(cfg, plan, sources, f, progress))
+    split = cache.run(
+        "split",
+        "probes/templates/distractors",
+        {**split_conf, "protocol": SPLIT_PROTOCOL},
+        inputs,
+        lambda f: split_stage(cfg, plan, sources, f, progress),
+    )
     split_record = json.loads((split.dir / "split.json").read_text())
     counts = split_record["counts"]
     accounting = check_split(cfg, split_record.get("accounting"), plan, "after face preparation")
@@ -126,18 +186,36 @@ def run_pipeline(cfg: RunConfig, progress: bool = True, model_factory: Callable[
         if method == "none":
             continue
         a = cfg.attack
-        conf = {"method": method, "fr": models.identity(a.fr), "md": models.identity(a.md), "seed": a.seed, "mask_colour": a.mask_colour,
-                "params": a.params.get(method, {}), "precision": attack_precision}
-        attacks[method] = cache.run("attack", method, conf, split_fp,
-                                    lambda f, m=method: attack_stage(cfg, m, split.dir, f, device, progress, models))
+        conf = {
+            "method": method,
+            "fr": models.identity(a.fr),
+            "md": models.identity(a.md),
+            "seed": a.seed,
+            "mask_colour": a.mask_colour,
+            "params": a.params.get(method, {}),
+            "precision": attack_precision,
+        }
+        attacks[method] = cache.run(
+            "attack",
+            method,
+            conf,
+            split_fp,
+            lambda f, m=method: attack_stage(cfg, m, split.dir, f, device, progress, models),
+        )
 
     def embed(model: str, csv_path: Path, label: str, upstream: str) -> StageResult:
         conf = {"model": models.identity(model), "flip": cfg.evaluate.flip, "precision": embed_precision}
-        return cache.run("embed", f"{label} on {model}", conf, {"csv": sha256_file(csv_path), "from": upstream},
-                         lambda f: embed_stage(cfg, model, csv_path, f, device, progress, models), "features/manifest.json")
+        return cache.run(
+            "embed",
+            f"{label} on {model}",
+            conf,
+            {"csv": sha256_file(csv_path), "from": upstream},
+            lambda f: embed_stage(cfg, model, csv_path, f, device, progress, models),
+            "features/manifest.json",
+        )
 
     entries: list[dict[str, Any]] = []
-    image_dirs: dict[Path, Path] = {}   # kept attack folder → its cache folder (the example images)
+    image_dirs: dict[Path, Path] = {}  # kept attack folder → its cache folder (the example images)
     for model in cfg.evaluate.models:
         clean = embed(model, split.dir / "probes.csv", "clean probes", split.key)
         dist = embed(model, split.dir / "distractors.csv", "distractors", split.key)
@@ -153,41 +231,75 @@ def run_pipeline(cfg: RunConfig, progress: bool = True, model_factory: Callable[
                 m = pool_mates or embed(model, att.dir / "mates.csv", f"mates of {method}", att.fingerprint)
                 attack_dir, attack_model = att.dir, cfg.attack.fr
             conf = {"fars": cfg.evaluate.fars, "sizes": cfg.evaluate.distractor_sizes, "seed": cfg.data.seed}
-            s = cache.run("search", f"{method} on {model}", conf,
-                          {"probes": p.fingerprint, "mates": m.fingerprint, "distractors": dist.fingerprint},
-                          lambda f, p=p, m=m, d=dist: search_stage(cfg, p.dir / "features", m.dir / "features",
-                                                                 d.dir / "features", f, device, progress),
-                          "metrics.json")
+            s = cache.run(
+                "search",
+                f"{method} on {model}",
+                conf,
+                {"probes": p.fingerprint, "mates": m.fingerprint, "distractors": dist.fingerprint},
+                lambda f, p=p, m=m, d=dist: search_stage(
+                    cfg, p.dir / "features", m.dir / "features", d.dir / "features", f, device, progress
+                ),
+                "metrics.json",
+            )
             kept_attack = raw.keep_attack(out, attack_dir, method) if attack_dir else None
             if kept_attack is not None:
                 image_dirs[kept_attack.resolve()] = attack_dir
             kept = raw.keep_search(out, s.dir, method, model, attack_dir)
-            entries.append({"method": method, "attack_model": attack_model, "eval_model": model,
-                            "search": raw.relative(kept, out),
-                            "attack": raw.relative(kept_attack, out) if kept_attack else None})
-            _write_run(cfg, out, entries, cache, counts, started, complete=False, data_warning=data_warning,
-                       split=accounting)
-    record = _write_run(cfg, out, entries, cache, counts, started, complete=True, data_warning=data_warning,
-                        split=accounting)
+            entries.append(
+                {
+                    "method": method,
+                    "attack_model": attack_model,
+                    "eval_model": model,
+                    "search": raw.relative(kept, out),
+                    "attack": raw.relative(kept_attack, out) if kept_attack else None,
+                }
+            )
+            _write_run(
+                cfg, out, entries, cache, counts, started, complete=False, data_warning=data_warning, split=accounting
+            )
+    record = _write_run(
+        cfg, out, entries, cache, counts, started, complete=True, data_warning=data_warning, split=accounting
+    )
     r = cfg.report
-    build_report([str(out)], out / "report", ReportOptions(far=r.far, paper=r.paper, examples=r.examples,
-                                                           title=f"MF²M benchmark — {cfg.name}",
-                                                           image_dirs=image_dirs))
+    build_report(
+        [str(out)],
+        out / "report",
+        ReportOptions(
+            far=r.far, paper=r.paper, examples=r.examples, title=f"MF²M benchmark — {cfg.name}", image_dirs=image_dirs
+        ),
+    )
     ran = sum(not x["cached"] for x in cache.records)
-    record["summary"] = (f"{len(entries)} probe sets evaluated; {ran} stage(s) run, "
-                         f"{len(cache.records) - ran} reused from the cache, {time.time() - started:.0f} s")
+    record["summary"] = (
+        f"{len(entries)} probe sets evaluated; {ran} stage(s) run, "
+        f"{len(cache.records) - ran} reused from the cache, {time.time() - started:.0f} s"
+    )
     return record
 
 
-def _write_run(cfg: RunConfig, out: Path, entries: list, cache: Cache, counts: dict, started: float,
-               complete: bool, data_warning: str | None = None, split: dict[str, Any] | None = None
-               ) -> dict[str, Any]:
+def _write_run(
+    cfg: RunConfig,
+    out: Path,
+    entries: list,
+    cache: Cache,
+    counts: dict,
+    started: float,
+    complete: bool,
+    data_warning: str | None = None,
+    split: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     kind = cfg.data.spec.split(":", 1)[0] if ":" in (cfg.data.spec or "") else "folder"
-    setting = {"data": cfg.data.spec, "data_kind": kind, "white_box": cfg.attack.fr, "mask_detector": cfg.attack.md,
-               "eval_models": ", ".join(cfg.evaluate.models),
-               "probe_identities": counts["probes"]["identities"], "probe_images": counts["probes"]["kept"],
-               "templates": counts["templates"]["kept"], "distractors": counts["distractors"]["kept"],
-               "device": cfg.device}
+    setting = {
+        "data": cfg.data.spec,
+        "data_kind": kind,
+        "white_box": cfg.attack.fr,
+        "mask_detector": cfg.attack.md,
+        "eval_models": ", ".join(cfg.evaluate.models),
+        "probe_identities": counts["probes"]["identities"],
+        "probe_images": counts["probes"]["kept"],
+        "templates": counts["templates"]["kept"],
+        "distractors": counts["distractors"]["kept"],
+        "device": cfg.device,
+    }
     if "mates" in counts:
         setting["mates"] = counts["mates"]["kept"]
     if cfg.data.distractors_from:
@@ -198,10 +310,19 @@ def _write_run(cfg: RunConfig, out: Path, entries: list, cache: Cache, counts: d
         setting["split"] = split["summary"]
         if split["warnings"]:
             setting["split_warnings"] = list(split["warnings"])
-    record = build_manifest("run", _jsonable(asdict(cfg)), format=RUN_FORMAT, name=cfg.name, setting=setting,
-                            entries=entries, stages=cache.records, complete=complete,
-                            seconds=round(time.time() - started, 1), split=split)
-    record = raw.portable(record)     # no path of this machine in a file meant to be committed
+    record = build_manifest(
+        "run",
+        _jsonable(asdict(cfg)),
+        format=RUN_FORMAT,
+        name=cfg.name,
+        setting=setting,
+        entries=entries,
+        stages=cache.records,
+        complete=complete,
+        seconds=round(time.time() - started, 1),
+        split=split,
+    )
+    record = raw.portable(record)  # no path of this machine in a file meant to be committed
     write_json(out / "run.json", record)
     return record
 

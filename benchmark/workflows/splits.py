@@ -20,7 +20,7 @@ from .config import SPLIT_PROTOCOL, RunConfig, split_request
 
 log = logging.getLogger("benchmark.workflows.run")
 
-NO_MATE = "no-mate-left"     # a probe whose identity lost every mate in face preparation cannot be scored
+NO_MATE = "no-mate-left"  # a probe whose identity lost every mate in face preparation cannot be scored
 
 
 @dataclass
@@ -46,6 +46,7 @@ class SplitSources:
 def listing_fingerprint(spec: str) -> tuple[str, Any]:
     """A fingerprint of a dataset's listing (keys, identities, file sizes and mtimes) and the dataset."""
     from ..data.datasets import load_dataset
+
     dataset = load_dataset(spec)
     h = hashlib.sha256(spec.encode())
     for it in dataset.items:
@@ -64,6 +65,7 @@ def plan_split_of(cfg: RunConfig, dataset, listing: str) -> tuple[Any, SplitSour
     With ``data.strict`` a shortfall of the plan is an error here, before any face is prepared.
     """
     from ..data.split import plan_split
+
     inputs = {"data": listing}
     templates = dataset
     if cfg.data.templates_from:
@@ -72,8 +74,9 @@ def plan_split_of(cfg: RunConfig, dataset, listing: str) -> tuple[Any, SplitSour
     for i, spec in enumerate(cfg.data.distractors_from):
         inputs[f"distractors.{i}"], ds = listing_fingerprint(spec)
         extra.append(ds)
-    plan = plan_split(dataset, split_request(cfg.data), templates if cfg.data.templates_from else None,
-                      distractors_from=extra)
+    plan = plan_split(
+        dataset, split_request(cfg.data), templates if cfg.data.templates_from else None, distractors_from=extra
+    )
     check_split(cfg, None, plan, "before face preparation")
     return plan, SplitSources(dataset, templates, extra), inputs
 
@@ -81,11 +84,14 @@ def plan_split_of(cfg: RunConfig, dataset, listing: str) -> tuple[Any, SplitSour
 def check_split(cfg: RunConfig, record: dict[str, Any] | None, plan, when: str) -> dict[str, Any]:
     """The split's accounting (``record``, else the plan's); logs it; raises under ``data.strict``."""
     from ..data.split import SplitAccount, account
+
     acc = SplitAccount.from_json(record) if record else account(plan)
     final = when.startswith("after")
     if cfg.data.strict and acc.warnings:
-        raise ValueError(f"--strict (data.strict): the split falls short of what {cfg.source or 'the config'} asks "
-                         f"for ({when}), so no attack, embedding or search was run:\n  " + "\n  ".join(acc.warnings))
+        raise ValueError(
+            f"--strict (data.strict): the split falls short of what {cfg.source or 'the config'} asks "
+            f"for ({when}), so no attack, embedding or search was run:\n  " + "\n  ".join(acc.warnings)
+        )
     if final:
         for r in acc.roles:
             log.info("split: %s%s", r.text(), f" ({'; '.join(r.reasons)})" if r.reasons else "")
@@ -94,10 +100,12 @@ def check_split(cfg: RunConfig, record: dict[str, Any] | None, plan, when: str) 
     return acc.to_json()
 
 
-def prepare_roles(cfg: RunConfig, plan, sources: SplitSources, progress: bool
-                  ) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, str]]]:
+def prepare_roles(
+    cfg: RunConfig, plan, sources: SplitSources, progress: bool
+) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, str]]]:
     """(``role → key → crop or image path``, ``role → key → failure reason``): photos aligned once per dataset root."""
     from ..data.prepare import PrepareConfig, PrepareItem, prepare_faces
+
     roles = plan.roles()
     failed: dict[str, dict[str, str]] = {role: {} for role in roles}
     paths = {role: {it.key: it.path for it in items} for role, items in roles.items()}
@@ -109,7 +117,9 @@ def prepare_roles(cfg: RunConfig, plan, sources: SplitSources, progress: bool
                 by_root.setdefault(root_of[role][it.key], []).append((role, it))
     for root, group in by_root.items():
         unique = list({it.key: PrepareItem(it.key, it.path, it.identity) for _, it in group}.values())
-        prep_dir = Path(cfg.cache) / ("prepared-" + hashlib.sha256(f"{root}|{cfg.data.detector}".encode()).hexdigest()[:16])
+        prep_dir = Path(cfg.cache) / (
+            "prepared-" + hashlib.sha256(f"{root}|{cfg.data.detector}".encode()).hexdigest()[:16]
+        )
         prepared = prepare_faces(unique, prep_dir, PrepareConfig(detector=cfg.data.detector), progress=progress)
         ok = {k: str(p) for k, p in zip(prepared.keys, prepared.crop_paths)}
         reasons = {f["key"]: f["reason"] for f in prepared.failures}
@@ -118,7 +128,7 @@ def prepare_roles(cfg: RunConfig, plan, sources: SplitSources, progress: bool
                 paths[role][it.key] = ok[it.key]
             else:
                 failed[role][it.key] = reasons.get(it.key, "not-prepared")
-    if plan.mates:      # a probe identity without any mate left cannot be scored: its probes are dropped
+    if plan.mates:  # a probe identity without any mate left cannot be scored: its probes are dropped
         mate_ids = {it.identity for it in plan.mates if it.key not in failed["mates"]}
         for it in plan.probes:
             if it.identity not in mate_ids and it.key not in failed["probes"]:
@@ -132,28 +142,44 @@ def split_stage(cfg: RunConfig, plan, sources: SplitSources, folder: Path, progr
     Every shortfall (plan or preparation) is accounted in ``split.json`` (``accounting``).
     """
     from ..data.split import account
+
     roles = plan.roles()
     paths, failed = prepare_roles(cfg, plan, sources, progress)
     counts = {}
     for role, items in roles.items():
         kept = [it for it in items if it.key not in failed[role]]
-        counts[role] = {"listed": len(items), "kept": len(kept), "identities": len({it.identity for it in kept}),
-                        "skipped": len(items) - len(kept)}
+        counts[role] = {
+            "listed": len(items),
+            "kept": len(kept),
+            "identities": len({it.identity for it in kept}),
+            "skipped": len(items) - len(kept),
+        }
         write_csv(folder / f"{role}.csv", [(it.identity, paths[role][it.key], it.key) for it in kept])
     accounting = account(plan, failed)
     extra = {"distractors_datasets": [ds.describe() for ds in sources.extra]} if sources.extra else {}
-    write_json(folder / "split.json", build_manifest(
-        "split", {**asdict(cfg.data), "protocol": SPLIT_PROTOCOL}, dataset=sources.main.describe(),
-        templates_dataset=sources.templates.describe() if plan.templates_from else None,
-        counts=counts, probe_identities=plan.probe_identities, template_identities=plan.template_identities,
-        skipped=failed, excluded_probe_identity_images=plan.excluded,
-        accounting=accounting.to_json(), **extra))
+    write_json(
+        folder / "split.json",
+        build_manifest(
+            "split",
+            {**asdict(cfg.data), "protocol": SPLIT_PROTOCOL},
+            dataset=sources.main.describe(),
+            templates_dataset=sources.templates.describe() if plan.templates_from else None,
+            counts=counts,
+            probe_identities=plan.probe_identities,
+            template_identities=plan.template_identities,
+            skipped=failed,
+            excluded_probe_identity_images=plan.excluded,
+            accounting=accounting.to_json(),
+            **extra,
+        ),
+    )
 
 
 def write_csv(path: Path, rows: list[tuple[str, str, str]]) -> None:
     """``identity,path,key,aligned`` rows (aligned crops), readable by ``csv:`` specs and ``mf2m attack``."""
     import csv
     import io
+
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["identity", "path", "key", "aligned"])
@@ -164,5 +190,6 @@ def write_csv(path: Path, rows: list[tuple[str, str, str]]) -> None:
 def read_csv(path: Path) -> list[dict[str, str]]:
     """Rows of a CSV with a header."""
     import csv
+
     with open(path, newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))

@@ -41,8 +41,8 @@ SCHEMA = "mf2m.submission.v1"
 RECORD_SCHEMA = "mf2m.verification.v1"
 CLAIM_METRICS = ("rank1", "tar", "mask_rate")
 MODES = ("adaptive", "non-adaptive", "undefended", "—")
-DEFAULT_TOLERANCE = 0.02          # per metric, on top of the bootstrap interval (platform/rounding differences)
-MAX_TOLERANCE = 0.1               # a submission may not widen the interval more than this
+DEFAULT_TOLERANCE = 0.02  # per metric, on top of the bootstrap interval (platform/rounding differences)
+MAX_TOLERANCE = 0.1  # a submission may not widen the interval more than this
 KNOWN_KEYS = {"schema", "defence", "package", "weights", "benchmark", "claim", "tolerance", "notes"}
 
 
@@ -93,6 +93,7 @@ def _checked_tolerance(path: Path, raw: dict[str, Any]) -> dict[str, float]:
 def load_submission(path: str | Path) -> Submission:
     """Read and validate a submission YAML (errors name the file and the field)."""
     from ..yamlfile import read_yaml_mapping
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"submission file not found: {path}")
@@ -108,8 +109,9 @@ def load_submission(path: str | Path) -> Submission:
     if not isinstance(pkg, dict) or not pkg.get("name") or not pkg.get("version"):
         raise _fail(path, "'package' must give the providing distribution's name and pinned version")
     weights = raw.get("weights") or []
-    if not isinstance(weights, list) or not all(isinstance(w, dict) and w.get("path") and w.get("sha256")
-                                                 for w in weights):
+    if not isinstance(weights, list) or not all(
+        isinstance(w, dict) and w.get("path") and w.get("sha256") for w in weights
+    ):
         raise _fail(path, "'weights' must be a list of {path, sha256}")
     bench = raw.get("benchmark")
     if not isinstance(bench, dict) or not bench.get("attacks"):
@@ -119,27 +121,37 @@ def load_submission(path: str | Path) -> Submission:
             raise _fail(path, f"benchmark.{key} is set by the verifier, not the submission")
     claim, tol = _checked_claim(path, raw), _checked_tolerance(path, raw)
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
-    return Submission(path, sha, raw["defence"].strip(), {k: str(v) for k, v in pkg.items()}, weights, bench,
-                      claim, tol, raw)
+    return Submission(
+        path, sha, raw["defence"].strip(), {k: str(v) for k, v in pkg.items()}, weights, bench, claim, tol, raw
+    )
 
 
 def check_package(sub: Submission) -> dict[str, Any]:
     """The pinned distribution's installed version against the submission's pin."""
     from importlib.metadata import PackageNotFoundError, version
+
     name, pinned = sub.package["name"], sub.package["version"]
     try:
         installed = version(name)
     except PackageNotFoundError:
         installed = None
     ok = installed == pinned
-    msg = "ok" if ok else (f"package {name} is not installed" if installed is None
-                           else f"package {name} is {installed}, the submission pins {pinned}")
+    msg = (
+        "ok"
+        if ok
+        else (
+            f"package {name} is not installed"
+            if installed is None
+            else f"package {name} is {installed}, the submission pins {pinned}"
+        )
+    )
     return {"name": name, "pinned": pinned, "installed": installed, "ok": ok, "message": msg}
 
 
 def check_weights(sub: Submission) -> list[dict[str, Any]]:
     """SHA-256 of every listed weight file (paths relative to the submission file) against its pin."""
     from ..manifest import sha256_file
+
     results = []
     for w in sub.weights:
         path = Path(w["path"])
@@ -147,13 +159,22 @@ def check_weights(sub: Submission) -> list[dict[str, Any]]:
         actual = sha256_file(path) if path.is_file() else None
         ok = actual == str(w["sha256"]).lower()
         msg = "ok" if ok else ("file not found" if actual is None else "SHA-256 does not match")
-        results.append({"path": str(w["path"]), "resolved": str(path), "expected": str(w["sha256"]).lower(),
-                        "actual": actual, "ok": ok, "message": msg})
+        results.append(
+            {
+                "path": str(w["path"]),
+                "resolved": str(path),
+                "expected": str(w["sha256"]).lower(),
+                "actual": actual,
+                "ok": ok,
+                "message": msg,
+            }
+        )
     return results
 
 
-def compare(claim: dict[str, Any], measured: dict[str, dict[str, Any]], tolerance: dict[str, float]
-            ) -> tuple[dict[str, Any], list[str]]:
+def compare(
+    claim: dict[str, Any], measured: dict[str, dict[str, Any]], tolerance: dict[str, float]
+) -> tuple[dict[str, Any], list[str]]:
     """Each claimed metric against ``[low − tol, high + tol]``: ``({metric: result}, reasons for rejection)``."""
     results, reasons = {}, []
     for m in CLAIM_METRICS:
@@ -167,18 +188,35 @@ def compare(claim: dict[str, Any], measured: dict[str, dict[str, Any]], toleranc
             continue
         ok = lo - tol <= c <= hi + tol
         direction = "" if ok else ("inflated" if c > hi + tol else "understated")
-        results[m] = {"claimed": c, "measured": got.get("point"), "interval": [lo, hi], "tolerance": tol,
-                      "accepted_range": [lo - tol, hi + tol], "ok": ok, **({"direction": direction} if direction else {})}
+        results[m] = {
+            "claimed": c,
+            "measured": got.get("point"),
+            "interval": [lo, hi],
+            "tolerance": tol,
+            "accepted_range": [lo - tol, hi + tol],
+            "ok": ok,
+            **({"direction": direction} if direction else {}),
+        }
         if not ok:
-            reasons.append(f"{m}: claimed {c:.4f} is outside the accepted range [{lo - tol:.4f}, {hi + tol:.4f}] "
-                           f"(measured {got.get('point'):.4f}, {got.get('level', 0.95):.0%} bootstrap interval "
-                           f"[{lo:.4f}, {hi:.4f}] ± tolerance {tol}; {direction})")
+            reasons.append(
+                f"{m}: claimed {c:.4f} is outside the accepted range [{lo - tol:.4f}, {hi + tol:.4f}] "
+                f"(measured {got.get('point'):.4f}, {got.get('level', 0.95):.0%} bootstrap interval "
+                f"[{lo:.4f}, {hi:.4f}] ± tolerance {tol}; {direction})"
+            )
     return results, reasons
 
 
-def verify(submission: str | Path, data: str, out: str | Path, seed: int | None = None, device: str = "auto",
-           confidence: float = 0.95, n_boot: int = 2000, progress: bool = True,
-           models: tuple[Any, Any] | None = None) -> dict[str, Any]:
+def verify(
+    submission: str | Path,
+    data: str,
+    out: str | Path,
+    seed: int | None = None,
+    device: str = "auto",
+    confidence: float = 0.95,
+    n_boot: int = 2000,
+    progress: bool = True,
+    models: tuple[Any, Any] | None = None,
+) -> dict[str, Any]:
     """Verify a submission: checks, a fresh-seeded re-run of the claimed cell, bootstrap comparison.
 
     Writes ``OUT/verification.json`` (also when a check rejects the submission before any run) and
@@ -199,19 +237,34 @@ def verify(submission: str | Path, data: str, out: str | Path, seed: int | None 
         "schema": RECORD_SCHEMA,
         "submission": {"path": str(sub.path), "sha256": sub.sha256, "content": sub.raw},
         "checks": {"package": package, "weights": weights},
-        "seed": seed, "seed_drawn_at_verification": True, "data": data,
-        "confidence": confidence, "n_boot": n_boot, "tolerance": sub.tolerance, "claim": sub.claim,
+        "seed": seed,
+        "seed_drawn_at_verification": True,
+        "data": data,
+        "confidence": confidence,
+        "n_boot": n_boot,
+        "tolerance": sub.tolerance,
+        "claim": sub.claim,
     }
-    reasons = ([package["message"]] if not package["ok"] else []) + \
-              [f"weights {w['path']}: {w['message']}" for w in weights if not w["ok"]]
+    reasons = ([package["message"]] if not package["ok"] else []) + [
+        f"weights {w['path']}: {w['message']}" for w in weights if not w["ok"]
+    ]
     if reasons:
         record.update(verdict="rejected", reasons=reasons, measured=None)
         write_json(out / "verification.json", build_manifest("verify", {"submission": str(sub.path)}, **record))
         return record
 
     defence = load_defence(sub.defence)
-    cfg = LeaderboardConfig.from_dict({**sub.benchmark, "data": data, "out": str(out / "run"), "seed": seed,
-                                       "device": device, "defences": [sub.defence]}, f"{sub.path}: benchmark")
+    cfg = LeaderboardConfig.from_dict(
+        {
+            **sub.benchmark,
+            "data": data,
+            "out": str(out / "run"),
+            "seed": seed,
+            "device": device,
+            "defences": [sub.defence],
+        },
+        f"{sub.path}: benchmark",
+    )
     claim_attack = sub.claim["attack"]
     if claim_attack != "clean":
         cfg.attacks = [a for a in cfg.attacks if a.name == claim_attack]
@@ -226,19 +279,27 @@ def verify(submission: str | Path, data: str, out: str | Path, seed: int | None 
         raise ValueError(f"submission {sub.path}: the claimed row {key} was not produced (rows: {have})")
     row = next(r for r in result["rows"] if (r["defence"], r["attack"], r["mode"]) == key)
     measured = bootstrap(outcomes[key], n_boot=n_boot, level=confidence, seed=seed)
-    for m in CLAIM_METRICS:       # the engine's point estimate is the number reported
+    for m in CLAIM_METRICS:  # the engine's point estimate is the number reported
         measured[m]["engine"] = row.get(m)
     results, reasons = compare(sub.claim, measured, sub.tolerance)
-    record.update(verdict="verified" if not reasons else "rejected", reasons=reasons, comparison=results,
-                  measured=measured, row={k: v for k, v in row.items() if k != "skipped_reasons"},
-                  defence=defence.record(), defence_digest=defence.digest(),
-                  models=_model_identities(out / "run" / "leaderboard.json"), benchmark=asdict(cfg))
+    record.update(
+        verdict="verified" if not reasons else "rejected",
+        reasons=reasons,
+        comparison=results,
+        measured=measured,
+        row={k: v for k, v in row.items() if k != "skipped_reasons"},
+        defence=defence.record(),
+        defence_digest=defence.digest(),
+        models=_model_identities(out / "run" / "leaderboard.json"),
+        benchmark=asdict(cfg),
+    )
     write_json(out / "verification.json", build_manifest("verify", {"submission": str(sub.path)}, **record))
     return record
 
 
 def _model_identities(leaderboard_json: Path) -> dict[str, Any]:
     import json
+
     try:
         return json.loads(leaderboard_json.read_text(encoding="utf-8")).get("models", {})
     except (OSError, ValueError):
@@ -247,15 +308,19 @@ def _model_identities(leaderboard_json: Path) -> dict[str, Any]:
 
 def render_record(record: dict[str, Any]) -> str:
     """A short human-readable summary of a verification record."""
-    lines = [f"verdict: {record['verdict'].upper()}  (submission {record['submission']['path']}, "
-             f"sha256 {record['submission']['sha256'][:12]}…, seed {record['seed']})"]
+    lines = [
+        f"verdict: {record['verdict'].upper()}  (submission {record['submission']['path']}, "
+        f"sha256 {record['submission']['sha256'][:12]}…, seed {record['seed']})"
+    ]
     pkg = record["checks"]["package"]
     lines.append(f"package {pkg['name']}: pinned {pkg['pinned']}, installed {pkg['installed']} — {pkg['message']}")
     for w in record["checks"]["weights"]:
         lines.append(f"weights {w['path']}: {w['message']}")
     for m, r in (record.get("comparison") or {}).items():
         if "interval" in r:
-            lines.append(f"{m}: claimed {r['claimed']:.4f}, measured {r['measured']:.4f}, accepted "
-                         f"[{r['accepted_range'][0]:.4f}, {r['accepted_range'][1]:.4f}] — {'ok' if r['ok'] else 'NO'}")
+            lines.append(
+                f"{m}: claimed {r['claimed']:.4f}, measured {r['measured']:.4f}, accepted "
+                f"[{r['accepted_range'][0]:.4f}, {r['accepted_range'][1]:.4f}] — {'ok' if r['ok'] else 'NO'}"
+            )
     lines += [f"reason: {r}" for r in record.get("reasons", [])]
     return "\n".join(lines)
