@@ -13,13 +13,8 @@ import numpy as np
 import pytest
 
 from benchmark.defences import DEFENCES, api
-from benchmark.defences.api import (
-    DefendedRecognizer,
-    defend,
-    load_defence,
-    parse_value,
-    split_spec,
-)
+from benchmark.defences.api import load_defence, parse_value, split_spec
+from benchmark.defences.defended import DefendedRecognizer, defend
 from benchmark.defences.metrics import mask_rate, search_metrics
 from benchmark.defences.reference import UpperFace
 

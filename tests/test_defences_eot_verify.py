@@ -82,7 +82,7 @@ def test_eot_objective_is_the_mean_over_fresh_draws(sface):
     import torch
 
     from attacks import create
-    from benchmark.defences.api import defend
+    from benchmark.defences.defended import defend
 
     rec, _ = defend(load_defence("random-resize-pad"), sface, None)
     fr = rec.torch_module("cpu")
@@ -129,7 +129,7 @@ def test_eot_lowers_random_resize_pad_robust_rank1(lfw_dir, sface):
     from attacks import create
     from attacks.masking import solid_mask
     from attacks.templates import load_aligned
-    from benchmark.defences.api import defend
+    from benchmark.defences.defended import defend
     from benchmark.models.landmarks import DlibLandmarker
 
     marker = DlibLandmarker()

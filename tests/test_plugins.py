@@ -253,7 +253,8 @@ def test_third_party_defence_comes_from_the_registry(tmp_path):
     code = textwrap.dedent("""
         import numpy as np
         from benchmark.defences import DEFENCES
-        from benchmark.defences.api import defend, load_defence
+        from benchmark.defences.api import load_defence
+        from benchmark.defences.defended import defend
         from benchmark.models.sface import SFaceRecognizer
         assert "toy-invert" in DEFENCES.names() and "toy-invert" not in DEFENCES.names(builtin_only=True)
         assert DEFENCES.entry("toy-invert").origin == "entry point (toy-mf2m-defence)"

@@ -19,7 +19,8 @@ from benchmark.atomic import write_json
 from benchmark.cli import main as mf2m
 from benchmark.report import paper_numbers as P
 from benchmark.report.build import ReportOptions, build_report, collect
-from benchmark.report.tables import fmt, paper_model, table1, table2, to_csv, to_latex, to_markdown
+from benchmark.report.render import to_csv, to_latex, to_markdown
+from benchmark.report.tables import fmt, paper_model, table1, table2
 
 FARS = (1e-6, 1e-4, 1e-2)
 

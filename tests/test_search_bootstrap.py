@@ -100,7 +100,8 @@ def test_mean_interval_resamples_identities():
 
 def test_tables_render_intervals_and_unresolved_tars():
     from benchmark.report.collect import Metrics
-    from benchmark.report.tables import Column, Estimate, Table, fmt, tar_cell, to_csv
+    from benchmark.report.render import to_csv
+    from benchmark.report.tables import Column, Estimate, Table, fmt, tar_cell
 
     m = Metrics(
         rank1=0.5,

@@ -23,7 +23,8 @@ from ..manifest import build_manifest, sha256_file
 from . import plots, transfer
 from .collect import Entry, Metrics, discover, load_metrics
 from .html import render_page
-from .tables import Table, _slug, label, table1, table2, to_csv, to_latex, to_markdown
+from .render import to_csv, to_latex, to_markdown
+from .tables import Table, _slug, label, table1, table2
 
 log = logging.getLogger(__name__)
 

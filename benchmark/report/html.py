@@ -11,7 +11,8 @@ import html
 from collections.abc import Sequence
 from pathlib import Path
 
-from .tables import Table, to_html
+from .render import to_html
+from .tables import Table
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1150px;margin:2em auto;

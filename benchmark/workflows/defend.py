@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from ..defences.api import Defence, InputTransform, attack_variant, defend, load_defence, looks_random
+from ..defences.api import Defence, InputTransform, attack_variant, load_defence, looks_random
+from ..defences.defended import defend
 from ..defences.metrics import mask_rate, search_metrics
 from ..defences.raw import data_record, replace_strings, write_cell
 from ..report.leaderboard import add_clean_cost, write_leaderboard_files

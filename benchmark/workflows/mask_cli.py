@@ -193,7 +193,7 @@ def _run(args: argparse.Namespace) -> int:
     command = "mf2m " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if Path(sys.argv[0]).name == "mf2m" else ""
     if faced:
         from ..models.mask_detector import DEFAULT_WEIGHTS
-        from .mask_training import run_faced_training
+        from .faced_training import run_faced_training
 
         init = {"default": DEFAULT_WEIGHTS, "none": None}.get(args.init, args.init)
         report = run_faced_training(
