@@ -104,6 +104,13 @@ class Registry:
                     self._entries[name] = Entry(name, ep, {}, f"entry point ({dist})")
             self._scanned = True
 
+    def copy(self) -> Registry:
+        """A registry with the same entries (to register components temporarily, e.g. in tests)."""
+        other = Registry(self.kind, self.group)
+        with self._lock:
+            other._entries, other._scanned = dict(self._entries), self._scanned
+        return other
+
     def rescan(self) -> None:
         """Look for entry points again (after installing a package in a running interpreter)."""
         with self._lock:

@@ -73,7 +73,7 @@ def test_missing_user_weights_say_how_to_get_them(tmp_path, monkeypatch):
 
 
 def test_register_decorator_and_providers(monkeypatch):
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "MODELS", registry.MODELS.copy())
 
     @registry.register(
         "toy-detector",

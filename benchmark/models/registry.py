@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..plugins import Registry
 from .base import ModelUnavailable
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ class ModelSpec:
         return "MF2M_WEIGHTS_" + re.sub(r"[^A-Za-z0-9]+", "_", self.name.rstrip(":")).upper().strip("_")
 
 
-_REGISTRY: dict[str, ModelSpec] = {}
+MODELS = Registry("model")  # name → ModelSpec; other packages add provider modules (group mf2m.models)
 _PROVIDER_ERRORS: dict[str, str] = {}
 _LOADED = False
 _LOCK = threading.RLock()
@@ -106,11 +107,11 @@ def register(name: str, kind: str, *, replace: bool = False, **info: Any) -> Cal
 
     def wrap(factory: Callable) -> Callable:
         with _LOCK:
-            if name in _REGISTRY and not replace:
-                log.debug("model %s already registered by %s", name, _REGISTRY[name].module)
+            if name in MODELS and not replace:
+                log.debug("model %s already registered by %s", name, MODELS.load(name).module)
                 return factory
             module = info.pop("module", getattr(factory, "__module__", ""))
-            _REGISTRY[name] = ModelSpec(name=name, kind=kind, factory=factory, module=module, **info)
+            MODELS.register(name, ModelSpec(name=name, kind=kind, factory=factory, module=module, **info), replace=True)
         return factory
 
     return wrap
@@ -158,18 +159,18 @@ def list_models(kind: str | None = None) -> list[ModelSpec]:
     _load_providers()
     if kind is not None and kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
-    specs = [s for s in _REGISTRY.values() if kind is None or s.kind == kind]
+    specs = [s for s in map(MODELS.load, MODELS.names()) if kind is None or s.kind == kind]
     return sorted(specs, key=lambda s: (KINDS.index(s.kind), s.name))
 
 
 def get_spec(name: str) -> tuple[ModelSpec, str | None]:
     """The entry for ``name`` and the path carried by a parametric name (``arcface-onnx:PATH``)."""
     _load_providers()
-    if name in _REGISTRY:
-        return _REGISTRY[name], None
+    if name in MODELS:
+        return MODELS.load(name), None
     if ":" in name:
         prefix, arg = name.split(":", 1)
-        spec = _REGISTRY.get(prefix + ":")
+        spec = MODELS.load(prefix + ":") if prefix + ":" in MODELS else None
         if spec is not None:
             if not arg:
                 raise ValueError(f"model {name!r} needs a path after the colon, e.g. {prefix}:/path/to/file")
