@@ -375,7 +375,7 @@ def _common_notes(items: list[tuple[Entry, Metrics]], far: float, attack_columns
     boot = next((m.interval_note for _, m in items if m.interval_note), "")
     if boot:
         notes.append(boot + " (rank-1, TAR; mask rate: the same resampling of the attacked probes).")
-    elif any("mask_rate" in m.intervals for _, m in items):
+    elif attack_columns and any("mask_rate" in m.intervals for _, m in items):
         notes.append("[lo, hi]: 95 % bootstrap interval of the mask rate, resampling the probe identities.")
     if attack_columns and any(m.mask_rate is not None for _, m in items):
         notes.append("Mask rate: fraction of probes with P(masked) > 0.5 under the mask detector.")
