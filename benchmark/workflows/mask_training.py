@@ -414,7 +414,7 @@ def render_card(report: dict[str, Any], weights_name: str) -> str:
         "- Held-out images may include near-duplicates of training images (web-scraped data; not deduplicated).",
         "- Only faces a detector can find are covered; faces YuNet misses are not in train or test.",
         "- It has never seen *faced* masks (masks printed with a lower face) — exactly the blind spot the "
-        "MF²M paper exploits; `--with-faced-masks` is the hook for adding them (issue 7).",
+        "MF²M paper exploits; `--with-faced-masks` is the hook for adding them.",
         "- Not the paper's RetinaNet detector; load that with `retinanet-facemask` when you have its checkpoint.",
         "",
         "## Reproduce",
