@@ -123,8 +123,8 @@ def portable(obj: Any, base: str | os.PathLike | None = None, hide_temp: bool = 
     """``obj`` (JSON-like) with absolute paths rewritten relative to ``base`` (default: the working directory).
 
     Paths inside the Python environment (``sys.prefix``: installed packages and their model files) become
-    ``$PREFIX/…``; other paths that share a folder with ``base`` (``/data/shared/lfw`` from ``/data/repo``:
-    ``../shared/lfw``) are made relative to it.  With ``hide_temp`` (records that are results, never read back
+    ``$PREFIX/…``; other paths that share a folder with ``base`` (``/data/faces/lfw`` from ``/data/repo``:
+    ``../faces/lfw``) are made relative to it.  With ``hide_temp`` (records that are results, never read back
     as paths), paths in the temp folder become ``$TMPDIR/…`` and paths in the home folder ``~/…``; any other
     path with nothing in common with ``base`` but "/" is kept as it is.
     """
