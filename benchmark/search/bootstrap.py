@@ -96,12 +96,7 @@ def identity_intervals(
         usable = (far * n_neg >= 1) & ((k <= top.shape[1]) | complete)  # resolved, and covered by the lists
         taus = _weighted_kth(vals, owner, w[rows[usable]], k[usable])
         above = pos_scores[None, :] > taus[:, None]  # (replicates, pairs)
-        per_probe = (
-            np.stack([np.bincount(pair_probe, weights=a, minlength=n_p) for a in above.astype(np.float64)])
-            if taus.size
-            else np.zeros((0, n_p))
-        )
-        tars = (per_probe * w[rows[usable]]).sum(axis=1) / denom[rows[usable]]
+        tars = (above * w[rows[usable]][:, pair_probe]).sum(axis=1) / denom[rows[usable]]  # pairs weigh as their probe
         entry: dict[str, Any] = {"far": far, "replicates_used": int(tars.size)}
         if tars.size and tars.size >= 0.9 * rows.size:
             entry["tar"] = [float(np.quantile(tars, lo_q)), float(np.quantile(tars, hi_q))]
