@@ -24,10 +24,12 @@ class TinyNet(nn.Module):
         g = torch.Generator().manual_seed(seed)
         chans = [3, 16, 32, 32]
         layers = []
-        for cin, cout in zip(chans[:-1], chans[1:]):
-            layers += [nn.Conv2d(cin, cout, 3, 2, 1), nn.BatchNorm2d(cout), nn.PReLU(cout)]
-        self.body = nn.Sequential(*layers)
-        self.head = nn.Linear(32 * 14 * 14, out_dim)
+        with torch.random.fork_rng():  # the layers' default (bias) initialisation: seeded too, global RNG untouched
+            torch.manual_seed(seed)
+            for cin, cout in zip(chans[:-1], chans[1:]):
+                layers += [nn.Conv2d(cin, cout, 3, 2, 1), nn.BatchNorm2d(cout), nn.PReLU(cout)]
+            self.body = nn.Sequential(*layers)
+            self.head = nn.Linear(32 * 14 * 14, out_dim)
         self.normalise = normalise
         with torch.no_grad():
             for p in self.parameters():

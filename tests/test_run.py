@@ -304,3 +304,67 @@ def test_run_folder_keeps_raw_outputs_that_rederive_its_tables(first_run, tmp_pa
     ours, again = table_files(out / "report"), table_files(tmp_path / "again")
     assert ours and ours.keys() == again.keys()
     assert all(ours[k] == again[k] for k in ours), [k for k in ours if ours[k] != again[k]]
+
+
+STORE_CONFIG = """
+name: stored
+cache: cache
+store: results/stored/stages
+device: cpu
+data: {{identities: 3, max_images: 3, templates: 3, distractors: 12, seed: 0, spec: "lfw:{lfw}"}}
+attack: {{fr: tiny-fr, md: tiny-md, methods: [none, solid, fgsm]}}
+evaluate: {{models: [tiny-fr, tiny-fr-b], fars: [1.0e-6, 1.0e-2], distractor_sizes: [4]}}
+report: {{far: 1.0e-6, examples: 1}}
+"""
+
+
+def _run_in(checkout: Path, lfw_dir: Path, monkeypatch) -> dict:
+    """``mf2m run`` of STORE_CONFIG from ``checkout`` (relative cache and store, as in a repository)."""
+    monkeypatch.chdir(checkout)
+    (checkout / "stored.yaml").write_text(STORE_CONFIG.format(lfw=lfw_dir))
+    return run_pipeline(load_config(checkout / "stored.yaml"), progress=False, model_factory=factory)
+
+
+def test_stage_store_continues_a_run_on_a_fresh_checkout(lfw_dir, tmp_path, monkeypatch):
+    """Attacks and embeddings are stored without images; a fresh checkout holding only the store restores them
+    (no attack runs, same tables); an embedding missing from the store makes its attack run again for images."""
+    import shutil
+
+    from rederive import table_files
+
+    first_checkout, second = tmp_path / "a", tmp_path / "b"
+    first_checkout.mkdir()
+    first = _run_in(first_checkout, lfw_dir, monkeypatch)
+    store = first_checkout / "results/stored/stages"
+    stored = sorted(p.name.split("-")[0] for p in store.iterdir())
+    assert (
+        stored.count("attack") == 2 and stored.count("embed") == 2 * 2 * 2 + 2 * 2
+    )  # attacked + their mates, clean + distractors
+    assert not [p for p in store.rglob("*") if p.suffix == ".png"]  # no images
+    assert all(json.loads((p / ".stage.json").read_text())["light"] for p in store.glob("attack-*"))
+    tables = table_files(first_checkout / "results/stored/report")
+
+    # a fresh checkout: only the committed store, at another place on disk
+    shutil.copytree(store, second / "results/stored/stages")
+    shutil.rmtree(first_checkout / "cache")  # the first machine's images are gone
+    again = _run_in(second, lfw_dir, monkeypatch)
+    ran = {(s["stage"], s["label"]) for s in again["stages"] if not s["cached"]}
+    assert {stage for stage, _ in ran} == {"split", "search"}, ran
+    assert {s["key"] for s in again["stages"]} == {s["key"] for s in first["stages"]}
+    assert table_files(second / "results/stored/report") == tables
+    assert not list((second / "results/stored/report").rglob("examples/fgsm*"))  # no images, no example
+
+    # an embedding the store lacks needs the attacked images: that attack runs again (only that one)
+    shutil.rmtree(second / "cache")
+    [lost] = [
+        p
+        for p in (second / "results/stored/stages").glob("embed-*")
+        if json.loads((p / ".stage.json").read_text())["label"] == "fgsm on tiny-fr-b"
+    ]
+    shutil.rmtree(lost)
+    third = _run_in(second, lfw_dir, monkeypatch)
+    ran = [(s["stage"], s["label"]) for s in third["stages"] if not s["cached"]]
+    assert ("attack", "fgsm") in ran and ("embed", "fgsm on tiny-fr-b") in ran
+    assert ("attack", "solid") not in ran and ("embed", "fgsm on tiny-fr") not in ran
+    assert table_files(second / "results/stored/report") == tables
+    assert lost.is_dir()  # stored again

@@ -141,20 +141,18 @@ def reversed_listing(cfg):
     return dataset, listing
 
 
-def test_evidence_configs_load_with_the_issue_settings():
-    """configs/evidence_table{1,2}.yaml: 80 × 5 probes, ≤ 20 mates, the FAR grid, fp32 embeddings; no data path."""
+def test_evidence_config_loads_with_the_issue_settings():
+    """configs/evidence.yaml: 80 × 5 probes, ≤ 20 mates, the FAR grid, fp32 embeddings, SFace and dlib, a stage
+    store inside the run folder; no data path."""
     root = Path(__file__).resolve().parents[1] / "configs"
-    t1 = load_config(root / "evidence_table1.yaml", overrides=["data.distractors_from=[folder:/celeba]"])
-    t2 = load_config(root / "evidence_table2.yaml")
-    for cfg in (t1, t2):
-        d, e = cfg.data, cfg.evaluate
-        assert (d.identities, d.probes_per_identity, d.max_images, d.min_images) == (80, 5, 25, 6)
-        assert d.spec is None and e.fars == [1e-6, 1e-5, 1e-4, 1e-3] and cfg.report.far == 1e-4
-        assert e.distractor_sizes == [10, 100, 1000, 10000] and e.precision == "fp32"
-        assert len(cfg.attack.methods) == 12
-    assert t1.data.distractors_from == ["folder:/celeba"] and t2.data.distractors_from == []
-    assert t1.evaluate.models == [t1.attack.fr] and t2.evaluate.models == ["dlib"]
-    assert (t1.attack.fr, t1.attack.md) == (t2.attack.fr, t2.attack.md)  # one attack serves both tables
+    cfg = load_config(root / "evidence.yaml", overrides=["data.distractors_from=[folder:/celeba]"])
+    d, e = cfg.data, cfg.evaluate
+    assert (d.identities, d.probes_per_identity, d.max_images, d.min_images) == (80, 5, 25, 6)
+    assert d.spec is None and e.fars == [1e-6, 1e-5, 1e-4, 1e-3] and cfg.report.far == 1e-4
+    assert e.distractor_sizes == [10, 100, 1000, 10000] and e.precision == "fp32"
+    assert len(cfg.attack.methods) == 12 and d.distractors_from == ["folder:/celeba"]
+    assert e.models == [cfg.attack.fr, "dlib"]  # Table 1 white-box, Table 2 black-box
+    assert cfg.store == f"{cfg.out}/stages"
 
 
 def test_template_reason_counts_only_the_main_datasets_held_images(tmp_path):

@@ -185,8 +185,9 @@ def example_keys(entries: Sequence[Entry], n: int) -> list[str]:
 
 
 def examples_figure(entry: Entry, keys: Sequence[str], path: Path) -> Path | None:
-    """One figure for a method: per example row the original, the template (DM-based) and the result with PSNR."""
-    if entry.attack_dir is None or not keys:
+    """One figure for a method: per example row the original, the template (DM-based) and the result with PSNR
+    (None when the attack's images are not there, e.g. restored from a stage store)."""
+    if entry.attack_dir is None or not any((entry.attack_dir / "images" / f"{k}.png").is_file() for k in keys):
         return None
     rows = {r["key"]: r for r in read_csv_rows(entry.attack_dir / "probes.csv")}
     originals, templates = _attack_sources(entry.attack_dir)

@@ -87,6 +87,7 @@ class RunConfig:
     name: str
     out: str
     cache: str = ".cache/mf2m"
+    store: str | None = None  # stage store: finished attacks and embeddings without images (committable)
     device: str = "auto"
     data: DataConfig = field(default_factory=DataConfig)
     attack: AttackSettings = field(default_factory=AttackSettings)
@@ -143,13 +144,14 @@ def load_config(
     raw = read_config(path, "config", overrides)
     sections = {"data": DataConfig, "attack": AttackSettings, "evaluate": EvalSettings, "report": ReportSettings}
     top = {k: v for k, v in raw.items() if k not in sections}
-    unknown = sorted(set(top) - {"name", "out", "cache", "device"})
+    unknown = sorted(set(top) - {"name", "out", "cache", "store", "device"})
     if unknown:
         raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)}")
     cfg = RunConfig(
         name=str(top.get("name") or path.stem),
         out=str(top.get("out") or f"results/{path.stem}"),
         cache=str(os.environ.get(CACHE_ENV) or top.get("cache") or ".cache/mf2m"),
+        store=str(top["store"]) if top.get("store") else None,
         device=str(top.get("device") or "auto"),
         **{k: typed_section(c, raw.get(k), f"{path}: {k}") for k, c in sections.items()},
         source=str(path),

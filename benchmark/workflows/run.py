@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import write_json
-from ..manifest import build_manifest, sha256_file
+from ..manifest import build_manifest
 from ..report import raw
 from ..report.collect import RUN_FORMAT
 from .cache import Cache, StageResult
@@ -42,6 +42,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: the stages a config's ``store:`` keeps (without images): what a long run must not compute twice
+STORED_STAGES = ("attack", "embed")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -82,7 +85,8 @@ def attack_stage(
     by_path = {str(Path(r["path"]).resolve()): r for r in clean}
     key_of = {it.key: by_path[str(Path(it.path).resolve())]["key"] for it in list_faces(split_dir / "probes.csv")}
     rows = [r for r in read_csv(folder / "probes.csv") if r["status"] == "ok"]
-    attacked = [(r["identity"], str(folder / "images" / f"{r['key']}.png"), key_of[r["key"]]) for r in rows]
+    images = folder.resolve() / "images"  # absolute, like the split's paths (keys see them as $CACHE/…)
+    attacked = [(r["identity"], str(images / f"{r['key']}.png"), key_of[r["key"]]) for r in rows]
     write_csv(folder / "attacked.csv", attacked)
     present = {r["identity"] for r in rows}
     # mates: the clean images of the identities that still have a probe (labels must index the same names)
@@ -162,7 +166,7 @@ def run_pipeline(
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out / raw.RAW, ignore_errors=True)  # derived from the cache: rebuilt below, no stale methods
-    cache = Cache(cfg.cache)
+    cache = Cache(cfg.cache, store=cfg.store, stored=STORED_STAGES)
     started = time.time()
     listing, dataset = listing_fingerprint(cfg.data.spec)
     plan, sources, inputs = plan_split_of(cfg, dataset, listing)
@@ -178,13 +182,11 @@ def run_pipeline(
     counts = split_record["counts"]
     accounting = check_split(cfg, split_record.get("accounting"), plan, "after face preparation")
     # an attack reads only the probes and the templates: other split changes do not rerun it
-    split_fp = {r: sha256_file(split.dir / f"{r}.csv") for r in ("probes", "templates")}
+    split_fp = {r: cache.fingerprint(split.dir / f"{r}.csv") for r in ("probes", "templates")}
     separate_mates = (split.dir / "mates.csv").is_file()
     models = Models(model_factory)
-    attacks: dict[str, StageResult] = {}
-    for method in cfg.attack.methods:
-        if method == "none":
-            continue
+
+    def attack(method: str) -> StageResult:
         a = cfg.attack
         conf = {
             "method": method,
@@ -195,7 +197,7 @@ def run_pipeline(
             "params": a.params.get(method, {}),
             "precision": attack_precision,
         }
-        attacks[method] = cache.run(
+        return cache.run(
             "attack",
             method,
             conf,
@@ -203,33 +205,51 @@ def run_pipeline(
             lambda f, m=method: attack_stage(cfg, m, split.dir, f, device, progress, models),
         )
 
-    def embed(model: str, csv_path: Path, label: str, upstream: str) -> StageResult:
+    def embed(model: str, csv_path: Path, label: str, source: StageResult, images: bool = True) -> StageResult:
+        """Embed ``csv_path`` (written by ``source``; ``images``: its images are ``source``'s own)."""
         conf = {"model": models.identity(model), "flip": cfg.evaluate.flip, "precision": embed_precision}
+
+        def work(folder: Path) -> None:
+            if images:
+                cache.full(source)  # a stage restored from the store without its images runs again first
+            embed_stage(cfg, model, csv_path, folder, device, progress, models)
+
         return cache.run(
             "embed",
             f"{label} on {model}",
             conf,
-            {"csv": sha256_file(csv_path), "from": upstream},
-            lambda f: embed_stage(cfg, model, csv_path, f, device, progress, models),
+            {"csv": cache.fingerprint(csv_path), "from": source.fingerprint},
+            work,
             "features/manifest.json",
         )
+
+    # every attack, each followed by its embeddings on every model: the costly, stored stages first, so that
+    # a run stopped part-way leaves whole methods in the stage store
+    methods = [m for m in cfg.attack.methods if m != "none"]
+    attacks: dict[str, StageResult] = {}
+    attacked: dict[tuple[str, str], tuple[StageResult, StageResult | None]] = {}
+    for method in methods:
+        att = attacks[method] = attack(method)
+        for model in cfg.evaluate.models:
+            p = embed(model, att.dir / "attacked.csv", method, att)
+            m = None if separate_mates else embed(model, att.dir / "mates.csv", f"mates of {method}", att, images=False)
+            attacked[model, method] = (p, m)
 
     entries: list[dict[str, Any]] = []
     image_dirs: dict[Path, Path] = {}  # kept attack folder → its cache folder (the example images)
     for model in cfg.evaluate.models:
-        clean = embed(model, split.dir / "probes.csv", "clean probes", split.key)
-        dist = embed(model, split.dir / "distractors.csv", "distractors", split.key)
+        clean = embed(model, split.dir / "probes.csv", "clean probes", split)
+        dist = embed(model, split.dir / "distractors.csv", "distractors", split)
         # separate mates (data.probes_per_identity): the split's clean mates, one gallery for every method;
         # else each probe set's mates are the clean probes (of the identities an attack kept)
-        pool_mates = embed(model, split.dir / "mates.csv", "mates", split.key) if separate_mates else None
+        pool_mates = embed(model, split.dir / "mates.csv", "mates", split) if separate_mates else None
         for method in cfg.attack.methods:
             if method == "none":
                 p, m, attack_dir, attack_model = clean, pool_mates or clean, None, None
             else:
-                att = attacks[method]
-                p = embed(model, att.dir / "attacked.csv", method, att.fingerprint)
-                m = pool_mates or embed(model, att.dir / "mates.csv", f"mates of {method}", att.fingerprint)
-                attack_dir, attack_model = att.dir, cfg.attack.fr
+                p, own_mates = attacked[model, method]
+                m = pool_mates or own_mates
+                attack_dir, attack_model = attacks[method].dir, cfg.attack.fr
             conf = {"fars": cfg.evaluate.fars, "sizes": cfg.evaluate.distractor_sizes, "seed": cfg.data.seed}
             s = cache.run(
                 "search",
@@ -242,7 +262,7 @@ def run_pipeline(
                 "metrics.json",
             )
             kept_attack = raw.keep_attack(out, attack_dir, method) if attack_dir else None
-            if kept_attack is not None:
+            if kept_attack is not None and not attacks[method].light:
                 image_dirs[kept_attack.resolve()] = attack_dir
             kept = raw.keep_search(out, s.dir, method, model, attack_dir)
             entries.append(
