@@ -5,8 +5,8 @@ settings, of the fingerprints of its inputs and of the source code that implemen
 (``benchmark.manifest.code_fingerprint``). A folder whose ``.stage.json`` holds the key is reused; a
 folder without one is an interrupted stage and is resumed.
 
-A *stage store* (``Cache(root, store=DIR, stored=("attack", "embed"))``) keeps a copy of each finished
-stage of the named kinds without its images: small enough to commit, so that a long run continues from a
+A *stage store* (``Cache(root, store=DIR)``) keeps a copy of each finished stage run with ``keep=True``,
+without its images and intermediate arrays (``LEFT_OUT``): small enough to commit, so that a long run continues from a
 fresh checkout. A stage found only in the store is restored into the cache as a *light* folder; whoever
 needs its images calls ``Cache.full``, which runs the stage again in place.
 """
@@ -54,8 +54,8 @@ class StageResult:
     rerun: Callable[[], StageResult] | None = field(default=None, repr=False, compare=False)
 
 
-#: files a stage store leaves out (the images a light folder lacks)
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
+#: files a stage store leaves out: images, and intermediate arrays (an attack's template bank)
+LEFT_OUT = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".npz"})
 MARKER = ".stage.json"
 #: files whose paths into the cache a store rewrites as ``$CACHE/…`` (and back on restore)
 TEXT_SUFFIXES = frozenset({".csv", ".json", ".jsonl", ".txt"})
@@ -72,8 +72,8 @@ def _marker(folder: Path, key: str) -> dict[str, Any] | None:
 
 
 def _copy_light(src: Path, dst: Path, rewrite: Callable[[bytes], bytes]) -> None:
-    """Copy ``src`` to ``dst`` without images, text files through ``rewrite``, the marker last (so a killed copy
-    is not a finished one); the copy's marker says ``light`` when an image was left out."""
+    """Copy ``src`` to ``dst`` without ``LEFT_OUT`` files, text files through ``rewrite``, the marker last (so a
+    killed copy is not a finished one); the copy's marker says ``light`` when a file was left out."""
     tmp = dst.with_name(dst.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -81,7 +81,7 @@ def _copy_light(src: Path, dst: Path, rewrite: Callable[[bytes], bytes]) -> None
     for f in sorted(src.rglob("*")):
         if not f.is_file() or f.name == MARKER:
             continue
-        if f.suffix.lower() in IMAGE_SUFFIXES:
+        if f.suffix.lower() in LEFT_OUT:
             dropped = True
             continue
         target = tmp / f.relative_to(src)
@@ -101,13 +101,12 @@ class Cache:
     """Content-addressed stage folders under one root, with a record of every stage of this run.
 
     ``store``: a folder that keeps a light copy (no images) of every finished stage whose kind is in
-    ``stored``; a stage missing from the cache is restored from it.
+    ``run(..., keep=True)``; a stage missing from the cache is restored from it.
     """
 
-    def __init__(self, root: str | os.PathLike, store: str | os.PathLike | None = None, stored: tuple[str, ...] = ()):
+    def __init__(self, root: str | os.PathLike, store: str | os.PathLike | None = None):
         self.root = Path(root)
         self.store = Path(store) if store else None
-        self.stored = frozenset(stored)
         self.records: list[dict[str, Any]] = []
 
     def run(
@@ -119,17 +118,19 @@ class Cache:
         work: Callable[[Path], None],
         fingerprint_file: str | None = None,
         light_ok: bool = True,
+        keep: bool = False,
     ) -> StageResult:
         """Reuse ``stage``'s folder for (config, inputs) when complete, else run ``work(folder)`` (resuming).
 
-        With ``light_ok`` a light folder (or one restored from the store) counts as complete.
+        With ``light_ok`` a light folder (or one restored from the store) counts as complete; with ``keep`` the
+        finished stage is copied to the store (and looked for there).
         """
         key = stage_key(stage, config, inputs)
         folder = self.root / f"{stage}-{key[:16]}"
         t0 = time.time()
         marker = _marker(folder, key)
         restored = False
-        if marker is None and light_ok and self._in_store(stage, folder.name, key):
+        if marker is None and light_ok and keep and self._in_store(folder.name, key):
             _copy_light(self.store / folder.name, folder, self._localize)
             marker, restored = _marker(folder, key), True
             log.info("%-8s %-40s restored from the stage store %s", stage, label, self.store)
@@ -157,7 +158,7 @@ class Cache:
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
             write_json(folder / MARKER, marker)
-            if self.store is not None and stage in self.stored:
+            if self.store is not None and keep:
                 _copy_light(folder, self.store / folder.name, self._placehold)
         res = StageResult(
             stage,
@@ -167,7 +168,7 @@ class Cache:
             cached,
             round(time.time() - t0, 2),
             light=bool(marker.get("light")),
-            rerun=lambda: self.run(stage, label, config, inputs, work, fingerprint_file, light_ok=False),
+            rerun=lambda: self.run(stage, label, config, inputs, work, fingerprint_file, light_ok=False, keep=keep),
         )
         self.records.append(
             {
@@ -197,8 +198,8 @@ class Cache:
         from it do not depend on where the checkout is (what lets a stage store serve a fresh clone)."""
         return hashlib.sha256(self._placehold(path.read_bytes())).hexdigest()
 
-    def _in_store(self, stage: str, name: str, key: str) -> bool:
-        return self.store is not None and stage in self.stored and _marker(self.store / name, key) is not None
+    def _in_store(self, name: str, key: str) -> bool:
+        return self.store is not None and _marker(self.store / name, key) is not None
 
     def full(self, result: StageResult) -> StageResult:
         """``result`` with its images: a light stage runs again in its folder (recorded like any stage)."""

@@ -43,9 +43,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: the stages a config's ``store:`` keeps (without images): what a long run must not compute twice
-STORED_STAGES = ("attack", "embed")
-
 
 # ---------------------------------------------------------------------------------------------------
 # stages
@@ -166,7 +163,7 @@ def run_pipeline(
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out / raw.RAW, ignore_errors=True)  # derived from the cache: rebuilt below, no stale methods
-    cache = Cache(cfg.cache, store=cfg.store, stored=STORED_STAGES)
+    cache = Cache(cfg.cache, store=cfg.store)
     started = time.time()
     listing, dataset = listing_fingerprint(cfg.data.spec)
     plan, sources, inputs = plan_split_of(cfg, dataset, listing)
@@ -203,10 +200,14 @@ def run_pipeline(
             conf,
             split_fp,
             lambda f, m=method: attack_stage(cfg, m, split.dir, f, device, progress, models),
+            keep=True,
         )
 
-    def embed(model: str, csv_path: Path, label: str, source: StageResult, images: bool = True) -> StageResult:
-        """Embed ``csv_path`` (written by ``source``; ``images``: its images are ``source``'s own)."""
+    def embed(
+        model: str, csv_path: Path, label: str, source: StageResult, images: bool = True, keep: bool = True
+    ) -> StageResult:
+        """Embed ``csv_path`` (written by ``source``; ``images``: its images are ``source``'s own; ``keep``: copy the
+        features to the stage store)."""
         conf = {"model": models.identity(model), "flip": cfg.evaluate.flip, "precision": embed_precision}
 
         def work(folder: Path) -> None:
@@ -221,6 +222,7 @@ def run_pipeline(
             {"csv": cache.fingerprint(csv_path), "from": source.fingerprint},
             work,
             "features/manifest.json",
+            keep=keep,
         )
 
     # every attack, each followed by its embeddings on every model: the costly, stored stages first, so that
@@ -239,7 +241,8 @@ def run_pipeline(
     image_dirs: dict[Path, Path] = {}  # kept attack folder → its cache folder (the example images)
     for model in cfg.evaluate.models:
         clean = embed(model, split.dir / "probes.csv", "clean probes", split)
-        dist = embed(model, split.dir / "distractors.csv", "distractors", split)
+        # the distractors' features are large and derived from third-party photos: computed in every sitting
+        dist = embed(model, split.dir / "distractors.csv", "distractors", split, keep=False)
         # separate mates (data.probes_per_identity): the split's clean mates, one gallery for every method;
         # else each probe set's mates are the clean probes (of the identities an attack kept)
         pool_mates = embed(model, split.dir / "mates.csv", "mates", split) if separate_mates else None
