@@ -341,6 +341,9 @@ def test_stage_store_continues_a_run_on_a_fresh_checkout(lfw_dir, tmp_path, monk
         stored.count("attack") == 2 and stored.count("embed") == 2 * 2 * 2 + 2
     )  # attacked probes and their mates per model; the clean probes per model; never the distractors
     assert not [p for p in store.rglob("*") if p.suffix == ".png"]  # no images
+    texts = [p.read_text() for p in store.rglob("*") if p.suffix in (".csv", ".json", ".jsonl")]
+    assert not [t for t in texts if str(tmp_path) in t or "/work/" in t]  # no path of this machine
+    assert any("$CACHE/attack-" in t for t in texts)
     assert all(json.loads((p / ".stage.json").read_text())["light"] for p in store.glob("attack-*"))
     tables = table_files(first_checkout / "results/stored/report")
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import write_json
-from ..manifest import code_fingerprint, sha256_file
+from ..manifest import code_fingerprint, portable, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ class Cache:
             }
             write_json(folder / MARKER, marker)
             if self.store is not None and keep:
-                _copy_light(folder, self.store / folder.name, self._placehold)
+                _copy_light(folder, self.store / folder.name, self._to_store)
         res = StageResult(
             stage,
             key,
@@ -189,6 +189,15 @@ class Cache:
         for prefix in sorted(prefixes, key=len, reverse=True):
             data = data.replace(prefix.encode() + b"/", PLACEHOLDER)
         return data
+
+    def _to_store(self, data: bytes) -> bytes:
+        """A text file as the store keeps it: ``$CACHE/…``, and no other path of this machine (``portable``)."""
+        data = self._placehold(data)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return data
+        return portable(text, hide_temp=True).encode("utf-8")
 
     def _localize(self, data: bytes) -> bytes:
         return data.replace(PLACEHOLDER, str(self.root.resolve()).encode() + b"/")
