@@ -156,6 +156,7 @@ class Cache:
                 "inputs": inputs,
                 "fingerprint": fp,
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "seconds": round(time.time() - t0, 1),  # how long the work took (kept in the store)
             }
             write_json(folder / MARKER, marker)
             if self.store is not None and keep:
