@@ -155,6 +155,7 @@ def test_pipeline_end_to_end(first_run):
     out = Path(cfg.out)
     run = json.loads((out / "run.json").read_text())
     assert run["complete"] and run["format"] == "mf2m.run.v1"
+    assert run["setting"]["data"] == run["config"]["data"]["spec"] == "lfw:$DATA/lfw"  # no path of this machine
     assert len(run["entries"]) == 8
     assert all(not s["cached"] for s in run["stages"])
     split = next(Path(s["dir"]) for s in run["stages"] if s["stage"] == "split")

@@ -126,6 +126,10 @@ def test_pool_run_on_lfw_and_celeba(small_sets, tmp_path):
         assert c["probes"] == len(attacked) and c["positive_pairs"] == sum(n_mates[r["identity"]] for r in attacked)
     run = json.loads((out / "run.json").read_text())
     assert run["setting"]["mates"] == len(mates) and "mates" in run["setting"]["split"]
+    # both datasets recorded under $DATA, the folder that holds the main one (no path of this machine)
+    assert run["setting"]["data"].endswith(":$DATA/lfw") and run["setting"]["distractors_from"].startswith(
+        "folder:$DATA/"
+    )
     # the extra dataset's listing is an input of the split: another CelebA folder gives another split key
     _, _, inputs = plan_split_of(cfg, *reversed_listing(cfg))
     cfg.data.distractors_from = []

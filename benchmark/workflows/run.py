@@ -345,8 +345,30 @@ def _write_run(
         seconds=round(time.time() - started, 1),
         split=split,
     )
-    record = raw.portable(record)  # no path of this machine in a file meant to be committed
+    record = raw.portable(data_paths_portable(record, cfg))  # no path of this machine in a file meant to be committed
     write_json(out / "run.json", record)
+    return record
+
+
+def data_paths_portable(record: dict[str, Any], cfg: RunConfig) -> dict[str, Any]:
+    """``record`` with every dataset spec of ``cfg`` written as ``KIND:$DATA/…``: ``$DATA`` is the folder that
+    holds the main data set (``lfw:/data/lfw`` → ``lfw:$DATA/lfw``; ``folder:/data/celeba/images`` →
+    ``folder:$DATA/celeba/images``); a data set outside it keeps only its folder name."""
+    from ..data.datasets import parse_spec
+    from ..defences.raw import replace_strings
+
+    specs = [cfg.data.spec, cfg.data.templates_from, *cfg.data.distractors_from]
+    specs = [s for s in specs if s]
+    if not specs:
+        return record
+    data_root = parse_spec(specs[0])[1].resolve().parent
+    for spec in sorted(set(specs), key=len, reverse=True):
+        kind, path, options = parse_spec(spec)
+        where = path.resolve()
+        inside = where.is_relative_to(data_root)
+        rel = where.relative_to(data_root).as_posix() if inside else where.name
+        query = ("?" + "&".join(f"{k}={v}" for k, v in sorted(options.items()))) if options else ""
+        record = replace_strings(record, spec, f"{kind}:$DATA/{rel}{query}")
     return record
 
 
