@@ -363,6 +363,7 @@ def test_stage_store_continues_a_run_on_a_fresh_checkout(lfw_dir, tmp_path, monk
         return {s["key"] for s in record["stages"] if s["stage"] != "search"}
 
     assert kept_keys(again) == kept_keys(first)
+    assert "restored from the stage store results/stored/stages" in again["summary"]
     assert table_files(second / "results/stored/report") == tables
     assert not list((second / "results/stored/report").rglob("examples/fgsm*"))  # no images, no example
 

@@ -292,9 +292,12 @@ def run_pipeline(
         ),
     )
     ran = sum(not x["cached"] for x in cache.records)
+    restored = sum(bool(x.get("restored")) for x in cache.records)
     record["summary"] = (
         f"{len(entries)} probe sets evaluated; {ran} stage(s) run, "
-        f"{len(cache.records) - ran} reused from the cache, {time.time() - started:.0f} s"
+        f"{len(cache.records) - ran} reused from the cache"
+        + (f" ({restored} restored from the stage store {cfg.store})" if restored else "")
+        + f", {time.time() - started:.0f} s"
     )
     return record
 
