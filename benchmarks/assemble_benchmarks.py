@@ -13,7 +13,7 @@ from pathlib import Path
 # the order of the sections in BENCHMARKS.md: the four stages, then what ties them together
 SECTIONS = ("search_scale", "search_dense", "embed_speed", "embed_precision", "models", "lfw", "mask_detector",
             "attack_speed", "attack_precision",
-            "attack_evidence", "tables_lfw", "tables_lfw_paper", "report-run", "defences")
+            "attack_evidence", "tables_lfw", "tables_lfw_paper", "evidence_run", "report-run", "defences")
 
 
 def assemble(root: Path) -> str:

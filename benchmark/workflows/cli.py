@@ -27,8 +27,10 @@ the report page, an error with --strict (data.strict: true).""",
         "method, embed, search, report. Each stage output is cached under the config's cache folder "
         "(cache:, default .cache/mf2m; $MF2M_CACHE overrides) by a hash of "
         "its settings and its inputs, so a rerun reuses everything unchanged and a killed run "
-        "resumes where it stopped. OUT/run.json lists what was evaluated; OUT/report/ holds the "
-        "tables and the HTML page.",
+        "resumes where it stopped. With store: DIR in the config (configs/evidence.yaml), every finished "
+        "attack and probe embedding is also copied to DIR without its images; commit DIR and the same "
+        "command continues a long run on a fresh checkout. OUT/run.json lists what was evaluated; "
+        "OUT/report/ holds the tables and the HTML page.",
     )
     r.add_argument("config", help="YAML experiment config")
     r.add_argument(
