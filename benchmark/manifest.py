@@ -45,6 +45,7 @@ STAGE_CODE: dict[str, tuple[str, ...]] = {
     "attack": ("attacks", "benchmark/models", "benchmark/data"),
     "embed": ("benchmark/embed", "benchmark/models", "benchmark/data"),
     "search": ("benchmark/search", "benchmark/features"),
+    "screen": ("benchmark/workflows/overlap.py", "benchmark/features"),
 }
 
 

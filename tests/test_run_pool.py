@@ -212,3 +212,49 @@ def test_probes_of_an_identity_whose_mates_all_fail_preparation_are_dropped(lfw_
     assert record["skipped"]["probes"] == {it.key: "no-mate-left" for it in by_id[lone][:2]}
     assert list(record["skipped"]["mates"]) == [by_id[lone][-1].key]
     assert record["accounting"]["roles"]["probe identities"]["obtained"] == 1
+
+
+def test_screen_leaves_out_a_pool_person_hidden_in_another_dataset(small_sets, tmp_path):
+    """A pool person's mate photos under an anonymous id in the other dataset: the identity screen finds them on
+    the clean features, lists them in noise.txt, and every search leaves them out of the distractors."""
+    lfw, celeba = small_sets
+    config = tmp_path / "pool.yaml"
+
+    def run(other: Path, name: str) -> tuple[dict, Path]:
+        config.write_text(POOL.format(cache=tmp_path / "cache", celeba=other))
+        cfg = load_config(config, data=f"folder:{lfw}", out=str(tmp_path / name))
+        record = run_pipeline(cfg, progress=False, model_factory=factory)
+        return record, next(Path(s["dir"]) for s in record["stages"] if s["stage"] == "screen")
+
+    first, first_screen = run(celeba, "first")
+    before = {f["identity"] for f in json.loads((first_screen / "screen.json").read_text())["flagged"]}
+    split = Path(next(s["dir"] for s in first["stages"] if s["stage"] == "split"))
+    mates = read_csv_rows(split / "mates.csv")
+    person = mates[0]["identity"]
+    # the other dataset again, plus an anonymous identity holding exactly that person's mate photos
+    other = tmp_path / "other"
+    for d in celeba.iterdir():
+        (other / d.name).mkdir(parents=True)
+        for photo in d.iterdir():
+            (other / d.name / photo.name).symlink_to(photo.resolve())
+    (other / "99999").mkdir()
+    planted = [r["key"].split("/")[-1] for r in mates if r["identity"] == person]
+    for photo in planted:
+        (other / "99999" / photo).symlink_to((lfw / person / photo).resolve())
+    record, screen = run(other, "second")
+    rec = json.loads((screen / "screen.json").read_text())
+    flagged = {f["identity"]: f for f in rec["flagged"]}
+    assert "99999" in flagged and flagged["99999"]["pool_identity"] == {"tiny-fr": person}
+    assert set(flagged) - {"99999"} <= before  # nothing else newly flagged
+    assert flagged["99999"]["cosine"]["tiny-fr"] > rec["models"]["tiny-fr"]["threshold"]
+    noise = (screen / "noise.txt").read_text().split()
+    assert {f"99999/{p}" for p in planted} <= set(noise)
+    split = Path(next(s["dir"] for s in record["stages"] if s["stage"] == "split"))
+    n_dist = len(read_csv_rows(split / "distractors.csv"))
+    out = tmp_path / "second"
+    for entry in record["entries"]:
+        counts = json.loads((out / entry["search"] / "metrics.json").read_text())["counts"]
+        assert counts["distractors"] == n_dist - len(noise) and counts["noise_excluded"]["distractors"] == len(noise)
+    run_json = json.loads((out / "run.json").read_text())
+    assert "99999" in run_json["setting"]["screen"] and "left out" in run_json["setting"]["screen"]
+    assert "Identity screen: " in (out / "report" / "table1.md").read_text()  # said in the caption

@@ -346,8 +346,12 @@ def _md_text(setting: dict[str, Any]) -> str:
     if setting.get("templates") and not setting.get("split"):
         parts.append(f"templates: {setting['templates']}")
     text = ("; " + "; ".join(parts)) if parts else ""
+    if setting.get("distractors_from"):
+        text += f"; more distractors from {setting['distractors_from']}"
     if setting.get("split"):  # requested vs obtained sizes of the run's split, with the reasons
         text += f". {str(setting['split']).rstrip('.')}"
+    if setting.get("screen"):  # pool people found among the other datasets' distractors (left out)
+        text += f". {str(setting['screen']).rstrip('.')}"
     return text
 
 

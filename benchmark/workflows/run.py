@@ -25,6 +25,7 @@ from ..report.collect import RUN_FORMAT
 from .cache import Cache, StageResult
 from .config import DATA_ENV, SPLIT_PROTOCOL, DataConfig, RunConfig, load_config
 from .models import Models
+from .overlap import screen_stage, screen_summary
 from .splits import check_split, listing_fingerprint, plan_split_of, read_csv, split_stage, write_csv
 
 __all__ = [
@@ -113,9 +114,16 @@ def embed_stage(
 
 
 def search_stage(
-    cfg: RunConfig, probes: Path, mates: Path, distractors: Path, folder: Path, device: str, progress: bool
+    cfg: RunConfig,
+    probes: Path,
+    mates: Path,
+    distractors: Path,
+    folder: Path,
+    device: str,
+    progress: bool,
+    noise: list[Path] | None = None,
 ) -> None:
-    """``mf2m search`` of one probe set against its mates and the distractors."""
+    """``mf2m search`` of one probe set against its mates and the distractors (less the ``noise`` lists' keys)."""
     from ..search.run import SearchConfig, run_search
 
     run_search(
@@ -129,6 +137,7 @@ def search_stage(
             device=device,
             seed=cfg.data.seed,
             progress=progress,
+            noise_lists=[str(n) for n in noise or ()],
         )
     )
 
@@ -237,30 +246,58 @@ def run_pipeline(
             m = None if separate_mates else embed(model, att.dir / "mates.csv", f"mates of {method}", att, images=False)
             attacked[model, method] = (p, m)
 
+    clean, dist, pool_mates = {}, {}, {}
+    for model in cfg.evaluate.models:
+        clean[model] = embed(model, split.dir / "probes.csv", "clean probes", split)
+        # the distractors' features are large and derived from third-party photos: computed in every sitting
+        dist[model] = embed(model, split.dir / "distractors.csv", "distractors", split, keep=False)
+        # separate mates (data.probes_per_identity): the split's clean mates, one gallery for every method;
+        # else each probe set's mates are the clean probes (of the identities an attack kept)
+        pool_mates[model] = embed(model, split.dir / "mates.csv", "mates", split) if separate_mates else None
+    # distractors of other datasets may hold pool people under other names: screened on the clean features
+    screen = None
+    if cfg.data.distractors_from:
+        refs = {m: (pool_mates[m] or clean[m], dist[m]) for m in cfg.evaluate.models}
+        screen = cache.run(
+            "screen",
+            "pool people among other datasets",
+            {"models": sorted(refs)},
+            {f"{m}:{role}": s.fingerprint for m, pair in refs.items() for role, s in zip(("mates", "dist"), pair)},
+            lambda f: screen_stage(
+                split.dir,
+                {m: a.dir / "features" for m, (a, _) in refs.items()},
+                {m: b.dir / "features" for m, (_, b) in refs.items()},
+                f,
+            ),
+            "noise.txt",
+        )
+        log.info("%s", screen_summary(screen.dir))
+    noise = [screen.dir / "noise.txt"] if screen else []
+
     entries: list[dict[str, Any]] = []
     image_dirs: dict[Path, Path] = {}  # kept attack folder → its cache folder (the example images)
     for model in cfg.evaluate.models:
-        clean = embed(model, split.dir / "probes.csv", "clean probes", split)
-        # the distractors' features are large and derived from third-party photos: computed in every sitting
-        dist = embed(model, split.dir / "distractors.csv", "distractors", split, keep=False)
-        # separate mates (data.probes_per_identity): the split's clean mates, one gallery for every method;
-        # else each probe set's mates are the clean probes (of the identities an attack kept)
-        pool_mates = embed(model, split.dir / "mates.csv", "mates", split) if separate_mates else None
+        clean_m, dist_m, pool_m = clean[model], dist[model], pool_mates[model]
         for method in cfg.attack.methods:
             if method == "none":
-                p, m, attack_dir, attack_model = clean, pool_mates or clean, None, None
+                p, m, attack_dir, attack_model = clean_m, pool_m or clean_m, None, None
             else:
                 p, own_mates = attacked[model, method]
-                m = pool_mates or own_mates
+                m = pool_m or own_mates
                 attack_dir, attack_model = attacks[method].dir, cfg.attack.fr
             conf = {"fars": cfg.evaluate.fars, "sizes": cfg.evaluate.distractor_sizes, "seed": cfg.data.seed}
             s = cache.run(
                 "search",
                 f"{method} on {model}",
                 conf,
-                {"probes": p.fingerprint, "mates": m.fingerprint, "distractors": dist.fingerprint},
-                lambda f, p=p, m=m, d=dist: search_stage(
-                    cfg, p.dir / "features", m.dir / "features", d.dir / "features", f, device, progress
+                {
+                    "probes": p.fingerprint,
+                    "mates": m.fingerprint,
+                    "distractors": dist_m.fingerprint,
+                    **({"noise": screen.fingerprint} if screen else {}),
+                },
+                lambda f, p=p, m=m, d=dist_m: search_stage(
+                    cfg, p.dir / "features", m.dir / "features", d.dir / "features", f, device, progress, noise
                 ),
                 "metrics.json",
             )
@@ -278,10 +315,28 @@ def run_pipeline(
                 }
             )
             _write_run(
-                cfg, out, entries, cache, counts, started, complete=False, data_warning=data_warning, split=accounting
+                cfg,
+                out,
+                entries,
+                cache,
+                counts,
+                started,
+                complete=False,
+                data_warning=data_warning,
+                split=accounting,
+                screen=screen,
             )
     record = _write_run(
-        cfg, out, entries, cache, counts, started, complete=True, data_warning=data_warning, split=accounting
+        cfg,
+        out,
+        entries,
+        cache,
+        counts,
+        started,
+        complete=True,
+        data_warning=data_warning,
+        split=accounting,
+        screen=screen,
     )
     r = cfg.report
     build_report(
@@ -312,6 +367,7 @@ def _write_run(
     complete: bool,
     data_warning: str | None = None,
     split: dict[str, Any] | None = None,
+    screen: StageResult | None = None,
 ) -> dict[str, Any]:
     kind = cfg.data.spec.split(":", 1)[0] if ":" in (cfg.data.spec or "") else "folder"
     setting = {
@@ -336,6 +392,8 @@ def _write_run(
         setting["split"] = split["summary"]
         if split["warnings"]:
             setting["split_warnings"] = list(split["warnings"])
+    if screen is not None:
+        setting["screen"] = screen_summary(screen.dir)
     record = build_manifest(
         "run",
         _jsonable(asdict(cfg)),
