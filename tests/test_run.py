@@ -381,3 +381,20 @@ def test_stage_store_continues_a_run_on_a_fresh_checkout(lfw_dir, tmp_path, monk
     assert ("attack", "solid") not in ran and ("embed", "fgsm on tiny-fr") not in ran
     assert table_files(second / "results/stored/report") == tables
     assert lost.is_dir()  # stored again
+
+
+def test_stage_store_writes_data_paths_as_named(tmp_path):
+    """Text the store keeps names the data sets as given by ``renames`` (a command line in a manifest)."""
+    from benchmark.workflows.cache import Cache
+
+    cache = Cache(tmp_path / "cache", store=tmp_path / "store", renames={"lfw:../shared/data/lfw": "lfw:$DATA/lfw"})
+    res = cache.run(
+        "attack",
+        "x",
+        {},
+        {},
+        lambda f: (f / "manifest.json").write_text('{"argv": ["lfw:../shared/data/lfw"]}'),
+        keep=True,
+    )
+    assert (res.dir / "manifest.json").read_text() == '{"argv": ["lfw:../shared/data/lfw"]}'  # the cache keeps it
+    assert (tmp_path / "store" / res.dir.name / "manifest.json").read_text() == '{"argv": ["lfw:$DATA/lfw"]}'

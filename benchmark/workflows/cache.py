@@ -104,9 +104,12 @@ class Cache:
     ``run(..., keep=True)``; a stage missing from the cache is restored from it.
     """
 
-    def __init__(self, root: str | os.PathLike, store: str | os.PathLike | None = None):
+    def __init__(
+        self, root: str | os.PathLike, store: str | os.PathLike | None = None, renames: dict[str, str] | None = None
+    ):
         self.root = Path(root)
         self.store = Path(store) if store else None
+        self.renames = dict(renames or {})  # strings the store writes otherwise (the data sets' paths → $DATA/…)
         self.records: list[dict[str, Any]] = []
 
     def run(
@@ -192,12 +195,14 @@ class Cache:
         return data
 
     def _to_store(self, data: bytes) -> bytes:
-        """A text file as the store keeps it: ``$CACHE/…``, and no other path of this machine (``portable``)."""
+        """A text file as the store keeps it: ``$CACHE/…``, ``renames`` applied, no path of this machine."""
         data = self._placehold(data)
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
             return data
+        for old, new in self.renames.items():
+            text = text.replace(old, new)
         return portable(text, hide_temp=True).encode("utf-8")
 
     def _localize(self, data: bytes) -> bytes:

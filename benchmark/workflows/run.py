@@ -172,7 +172,7 @@ def run_pipeline(
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out / raw.RAW, ignore_errors=True)  # derived from the cache: rebuilt below, no stale methods
-    cache = Cache(cfg.cache, store=cfg.store)
+    cache = Cache(cfg.cache, store=cfg.store, renames=data_spec_names(cfg))
     started = time.time()
     listing, dataset = listing_fingerprint(cfg.data.spec)
     plan, sources, inputs = plan_split_of(cfg, dataset, listing)
@@ -411,25 +411,32 @@ def _write_run(
     return record
 
 
-def data_paths_portable(record: dict[str, Any], cfg: RunConfig) -> dict[str, Any]:
-    """``record`` with every dataset spec of ``cfg`` written as ``KIND:$DATA/…``: ``$DATA`` is the folder that
-    holds the main data set (``lfw:/data/lfw`` → ``lfw:$DATA/lfw``; ``folder:/data/celeba/images`` →
-    ``folder:$DATA/celeba/images``); a data set outside it keeps only its folder name."""
+def data_spec_names(cfg: RunConfig) -> dict[str, str]:
+    """Every dataset spec of ``cfg`` → its portable form ``KIND:$DATA/…``: ``$DATA`` is the folder that holds the
+    main data set (``lfw:/data/lfw`` → ``lfw:$DATA/lfw``; ``folder:/data/celeba/images`` →
+    ``folder:$DATA/celeba/images``); a data set outside it keeps only its folder name. Longest spec first."""
     from ..data.datasets import parse_spec
-    from ..defences.raw import replace_strings
 
-    specs = [cfg.data.spec, cfg.data.templates_from, *cfg.data.distractors_from]
-    specs = [s for s in specs if s]
+    specs = [s for s in (cfg.data.spec, cfg.data.templates_from, *cfg.data.distractors_from) if s]
     if not specs:
-        return record
+        return {}
     data_root = parse_spec(specs[0])[1].resolve().parent
+    names = {}
     for spec in sorted(set(specs), key=len, reverse=True):
         kind, path, options = parse_spec(spec)
         where = path.resolve()
-        inside = where.is_relative_to(data_root)
-        rel = where.relative_to(data_root).as_posix() if inside else where.name
+        rel = where.relative_to(data_root).as_posix() if where.is_relative_to(data_root) else where.name
         query = ("?" + "&".join(f"{k}={v}" for k, v in sorted(options.items()))) if options else ""
-        record = replace_strings(record, spec, f"{kind}:$DATA/{rel}{query}")
+        names[spec] = f"{kind}:$DATA/{rel}{query}"
+    return names
+
+
+def data_paths_portable(record: dict[str, Any], cfg: RunConfig) -> dict[str, Any]:
+    """``record`` with every dataset spec of ``cfg`` in its portable form (``data_spec_names``)."""
+    from ..defences.raw import replace_strings
+
+    for spec, name in data_spec_names(cfg).items():
+        record = replace_strings(record, spec, name)
     return record
 
 
