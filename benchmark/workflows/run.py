@@ -271,7 +271,9 @@ def run_pipeline(
             ),
             "noise.txt",
         )
-        log.info("%s", screen_summary(screen.dir))
+    screened = screen_summary(screen.dir) if screen else None  # read once: every run.json write names it
+    if screened:
+        log.info("%s", screened)
     noise = [screen.dir / "noise.txt"] if screen else []
 
     entries: list[dict[str, Any]] = []
@@ -324,7 +326,7 @@ def run_pipeline(
                 complete=False,
                 data_warning=data_warning,
                 split=accounting,
-                screen=screen,
+                screen=screened,
             )
     record = _write_run(
         cfg,
@@ -336,7 +338,7 @@ def run_pipeline(
         complete=True,
         data_warning=data_warning,
         split=accounting,
-        screen=screen,
+        screen=screened,
     )
     r = cfg.report
     build_report(
@@ -367,7 +369,7 @@ def _write_run(
     complete: bool,
     data_warning: str | None = None,
     split: dict[str, Any] | None = None,
-    screen: StageResult | None = None,
+    screen: str | None = None,
 ) -> dict[str, Any]:
     kind = cfg.data.spec.split(":", 1)[0] if ":" in (cfg.data.spec or "") else "folder"
     setting = {
@@ -392,8 +394,8 @@ def _write_run(
         setting["split"] = split["summary"]
         if split["warnings"]:
             setting["split_warnings"] = list(split["warnings"])
-    if screen is not None:
-        setting["screen"] = screen_summary(screen.dir)
+    if screen:
+        setting["screen"] = screen
     record = build_manifest(
         "run",
         _jsonable(asdict(cfg)),
