@@ -20,7 +20,8 @@ from benchmark.cli import main as mf2m
 from benchmark.report import paper_numbers as P
 from benchmark.report.build import ReportOptions, build_report, collect
 from benchmark.report.render import to_csv, to_latex, to_markdown
-from benchmark.report.tables import fmt, paper_model, table1, table2
+from benchmark.report.tables import Unresolved, fmt, paper_model, table1, table2
+from benchmark.report.tar_tables import tar_tables
 
 FARS = (1e-6, 1e-4, 1e-2)
 
@@ -238,6 +239,30 @@ def test_table2_black_box(run_dir):
     assert clean["b:auc"] == pytest.approx(truth[("black", "none")]["auc"])
     assert next(r for r in ours.rows if r["method"] == "dm")["b:rank1"] is None
     assert t[1].name == "table2_paper"
+
+
+def test_tar_tables_hold_every_far(run_dir):
+    """One table per evaluation model (black-box: per attack model), every FAR against the brute force."""
+    root, truth = run_dir
+    tables = {t.name: t for t in tar_tables(collect([str(root)]))}
+    assert sorted(tables) == ["tar_a", "tar_b_from_a"]
+    white, black = tables["tar_a"], tables["tar_b_from_a"]
+    assert [c.title for c in white.columns[1:]] == ["TAR@1e-6 FAR", "TAR@1e-4 FAR", "TAR@1e-2 FAR"]
+    for (kind, method), ref in truth.items():
+        table = white if kind == "white" else black
+        row = next(r for r in table.rows if r["method"] == method)
+        n_neg = ref["counts"]["negative_pairs"]
+        for x in ref["tar_at_far"]:
+            cell = row[f"tar@{x['far']:g}"]
+            assert float(cell) == pytest.approx(x["tar"], abs=1e-12)
+            assert isinstance(cell, Unresolved) == (x["far"] * n_neg < 1)
+    # the unmasked probes of B are the reference row of the black-box table; methods not run are dashes
+    assert next(r for r in black.rows if r["method"] == "none")["tar@0.01"] is not None
+    assert _md_row(to_markdown(black), "DM")[1:] == ["—"] * 3
+    rows = list(csv.DictReader(to_csv(white).splitlines()))
+    none = next(r for r in rows if r["method"] == "none")
+    assert none["tar@1e-06_resolved"] == "0" and none["tar@0.01_resolved"] == "1"
+    assert "not resolved" in " ".join(white.notes) and "black-box, probes attacked on A" in black.caption
 
 
 def test_paper_numbers_exact_and_beside_ours_when_setting_matches(tmp_path):

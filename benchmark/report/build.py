@@ -3,6 +3,7 @@
 Output folder::
 
     table1.md/.csv/.tex, table2.md/.csv/.tex   (one set per table; the paper's tables too when shown apart)
+    tar_<model>[_from_<attack model>].*        TAR at every evaluated FAR, per evaluation model
     report.md                                  every table with its caption, and links to the figures
     plots/cmc_<model>.png, plots/roc_<model>.png, plots/distractors_<model>.png
     examples/<method>.png, examples/overview.png
@@ -25,6 +26,7 @@ from .collect import Entry, Metrics, discover, load_metrics
 from .html import render_page
 from .render import to_csv, to_latex, to_markdown
 from .tables import Table, _slug, label, table1, table2
+from .tar_tables import tar_tables
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +90,9 @@ def build_report(runs: Sequence[str], out: str | Path, options: ReportOptions | 
     for e in empty:
         log.warning("%s on %s: no metrics.json in %s (shown as dashes)", e.method, e.eval_model, e.search_dir)
     tables: list[Table] = (
-        table1(items, options.far, options.paper) + table2(items, options.far, options.paper) if items else []
+        table1(items, options.far, options.paper) + table2(items, options.far, options.paper) + tar_tables(items)
+        if items
+        else []
     )
     if items and options.paper != "never":
         from .compare import comparison_tables
