@@ -40,8 +40,7 @@ def tar_tables(items: list[tuple[Entry, Metrics]]) -> list[Table]:
             rows.append({"method": method, "label": label(method)} | {f"tar@{f:g}": tar_cell(m, f) for f in fars})
         how = f"black-box, probes attacked on {attacked_on}" if attacked_on else "white-box"
         caption = (
-            f"TAR at every evaluated FAR — evaluated on **{model}** ({how}){_md_text(sub[0][0].setting)}. "
-            f"{_sizes(sub)}"
+            f"TAR at every evaluated FAR — evaluated on **{model}** ({how}){_md_text(sub[0][0].setting)}. {_sizes(sub)}"
         )
         notes = _common_notes(sub, fars[0], attack_columns=False)
         name = f"tar_{_slug(model)}" + (f"_from_{_slug(attacked_on)}" if attacked_on else "")
