@@ -156,3 +156,14 @@ def portable(obj: Any, base: str | os.PathLike | None = None, hide_temp: bool = 
         return o
 
     return walk(obj)
+
+
+def replace_strings(obj: Any, old: str, new: str) -> Any:
+    """``obj`` (JSON-like) with every occurrence of ``old`` inside its strings replaced by ``new``."""
+    if isinstance(obj, str):
+        return obj.replace(old, new)
+    if isinstance(obj, dict):
+        return {k: replace_strings(v, old, new) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [replace_strings(v, old, new) for v in obj]
+    return obj

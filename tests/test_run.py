@@ -383,6 +383,19 @@ def test_stage_store_continues_a_run_on_a_fresh_checkout(lfw_dir, tmp_path, monk
     assert lost.is_dir()  # stored again
 
 
+def test_raw_outputs_write_data_paths_as_named(tmp_path):
+    """The manifests a run folder keeps under raw/ name the data sets as run.json does (no ../shared/…)."""
+    from benchmark.report import raw
+
+    stage = tmp_path / "attack"
+    stage.mkdir()
+    (stage / "probes.csv").write_text("key,status\na,ok\n")
+    (stage / "manifest.json").write_text('{"argv": ["run", "--data", "lfw:../shared/data/lfw"]}')
+    kept = raw.keep_attack(tmp_path / "out", stage, "dm", {"lfw:../shared/data/lfw": "lfw:$DATA/lfw"})
+    assert json.loads((kept / "manifest.json").read_text())["argv"] == ["run", "--data", "lfw:$DATA/lfw"]
+    assert (kept / "probes.csv").read_text() == "key,status\na,ok\n"
+
+
 def test_stage_store_writes_data_paths_as_named(tmp_path):
     """Text the store keeps names the data sets as given by ``renames`` (a command line in a manifest)."""
     from benchmark.workflows.cache import Cache

@@ -68,17 +68,6 @@ def data_record(spec: str) -> dict[str, Any]:
     }
 
 
-def replace_strings(obj: Any, old: str, new: str) -> Any:
-    """``obj`` (JSON-like) with every occurrence of ``old`` inside its strings replaced by ``new``."""
-    if isinstance(obj, str):
-        return obj.replace(old, new)
-    if isinstance(obj, dict):
-        return {k: replace_strings(v, old, new) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [replace_strings(v, old, new) for v in obj]
-    return obj
-
-
 def cell_folder(index: int, row: dict[str, Any]) -> str:
     """The cell's folder, relative to the leaderboard's ``out`` (index keeps names unique and ordered)."""
     parts = [row["defence"], row["attack"], "clean" if row["mode"] == "—" else row["mode"]]

@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 
 from ..atomic import write_json, write_text
-from ..manifest import portable
+from ..manifest import portable, replace_strings
 from ..safepath import check_name
 
 RAW = "raw"
@@ -34,27 +34,40 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def _copy_json(src: Path, dst: Path) -> None:
-    write_json(dst, portable(json.loads(src.read_text(encoding="utf-8")), hide_temp=True))
+def _copy_json(src: Path, dst: Path, renames: dict[str, str] | None = None) -> None:
+    """``src`` written to ``dst`` without paths of this machine, each ``renames`` key replaced by its value."""
+    record = json.loads(src.read_text(encoding="utf-8"))
+    for old, new in (renames or {}).items():
+        record = replace_strings(record, old, new)
+    write_json(dst, portable(record, hide_temp=True))
 
 
-def keep_attack(out: Path, attack_dir: Path, method: str) -> Path:
-    """Copy an attack stage's ``probes.csv`` and ``manifest.json`` to ``OUT/raw/attack/<method>/``."""
+def keep_attack(out: Path, attack_dir: Path, method: str, renames: dict[str, str] | None = None) -> Path:
+    """Copy an attack stage's ``probes.csv`` and ``manifest.json`` to ``OUT/raw/attack/<method>/`` (``renames``:
+    strings the manifest must not keep, e.g. data set paths, → their portable names)."""
     dst = out / RAW / "attack" / check_name(method, "method")
     write_text(dst / "probes.csv", (attack_dir / "probes.csv").read_text(encoding="utf-8"))
-    _copy_json(attack_dir / "manifest.json", dst / "manifest.json")
+    _copy_json(attack_dir / "manifest.json", dst / "manifest.json", renames)
     return dst
 
 
-def keep_search(out: Path, search_dir: Path, method: str, model: str, attack_dir: Path | None) -> Path:
-    """Copy a search stage's outputs to ``OUT/raw/search/<model>/<method>/`` with the joined ``per_probe.csv``."""
+def keep_search(
+    out: Path,
+    search_dir: Path,
+    method: str,
+    model: str,
+    attack_dir: Path | None,
+    renames: dict[str, str] | None = None,
+) -> Path:
+    """Copy a search stage's outputs to ``OUT/raw/search/<model>/<method>/`` with the joined ``per_probe.csv``
+    (``renames`` as in ``keep_attack``)."""
     dst = out / RAW / "search" / check_name(model, "model") / check_name(method, "method")
     for name in SEARCH_FILES:
         if name.endswith(".json"):
-            _copy_json(search_dir / name, dst / name)
+            _copy_json(search_dir / name, dst / name, renames)
         else:
             write_text(dst / name, (search_dir / name).read_text(encoding="utf-8"))
-    _copy_json(search_dir / "manifest.json", dst / "manifest.json")
+    _copy_json(search_dir / "manifest.json", dst / "manifest.json", renames)
     write_text(dst / "per_probe.csv", per_probe_csv(search_dir / "per_probe.csv", attack_dir))
     return dst
 

@@ -29,7 +29,8 @@ import numpy as np
 from ..defences.api import Defence, InputTransform, attack_variant, load_defence, looks_random
 from ..defences.defended import defend
 from ..defences.metrics import mask_rate, search_metrics
-from ..defences.raw import data_record, replace_strings, write_cell
+from ..defences.raw import data_record, write_cell
+from ..manifest import replace_strings
 from ..report.leaderboard import add_clean_cost, write_leaderboard_files
 from .config import check_attack
 from .models import create_model

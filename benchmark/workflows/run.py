@@ -172,7 +172,8 @@ def run_pipeline(
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out / raw.RAW, ignore_errors=True)  # derived from the cache: rebuilt below, no stale methods
-    cache = Cache(cfg.cache, store=cfg.store, renames=data_spec_names(cfg))
+    names = data_spec_names(cfg)  # data set paths → KIND:$DATA/… in every file meant to be committed
+    cache = Cache(cfg.cache, store=cfg.store, renames=names)
     started = time.time()
     listing, dataset = listing_fingerprint(cfg.data.spec)
     plan, sources, inputs = plan_split_of(cfg, dataset, listing)
@@ -303,10 +304,10 @@ def run_pipeline(
                 ),
                 "metrics.json",
             )
-            kept_attack = raw.keep_attack(out, attack_dir, method) if attack_dir else None
+            kept_attack = raw.keep_attack(out, attack_dir, method, names) if attack_dir else None
             if kept_attack is not None and not attacks[method].light:
                 image_dirs[kept_attack.resolve()] = attack_dir
-            kept = raw.keep_search(out, s.dir, method, model, attack_dir)
+            kept = raw.keep_search(out, s.dir, method, model, attack_dir, names)
             entries.append(
                 {
                     "method": method,
@@ -435,7 +436,7 @@ def data_spec_names(cfg: RunConfig) -> dict[str, str]:
 
 def data_paths_portable(record: dict[str, Any], cfg: RunConfig) -> dict[str, Any]:
     """``record`` with every dataset spec of ``cfg`` in its portable form (``data_spec_names``)."""
-    from ..defences.raw import replace_strings
+    from ..manifest import replace_strings
 
     for spec, name in data_spec_names(cfg).items():
         record = replace_strings(record, spec, name)

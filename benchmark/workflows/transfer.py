@@ -107,9 +107,9 @@ def run_transfer(cfg: TransferConfig, progress: bool = True) -> dict[str, Any]:
 
     from ..atomic import write_json, write_text
     from ..defences.metrics import mask_rate, search_metrics
-    from ..defences.raw import data_record, replace_strings
+    from ..defences.raw import data_record
     from ..device import resolve_device
-    from ..manifest import build_manifest, portable
+    from ..manifest import build_manifest, portable, replace_strings
     from ..models.landmarks import DlibLandmarker
     from .defend import _load_attacked, aligned_set, build_pool_files, create_model, slug
 
