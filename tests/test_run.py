@@ -383,7 +383,7 @@ def test_stage_store_continues_a_run_on_a_fresh_checkout(lfw_dir, tmp_path, monk
     assert lost.is_dir()  # stored again
 
 
-def test_raw_outputs_write_data_paths_as_named(tmp_path):
+def test_raw_outputs_write_data_paths_as_named(tmp_path, monkeypatch):
     """The manifests a run folder keeps under raw/ name the data sets as run.json does (no ../shared/…)."""
     from benchmark.report import raw
 
@@ -394,6 +394,18 @@ def test_raw_outputs_write_data_paths_as_named(tmp_path):
     kept = raw.keep_attack(tmp_path / "out", stage, "dm", {"lfw:../shared/data/lfw": "lfw:$DATA/lfw"})
     assert json.loads((kept / "manifest.json").read_text())["argv"] == ["run", "--data", "lfw:$DATA/lfw"]
     assert (kept / "probes.csv").read_text() == "key,status\na,ok\n"
+    from benchmark.report.build import ReportOptions, build_report
+
+    search = tmp_path / "search"
+    search.mkdir()
+    metrics = {"rank1": 0.5, "auc": 0.9, "tar_at_far": [], "counts": {"probes": 2}}
+    (search / "metrics.json").write_text(json.dumps(metrics))
+    monkeypatch.setattr("sys.argv", ["mf2m", "run", "--data", "lfw:../shared/data/lfw"])
+    renames = {"lfw:../shared/data/lfw": "lfw:$DATA/lfw"}
+    manifest = build_report([str(search)], tmp_path / "report", ReportOptions(renames=renames))
+    assert (
+        "../shared" not in json.dumps(manifest) and "../shared" not in (tmp_path / "report/manifest.json").read_text()
+    )
 
 
 def test_stage_store_writes_data_paths_as_named(tmp_path):

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..atomic import write_json, write_text
-from ..manifest import build_manifest, sha256_file
+from ..manifest import build_manifest, replace_strings, sha256_file
 from . import plots, transfer
 from .collect import Entry, Metrics, discover, load_metrics
 from .html import render_page
@@ -41,6 +41,7 @@ class ReportOptions:
     title: str = "MF²M benchmark report"
     warnings: tuple[str, ...] = ()  # shown above the tables (e.g. the data is too small to mean anything)
     image_dirs: dict[Path, Path] = field(default_factory=dict)  # kept attack folder → folder with its images
+    renames: dict[str, str] = field(default_factory=dict)  # strings the manifest must not keep (data paths) → names
 
 
 def collect(runs: Sequence[str]) -> list[tuple[Entry, Metrics]]:
@@ -146,6 +147,8 @@ def build_report(runs: Sequence[str], out: str | Path, options: ReportOptions | 
             for e, m in items
         ],
     )
+    for old, new in options.renames.items():
+        manifest = replace_strings(manifest, old, new)
     write_json(out / "manifest.json", manifest)
     return manifest
 

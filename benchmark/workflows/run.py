@@ -346,7 +346,12 @@ def run_pipeline(
         [str(out)],
         out / "report",
         ReportOptions(
-            far=r.far, paper=r.paper, examples=r.examples, title=f"MF²M benchmark — {cfg.name}", image_dirs=image_dirs
+            far=r.far,
+            paper=r.paper,
+            examples=r.examples,
+            title=f"MF²M benchmark — {cfg.name}",
+            image_dirs=image_dirs,
+            renames=names,
         ),
     )
     ran = sum(not x["cached"] for x in cache.records)
