@@ -335,6 +335,22 @@ def test_build_report_writes_everything_offline(run_dir, tmp_path):
         assert im.size[0] > 300
 
 
+def test_report_cli_uses_the_runs_own_settings(run_dir, tmp_path):
+    """Without --far the TAR column is at the run's report.far (so the run's tables re-derive); --far overrides."""
+    import shutil
+
+    root = tmp_path / "run"
+    shutil.copytree(run_dir[0], root)
+    record = json.loads((root / "run.json").read_text())
+    record["config"] = {"report": {"far": 1e-4, "paper": "never", "examples": 0}}
+    (root / "run.json").write_text(json.dumps(record))
+    assert mf2m(["report", "--runs", str(root), "--out", str(tmp_path / "own")]) == 0
+    own = (tmp_path / "own" / "table1.md").read_text()
+    assert "TAR@1e-4 FAR" in own and not (tmp_path / "own" / "table1_paper.md").exists()
+    assert mf2m(["report", "--runs", str(root), "--out", str(tmp_path / "given"), "--far", "1e-2"]) == 0
+    assert "TAR@1e-2 FAR" in (tmp_path / "given" / "table1.md").read_text()
+
+
 def test_report_cli_and_bad_input(run_dir, tmp_path, capsys):
     root, _ = run_dir
     assert mf2m(["report", "--runs", str(root), "--out", str(tmp_path / "r"), "--far", "1e-2", "--examples", "0"]) == 0

@@ -18,6 +18,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from ..atomic import write_json, write_text
 from ..manifest import build_manifest, replace_strings, sha256_file
@@ -66,6 +67,19 @@ def _inputs(items: list[tuple[Entry, Metrics]]) -> dict[str, str]:
                 if d is not None and (d / n).is_file():
                     files[str(d / n)] = sha256_file(d / n)
     return files
+
+
+def run_report_options(runs: Sequence[str]) -> dict[str, Any]:
+    """The report settings ``mf2m run`` used for the first run folder of ``runs`` (``far``, ``paper``,
+    ``examples``, ``title``), as ``ReportOptions`` fields; empty when none of ``runs`` is a run folder."""
+    for spec in runs:
+        path = Path(spec.partition("=")[2] or spec)
+        if (path / "run.json").is_file():
+            record = json.loads((path / "run.json").read_text(encoding="utf-8"))
+            report = (record.get("config") or {}).get("report") or {}
+            options = {k: report[k] for k in ("far", "paper", "examples") if report.get(k) is not None}
+            return options | ({"title": f"MF²M benchmark — {record['name']}"} if record.get("name") else {})
+    return {}
 
 
 def build_report(runs: Sequence[str], out: str | Path, options: ReportOptions | None = None) -> dict:
