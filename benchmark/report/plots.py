@@ -41,6 +41,17 @@ def _order(entries: Sequence[Entry]) -> list[Entry]:
     return sorted(entries, key=lambda e: (rank.get(e.method, len(rank)), e.method))
 
 
+#: one colour per method of METHOD_ORDER (tab10, then two more), so no two methods of a plot share a colour
+_COLOURS = [f"C{i}" for i in range(10)] + ["black", "goldenrod"]
+
+
+def _style(method: str) -> dict[str, str]:
+    """Line colour and style of ``method``: dashed for the unattacked masks, fixed colour per method."""
+    i = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+    colour = _COLOURS[i] if i < len(_COLOURS) else "0.5"
+    return {"color": colour, "linestyle": "--" if method in ("none", "solid", "dm") else "-"}
+
+
 def _save(fig, path: Path) -> Path:
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
@@ -71,7 +82,7 @@ def curve_plot(entries: Sequence[Entry], kind: str, path: Path, title: str = "")
             ys,
             label=label(e.method),
             drawstyle="steps-post" if kind == "cmc" else "default",
-            linestyle="--" if e.method in ("none", "solid", "dm") else "-",
+            **_style(e.method),
         )
         drawn += 1
     if not drawn and not (kind == "roc" and curves and floor > 0):  # an all-unresolved ROC still says so
@@ -122,7 +133,12 @@ def sweep_plot(items: Sequence[tuple[Entry, Metrics]], path: Path, title: str = 
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     for e, m in sorted(rows, key=lambda r: METHOD_ORDER.index(r[0].method) if r[0].method in METHOD_ORDER else 99):
         ax.plot(
-            [r["distractors"] for r in m.sweep], [r["rank1"] for r in m.sweep], marker="o", ms=3, label=label(e.method)
+            [r["distractors"] for r in m.sweep],
+            [r["rank1"] for r in m.sweep],
+            marker="o",
+            ms=3,
+            label=label(e.method),
+            **_style(e.method),
         )
     ax.set_xscale("log")
     ax.set_ylim(-0.02, 1.02)
