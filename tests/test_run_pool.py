@@ -258,3 +258,6 @@ def test_screen_leaves_out_a_pool_person_hidden_in_another_dataset(small_sets, t
     run_json = json.loads((out / "run.json").read_text())
     assert "99999" in run_json["setting"]["screen"] and "left out" in run_json["setting"]["screen"]
     assert "Identity screen: " in (out / "report" / "table1.md").read_text()  # said in the caption
+    # the run folder keeps what was left out and why (committed with the run)
+    assert (out / "raw" / "screen" / "noise.txt").read_text() == (screen / "noise.txt").read_text()
+    assert json.loads((out / "raw" / "screen" / "screen.json").read_text())["flagged"] == rec["flagged"]

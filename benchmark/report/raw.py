@@ -4,6 +4,7 @@
 
     OUT/raw/search/<model>/<method>/  metrics.json, cmc.csv, roc.csv, per_probe.csv, manifest.json
     OUT/raw/attack/<method>/          probes.csv, manifest.json
+    OUT/raw/screen/                   screen.json, noise.txt (other datasets' photos of pool people, left out)
 
 ``run.json`` names these folders relative to ``OUT``, so ``mf2m report --runs OUT`` on a fresh checkout renders
 the same tables.  ``per_probe.csv`` joins the search's per-probe columns (key, identity, source key, exact score
@@ -69,6 +70,14 @@ def keep_search(
             write_text(dst / name, (search_dir / name).read_text(encoding="utf-8"))
     _copy_json(search_dir / "manifest.json", dst / "manifest.json", renames)
     write_text(dst / "per_probe.csv", per_probe_csv(search_dir / "per_probe.csv", attack_dir))
+    return dst
+
+
+def keep_screen(out: Path, screen_dir: Path) -> Path:
+    """Copy the identity screen's ``screen.json`` and ``noise.txt`` (the photos left out) to ``OUT/raw/screen/``."""
+    dst = out / RAW / "screen"
+    _copy_json(screen_dir / "screen.json", dst / "screen.json")
+    write_text(dst / "noise.txt", (screen_dir / "noise.txt").read_text(encoding="utf-8"))
     return dst
 
 

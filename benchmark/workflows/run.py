@@ -255,27 +255,14 @@ def run_pipeline(
         # separate mates (data.probes_per_identity): the split's clean mates, one gallery for every method;
         # else each probe set's mates are the clean probes (of the identities an attack kept)
         pool_mates[model] = embed(model, split.dir / "mates.csv", "mates", split) if separate_mates else None
-    # distractors of other datasets may hold pool people under other names: screened on the clean features
-    screen = None
-    if cfg.data.distractors_from:
-        refs = {m: (pool_mates[m] or clean[m], dist[m]) for m in cfg.evaluate.models}
-        screen = cache.run(
-            "screen",
-            "pool people among other datasets",
-            {"models": sorted(refs)},
-            {f"{m}:{role}": s.fingerprint for m, pair in refs.items() for role, s in zip(("mates", "dist"), pair)},
-            lambda f: screen_stage(
-                split.dir,
-                {m: a.dir / "features" for m, (a, _) in refs.items()},
-                {m: b.dir / "features" for m, (_, b) in refs.items()},
-                f,
-            ),
-            "noise.txt",
-        )
+    refs = {m: (pool_mates[m] or clean[m], dist[m]) for m in cfg.evaluate.models}
+    screen = identity_screen(cfg, cache, split, refs)
     screened = screen_summary(screen.dir) if screen else None  # read once: every run.json write names it
     if screened:
         log.info("%s", screened)
     noise = [screen.dir / "noise.txt"] if screen else []
+    if screen:
+        raw.keep_screen(out, screen.dir)  # what was left out and why, committed with the run
 
     entries: list[dict[str, Any]] = []
     image_dirs: dict[Path, Path] = {}  # kept attack folder → its cache folder (the example images)
@@ -417,6 +404,28 @@ def _write_run(
     record = raw.portable(data_paths_portable(record, cfg))  # no path of this machine in a file meant to be committed
     write_json(out / "run.json", record)
     return record
+
+
+def identity_screen(
+    cfg: RunConfig, cache: Cache, split: StageResult, refs: dict[str, tuple[StageResult, StageResult]]
+) -> StageResult | None:
+    """The screen stage (None without other datasets): distractors of other datasets may hold pool people under
+    other names; found on the clean features, ``refs``: model → (mates stage, distractors stage)."""
+    if not cfg.data.distractors_from:
+        return None
+    return cache.run(
+        "screen",
+        "pool people among other datasets",
+        {"models": sorted(refs)},
+        {f"{m}:{role}": s.fingerprint for m, pair in refs.items() for role, s in zip(("mates", "dist"), pair)},
+        lambda f: screen_stage(
+            split.dir,
+            {m: a.dir / "features" for m, (a, _) in refs.items()},
+            {m: b.dir / "features" for m, (_, b) in refs.items()},
+            f,
+        ),
+        "noise.txt",
+    )
 
 
 def data_spec_names(cfg: RunConfig) -> dict[str, str]:
