@@ -261,3 +261,22 @@ def test_screen_leaves_out_a_pool_person_hidden_in_another_dataset(small_sets, t
     # the run folder keeps what was left out and why (committed with the run)
     assert (out / "raw" / "screen" / "noise.txt").read_text() == (screen / "noise.txt").read_text()
     assert json.loads((out / "raw" / "screen" / "screen.json").read_text())["flagged"] == rec["flagged"]
+
+    # a noise list (a data set's own label error: a pool person's photo filed under a distractor's name) leaves
+    # its photos out of every search too; only the searches run again
+    lfw_distractor = next(r["key"] for r in read_csv_rows(split / "distractors.csv") if not r["key"].startswith("9"))
+    listed = tmp_path / "noise.txt"
+    listed.write_text(f"# a label error\n{lfw_distractor}\n")
+    cfg = load_config(
+        config, data=f"folder:{lfw}", out=str(tmp_path / "third"), overrides=[f"evaluate.noise_lists=[{listed}]"]
+    )
+    third = run_pipeline(cfg, progress=False, model_factory=factory)
+    assert {s["stage"] for s in third["stages"] if not s["cached"]} == {"search"}
+    for entry in third["entries"]:
+        counts = json.loads((tmp_path / "third" / entry["search"] / "metrics.json").read_text())["counts"]
+        assert counts["distractors"] == n_dist - len(noise) - 1
+    assert "(1 entries)" in third["setting"]["noise_lists"]
+    assert "Noise lists (left out of every search)" in (tmp_path / "third" / "report" / "table1.md").read_text()
+    missing = load_config(config, data=f"folder:{lfw}", overrides=["evaluate.noise_lists=[nowhere.txt]"])
+    with pytest.raises(FileNotFoundError, match="nowhere.txt"):
+        run_pipeline(missing, progress=False, model_factory=factory)

@@ -352,6 +352,8 @@ def _md_text(setting: dict[str, Any]) -> str:
         text += f". {str(setting['split']).rstrip('.')}"
     if setting.get("screen"):  # pool people found among the other datasets' distractors (left out)
         text += f". {str(setting['screen']).rstrip('.')}"
+    if setting.get("noise_lists"):  # data-set label errors left out (MegaFace-style noise lists)
+        text += f". {str(setting['noise_lists']).rstrip('.')}"
     return text
 
 

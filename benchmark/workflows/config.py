@@ -66,6 +66,9 @@ class EvalSettings:
     models: list[str] = field(default_factory=lambda: ["sface"])
     fars: list[float] = field(default_factory=lambda: [1e-6, 1e-5, 1e-4, 1e-3])
     distractor_sizes: list[int] = field(default_factory=list)
+    # MegaFace-style noise lists (keys or photo paths, # comments): left out of every search, e.g. a data
+    # set's own label errors that put a pool person among the distractors
+    noise_lists: list[str] = field(default_factory=list)
     flip: bool = False
     batch_size: int = 64
     precision: str = "auto"  # embed arithmetic: auto → bf16 on CPUs with bf16 units, fp16 on CUDA

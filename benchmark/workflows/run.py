@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import write_json
-from ..manifest import build_manifest
+from ..manifest import build_manifest, sha256_file
 from ..report import raw
 from ..report.collect import RUN_FORMAT
 from .cache import Cache, StageResult
@@ -175,6 +175,7 @@ def run_pipeline(
     names = data_spec_names(cfg)  # data set paths → KIND:$DATA/… in every file meant to be committed
     cache = Cache(cfg.cache, store=cfg.store, renames=names)
     started = time.time()
+    listed = noise_lists(cfg)
     listing, dataset = listing_fingerprint(cfg.data.spec)
     plan, sources, inputs = plan_split_of(cfg, dataset, listing)
     split_conf = {k: v for k, v in asdict(cfg.data).items() if k != "strict"}
@@ -260,7 +261,8 @@ def run_pipeline(
     screened = screen_summary(screen.dir) if screen else None  # read once: every run.json write names it
     if screened:
         log.info("%s", screened)
-    noise = [screen.dir / "noise.txt"] if screen else []
+    noise = ([screen.dir / "noise.txt"] if screen else []) + listed
+    listed_summary = noise_summary(listed)
     if screen:
         raw.keep_screen(out, screen.dir)  # what was left out and why, committed with the run
 
@@ -285,6 +287,7 @@ def run_pipeline(
                     "mates": m.fingerprint,
                     "distractors": dist_m.fingerprint,
                     **({"noise": screen.fingerprint} if screen else {}),
+                    **{f"noise:{n.as_posix()}": sha256_file(n) for n in listed},
                 },
                 lambda f, p=p, m=m, d=dist_m: search_stage(
                     cfg, p.dir / "features", m.dir / "features", d.dir / "features", f, device, progress, noise
@@ -315,6 +318,7 @@ def run_pipeline(
                 data_warning=data_warning,
                 split=accounting,
                 screen=screened,
+                noise=listed_summary,
             )
     record = _write_run(
         cfg,
@@ -327,6 +331,7 @@ def run_pipeline(
         data_warning=data_warning,
         split=accounting,
         screen=screened,
+        noise=listed_summary,
     )
     r = cfg.report
     build_report(
@@ -363,6 +368,7 @@ def _write_run(
     data_warning: str | None = None,
     split: dict[str, Any] | None = None,
     screen: str | None = None,
+    noise: str | None = None,
 ) -> dict[str, Any]:
     kind = cfg.data.spec.split(":", 1)[0] if ":" in (cfg.data.spec or "") else "folder"
     setting = {
@@ -389,6 +395,8 @@ def _write_run(
             setting["split_warnings"] = list(split["warnings"])
     if screen:
         setting["screen"] = screen
+    if noise:
+        setting["noise_lists"] = noise
     record = build_manifest(
         "run",
         _jsonable(asdict(cfg)),
@@ -404,6 +412,27 @@ def _write_run(
     record = raw.portable(data_paths_portable(record, cfg))  # no path of this machine in a file meant to be committed
     write_json(out / "run.json", record)
     return record
+
+
+def noise_lists(cfg: RunConfig) -> list[Path]:
+    """``evaluate.noise_lists`` as paths, each checked to exist before any stage runs."""
+    paths = [Path(p) for p in cfg.evaluate.noise_lists]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"evaluate.noise_lists: not found: {', '.join(missing)} (paths are relative to {Path.cwd()})"
+        )
+    return paths
+
+
+def noise_summary(paths: list[Path]) -> str | None:
+    """What the noise lists leave out, for run.json and the table captions."""
+    if not paths:
+        return None
+    from ..features.sets import read_lines
+
+    parts = [f"{p.as_posix()} ({len(read_lines(p))} entries)" for p in paths]
+    return "Noise lists (left out of every search): " + ", ".join(parts)
 
 
 def identity_screen(
