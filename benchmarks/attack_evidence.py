@@ -43,6 +43,28 @@ def build_pool(lfw: Path, out: Path, identities: int, per_identity: int, templat
     return out / "probes", out / "templates"
 
 
+def pool_from_split(lfw: Path, split: Path, out: Path) -> tuple[Path, Path]:
+    """Symlinked probe and template folders from an ``mf2m run`` split folder (``probes.csv``, ``templates.csv``):
+    the first probe (by key) of every probe identity and every template, as the original LFW photos."""
+    import csv
+
+    def rows(name: str) -> list[dict[str, str]]:
+        with open(split / name, newline="", encoding="utf-8") as fh:
+            return sorted(csv.DictReader(fh), key=lambda r: r["key"])
+
+    first: dict[str, str] = {}
+    for r in rows("probes.csv"):
+        first.setdefault(r["identity"], r["key"])
+    for root, keys in ((out / "probes", first.values()), (out / "templates", [r["key"] for r in rows("templates.csv")])):
+        for key in keys:
+            src = next(lfw.glob(f"{key}.*"))
+            link = root / key.split("/")[0] / src.name
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.exists():
+                os.symlink(src.resolve(), link)
+    return out / "probes", out / "templates"
+
+
 def load_models(md_name: str):
     """SFace (white-box), dlib (black-box) and the mask detector (``none`` = FR-only attack)."""
     from benchmark.models.sface import SFaceRecognizer
@@ -223,6 +245,9 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8, help="probes per batch")
     p.add_argument("--figure", default=None, help="also copy the example figure to this PNG path")
     p.add_argument("--examples", type=int, default=4, help="probes in the figure")
+    p.add_argument("--pool-split", default=None,
+                   help="take the pool from an mf2m run's split folder instead (one probe per identity of its "
+                        "probes.csv, its templates.csv), e.g. the evidence run's")
     p.add_argument("--sweep", default=None,
                    help="instead of the table: strength/PSNR curves for MF²M kernel variants "
                         "'update:norm:lr:bound:steps,…' (see above), written to OUT/sweep.json")
@@ -232,7 +257,10 @@ def main() -> None:
     from attacks.pipeline import AttackJob, run_attack
     from benchmark.atomic import atomic_path
     out = Path(args.out)
-    probes, templates = build_pool(Path(args.lfw), out / "pool", args.identities, args.per_identity, args.templates)
+    if args.pool_split:
+        probes, templates = pool_from_split(Path(args.lfw), Path(args.pool_split), out / "pool")
+    else:
+        probes, templates = build_pool(Path(args.lfw), out / "pool", args.identities, args.per_identity, args.templates)
     if args.sweep:
         kernel_sweep(out, probes, templates, args.sweep.split(","), args.md)
         return
