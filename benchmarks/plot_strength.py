@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("sweep", help="sweep.json written by attack_evidence.py --sweep")
     ap.add_argument("--out", required=True, help="folder for strength.csv, strength.md, strength.png")
+    ap.add_argument("--pool", default="LFW probes", help="what the probes are, for the caption and the title")
     args = ap.parse_args(argv)
     record = json.loads(Path(args.sweep).read_text(encoding="utf-8"))
     result = record["result"]
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(["attack", "step", "sface_cos", "detected", "psnr", "ssim"])
         w.writerows(rows)
-    md = [f"Strength against image quality, {result['probes']} LFW probes, SFace white-box + mf2m-maskdet "
+    md = [f"Strength against image quality, {result['probes']} {args.pool}, SFace white-box + mf2m-maskdet "
           "(means over probes; PSNR/SSIM against the DM image; step 0 of MF²M = DM + 40 PGD steps at ε 0.01).", "",
           "| attack | step | SFace cosine | detected | PSNR (dB) | SSIM |", "|---|---|---|---|---|---|"]
     md += [f"| {a} | {s} | {c:.4f} | {'' if d is None else f'{d:.3f}'} | {'' if p is None else f'{p:.2f}'} | "
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         ax.invert_xaxis()
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"AdvNoise-DM vs MF²M along their iterations ({result['probes']} LFW probes)")
+    fig.suptitle(f"AdvNoise-DM vs MF²M along their iterations ({result['probes']} {args.pool})")
     fig.savefig(out / "strength.png", dpi=120)
     print(f"wrote {out}/strength.csv, strength.md, strength.png")
     return 0
