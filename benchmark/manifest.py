@@ -167,3 +167,10 @@ def replace_strings(obj: Any, old: str, new: str) -> Any:
     if isinstance(obj, (list, tuple)):
         return [replace_strings(v, old, new) for v in obj]
     return obj
+
+
+def replace_all(obj: Any, renames: dict[str, str]) -> Any:
+    """``obj`` with ``replace_strings`` applied for every ``old → new`` of ``renames``, in order."""
+    for old, new in renames.items():
+        obj = replace_strings(obj, old, new)
+    return obj

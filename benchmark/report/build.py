@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import write_json, write_text
-from ..manifest import build_manifest, replace_strings, sha256_file
+from ..manifest import build_manifest, replace_all, sha256_file
 from . import plots, transfer
-from .collect import Entry, Metrics, discover, load_metrics
+from .collect import Entry, Metrics, discover, load_metrics, model_groups, read_json
 from .html import render_page
 from .render import to_csv, to_latex, to_markdown
 from .tables import Table, _slug, label, table1, table2
@@ -75,7 +75,7 @@ def run_report_options(runs: Sequence[str]) -> dict[str, Any]:
     for spec in runs:
         path = Path(spec.partition("=")[2] or spec)
         if (path / "run.json").is_file():
-            record = json.loads((path / "run.json").read_text(encoding="utf-8"))
+            record = read_json(path / "run.json")
             report = (record.get("config") or {}).get("report") or {}
             options = {k: report[k] for k in ("far", "paper", "examples") if report.get(k) is not None}
             return options | ({"title": f"MF²M benchmark — {record['name']}"} if record.get("name") else {})
@@ -161,8 +161,7 @@ def build_report(runs: Sequence[str], out: str | Path, options: ReportOptions | 
             for e, m in items
         ],
     )
-    for old, new in options.renames.items():
-        manifest = replace_strings(manifest, old, new)
+    manifest = replace_all(manifest, options.renames)
     write_json(out / "manifest.json", manifest)
     return manifest
 
@@ -300,20 +299,7 @@ def _leaderboard_meta(record: dict) -> dict:
 
 def _figures(items: list[tuple[Entry, Metrics]], out: Path, options: ReportOptions) -> list[tuple[str, list]]:
     curves, sweeps, examples = [], [], []
-    groups: dict[tuple[str, str | None], list[tuple[Entry, Metrics]]] = {}
-    for e, m in items:
-        # the unmasked row belongs to every group evaluated on its model
-        key = (e.eval_model, None if e.white_box else e.attack_model)
-        groups.setdefault(key, []).append((e, m))
-    for (model, attacked_on), sub in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
-        if (
-            attacked_on is None
-            and all(e.method == "none" for e, _ in sub)
-            and any(k[0] == model and k[1] is not None for k in groups)
-        ):
-            continue  # unmasked probes of a black-box model: drawn in that model's black-box plots
-        if attacked_on is not None:
-            sub = sub + [(e, m) for e, m in groups.get((model, None), []) if e.method == "none"]
+    for (model, attacked_on), sub in model_groups(items).items():
         what = f"{model}" + (f" (black-box, attacked on {attacked_on})" if attacked_on else " (white-box)")
         slug = _slug(model) + (f"_from_{_slug(attacked_on)}" if attacked_on else "")
         ents = [e for e, _ in sub]

@@ -72,6 +72,20 @@ class Metrics:
         return None
 
 
+def model_groups(items: list[tuple[Entry, Metrics]]) -> dict[tuple[str, str | None], list[tuple[Entry, Metrics]]]:
+    """Entries by (evaluation model, attack model of a black-box entry or None), sorted: one group per table or
+    plot. The unmasked probes of a model join every group of that model (their own only when it has no other)."""
+    groups: dict[tuple[str, str | None], list[tuple[Entry, Metrics]]] = {}
+    for e, m in items:
+        if e.method != "none" or not e.white_box:
+            groups.setdefault((e.eval_model, None if e.white_box else e.attack_model), []).append((e, m))
+    for e, m in items:
+        if e.method == "none" and e.white_box:
+            for k in [k for k in groups if k[0] == e.eval_model] or [(e.eval_model, None)]:
+                groups.setdefault(k, []).append((e, m))
+    return dict(sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")))
+
+
 def read_json(path: Path) -> dict[str, Any]:
     """Parse a JSON file, naming it in the error when it is not valid JSON."""
     try:

@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 
 from ..atomic import write_json, write_text
-from ..manifest import portable, replace_strings
+from ..manifest import portable, replace_all
 from ..safepath import check_name
 
 RAW = "raw"
@@ -37,9 +37,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 def _copy_json(src: Path, dst: Path, renames: dict[str, str] | None = None) -> None:
     """``src`` written to ``dst`` without paths of this machine, each ``renames`` key replaced by its value."""
-    record = json.loads(src.read_text(encoding="utf-8"))
-    for old, new in (renames or {}).items():
-        record = replace_strings(record, old, new)
+    record = replace_all(json.loads(src.read_text(encoding="utf-8")), renames or {})
     write_json(dst, portable(record, hide_temp=True))
 
 

@@ -7,28 +7,14 @@ resolved: the fraction of mates above every negative score, never a TAR at that 
 
 from __future__ import annotations
 
-from .collect import Entry, Metrics
+from .collect import Entry, Metrics, model_groups
 from .tables import Column, Table, _common_notes, _md_text, _sizes, _slug, _tar_title, label, method_rows, tar_cell
-
-
-def _groups(items: list[tuple[Entry, Metrics]]) -> dict[tuple[str, str | None], list[tuple[Entry, Metrics]]]:
-    """Entries by (evaluation model, attack model of a black-box entry); unmasked probes join every group."""
-    groups: dict[tuple[str, str | None], list[tuple[Entry, Metrics]]] = {}
-    for e, m in items:
-        if e.method != "none" or not e.white_box:
-            groups.setdefault((e.eval_model, None if e.white_box else e.attack_model), []).append((e, m))
-    for e, m in items:
-        if e.method == "none" and e.white_box:
-            own = [k for k in groups if k[0] == e.eval_model] or [(e.eval_model, None)]
-            for k in own:
-                groups.setdefault(k, []).append((e, m))
-    return groups
 
 
 def tar_tables(items: list[tuple[Entry, Metrics]]) -> list[Table]:
     """``tar_<model>`` (white-box) and ``tar_<model>_from_<attack model>`` (black-box) tables."""
     tables = []
-    for (model, attacked_on), sub in sorted(_groups(items).items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
+    for (model, attacked_on), sub in model_groups(items).items():
         fars = sorted({f for _, m in sub for f in m.tar})
         if not fars:
             continue

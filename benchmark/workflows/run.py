@@ -263,6 +263,7 @@ def run_pipeline(
         log.info("%s", screened)
     noise = ([screen.dir / "noise.txt"] if screen else []) + listed
     listed_summary = noise_summary(listed)
+    listed_keys = {f"noise:{n.as_posix()}": sha256_file(n) for n in listed}  # part of every search's key
     if screen:
         raw.keep_screen(out, screen.dir)  # what was left out and why, committed with the run
 
@@ -287,7 +288,7 @@ def run_pipeline(
                     "mates": m.fingerprint,
                     "distractors": dist_m.fingerprint,
                     **({"noise": screen.fingerprint} if screen else {}),
-                    **{f"noise:{n.as_posix()}": sha256_file(n) for n in listed},
+                    **listed_keys,
                 },
                 lambda f, p=p, m=m, d=dist_m: search_stage(
                     cfg, p.dir / "features", m.dir / "features", d.dir / "features", f, device, progress, noise
@@ -479,11 +480,9 @@ def data_spec_names(cfg: RunConfig) -> dict[str, str]:
 
 def data_paths_portable(record: dict[str, Any], cfg: RunConfig) -> dict[str, Any]:
     """``record`` with every dataset spec of ``cfg`` in its portable form (``data_spec_names``)."""
-    from ..manifest import replace_strings
+    from ..manifest import replace_all
 
-    for spec, name in data_spec_names(cfg).items():
-        record = replace_strings(record, spec, name)
-    return record
+    return replace_all(record, data_spec_names(cfg))
 
 
 def _jsonable(obj: Any) -> Any:
