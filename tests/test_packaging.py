@@ -123,3 +123,25 @@ def test_demo_config_has_one_source():
     link = ROOT / "configs" / "demo.yaml"
     assert link.is_symlink() and link.resolve() == demo_config_path().resolve()
     assert demo_config_path().is_file()
+
+
+def test_gpu_check_script_runs_every_step_dry(tmp_path):
+    """``benchmarks/gpu_check.sh --dry-run``: every step of the GPU check, at a tiny size on the CPU, exits 0
+    and writes its results (so a lent GPU's minutes are not spent on a broken script)."""
+    import os
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "TMPDIR": str(tmp_path), "PYTHON": sys.executable}
+    run = subprocess.run(
+        ["bash", str(root / "benchmarks" / "gpu_check.sh"), "--dry-run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-3000:]
+    exits = re.findall(r"^exit (\d+)$", log, re.M)
+    assert exits == ["0"] * 6, log[-3000:]
+    for name in ("search_scale.json", "search_scale_fp32.json", "embed.md", "embed_fp32.md", "gpu_check.log"):
+        assert (tmp_path / "out" / name).is_file(), name
