@@ -2,12 +2,13 @@
 
 For each method (AdvNoise-DM, MF²M) and precision, runs ``mf2m attack`` (``attacks.pipeline.run_attack``)
 on the same probes and templates and reports, from ``probes.csv`` (re-evaluated in float32 on the 8-bit
-PNGs written): mean SFace cosine to the clean original, mask detection rate (P(masked) ≥ 0.5), mean PSNR
+PNGs written): mean cosine of ``--fr`` (default SFace) to the clean original, mask detection rate (P(masked) ≥ 0.5), mean PSNR
 against DM, and image-iterations/s of the whole attack loop. The issue-12 parity target: |Δ cosine| and
 |Δ detection rate| ≤ 0.02, |Δ PSNR| ≤ 0.1 dB against float32.
 
     python benchmarks/attack_precision.py --lfw ../shared/data/lfw/images --out /tmp/attack-precision \\
         --probes 40 --precisions fp32,bf16 --methods advnoise-dm,mf2m
+    python benchmarks/attack_precision.py ... --fr iresnet:PATH/backbone.pth   # an ArcFace IResNet of yours
 
 Probes: one image of each of the first ``--probes`` LFW people with ≥ 2 images; templates: the next
 ``--templates`` people (``benchmarks/attack_evidence.py``'s pool). ``--limit METHOD=N`` runs fewer probes
@@ -70,6 +71,9 @@ def main() -> None:
     ap.add_argument("--precisions", default="fp32,bf16", help="comma-separated precisions, float32 first")
     ap.add_argument("--limit", action="append", default=[], metavar="METHOD=N",
                     help="run only the first N probes for METHOD (all precisions)")
+    ap.add_argument("--fr", default="sface",
+                    help="white-box recognizer from the model registry (e.g. iresnet:PATH/backbone.pth)")
+    ap.add_argument("--md", default="mf2m-maskdet", help="white-box mask detector from the model registry")
     ap.add_argument("--batch-size", type=int, default=8, help="probes per batch")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = ap.parse_args()
@@ -79,12 +83,11 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from attack_evidence import build_pool
 
-    from benchmark.models.mask_detector import CNNMaskDetector
-    from benchmark.models.sface import SFaceRecognizer
+    from attacks.cli import load_models
     args.out.mkdir(parents=True, exist_ok=True)
     probes, templates = build_pool(args.lfw, args.out, args.probes, 1, args.templates)
     limits = {k: int(v) for k, v in (item.split("=") for item in args.limit)}
-    fr, md = SFaceRecognizer(device="cpu"), CNNMaskDetector(device="cpu")
+    fr, md = load_models(args.fr, args.md, "cpu")
     results_path = args.out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     for method in args.methods.split(","):
