@@ -158,3 +158,35 @@ def test_search_equals_float64_brute_force(pr):
         best = max(s_pm[i, j] for j in mates)
         assert math.isclose(float(row["best_mate_score"]), best, rel_tol=0, abs_tol=1e-12)
         assert int(row["rank"]) == 1 + int((s_pd[i] > best).sum())
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(1, 12).flatmap(
+        lambda n: st.integers(1, 16).flatmap(
+            lambda m: st.tuples(
+                st.lists(
+                    st.sampled_from([-math.inf, -1.0, -0.0, 0.0, 0.25, 0.5, 1.0, 0.3333333]),
+                    min_size=n * m,
+                    max_size=n * m,
+                ),
+                st.lists(st.integers(-1, 20), min_size=n * m, max_size=n * m),
+                st.just((n, m)),
+            )
+        )
+    )
+)
+def test_row_order_is_descending_score_then_ascending_index(case):
+    """``topk.row_order``'s float32 key sort orders as a lexsort on (−score, index): ties (±0 included) by index."""
+    from benchmark.search.topk import row_order
+
+    vals, idx, shape = case
+    vals = np.array(vals, np.float32).reshape(shape)
+    idx = np.array(idx, np.int64).reshape(shape)
+    order = row_order(vals, idx)
+    n, m = shape
+    ref = np.lexsort((idx.ravel(), -vals.ravel().astype(np.float64), np.repeat(np.arange(n), m))).reshape(n, m)
+    ref = ref - np.arange(n)[:, None] * m
+    assert np.array_equal(np.take_along_axis(idx, order, 1), np.take_along_axis(idx, ref, 1))
+    got, want = np.take_along_axis(vals, order, 1), np.take_along_axis(vals, ref, 1)
+    assert np.array_equal(got, want)  # −0 == +0

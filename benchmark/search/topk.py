@@ -146,6 +146,12 @@ def keep_top(vals: np.ndarray, idx: np.ndarray, bound: np.ndarray, k: int):
 
 def row_order(vals: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """Per-row order by descending score then ascending index."""
+    if vals.dtype == np.float32 and (idx.size == 0 or (idx.min() >= -1 and idx.max() < 2**32 - 1)):
+        # one uint64 key per entry: the score's order-preserving bits (descending), then index + 1
+        u = (vals + np.float32(0.0)).view(np.uint32)  # −0 → +0: equal scores tie on the index
+        ordered = np.where(u >> np.uint32(31), ~u, u | np.uint32(0x80000000))
+        key = ((~ordered).astype(np.uint64) << np.uint64(32)) | (idx + 1).astype(np.uint64)
+        return np.argsort(key, axis=1)
     n, m = vals.shape
     rows = np.repeat(np.arange(n), m)
     order = np.lexsort((idx.ravel(), -vals.ravel().astype(np.float64), rows))
