@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU check of mf2m in one script, sized for a lent H100/H200 session (15 minutes of device time,
-# the machine's start included): the steps' time limits add up to 6 minutes, typical runs take about 3.
+# the machine's start included): the steps' time limits add up to 6 minutes.
 #
 #   bash benchmarks/gpu_check.sh            # on the GPU machine, from the repository root
 #   bash benchmarks/gpu_check.sh --dry-run  # here, on the CPU: every step at a tiny size (≈ 2 minutes),
