@@ -2,8 +2,8 @@
 
 For each method (AdvNoise-DM, MF²M) and precision, runs ``mf2m attack`` (``attacks.pipeline.run_attack``)
 on the same probes and templates and reports, from ``probes.csv`` (re-evaluated in float32 on the 8-bit
-PNGs written): mean cosine of ``--fr`` (default SFace) to the clean original, mask detection rate (P(masked) ≥ 0.5), mean PSNR
-against DM, and image-iterations/s of the whole attack loop. The issue-12 parity target: |Δ cosine| and
+PNGs written): mean cosine of ``--fr`` (default SFace) to the clean original, mask detection rate
+(P(masked) ≥ 0.5), mean PSNR against DM, and image-iterations/s of the whole attack loop. The issue-12 parity target: |Δ cosine| and
 |Δ detection rate| ≤ 0.02, |Δ PSNR| ≤ 0.1 dB against float32.
 
     python benchmarks/attack_precision.py --lfw ../shared/data/lfw/images --out /tmp/attack-precision \\

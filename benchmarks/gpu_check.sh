@@ -3,7 +3,7 @@
 # the machine's start included): the steps' time limits add up to 6 minutes.
 #
 #   bash benchmarks/gpu_check.sh            # on the GPU machine, from the repository root
-#   bash benchmarks/gpu_check.sh --dry-run  # here, on the CPU: every step at a tiny size (≈ 2 minutes),
+#   bash benchmarks/gpu_check.sh --dry-run  # here, on the CPU: every step at a tiny size (80 s on 2 cores),
 #                                           # to check the script and its imports before spending device time
 #
 # Output: $OUT (the device tool's folder that comes back; default results/gpu_check) gets the JSON/markdown
